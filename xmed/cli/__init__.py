@@ -1,0 +1,1 @@
+"""Command-line entry points (``xmed-data`` and, with their features, the Hydra commands)."""

@@ -1,0 +1,61 @@
+"""One module per public glaucoma data set, each read as it is published.
+
+Data sets are looked up by name in :data:`DATASETS` and imported only when used, so that a
+user of one data set never needs another's dependencies.
+
+Example:
+    >>> from xmed.data.datasets import get_dataset, DATASETS
+    >>> "refuge" in DATASETS
+    True
+    >>> ds = get_dataset("refuge", root="/data/REFUGE", on_error="skip")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from xmed.data.datasets.base import (
+    FundusDataset, Record, Skip, SkippedSample, collate_samples, to_tensor_sample,
+)
+from xmed.errors import ConfigError
+
+# name -> "module:Class" (relative to this package)
+DATASETS: dict[str, str] = {
+    "phantom": "phantom:PhantomDataset",
+    "phantom_render": "phantom:PhantomRenderDataset",
+    "refuge": "refuge:RefugeDataset",
+    "refuge2": "refuge2:Refuge2Dataset",
+    "origa": "origa:OrigaDataset",
+    "g1020": "g1020:G1020Dataset",
+    "papila": "papila:PapilaDataset",
+    "acrima": "acrima:AcrimaDataset",
+    "rimone_dl": "rimone:RimOneDLDataset",
+    "airogs": "airogs:AirogsDataset",
+    "justraigs": "justraigs:JustRaigsDataset",
+    "smdg": "smdg:SmdgDataset",
+    "csv": "generic:CsvDataset",
+    "image_folder": "generic:ImageFolderDataset",
+    "dicom_folder": "generic:DicomFolderDataset",
+}
+
+
+def dataset_class(name: str) -> type[FundusDataset]:
+    """The class registered under ``name``; an unknown name raises :class:`ConfigError`."""
+    if name not in DATASETS:
+        raise ConfigError("data.name", f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    module_name, class_name = DATASETS[name].split(":")
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, class_name)
+
+
+def get_dataset(name: str, root: Any = None, **kwargs: Any) -> FundusDataset:
+    """Instantiate the data set registered under ``name`` (see :class:`FundusDataset` args)."""
+    cls = dataset_class(name)
+    return cls(root, **kwargs) if root is not None else cls(**kwargs)
+
+
+__all__ = [
+    "DATASETS", "FundusDataset", "Record", "Skip", "SkippedSample",
+    "collate_samples", "dataset_class", "get_dataset", "to_tensor_sample",
+]
