@@ -1,0 +1,219 @@
+"""Field-of-view detection, FOV crop, contrast normalisation and the preprocessing config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import uniform_filter
+from skimage import data
+
+from xmed.data.preprocess import (
+    FieldOfView,
+    FundusPreprocess,
+    contrast_normalise,
+    crop_to_fov,
+    find_fov,
+)
+from xmed.errors import ConfigError
+
+# The FOV of skimage.data.retina(), measured by hand once: on the brightness max(R, G, B) > 40,
+# the middle row (y=705) is bright from x=9 to 1399 and the middle column (x=705) from y=6 to
+# 1399, so centre ≈ (704, 702.5) and radius ≈ 695–697; the chord of row 400 (x=78..1330, half
+# length 626, 302.5 px above the centre) gives r = hypot(626, 302.5) ≈ 695.3.
+RETINA_CX, RETINA_CY, RETINA_R = 704.0, 702.5, 696.0
+
+
+@pytest.fixture(scope="module")
+def retina() -> np.ndarray:
+    return data.retina()
+
+
+def synthetic_disc(h, w, cx, cy, r, colour=(180, 80, 40), noise=0.0, seed=0) -> np.ndarray:
+    """A uniformly coloured disc on black, with optional Gaussian noise everywhere."""
+    yy, xx = np.mgrid[:h, :w]
+    image = np.zeros((h, w, 3), np.float32)
+    image[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = colour
+    image += np.random.default_rng(seed).normal(0, noise, image.shape) if noise else 0
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def local_std(image: np.ndarray, mask: np.ndarray, window: int = 15) -> float:
+    g = image.astype(np.float32).mean(axis=2)
+    mu = uniform_filter(g, window)
+    var = uniform_filter(g * g, window) - mu * mu
+    return float(np.sqrt(np.maximum(var, 0))[mask].mean())
+
+
+# ------------------------------------------------------------------------------- find_fov
+def test_retina_fov_matches_hand_measurement(retina):
+    fov = find_fov(retina)
+    assert fov.cx == pytest.approx(RETINA_CX, abs=0.01 * RETINA_R)
+    assert fov.cy == pytest.approx(RETINA_CY, abs=0.01 * RETINA_R)
+    assert fov.radius == pytest.approx(RETINA_R, rel=0.01)
+
+
+def test_retina_fov_cut_at_top_and_bottom(retina):
+    fov = find_fov(retina[200:1200])  # 1000 rows of a ~1392 px circle
+    assert fov.cx == pytest.approx(RETINA_CX, abs=7)
+    assert fov.cy == pytest.approx(RETINA_CY - 200, abs=7)
+    assert fov.radius == pytest.approx(RETINA_R, rel=0.01)
+
+
+def test_retina_fov_dark_and_noisy(retina):
+    dark = retina * 0.25 + np.random.default_rng(0).normal(0, 4, retina.shape)
+    fov = find_fov(np.clip(dark, 0, 255).astype(np.uint8))
+    assert fov.radius == pytest.approx(RETINA_R, rel=0.01)
+    assert np.hypot(fov.cx - RETINA_CX, fov.cy - RETINA_CY) < 7
+
+
+@pytest.mark.parametrize(
+    "h, w, cx, cy, r",
+    [
+        (300, 400, 201.3, 150.7, 120.0),  # whole circle
+        (300, 400, 201.3, 150.7, 180.0),  # circle taller than the image: cut at top and bottom
+        (260, 420, 215.0, 120.4, 170.0),  # cut at top and bottom, off-centre
+    ],
+)
+def test_synthetic_disc_recovered(h, w, cx, cy, r):
+    fov = find_fov(synthetic_disc(h, w, cx, cy, r))
+    assert fov.cx == pytest.approx(cx, abs=1.0)
+    assert fov.cy == pytest.approx(cy, abs=1.0)
+    assert fov.radius == pytest.approx(r, abs=1.5)
+
+
+def test_dark_noisy_synthetic_disc_recovered():
+    image = synthetic_disc(300, 400, 210.0, 140.0, 180.0, colour=(40, 15, 5), noise=8.0)
+    fov = find_fov(image)
+    assert (fov.cx, fov.cy) == pytest.approx((210.0, 140.0), abs=1.5)
+    assert fov.radius == pytest.approx(180.0, abs=2.0)
+
+
+@pytest.mark.parametrize("kind", ["noise", "flat"])
+def test_no_dark_border_gives_inscribed_circle(kind):
+    rng = np.random.default_rng(0)
+    image = (rng.integers(50, 255, (200, 300, 3)) if kind == "noise"
+             else np.full((200, 300, 3), 120)).astype(np.uint8)
+    assert find_fov(image) == FieldOfView(149.5, 99.5, 100.0)
+
+
+def test_fov_mask_is_the_circle():
+    mask = FieldOfView(2.0, 2.0, 1.0).mask((5, 6, 3))
+    assert mask.shape == (5, 6)
+    assert sorted(zip(*np.nonzero(mask))) == [(1, 2), (2, 1), (2, 2), (2, 3), (3, 2)]
+
+
+# ------------------------------------------------------------------------------- crop_to_fov
+def test_retina_crop_leaves_a_thin_black_ring(retina):
+    crop, _ = crop_to_fov(retina, margin=0.02)
+    side = crop.shape[0]
+    assert crop.shape == (side, side, 3) and side == pytest.approx(2 * RETINA_R * 1.02, rel=0.01)
+    bright = crop.max(axis=2) > 40
+    mid = side // 2
+    for profile in (bright[mid], bright[:, mid]):
+        first, last = np.flatnonzero(profile)[[0, -1]]
+        assert first < 0.02 * side and side - 1 - last < 0.02 * side  # ring ≈ 1% of the side
+        assert abs(first - (side - 1 - last)) <= 3  # centred
+
+
+def test_crop_of_cut_fov_pads_black_and_centres(retina):
+    crop, _ = crop_to_fov(retina[200:1200])
+    side = crop.shape[0]
+    assert side == pytest.approx(2 * RETINA_R * 1.02, rel=0.01)
+    column = crop.max(axis=2)[:, side // 2] > 40
+    first, last = np.flatnonzero(column)[[0, -1]]
+    assert first > 150 and side - 1 - last > 150  # black bands where the photo was cut
+    assert abs(first - (side - 1 - last)) <= 10
+
+
+def test_crop_keeps_masks_aligned():
+    image = synthetic_disc(300, 400, 240.0, 150.0, 180.0)  # cut at top and bottom
+    image[100:120, 300:320] = 255  # a bright square, with its mask
+    square = np.zeros((300, 400), bool)
+    square[100:120, 300:320] = True
+    crop, masks = crop_to_fov(image, {"square": square, "disc": image.max(axis=2) > 0})
+    assert masks["square"].dtype == bool and masks["square"].shape == crop.shape[:2]
+    assert masks["square"].sum() == 400
+    assert np.all(crop[masks["square"]] == 255)
+    ys, xs = np.nonzero(np.all(crop == 255, axis=2))
+    assert (ys.min(), xs.min()) == tuple(np.argwhere(masks["square"]).min(axis=0))
+    # padding is False in masks, black in the image
+    assert not masks["disc"][0].any() and not crop[0].any()
+
+
+def test_crop_geometry_with_given_fov():
+    image = np.arange(10 * 12, dtype=np.uint8).reshape(10, 12)[..., None].repeat(3, axis=2)
+    crop, _ = crop_to_fov(image, fov=FieldOfView(5.0, 4.0, 3.0), margin=0.0)
+    assert crop.shape == (6, 6, 3)
+    np.testing.assert_array_equal(crop, image[2:8, 3:9])  # centre (5, 4) at (2.5, 2.5) of crop
+
+
+# ------------------------------------------------------------------------------- contrast
+@pytest.mark.parametrize("method", ["clahe", "graham"])
+def test_contrast_keeps_outside_black_and_raises_local_contrast(retina, method):
+    image = retina[::2, ::2]  # 706 px: same picture, faster
+    mask = find_fov(image).mask(image.shape)
+    out = contrast_normalise(image, method, mask)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert not out[~mask].any()
+    assert local_std(out, mask) > 1.5 * local_std(image, mask)
+
+
+def test_contrast_finds_fov_when_not_given():
+    image = synthetic_disc(120, 160, 80.0, 60.0, 70.0, noise=5.0)
+    out = contrast_normalise(image, "graham")
+    assert not out[:, :5].any() and out[60, 80].max() > 0  # disc spans x = 10..150
+
+
+def test_graham_has_no_bright_rim_at_fov_edge():
+    image = synthetic_disc(200, 200, 99.5, 99.5, 90.0)  # flat disc: nothing to enhance
+    out = contrast_normalise(image, "graham", FieldOfView(99.5, 99.5, 90.0).mask(image.shape))
+    inside = FieldOfView(99.5, 99.5, 90.0).mask(image.shape)
+    assert np.abs(out[inside].astype(int) - 128).max() <= 2
+
+
+def test_unknown_contrast_method():
+    with pytest.raises(ValueError, match="sharpen"):
+        contrast_normalise(np.zeros((8, 8, 3), np.uint8), "sharpen")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- FundusPreprocess
+def test_preprocess_on_sample(retina):
+    square = np.zeros(retina.shape[:2], bool)
+    square[600:700, 800:900] = True
+    sample = {"image": retina, "label": 1.0, "findings": np.zeros(10, np.float32), "vcdr": 0.5,
+              "masks": {"square": square}, "meta": {"id": "r", "eye": "OS", "source": "skimage"}}
+    out = FundusPreprocess(size=128, contrast="clahe")(sample)
+    assert out["image"].shape == (128, 128, 3) and out["image"].dtype == np.uint8
+    assert out["masks"]["square"].shape == (128, 128) and out["masks"]["square"].dtype == bool
+    assert out["masks"]["square"].sum() == pytest.approx(100 * 100 * (128 / 1421) ** 2, rel=0.15)
+    assert out["meta"] == sample["meta"] and out["label"] == 1.0
+    assert sample["image"] is retina and sample["masks"]["square"] is square  # input untouched
+    assert not out["image"][0, 0].any()
+
+
+def test_preprocess_without_crop_keeps_aspect():
+    image = synthetic_disc(100, 200, 100.0, 50.0, 90.0)
+    out = FundusPreprocess(size=50, crop_fov=False)({"image": image, "masks": {}})
+    assert out["image"].shape == (25, 50, 3)
+
+
+def test_preprocess_config_round_trip():
+    pre = FundusPreprocess(size=384, crop_fov=True, margin=0.05, contrast="graham")
+    config = json.loads(json.dumps(pre.to_dict()))
+    assert config == {"size": 384, "crop_fov": True, "margin": 0.05, "contrast": "graham"}
+    assert FundusPreprocess.from_dict(config) == pre
+
+
+def test_preprocess_rejects_unknown_key():
+    with pytest.raises(ConfigError, match="'contrst'") as info:
+        FundusPreprocess.from_dict({"size": 256, "contrst": "clahe"})
+    assert info.value.key == "contrst"
+
+
+@pytest.mark.parametrize("key, value", [("size", 0), ("contrast", "hist"), ("margin", -0.1)])
+def test_preprocess_rejects_bad_values(key, value):
+    with pytest.raises(ConfigError) as info:
+        FundusPreprocess.from_dict({key: value})
+    assert info.value.key == key

@@ -1,0 +1,210 @@
+"""Albumentations pipelines: flips that know anatomy, exact eval normalisation, reproducibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xmed.data.datasets.base import to_tensor_sample
+from xmed.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from xmed.errors import ConfigError
+from xmed.findings import FINDINGS, finding_index
+
+MEAN = np.array(IMAGENET_MEAN, np.float32)
+STD = np.array(IMAGENET_STD, np.float32)
+GEOMETRY_OFF = dict(hflip=0.0, vflip=0.0, rotate=0.0, scale=0.0, color=False)
+
+
+def make_sample(h: int = 64, w: int = 64, eye: str = "OD", seed: int = 0) -> dict:
+    """Random image; ANRS mask in the top band, a disc mask on the left; ANRS=1, ANRI=0."""
+    rng = np.random.default_rng(seed)
+    findings = np.zeros(len(FINDINGS), np.float32)
+    findings[finding_index("ANRS")] = 1.0
+    findings[finding_index("RNFLDS")] = np.nan
+    findings[finding_index("RNFLDI")] = 1.0
+    anrs = np.zeros((h, w), bool)
+    anrs[5:15, 20:40] = True
+    disc = np.zeros((h, w), bool)
+    disc[25:35, 4:14] = True
+    return {
+        "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        "label": 1.0,
+        "findings": findings,
+        "vcdr": 0.6,
+        "masks": {"ANRS": anrs, "disc": disc},
+        "meta": {"id": "s0", "eye": eye, "source": "test"},
+    }
+
+
+def denormalise(image: np.ndarray) -> np.ndarray:
+    return (image * STD + MEAN) * 255.0
+
+
+# ------------------------------------------------------------------------------- flips
+@pytest.mark.parametrize("eye, flipped", [("OD", "OS"), ("OS", "OD"), ("", "")])
+def test_hflip_mirrors_image_masks_and_eye(eye, flipped):
+    sample = make_sample(eye=eye)
+    out = build_transforms("train", 64, **{**GEOMETRY_OFF, "hflip": 1.0}, seed=0)(sample)
+    assert out["meta"]["eye"] == flipped
+    np.testing.assert_allclose(denormalise(out["image"]), np.fliplr(sample["image"]), atol=1e-3)
+    for name in ("ANRS", "disc"):
+        np.testing.assert_array_equal(out["masks"][name], np.fliplr(sample["masks"][name]))
+    np.testing.assert_array_equal(out["findings"], sample["findings"])  # L-R keeps S/I
+    assert sample["meta"]["eye"] == eye  # input not modified
+
+
+def test_vflip_swaps_superior_and_inferior():
+    sample = make_sample()
+    out = build_transforms("train", 64, **{**GEOMETRY_OFF, "vflip": 1.0}, seed=0)(sample)
+    f = out["findings"]
+    assert f[finding_index("ANRI")] == 1.0 and f[finding_index("ANRS")] == 0.0
+    assert f[finding_index("RNFLDS")] == 1.0 and np.isnan(f[finding_index("RNFLDI")])
+    assert np.isnan(f).sum() == 1
+    assert set(out["masks"]) == {"ANRI", "disc"}
+    rows = np.flatnonzero(out["masks"]["ANRI"].any(axis=1))
+    assert (rows.min(), rows.max()) == (64 - 15, 64 - 6)  # top band 5..14 -> bottom 49..58
+    np.testing.assert_array_equal(out["masks"]["disc"], np.flipud(sample["masks"]["disc"]))
+    np.testing.assert_allclose(denormalise(out["image"]), np.flipud(sample["image"]), atol=1e-3)
+    assert out["meta"]["eye"] == "OD" and out["vcdr"] == 0.6 and out["label"] == 1.0
+
+
+def test_random_flips_are_detected_call_by_call():
+    sample = make_sample()
+    reference = build_transforms("eval", 64)(sample)["image"]
+    t = build_transforms("train", 64, **{**GEOMETRY_OFF, "hflip": 0.5, "vflip": 0.5}, seed=3)
+    seen = set()
+    for _ in range(24):
+        out = t(sample)
+        h = out["meta"]["eye"] == "OS"
+        v = out["findings"][finding_index("ANRI")] == 1.0
+        expected = reference[:, ::-1] if h else reference
+        expected = expected[::-1] if v else expected
+        np.testing.assert_array_equal(out["image"], expected)
+        assert ("ANRI" in out["masks"]) == v
+        seen.add((h, v))
+    # every combination occurs (flips draw independently, see FundusTransform.set_random_seed)
+    assert len(seen) == 4
+
+
+def test_no_label_breaking_transforms_offered():
+    names = {type(t).__name__ for t in build_transforms("train", 64, vflip=0.5).compose}
+    assert not names & {"Transpose", "RandomRotate90", "GridDistortion", "ElasticTransform"}
+
+
+def test_scaling_is_isotropic_and_keeps_vertical_ratio():
+    sample = make_sample()
+    cup = np.zeros((64, 64), bool)
+    cup[26:34, 28:36] = True  # 8 px tall
+    disc = np.zeros((64, 64), bool)
+    disc[20:40, 22:42] = True  # 20 px tall: vertical ratio 0.4
+    sample["masks"] = {"cup": cup, "disc": disc}
+    t = build_transforms("train", 64, **{**GEOMETRY_OFF, "scale": 0.3}, seed=1)
+    for _ in range(6):
+        masks = t(sample)["masks"]
+        rows = [np.flatnonzero(masks[n].any(axis=1)) for n in ("cup", "disc")]
+        cols = [np.flatnonzero(masks[n].any(axis=0)) for n in ("cup", "disc")]
+        heights = [r.max() - r.min() + 1 for r in rows]
+        widths = [c.max() - c.min() + 1 for c in cols]
+        assert abs(heights[1] - widths[1]) <= 1  # a square stays square
+        assert heights[0] / heights[1] == pytest.approx(0.4, abs=0.06)
+
+
+# ------------------------------------------------------------------------------- eval
+def test_eval_exact_normalisation_and_determinism():
+    sample = make_sample()
+    t = build_transforms("eval", 64)
+    out, again = t(sample), build_transforms("eval", 64)(sample)
+    np.testing.assert_array_equal(out["image"], again["image"])
+    assert out["image"].dtype == np.float32 and out["image"].shape == (64, 64, 3)
+    y, x = 17, 42
+    expected = (sample["image"][y, x] / 255.0 - MEAN) / STD
+    np.testing.assert_allclose(out["image"][y, x], expected, rtol=1e-5, atol=1e-5)
+    for name in ("ANRS", "disc"):
+        assert out["masks"][name].dtype == bool
+        np.testing.assert_array_equal(out["masks"][name], sample["masks"][name])
+
+
+def test_eval_resizes_non_square_by_letterbox():
+    sample = make_sample(h=80, w=100)
+    sample["image"][:] = (200, 100, 50)
+    out = build_transforms("eval", 64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))(sample)
+    assert out["image"].shape == (64, 64, 3) and out["masks"]["disc"].shape == (64, 64)
+    # 100 -> 64 wide, 80 -> 51 tall: 6 black rows on top, 7 below, exact colour in between
+    np.testing.assert_allclose(out["image"][32, 32], (np.array([200, 100, 50]) / 255 - 0.5) / 0.25,
+                               rtol=1e-5)
+    np.testing.assert_allclose(out["image"][0, 0], (0 - 0.5) / 0.25)
+    colour_rows = np.flatnonzero(out["image"][:, 32, 0] > -2)
+    assert (colour_rows.min(), colour_rows.max()) == (6, 56)
+
+
+def test_preprocess_runs_first_and_masks_follow():
+    h, w, cx, cy, r = 120, 180, 95.0, 60.0, 80.0  # circle cut at top and bottom
+    yy, xx = np.mgrid[:h, :w]
+    image = np.zeros((h, w, 3), np.uint8)
+    image[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (180, 80, 40)
+    square = np.zeros((h, w), bool)
+    square[50:70, 85:105] = True  # centred on the FOV centre
+    image[square] = 255
+    sample = {**make_sample(h, w), "image": image, "masks": {"square": square}}
+    out = build_transforms("eval", 64, preprocess={"crop_fov": True, "margin": 0.0})(sample)
+    rows = np.flatnonzero(out["masks"]["square"].any(axis=1))
+    cols = np.flatnonzero(out["masks"]["square"].any(axis=0))
+    assert abs((rows.min() + rows.max()) / 2 - 31.5) <= 1 and abs((cols.min() + cols.max()) / 2 - 31.5) <= 1
+    white = denormalise(out["image"]).min(axis=2) > 150  # edge pixels are blended by the resize
+    centre_white = np.argwhere(white).mean(axis=0)
+    centre_mask = np.argwhere(out["masks"]["square"]).mean(axis=0)
+    np.testing.assert_allclose(centre_white, centre_mask, atol=0.5)
+    assert denormalise(out["image"])[0, 32].max() < 1  # the cut-off top is black padding
+
+
+def test_preprocess_dict_with_unknown_key_rejected():
+    with pytest.raises(ConfigError, match="'crop'"):
+        build_transforms("eval", 64, preprocess={"crop": True})
+
+
+# ------------------------------------------------------------------------------- train
+def test_train_reproducible_with_seed_and_random_across_calls():
+    sample = make_sample()
+    a, b = build_transforms("train", 64, seed=7), build_transforms("train", 64, seed=7)
+    outs_a = [a(sample) for _ in range(3)]
+    outs_b = [b(sample) for _ in range(3)]
+    for x, y in zip(outs_a, outs_b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        assert x["meta"] == y["meta"] and x["masks"].keys() == y["masks"].keys()
+    assert not np.array_equal(outs_a[0]["image"], outs_a[1]["image"])
+    other = build_transforms("train", 64, seed=8)(sample)
+    assert not np.array_equal(outs_a[0]["image"], other["image"])
+
+
+def test_photometric_changes_image_but_not_masks():
+    sample = make_sample()
+    reference = build_transforms("eval", 64)(sample)["image"]
+    t = build_transforms("train", 64, **{**GEOMETRY_OFF, "color": True}, seed=0)
+    changed = 0
+    for _ in range(6):
+        out = t(sample)
+        for name in ("ANRS", "disc"):
+            np.testing.assert_array_equal(out["masks"][name], sample["masks"][name])
+        changed += not np.allclose(out["image"], reference)
+    assert changed >= 4
+
+
+def test_rotation_moves_masks_with_image():
+    sample = make_sample()
+    sample["image"][:] = 0
+    sample["image"][sample["masks"]["ANRS"]] = 255
+    t = build_transforms("train", 64, **{**GEOMETRY_OFF, "rotate": 15.0, "scale": 0.1}, seed=2)
+    for _ in range(4):
+        out = t(sample)
+        bright = denormalise(out["image"]).min(axis=2) > 128
+        mask = out["masks"]["ANRS"]
+        assert (bright & mask).sum() / (bright | mask).sum() > 0.8
+
+
+def test_to_tensor_sample_round_trip():
+    out = to_tensor_sample(build_transforms("train", 48, seed=0)(make_sample()))
+    assert out["image"].dtype == torch.float32 and out["image"].shape == (3, 48, 48)
+    assert out["masks"]["disc"].shape == (48, 48) and out["masks"]["disc"].dtype == torch.bool
+    assert out["findings"].shape == (len(FINDINGS),)
+    assert out["image"].min() < 0  # normalised, not rescaled a second time

@@ -1,0 +1,200 @@
+"""Albumentations pipelines for fundus samples that honour anatomy.
+
+DESIGN, "Flips know anatomy": a horizontal flip turns a right eye (OD) into a left eye (OS) and
+back; a vertical flip moves superior to inferior, so every superior/inferior finding pair
+(ANRS↔ANRI, RNFLDS↔RNFLDI, BCLVS↔BCLVI) is swapped, in ``findings`` and in the names of their
+masks. Albumentations moves the image and all masks together; which flips fired is read back from
+``Compose(save_applied_params=True)``'s ``applied_transforms`` list and the labels are fixed
+to match.
+
+Augmentations that cannot honour a label are not offered: no ``Transpose`` or
+``RandomRotate90`` (they turn superior into temporal/nasal, which no finding label can follow),
+no large rotations, and no anisotropic scaling, stretching, shear or elastic warps (a vertical-only
+stretch changes the vertical cup-to-disc ratio). Scaling is isotropic, rotations are small
+(±``rotate`` degrees), non-square inputs are letterboxed, never squashed.
+
+Example:
+    >>> import numpy as np
+    >>> from xmed.findings import FINDINGS
+    >>> sample = {"image": np.zeros((80, 100, 3), np.uint8), "label": 1.0,
+    ...           "findings": np.zeros(len(FINDINGS), np.float32), "vcdr": 0.7,
+    ...           "masks": {"disc": np.zeros((80, 100), bool)},
+    ...           "meta": {"id": "a", "eye": "OD", "source": "x"}}
+    >>> out = build_transforms("train", 64, hflip=1.0, seed=0)(sample)
+    >>> out["image"].shape, out["image"].dtype.name, out["masks"]["disc"].shape, out["meta"]["eye"]
+    ((64, 64, 3), 'float32', (64, 64), 'OS')
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Literal, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from xmed.data.preprocess import FundusPreprocess
+from xmed.findings import vertical_flip_partner, vertical_flip_permutation
+
+Stage = Literal["train", "eval"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_EYE_MIRROR = {"OD": "OS", "OS": "OD"}
+
+
+def mirror_eye(eye: str) -> str:
+    """The laterality after a horizontal flip: OD↔OS; anything else (``""``) is kept."""
+    return _EYE_MIRROR.get(eye, eye)
+
+
+def apply_anatomy_of_flips(sample: dict, hflip: bool, vflip: bool) -> dict:
+    """Fix the labels of a sample whose image and masks were flipped (the pixels already are).
+
+    Horizontal: ``meta["eye"]`` OD↔OS. Vertical: ``findings`` permuted by
+    :func:`xmed.findings.vertical_flip_permutation` (NaNs move with their finding) and finding
+    masks renamed to their partners (``ANRS`` → ``ANRI`` …); other masks keep their names.
+    ``label`` and ``vcdr`` are unchanged by either flip.
+    """
+    out = dict(sample)
+    if hflip:
+        meta = dict(out.get("meta") or {})
+        meta["eye"] = mirror_eye(meta.get("eye", "") or "")
+        out["meta"] = meta
+    if vflip:
+        findings = np.asarray(out["findings"], dtype=np.float32)
+        out["findings"] = findings[vertical_flip_permutation()]
+        out["masks"] = {vertical_flip_partner(k): v for k, v in (out.get("masks") or {}).items()}
+    return out
+
+
+class FundusTransform:
+    """A sample-dict transform: preprocessing, then an albumentations ``Compose``, then labels.
+
+    Built by :func:`build_transforms`; ``compose`` is the albumentations pipeline (for inspection
+    or ``A.save``). Calling it returns a new sample dict: ``image`` float32 ``size×size×3``
+    normalised, ``masks`` bool ``size×size`` under the same names (renamed by vertical flips).
+    """
+
+    def __init__(self, compose: A.Compose, preprocess: FundusPreprocess | None = None,
+                 seed: int | None = None):
+        self.compose = compose
+        self.preprocess = preprocess
+        self.set_random_seed(seed)
+
+    def set_random_seed(self, seed: int | None) -> None:
+        """Seed the augmentations; None draws fresh entropy.
+
+        All transforms share one generator pair. ``A.Compose(seed=s)`` in albumentations 2.0.8
+        instead gives *every* transform its own ``Random(s)``, so their coin flips coincide (a
+        horizontal and a vertical flip of equal probability would always fire together). Reseed
+        with e.g. ``seed + worker_id`` in a DataLoader ``worker_init_fn``: albumentations does not
+        vary a seeded pipeline across workers by itself.
+        """
+        self.seed = seed
+        self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def __call__(self, sample: dict) -> dict:
+        if self.preprocess is not None:
+            sample = self.preprocess(sample)
+        masks = sample.get("masks") or {}
+        names = list(masks)
+        data: dict[str, Any] = {"image": np.asarray(sample["image"])}
+        if names:
+            data["masks"] = [np.asarray(masks[n], dtype=np.uint8) for n in names]
+        result = self.compose(**data)
+        # Compose(save_applied_params=True) lists (class name, params) of every top-level
+        # transform that fired in this call; the flips are top-level by construction.
+        fired = {name for name, _ in result.get("applied_transforms", [])}
+        out = {**sample, "image": result["image"],
+               "masks": {n: np.asarray(m) > 0 for n, m in zip(names, result.get("masks", []))}}
+        return apply_anatomy_of_flips(out, hflip="HorizontalFlip" in fired,
+                                      vflip="VerticalFlip" in fired)
+
+    def __repr__(self) -> str:
+        return f"FundusTransform(preprocess={self.preprocess!r}, compose={self.compose!r})"
+
+
+def _photometric() -> list[A.BasicTransform]:
+    """Colour/exposure/sharpness jitter of fundus cameras; image-only, so masks are untouched."""
+    return [
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+        A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=10, val_shift_limit=0, p=0.3),
+        A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 1.0), p=0.2),
+        A.GaussNoise(std_range=(0.01, 0.04), p=0.2),
+    ]
+
+
+def build_transforms(
+    stage: Stage,
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    preprocess: FundusPreprocess | dict | None = None,
+    hflip: float = 0.5,
+    vflip: float = 0.0,
+    rotate: float = 15.0,
+    color: bool = True,
+    scale: float = 0.1,
+    seed: int | None = None,
+) -> Callable[[dict], dict]:
+    """The train or eval transform of numpy sample dicts (see :mod:`xmed.data.datasets.base`).
+
+    Pipeline: ``preprocess`` (e.g. FOV crop; None = none) → fit into ``size×size`` (longer side
+    resized with INTER_AREA, masks nearest, black/False letterbox padding when not square) →
+    [train: flips, isotropic scale ±``scale`` and rotation ±``rotate``° via ``Affine`` with
+    black fill, photometric jitter if ``color``] → normalise ``(x/255 − mean)/std``.
+    Flips update ``meta["eye"]`` / swap superior–inferior findings and masks (module docstring);
+    transforms that would break a label (Transpose, RandomRotate90, anisotropic scaling) are
+    deliberately not available. The eval pipeline is deterministic.
+
+    Args:
+        stage: ``"train"`` (augment) or ``"eval"`` (resize + normalise only).
+        size: output side in pixels.
+        mean, std: per-channel normalisation, in [0, 1] units.
+        preprocess: a :class:`FundusPreprocess` or its ``to_dict()``; applied first.
+        hflip, vflip: flip probabilities (train only).
+        rotate: maximum rotation in degrees (train only; 0 disables).
+        color: photometric jitter — brightness/contrast, gamma, hue/saturation, blur, noise.
+        scale: maximum relative isotropic zoom (train only; 0 disables).
+        seed: seed of the augmentations (reproducible; see :meth:`FundusTransform.set_random_seed`).
+
+    Returns:
+        A :class:`FundusTransform` (``sample dict -> sample dict``).
+
+    Example:
+        >>> import numpy as np
+        >>> t = build_transforms("eval", 32)
+        >>> s = {"image": np.full((40, 40, 3), 255, np.uint8), "label": 0.0,
+        ...      "findings": np.zeros(10, np.float32), "vcdr": 0.3, "masks": {},
+        ...      "meta": {"id": "x", "eye": "OS", "source": ""}}
+        >>> round(float(t(s)["image"][0, 0, 0]), 4)   # (1 - 0.485) / 0.229
+        2.2489
+    """
+    if stage not in ("train", "eval"):
+        raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
+    if isinstance(preprocess, dict):
+        preprocess = FundusPreprocess.from_dict(preprocess)
+    steps: list[A.BasicTransform] = [
+        A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA,
+                         mask_interpolation=cv2.INTER_NEAREST),
+        A.PadIfNeeded(min_height=size, min_width=size, position="center",
+                      border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
+    ]
+    if stage == "train":
+        if hflip > 0:
+            steps.append(A.HorizontalFlip(p=hflip))
+        if vflip > 0:
+            steps.append(A.VerticalFlip(p=vflip))
+        if rotate > 0 or scale > 0:
+            steps.append(A.Affine(scale=(1 - scale, 1 + scale), keep_ratio=True,
+                                  rotate=(-rotate, rotate), interpolation=cv2.INTER_LINEAR,
+                                  mask_interpolation=cv2.INTER_NEAREST,
+                                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7))
+        if color:
+            steps.extend(_photometric())
+    steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
+    compose = A.Compose(steps, save_applied_params=True)
+    return FundusTransform(compose, preprocess, seed=seed)
