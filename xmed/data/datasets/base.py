@@ -190,15 +190,19 @@ class FundusDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict | SkippedSample:
+        return self.get(index, self.transform)
+
+    def get(self, index: int, transform: Callable[[dict], dict] | None = None) -> dict | SkippedSample:
+        """Sample ``index`` through ``transform`` (so that splits can share one listing)."""
         record = self.records[index]
         try:
             sample = self.load_sample(record)
         except (ImageReadError, DatasetError) as err:
             if self.on_error == "skip":
-                return SkippedSample(getattr(err, "path", str(record.image_path)), getattr(err, "reason", str(err)))
+                return SkippedSample(err.path, err.reason)
             raise
-        if self.transform is not None:
-            sample = self.transform(sample)
+        if transform is not None:
+            sample = transform(sample)
         return to_tensor_sample(sample)
 
     def load_sample(self, record: Record) -> dict:

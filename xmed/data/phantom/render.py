@@ -329,7 +329,7 @@ def render_eye(cause: Cause, eye: str, size: int, seed: int, *, shortcut: bool,
         _blend(local, (0.45, 0.04, 0.03), 0.9 * _soft(masks["DH"][win], 0.04 * disc_a))
 
     # ---------------------------------------------------------------- distractors (label-free)
-    n_drusen = int(look.integers(3, 16)) if look.random() < 0.25 else 0
+    n_drusen = int(look.integers(3, 16)) if look.random() < 0.15 else 0
     drusen_xy = look.normal(0, 0.05, (16, 2))
     n_dust = int(look.integers(1, 4)) if look.random() < 0.3 else 0
     dust_xy = look.uniform(-0.7, 0.7, (3, 2))

@@ -1,0 +1,122 @@
+"""``xmed-data``: render the phantom, inspect a data set, draw a contact sheet.
+
+Examples::
+
+    xmed-data phantom --out data/phantom --n 2000 --size 256 --seed 0
+    xmed-data phantom --out data/phantom_sc --n 2000 --size 256 --shortcut 0.9
+    xmed-data inspect --dataset refuge --root /data/REFUGE --json
+    xmed-data sheet --out docs/phantom_contact_sheet.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from xmed.errors import XmedError
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from xmed.data.phantom.writer import write_phantom_dataset
+
+    summary = write_phantom_dataset(
+        args.out, n=args.n, size=args.size, seed=args.seed, prevalence=args.prevalence,
+        shortcut=args.shortcut, image_format=args.format, workers=args.workers,
+        progress=not args.quiet,
+    )
+    out = Path(args.out).resolve()
+    print(f"wrote {summary['n']} eyes ({summary['n_positive']} glaucoma) at {summary['size']} px "
+          f"in {summary['seconds']} s")
+    print(f"  images      {out / 'images'}")
+    print(f"  masks       {out / 'masks'}")
+    print(f"  labels      {out / 'labels.csv'}")
+    print(f"  parameters  {out / 'phantom.json'}")
+    if summary["oracle_auroc"] is not None:
+        print(f"  oracle AUROC {summary['oracle_auroc']:.4f} (the best any model can score on these eyes)")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from xmed.data.datasets import get_dataset
+    from xmed.data.inspect import format_report, inspect_dataset
+
+    options = json.loads(args.options) if args.options else {}
+    dataset = get_dataset(args.dataset, args.root, on_error="skip", **options)
+    report = inspect_dataset(dataset, decode=not args.no_decode, progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _sheet(args: argparse.Namespace) -> int:
+    import cv2
+
+    from xmed.data.phantom import render_phantom
+    from xmed.viz.grid import image_grid
+
+    images, captions = [], []
+    for seed in range(args.seed, args.seed + args.n):
+        eye = render_phantom(seed, args.size)
+        present = [code for code, value in eye.findings.items() if value]
+        images.append(eye.image)
+        captions.append(f"seed {seed} {eye.eye} {'glaucoma' if eye.label else 'normal'} "
+                        f"vCDR {eye.vcdr:.2f}\n{' '.join(present) or '-'}")
+    sheet = image_grid(images, columns=args.columns, captions=captions, caption_scale=0.45 * args.size / 256)
+    if args.thumb:
+        scale = args.thumb / sheet.shape[1]
+        sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(args.out), sheet[..., ::-1])
+    print(f"wrote contact sheet of {args.n} phantom eyes to {Path(args.out).resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xmed-data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantom", help="render a phantom data set to disk")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--n", type=int, default=1000, help="number of eyes")
+    p.add_argument("--size", type=int, default=512, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prevalence", type=float, default=0.3, help="P(glaucoma)")
+    p.add_argument("--shortcut", type=float, nargs="?", const=0.9, default=None,
+                   help="draw a marker correlated with the label in the training split "
+                        "(strength in [0, 1]; 0.9 when given without a value)")
+    p.add_argument("--format", choices=("png", "jpg"), default="png")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_phantom)
+
+    p = sub.add_parser("inspect", help="count a data set and list unreadable or skipped files")
+    p.add_argument("--dataset", required=True, help="registered data set name, e.g. phantom, refuge")
+    p.add_argument("--root", type=Path, help="data set folder (not needed for phantom_render)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-decode", action="store_true", help="read labels only, do not decode images")
+    p.add_argument("--options", help="extra data set arguments as JSON, e.g. '{\"split\": \"test\"}'")
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("sheet", help="draw a contact sheet of phantom renders")
+    p.add_argument("--out", type=Path, default=Path("docs/phantom_contact_sheet.png"))
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--thumb", type=int, default=0, help="resize the sheet to this width (0: full size)")
+    p.set_defaults(run=_sheet)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except XmedError as err:
+        print(f"xmed-data: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

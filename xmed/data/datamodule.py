@@ -1,0 +1,221 @@
+"""A LightningDataModule over any registered data set: splits, transforms, loaders.
+
+Splits follow the data set's published train/val/test split when it has one (a published
+train/test split gets a validation part carved from train); otherwise they are drawn here —
+by patient where the data set knows patients (both eyes of a person stay in one split),
+stratified by label, deterministic in ``seed``.
+
+Example:
+    >>> dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 40, "size": 64},
+    ...                       image_size=64, batch_size=8)
+    >>> dm.setup()
+    >>> {k: len(v) for k, v in dm.splits.items()}
+    {'train': 28, 'val': 6, 'test': 6}
+    >>> batch = next(iter(dm.train_dataloader())); tuple(batch["image"].shape)
+    (8, 3, 64, 64)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from xmed.data.datasets import FundusDataset, collate_samples, get_dataset
+from xmed.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from xmed.errors import ConfigError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def split_indices(labels: Sequence[float], groups: Sequence[str], fractions: Sequence[float],
+                  seed: int) -> dict[str, list[int]]:
+    """Stratified, grouped train/val/test indices.
+
+    Every group (patient) lands in exactly one split; groups are stratified by their label
+    (the max over their eyes; ungraded is its own stratum). Written here because scikit-learn's
+    StratifiedGroupKFold gives k equal folds, not arbitrary fractions, and is not a runtime
+    dependency.
+
+    Example:
+        >>> parts = split_indices([0, 1, 0, 1, 0, 1], ["a", "a", "b", "c", "d", "e"], (0.5, 0.25, 0.25), 0)
+        >>> sorted(i for part in parts.values() for i in part)
+        [0, 1, 2, 3, 4, 5]
+        >>> [name for name, part in parts.items() if 0 in part and 1 in part]   # patient "a" kept whole
+        ['train']
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError("data.splits", f"must be three non-negative fractions summing to 1, got {list(fractions)}")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    strata: dict[str, list[str]] = {}
+    for g, idx in members.items():
+        values = [labels[i] for i in idx if not math.isnan(labels[i])]
+        strata.setdefault(str(max(values)) if values else "ungraded", []).append(g)
+    rng = np.random.default_rng(seed)
+    out = {s: [] for s in SPLITS}
+    for key in sorted(strata):
+        names = sorted(strata[key])
+        order = rng.permutation(len(names))
+        bounds = np.cumsum(fractions) * len(names)
+        for rank, j in enumerate(order):
+            split = SPLITS[int(np.searchsorted(bounds, rank + 0.5))]  # rank centre against the cut points
+            out[split].extend(members[names[j]])
+    return {s: sorted(v) for s, v in out.items()}
+
+
+class SplitView(Dataset):
+    """The samples of one split of a :class:`FundusDataset`, through that split's transform."""
+
+    def __init__(self, base: FundusDataset, indices: Sequence[int], transform):
+        self.base, self.indices, self.transform = base, list(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base.get(self.indices[i], self.transform)
+
+    def labels(self) -> np.ndarray:
+        return np.array([self.base.records[i].label for i in self.indices], np.float32)
+
+
+def _seed_worker_transform(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream (else workers repeat each other)."""
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
+class FundusDataModule(L.LightningDataModule):
+    """Train/val/test/predict loaders for a registered data set.
+
+    Args:
+        dataset: registry name (see :data:`xmed.data.datasets.DATASETS`).
+        root: the data set folder (None for ``phantom_render``).
+        dataset_options: extra arguments of the data set class (e.g. ``partition``, ``n``).
+        image_size: side of the square network input.
+        batch_size, num_workers, pin_memory: loader settings.
+        splits: train/val/test fractions used when the data set publishes no split.
+        use_published_splits: follow the published split when there is one.
+        seed: split and augmentation seed.
+        preprocess: :class:`~xmed.data.preprocess.FundusPreprocess` fields (FOV crop, contrast).
+        augment: extra arguments of :func:`~xmed.data.transforms.build_transforms` for training
+            (``hflip``, ``vflip``, ``rotate``, ``color``, ``scale``).
+        on_error: ``"raise"`` or ``"skip"`` (skipped files are logged and listed in
+            :attr:`skipped`; skipped samples arrive in each batch's ``"skipped"`` list).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "phantom",
+        root: str | None = None,
+        dataset_options: dict[str, Any] | None = None,
+        image_size: int = 256,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        splits: Sequence[float] = (0.7, 0.15, 0.15),
+        use_published_splits: bool = True,
+        seed: int = 0,
+        preprocess: dict[str, Any] | None = None,
+        augment: dict[str, Any] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        on_error: Literal["raise", "skip"] = "raise",
+    ):
+        super().__init__()
+        if image_size < 16:
+            raise ConfigError("data.image_size", f"must be at least 16, got {image_size}")
+        if batch_size < 1:
+            raise ConfigError("data.batch_size", f"must be at least 1, got {batch_size}")
+        self.save_hyperparameters()
+        self.dataset_name, self.root = dataset, root
+        self.dataset_options = dict(dataset_options or {})
+        self.image_size, self.batch_size = image_size, batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.split_fractions, self.use_published_splits = tuple(splits), use_published_splits
+        self.seed, self.on_error = seed, on_error
+        self.preprocess = dict(preprocess or {})
+        self.augment = dict(augment or {})
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.base: FundusDataset | None = None
+        self.splits: dict[str, SplitView] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.base is not None:
+            return
+        self.base = get_dataset(self.dataset_name, self.root, on_error=self.on_error, **self.dataset_options)
+        if len(self.base) == 0:
+            raise ConfigError("data.root", f"data set {self.dataset_name!r} at {self.root} has no usable images")
+        for skip in self.base.skipped:
+            log.warning("skipped %s: %s", skip.path, skip.reason)
+        indices = self._split_indices()
+        transforms = {
+            "train": build_transforms("train", self.image_size, self.mean, self.std,
+                                      preprocess=self.preprocess or None, seed=self.seed, **self.augment),
+            "eval": build_transforms("eval", self.image_size, self.mean, self.std,
+                                     preprocess=self.preprocess or None),
+        }
+        self.splits = {s: SplitView(self.base, indices[s], transforms["train" if s == "train" else "eval"])
+                       for s in SPLITS}
+        counts = {s: len(v) for s, v in self.splits.items()}
+        log.info("data set %s: %d images, splits %s, %d skipped", self.dataset_name, len(self.base),
+                 counts, len(self.base.skipped))
+
+    def _split_indices(self) -> dict[str, list[int]]:
+        records = self.base.records
+        labels = [r.label for r in records]
+        groups = self.base.groups()
+        published = [r.split for r in records]
+        if self.use_published_splits and all(s in SPLITS for s in published):
+            out = {s: [i for i, p in enumerate(published) if p == s] for s in SPLITS}
+            if out["train"] and out["val"] and out["test"]:
+                return out
+            if out["train"] and not out["val"]:  # carve validation out of the published train split
+                train = out["train"]
+                f_train, f_val, _ = self.split_fractions
+                part = split_indices([labels[i] for i in train], [groups[i] for i in train],
+                                     (f_train / (f_train + f_val), f_val / (f_train + f_val), 0.0), self.seed)
+                out["train"] = [train[i] for i in part["train"]]
+                out["val"] = [train[i] for i in part["val"]]
+                if out["test"]:
+                    return out
+        return split_indices(labels, groups, self.split_fractions, self.seed)
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return [s.as_dict() for s in self.base.skipped] if self.base is not None else []
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.splits:
+            self.setup()
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
+            num_workers=self.num_workers, pin_memory=self.pin_memory,
+            collate_fn=collate_samples, worker_init_fn=_seed_worker_transform,
+            persistent_workers=self.num_workers > 0, generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,1 @@
+"""Pictures for people: overlays, grids, plots."""
