@@ -468,7 +468,7 @@ def _deidentified_meta(ds, syntax, geometry: dict[str, Any], salt: str | None) -
     laterality = ds.get("ImageLaterality") or ds.get("Laterality") or ""
     modality = ds.get("Modality")
     return {
-        "id": _pseudonym(str(instance), salt),
+        "id": dicom_pseudonym(str(instance), salt),
         "eye": _LATERALITY_TO_EYE.get(str(laterality).strip().upper()),
         "modality": str(modality) if modality else None,
         "sop_class": str(sop_class) if sop_class else None,
@@ -480,7 +480,15 @@ def _deidentified_meta(ds, syntax, geometry: dict[str, Any], salt: str | None) -
     }
 
 
-def _pseudonym(value: str, salt: str | None) -> str:
+def dicom_pseudonym(value: str, salt: str | None = None) -> str:
+    """The salted SHA-256 pseudonym (16 hex characters) xmed uses in place of a DICOM UID.
+
+    ``salt`` defaults to ``$XMED_DICOM_SALT``, else a public project default: set your own.
+
+    Example:
+        >>> dicom_pseudonym("1.2.3", salt="site-secret") == dicom_pseudonym("1.2.3", salt="site-secret")
+        True
+    """
     if salt is None:
         salt = os.environ.get(DICOM_SALT_ENV) or DEFAULT_DICOM_SALT
     return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:16]

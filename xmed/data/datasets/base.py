@@ -169,10 +169,9 @@ class FundusDataset(Dataset):
         self.load_masks = load_masks
         self.skipped: list[Skip] = []
         records = self.load_records()
-        records = self._drop_missing_images(records)
         if split is not None:
             records = [r for r in records if r.split == split]
-        self.records: list[Record] = records
+        self.records: list[Record] = self._drop_missing_images(records)
 
     # ----------------------------------------------------------------- subclass API
     def load_records(self) -> list[Record]:
@@ -214,11 +213,14 @@ class FundusDataset(Dataset):
         if self.load_masks:
             for name, path in record.mask_paths.items():
                 masks.update(self.decode_mask(name, path, image.shape[:2]))
+        vcdr = record.vcdr
+        if math.isnan(vcdr) and "disc" in masks and "cup" in masks:
+            vcdr = vcdr_from_masks(masks["disc"], masks["cup"])
         return {
             "image": image,
             "label": record.label,
             "findings": record.findings.copy(),
-            "vcdr": record.vcdr,
+            "vcdr": vcdr,
             "masks": masks,
             "meta": {"id": record.id, "eye": record.eye or "", "source": record.source or self.name},
         }
@@ -250,6 +252,24 @@ class FundusDataset(Dataset):
     def groups(self) -> list[str]:
         """Patient (or, when unknown, eye) identifiers for patient-level splits."""
         return [r.patient or r.id for r in self.records]
+
+
+def vcdr_from_masks(disc: np.ndarray, cup: np.ndarray) -> float:
+    """Vertical cup-to-disc ratio measured from masks: the cup's vertical extent (rows it
+    spans) over the disc's. NaN when the disc mask is empty.
+
+    Data sets that publish disc/cup masks but no vCDR get it measured this way.
+
+    Example:
+        >>> disc = np.zeros((10, 10), bool); disc[1:9, 2:8] = True
+        >>> cup = np.zeros((10, 10), bool); cup[3:7, 4:6] = True
+        >>> vcdr_from_masks(disc, cup)
+        0.5
+    """
+    disc_rows = int(np.asarray(disc).any(1).sum())
+    if disc_rows == 0:
+        return NAN
+    return int(np.asarray(cup).any(1).sum()) / disc_rows
 
 
 def to_tensor_sample(sample: dict) -> dict:

@@ -1,0 +1,747 @@
+"""The public data set readers, each on a tiny tree laid out exactly as the set is published."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import openpyxl
+import pytest
+import torch
+from PIL import Image
+
+from xmed.data.datasets import DATASETS, SkippedSample, collate_samples, dataset_class
+from xmed.errors import DatasetError
+from xmed.findings import FINDINGS
+
+NAN = float("nan")
+S = 8  # every test image is S×S
+
+
+# ------------------------------------------------------------------------------ file helpers
+def image(path: Path, value=(200, 80, 40)) -> Path:
+    """A tiny RGB photograph; the format follows the suffix (JPEG, PNG, BMP)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (S, S), value).save(path, format={".jpg": "JPEG", ".jpeg": "JPEG"}.get(
+        path.suffix.lower(), None))
+    return path
+
+
+def mask(path: Path, levels: np.ndarray, palette: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = Image.fromarray(levels.astype(np.uint8), "L")
+    if palette:  # a palette PNG whose indices are the levels, with unrelated colours
+        m = m.convert("P")
+        m.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 759)
+        m.frombytes(levels.astype(np.uint8).tobytes())
+    m.save(path)
+    return path
+
+
+def square(lo: int, hi: int) -> np.ndarray:
+    """Boolean S×S mask, True on rows/columns lo..hi inclusive."""
+    m = np.zeros((S, S), bool)
+    m[lo:hi + 1, lo:hi + 1] = True
+    return m
+
+
+DISC, CUP = square(2, 5), square(3, 4)
+
+
+def refuge_levels() -> np.ndarray:  # 255 background, 128 rim, 0 cup
+    m = np.full((S, S), 255, np.uint8)
+    m[DISC], m[CUP] = 128, 0
+    return m
+
+
+def index_levels() -> np.ndarray:  # ORIGA/G1020: 0 background, 1 rim, 2 cup
+    m = np.zeros((S, S), np.uint8)
+    m[DISC], m[CUP] = 1, 2
+    return m
+
+
+def binary_levels(region: np.ndarray) -> np.ndarray:
+    return np.where(region, 255, 0).astype(np.uint8)
+
+
+def write_csv(path: Path, rows: list[list], delimiter: str = ",") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        csv.writer(f, delimiter=delimiter).writerows(rows)
+    return path
+
+
+def write_xlsx(path: Path, rows: list[list]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workbook = openpyxl.Workbook()
+    for row in rows:
+        workbook.active.append(row)
+    workbook.save(path)
+    return path
+
+
+def drop_column(path: Path, column: str) -> None:
+    """Rewrite a CSV/xlsx label file without ``column`` (same delimiter, same title rows)."""
+    if path.suffix == ".xlsx":
+        workbook = openpyxl.load_workbook(path)
+        sheet = workbook.active
+        for row in sheet.iter_rows():
+            for cell in row:
+                if cell.value == column:
+                    sheet.delete_cols(cell.column)
+                    workbook.save(path)
+                    return
+        raise AssertionError(f"{column} not in {path}")
+    text = path.read_text()
+    delimiter = ";" if text.splitlines()[0].count(";") > text.splitlines()[0].count(",") else ","
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    j = rows[0].index(column)
+    write_csv(path, [r[:j] + r[j + 1:] for r in rows], delimiter)
+
+
+def same(a, b) -> bool:
+    """Equality that treats NaN as equal to NaN."""
+    return (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)) \
+        or a == b
+
+
+def by_id(ds) -> dict:
+    return {r.id: r for r in ds.records}
+
+
+def sample_of(ds, record_id: str) -> dict:
+    return ds[[r.id for r in ds.records].index(record_id)]
+
+
+# --------------------------------------------------------------------------- fixture builders
+def build_refuge(root: Path) -> Path:
+    image(root / "Training400/Glaucoma/g0001.jpg")
+    image(root / "Training400/Non-Glaucoma/n0001.jpg")
+    mask(root / "Annotation-Training400/Disc_Cup_Masks/Glaucoma/g0001.bmp", refuge_levels())
+    image(root / "REFUGE-Validation400/V0001.jpg")
+    image(root / "REFUGE-Validation400/V0002.jpg")
+    write_xlsx(root / "REFUGE-Validation400-GT/Fovea_locations.xlsx", [
+        ["ID", "ImgName", "Fovea_X", "Fovea_Y", "Glaucoma Label"],
+        [1, "V0001.jpg", 3.5, 4.0, 0],
+        [2, "V0002.jpg", 3.0, 3.0, 1],
+    ])
+    image(root / "Test400/T0001.jpg")
+    write_xlsx(root / "REFUGE-Test-GT/Glaucoma_label_and_Fovea_location.xlsx", [
+        ["ID", "ImgName", "Fovea_X", "Fovea_Y", "Label(Glaucoma=1)"],
+        [1, "T0001.jpg", 4.0, 4.0, 1],
+    ])
+    mask(root / "REFUGE-Test-GT/Disc_Cup_Masks/G/T0001.bmp", refuge_levels())
+    return root
+
+
+def build_refuge2(root: Path) -> Path:
+    t = root / "Train"
+    image(t / "REFUGE1-train/Training400/Glaucoma/g0001.jpg")
+    image(t / "REFUGE1-train/Training400/Non-Glaucoma/n0001.jpg")
+    mask(t / "REFUGE1-train/Annotation-Training400/Disc_Cup_Masks/Glaucoma/g0001.bmp",
+         refuge_levels())
+    image(t / "REFUGE1-val/REFUGE-Validation400/V0001.jpg")
+    write_xlsx(t / "REFUGE1-val/Fovea_locations.xlsx", [
+        ["ID", "ImgName", "Fovea_X", "Fovea_Y", "Glaucoma Label"], [1, "V0001.jpg", 1, 1, 1]])
+    image(t / "REFUGE1-test/Test400/T0001.jpg")
+    write_xlsx(t / "REFUGE1-test/Glaucoma_label_and_Fovea_location.xlsx", [
+        ["ID", "ImgName", "Fovea_X", "Fovea_Y", "Label(Glaucoma=1)"], [1, "T0001.jpg", 1, 1, 0]])
+    image(root / "Validation/Images/V0001.jpg")
+    image(root / "Validation/Images/V0002.jpg")
+    write_csv(root / "Validation/glaucoma.csv",
+              [["FileName", "Glaucoma Risk"], ["V0001.jpg", 0], ["V0002.jpg", 1]])
+    image(root / "Test/refuge2-test/T0001.jpg")
+    write_csv(root / "Test/task1.csv", [["T0001.jpg", 1]])  # headerless, as task1.xls is
+    return root
+
+
+def build_origa(root: Path) -> Path:
+    write_csv(root / "OrigaList.csv", [
+        ["Eye", "Filename", "ExpCDR", "Set", "Glaucoma"],
+        ["OD", "001.jpg", 0.7057, "A", 0],
+        ["OS", "002.jpg", 0.85, "B", 1],
+    ])
+    image(root / "Images/001.jpg")
+    image(root / "Images/002.jpg")
+    mask(root / "Masks/001.png", index_levels())
+    return root
+
+
+def build_g1020(root: Path) -> Path:
+    write_csv(root / "G1020.csv", [["imageID", "binaryLabels"],
+                                   ["image_0.jpg", 1], ["image_1.jpg", 0]])
+    image(root / "Images/image_0.jpg")
+    image(root / "Images/image_1.jpg")
+    mask(root / "Masks/image_0.png", index_levels(), palette=True)
+    return root
+
+
+def build_papila(root: Path) -> Path:
+    for stem in ("RET002OD", "RET002OS", "RET004OD", "RET004OS"):
+        image(root / f"FundusImages/{stem}.jpg")
+    title = [None, None, None, None, "Refractive_Defect"]
+    header = ["ID", "Age", "Gender", "Diagnosis", "dioptre_1"]
+    sub = [None, None, None, None, "dioptre_1"]
+    write_xlsx(root / "ClinicalData/patient_data_od.xlsx",
+               [title, header, sub, ["#002", 39, 0, 0, -1.0], ["#004", 57, 1, 2, 0.5]])
+    write_xlsx(root / "ClinicalData/patient_data_os.xlsx",
+               [title, header, sub, ["#002", 39, 0, 1, -1.5], ["#004", 57, 1, 0, 0.25]])
+    contours = root / "ExpertsSegmentations/Contours"
+    contours.mkdir(parents=True)
+    (contours / "RET002OD_disc_exp1.txt").write_text("2 2\n5 2\n5 5\n2 5\n")
+    (contours / "RET002OD_cup_exp1.txt").write_text("3 3\n4 3\n4 4\n3 4\n")
+    (contours / "RET002OD_disc_exp2.txt").write_text("1 1\n6 1\n6 6\n1 6\n")
+    return root
+
+
+def build_acrima(root: Path) -> Path:
+    image(root / "Database/Images/Im001_ACRIMA.jpg")
+    image(root / "Database/Images/Im311_g_ACRIMA.JPG")  # the release has upper-case .JPG files
+    (root / "Database/readme.txt").write_text("not an image")
+    return root
+
+
+def build_rimone(root: Path) -> Path:
+    by_h = root / "RIM-ONE_DL_images/partitioned_by_hospital"
+    image(by_h / "training_set/glaucoma/r2_Im001.png")
+    image(by_h / "training_set/normal/r1_Im002.png")
+    image(by_h / "test_set/glaucoma/r3_Im003.png")
+    rnd = root / "RIM-ONE_DL_images/partitioned_randomly"
+    image(rnd / "training_set/glaucoma/r3_Im003.png")
+    image(rnd / "training_set/normal/r1_Im002.png")
+    image(rnd / "test_set/glaucoma/r2_Im001.png")
+    seg = root / "RIM-ONE_DL_reference_segmentations/glaucoma"
+    mask(seg / "r2_Im001-1-Disc-T.png", binary_levels(DISC))
+    mask(seg / "r2_Im001-1-Cup-T.png", binary_levels(CUP))
+    return root
+
+
+def build_airogs(root: Path) -> Path:
+    write_csv(root / "train_labels.csv", [["challenge_id", "class"], ["TRAIN000000", "NRG"],
+                                          ["TRAIN000001", "RG"], ["TRAIN000002", "NRG"]])
+    image(root / "0/TRAIN000000.jpg")
+    image(root / "0/TRAIN000001.jpg")
+    image(root / "1/TRAIN000002.jpg")
+    return root
+
+
+def justraigs_row(eye_id, final, fellow, labels, features) -> list:
+    """One CSV row; ``features[g]`` maps codes to cell values (missing codes are empty)."""
+    row = [eye_id, final, fellow, 60, *labels]
+    for g in ("G1", "G2", "G3"):
+        row += [features.get(g, {}).get(code, "") for code in FINDINGS]
+    return row
+
+
+def build_justraigs(root: Path) -> Path:
+    header = ["Eye ID", "Final Label", "Fellow Eye ID", "Age", "Label G1", "Label G2", "Label G3",
+              *(f"{g} {code}" for g in ("G1", "G2", "G3") for code in FINDINGS)]
+    zeros = {code: 0 for code in FINDINGS}
+    rows = [
+        # G1/G2 disagree, so G3 graded: G3's features win (DH left empty by G3 -> NaN)
+        justraigs_row("TRAIN000000", "RG", "TRAIN000001", ["RG", "NRG", "RG"], {
+            "G1": {code: 1 for code in FINDINGS},
+            "G3": {**{c: 0 for c in FINDINGS if c != "DH"}, "ANRS": 1}}),
+        # G1/G2 agree on RG: agreed features kept, ANRI (1 vs 0) disagrees -> NaN
+        justraigs_row("TRAIN000001", "RG", "TRAIN000000", ["RG", "RG", ""], {
+            "G1": {**zeros, "ANRS": 1, "ANRI": 1, "LC": 1},
+            "G2": {**zeros, "ANRS": 1, "ANRI": 0, "LC": 1}}),
+        # both NRG, no features graded: all NaN, never 0
+        justraigs_row("TRAIN000002", "NRG", "", ["NRG", "NRG", ""], {}),
+        # ungradable
+        justraigs_row("TRAIN000003", "U", "", ["U", "U", ""], {}),
+    ]
+    write_csv(root / "JustRAIGS_Train_labels.csv", [header, *rows], delimiter=";")
+    image(root / "0/TRAIN000000.JPG")
+    image(root / "0/TRAIN000001.JPG")
+    image(root / "1/TRAIN000002.JPG")
+    image(root / "5/TRAIN000003.JPG")
+    return root
+
+
+def build_smdg(root: Path) -> Path:
+    write_csv(root / "metadata - standardized.csv", [
+        ["names", "types", "type_expanded", "patient_id", "fundus", "fundus_od_seg",
+         "fundus_oc_seg", "eye", "vcdr"],
+        ["PAPILA-1", 1, "", 7, "/full-fundus/PAPILA-1.png", "/optic-disc/PAPILA-1.png",
+         "/optic-cup/PAPILA-1.png", "OD", 0.6],
+        ["PAPILA-2", 0, "", 7, "/full-fundus/PAPILA-2.png", "", "", "OS", ""],
+        ["OIA-ODIR-TEST-OFFLINE-57", -1, "", "", "/full-fundus/OIA-ODIR-TEST-OFFLINE-57.png",
+         "", "Not Visible", "OD", ""],
+    ])
+    image(root / "full-fundus/PAPILA-1.png")
+    image(root / "full-fundus/full-fundus/PAPILA-2.png")  # Kaggle's doubled folder
+    image(root / "full-fundus/OIA-ODIR-TEST-OFFLINE-57.png")
+    mask(root / "optic-disc/PAPILA-1.png", binary_levels(DISC))
+    mask(root / "optic-cup/PAPILA-1.png", binary_levels(CUP))
+    return root
+
+
+def build_csv(root: Path) -> Path:
+    write_csv(root / "labels.csv", [
+        ["image", "label", "eye", "patient", "vcdr", "split", "DH", "LC"],
+        ["a.png", "glaucoma", "right", "p1", 0.5, "training", 1, ""],
+        ["b.png", 0, "OS", "p1", "", "test", 0, 1],
+        ["sub/c.png", "suspect", "L", "p2", "", "val", "", ""],
+    ])
+    for name in ("a.png", "b.png", "sub/c.png"):
+        image(root / "images" / name)
+    return root
+
+
+def build_image_folder(root: Path) -> Path:
+    image(root / "train/glaucoma/x.png")
+    image(root / "train/normal/y.png")
+    image(root / "test/Glaucoma/z.png")
+    return root
+
+
+def dicom(path: Path, laterality: str | None, patient: str | None, uid: str,
+          attribute: str = "ImageLaterality") -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, uid, "OP"
+    if patient:
+        ds.PatientID = patient
+    if laterality:
+        setattr(ds, attribute, laterality)
+    ds.Rows = ds.Columns = S
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = np.full((S, S, 3), 100, np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def build_dicom(root: Path) -> Path:
+    dicom(root / "a.dcm", "L", "PAT-1", "1.2.3.1")
+    dicom(root / "sub/b.dcm", "R", "PAT-1", "1.2.3.2", attribute="Laterality")
+    dicom(root / "sub/IM0003", None, "PAT-2", "1.2.3.3")  # extension-less PACS export
+    (root / "notes.txt").write_text("not DICOM")
+    write_csv(root / "labels.csv", [["file", "label"], ["a.dcm", 1], ["sub/b.dcm", 0]])
+    return root
+
+
+# name -> (builder, constructor kwargs)
+BUILDERS = {
+    "refuge": (build_refuge, {}),
+    "refuge2": (build_refuge2, {"test_labels": "Test/task1.csv"}),
+    "origa": (build_origa, {}),
+    "g1020": (build_g1020, {}),
+    "papila": (build_papila, {}),
+    "acrima": (build_acrima, {}),
+    "rimone_dl": (build_rimone, {}),
+    "airogs": (build_airogs, {}),
+    "justraigs": (build_justraigs, {}),
+    "smdg": (build_smdg, {}),
+    "csv": (build_csv, {"eye_column": "eye", "patient_column": "patient", "vcdr_column": "vcdr",
+                        "split_column": "split", "image_dir": "images"}),
+    "image_folder": (build_image_folder, {}),
+    "dicom_folder": (build_dicom, {"labels": "labels.csv"}),
+}
+
+
+def make(name: str, tmp_path: Path, **kwargs):
+    builder, defaults = BUILDERS[name]
+    root = builder(tmp_path / name)
+    return dataset_class(name)(root, **{**defaults, **kwargs})
+
+
+def test_every_registered_public_dataset_has_a_fixture():
+    assert set(BUILDERS) == {n for n in DATASETS if not n.startswith("phantom")}
+
+
+# ----------------------------------------------------------------------------- per data set
+def test_refuge(tmp_path):
+    ds = make("refuge", tmp_path)
+    records = by_id(ds)
+    assert sorted(records) == ["T0001", "V0001", "V0002", "g0001", "n0001"]
+    assert {k: r.label for k, r in records.items()} == {
+        "g0001": 1.0, "n0001": 0.0, "V0001": 0.0, "V0002": 1.0, "T0001": 1.0}
+    assert {k: r.split for k, r in records.items()} == {
+        "g0001": "train", "n0001": "train", "V0001": "val", "V0002": "val", "T0001": "test"}
+    assert set(records["T0001"].mask_paths) == {"disc_cup"} and not records["n0001"].mask_paths
+    assert all(np.isnan(r.findings).all() and math.isnan(r.vcdr) for r in ds.records)
+    for record_id in ("g0001", "T0001"):  # BMP levels: 0 cup, 128 rim, 255 background
+        masks = sample_of(ds, record_id)["masks"]
+        assert torch.equal(masks["disc"], torch.from_numpy(DISC))
+        assert torch.equal(masks["cup"], torch.from_numpy(CUP))
+    assert [r.id for r in dataset_class("refuge")(ds.root, split="test").records] == ["T0001"]
+
+
+def test_refuge2(tmp_path):
+    ds = make("refuge2", tmp_path)
+    records = by_id(ds)
+    assert {k: (r.label, r.split) for k, r in records.items()} == {
+        "g0001": (1.0, "train"), "n0001": (0.0, "train"), "V0001": (1.0, "train"),
+        "T0001": (0.0, "train"), "refuge2-val/V0001": (0.0, "val"),
+        "refuge2-val/V0002": (1.0, "val"), "refuge2-test/T0001": (1.0, "test")}
+    assert torch.equal(sample_of(ds, "g0001")["masks"]["cup"], torch.from_numpy(CUP))
+    only = dataset_class("refuge2")(ds.root, parts=("val",))
+    assert sorted(r.id for r in only.records) == ["refuge2-val/V0001", "refuge2-val/V0002"]
+
+
+def test_refuge2_corrupt_xls_names_the_file(tmp_path):
+    root = build_refuge2(tmp_path / "refuge2")
+    (root / "Test/task1.xls").write_bytes(b"\xd0\xcf\x11\xe0 legacy excel")
+    with pytest.raises(DatasetError, match="xls") as err:
+        dataset_class("refuge2")(root)
+    assert "task1.xls" in str(err.value)
+    assert len(dataset_class("refuge2")(root, parts=("train", "val"))) == 6
+
+
+def test_origa(tmp_path):
+    ds = make("origa", tmp_path)
+    a, b = ds.records
+    assert (a.id, a.label, a.eye, a.split) == ("001", 0.0, "OD", "train")
+    assert (b.id, b.label, b.eye, b.split) == ("002", 1.0, "OS", "test")
+    assert (a.vcdr, b.vcdr) == (pytest.approx(0.7057), pytest.approx(0.85))  # ExpCDR
+    sample = ds[0]
+    assert torch.equal(sample["masks"]["disc"], torch.from_numpy(DISC))  # levels 1 and 2
+    assert torch.equal(sample["masks"]["cup"], torch.from_numpy(CUP))    # level 2
+    assert ds[1]["masks"] == {}
+    assert [r.id for r in dataset_class("origa")(ds.root, split="test").records] == ["002"]
+
+
+def test_g1020_palette_mask_uses_indices(tmp_path):
+    ds = make("g1020", tmp_path)
+    assert [(r.id, r.label, r.split, r.eye) for r in ds.records] == [
+        ("image_0", 1.0, None, None), ("image_1", 0.0, None, None)]
+    masks = ds[0]["masks"]
+    assert torch.equal(masks["disc"], torch.from_numpy(DISC))
+    assert torch.equal(masks["cup"], torch.from_numpy(CUP))
+
+
+def test_papila(tmp_path):
+    ds = make("papila", tmp_path)
+    records = by_id(ds)
+    assert sorted(records) == ["RET002OD", "RET002OS", "RET004OD", "RET004OS"]
+    labels = {k: r.label for k, r in records.items()}
+    assert labels["RET002OD"] == 0.0 and labels["RET002OS"] == 1.0 and labels["RET004OS"] == 0.0
+    assert math.isnan(labels["RET004OD"])  # Diagnosis 2 = suspect
+    assert {k: (r.eye, r.patient) for k, r in records.items()} == {
+        "RET002OD": ("OD", "RET002"), "RET002OS": ("OS", "RET002"),
+        "RET004OD": ("OD", "RET004"), "RET004OS": ("OS", "RET004")}
+    assert ds.has_patient_ids and len(set(ds.groups())) == 2
+    masks = sample_of(ds, "RET002OD")["masks"]
+    assert torch.equal(masks["disc"], torch.from_numpy(DISC))
+    assert torch.equal(masks["cup"], torch.from_numpy(CUP))
+    other = dataset_class("papila")(ds.root, expert=2)
+    assert set(by_id(other)["RET002OD"].mask_paths) == {"disc"}
+    assert int(sample_of(other, "RET002OD")["masks"]["disc"].sum()) == 36
+
+
+def test_acrima(tmp_path):
+    ds = make("acrima", tmp_path)
+    assert [(r.id, r.label) for r in ds.records] == [("Im001_ACRIMA", 0.0), ("Im311_g_ACRIMA", 1.0)]
+    image(ds.root / "Database/Images/photo.png")
+    with pytest.raises(DatasetError, match="ACRIMA") as err:
+        dataset_class("acrima")(ds.root)
+    assert "photo.png" in str(err.value)
+    skipped = dataset_class("acrima")(ds.root, on_error="skip")
+    assert len(skipped) == 2 and skipped.skipped[0].path.endswith("photo.png")
+
+
+@pytest.mark.parametrize("partition, splits", [
+    ("by_hospital", {"r2_Im001": "train", "r1_Im002": "train", "r3_Im003": "test"}),
+    ("randomly", {"r3_Im003": "train", "r1_Im002": "train", "r2_Im001": "test"}),
+])
+def test_rimone_dl_partitions(tmp_path, partition, splits):
+    ds = make("rimone_dl", tmp_path, partition=partition)
+    records = by_id(ds)
+    assert {k: r.split for k, r in records.items()} == splits
+    assert {k: r.label for k, r in records.items()} == {
+        "r2_Im001": 1.0, "r1_Im002": 0.0, "r3_Im003": 1.0}
+    masks = sample_of(ds, "r2_Im001")["masks"]
+    assert torch.equal(masks["disc"], torch.from_numpy(DISC))
+    assert torch.equal(masks["cup"], torch.from_numpy(CUP))
+    assert records["r1_Im002"].mask_paths == {}
+
+
+def test_rimone_dl_root_may_be_the_images_folder(tmp_path):
+    root = build_rimone(tmp_path / "rimone")
+    ds = dataset_class("rimone_dl")(root / "RIM-ONE_DL_images")
+    assert len(ds) == 3 and set(by_id(ds)["r2_Im001"].mask_paths) == {"disc", "cup"}
+
+
+def test_airogs(tmp_path):
+    ds = make("airogs", tmp_path)
+    assert [(r.id, r.label, r.image_path.parent.name) for r in ds.records] == [
+        ("TRAIN000000", 0.0, "0"), ("TRAIN000001", 1.0, "0"), ("TRAIN000002", 0.0, "1")]
+
+
+def test_justraigs_finding_consensus(tmp_path):
+    ds = make("justraigs", tmp_path)
+    records = by_id(ds)
+    idx = {code: i for i, code in enumerate(FINDINGS)}
+    assert [same(r.label, v) for r, v in zip(ds.records, [1.0, 1.0, 0.0, NAN])] == [True] * 4
+
+    g3 = records["TRAIN000000"].findings  # G3 graded: G3's features, not G1's all-ones
+    assert g3[idx["ANRS"]] == 1 and np.isnan(g3[idx["DH"]])
+    assert all(g3[idx[c]] == 0 for c in FINDINGS if c not in ("ANRS", "DH"))
+
+    agree = records["TRAIN000001"].findings  # G1/G2: agreed values kept, disagreement NaN
+    assert agree[idx["ANRS"]] == 1 and agree[idx["LC"]] == 1 and np.isnan(agree[idx["ANRI"]])
+    assert all(agree[idx[c]] == 0 for c in FINDINGS if c not in ("ANRS", "ANRI", "LC"))
+
+    assert np.isnan(records["TRAIN000002"].findings).all()  # nothing graded: NaN, never 0
+    assert {k: r.patient for k, r in records.items()} == {
+        "TRAIN000000": "TRAIN000000", "TRAIN000001": "TRAIN000000",
+        "TRAIN000002": "TRAIN000002", "TRAIN000003": "TRAIN000003"}
+    sample = sample_of(ds, "TRAIN000001")
+    assert torch.equal(torch.isnan(sample["findings"]), torch.from_numpy(np.isnan(agree)))
+
+
+def test_smdg(tmp_path):
+    ds = make("smdg", tmp_path)
+    records = by_id(ds)
+    p1, p2, oia = records["PAPILA-1"], records["PAPILA-2"], records["OIA-ODIR-TEST-OFFLINE-57"]
+    assert (p1.label, p1.eye, p1.vcdr, p1.patient) == (1.0, "OD", pytest.approx(0.6), "PAPILA/7")
+    assert (p2.label, p2.eye, p2.patient) == (0.0, "OS", "PAPILA/7") and math.isnan(p2.vcdr)
+    assert p2.image_path == ds.root / "full-fundus/full-fundus/PAPILA-2.png"
+    assert math.isnan(oia.label) and oia.patient is None  # types -1 = suspect
+    assert set(p1.mask_paths) == {"disc", "cup"} and not oia.mask_paths
+    masks = sample_of(ds, "PAPILA-1")["masks"]
+    assert torch.equal(masks["disc"], torch.from_numpy(DISC))
+    assert torch.equal(masks["cup"], torch.from_numpy(CUP))
+
+
+def test_csv_dataset(tmp_path):
+    ds = make("csv", tmp_path)
+    a, b, c = ds.records
+    assert (a.id, a.label, a.eye, a.patient, a.split, a.vcdr) == (
+        "a", 1.0, "OD", "p1", "train", 0.5)
+    assert (b.id, b.label, b.eye, b.split) == ("b", 0.0, "OS", "test") and math.isnan(b.vcdr)
+    assert (c.id, c.eye, c.split, c.patient) == ("sub/c", "OS", "val", "p2")
+    assert math.isnan(c.label)
+    dh, lc = FINDINGS.index("DH"), FINDINGS.index("LC")
+    assert a.findings[dh] == 1 and np.isnan(a.findings[lc]) and b.findings[lc] == 1
+    assert np.isnan(np.delete(a.findings, [dh, lc])).all()
+    assert ds.has_patient_ids and ds.groups() == ["p1", "p1", "p2"]
+
+
+def test_image_folder(tmp_path):
+    ds = make("image_folder", tmp_path)
+    assert [(r.id, r.label, r.split) for r in ds.records] == [
+        ("test/Glaucoma/z", 1.0, "test"), ("train/glaucoma/x", 1.0, "train"),
+        ("train/normal/y", 0.0, "train")]
+    flat = tmp_path / "flat"
+    image(flat / "G/a.png")
+    image(flat / "N/b.png")
+    image(flat / "unsure/c.png")
+    custom = dataset_class("image_folder")(flat, classes={"G": 1, "N": 0}, on_error="skip")
+    assert [(r.id, r.label, r.split) for r in custom.records] == [
+        ("G/a", 1.0, None), ("N/b", 0.0, None)]
+    assert custom.skipped[0].path.endswith("unsure") and "class folder" in custom.skipped[0].reason
+
+
+def test_dicom_folder(tmp_path):
+    ds = make("dicom_folder", tmp_path, on_error="skip")
+    assert len(ds) == 3 and not ds.skipped
+    records = {r.image_path.name: r for r in ds.records}
+    assert (records["a.dcm"].eye, records["a.dcm"].label) == ("OS", 1.0)
+    assert (records["b.dcm"].eye, records["b.dcm"].label) == ("OD", 0.0)
+    assert records["IM0003"].eye is None and math.isnan(records["IM0003"].label)
+    assert records["a.dcm"].patient == records["b.dcm"].patient != records["IM0003"].patient
+    for r in ds.records:  # pseudonyms, never the identifiers in the file
+        assert "PAT" not in r.id and "PAT" not in (r.patient or "") and len(r.id) == 16
+    from xmed.data import read_dicom
+    assert records["a.dcm"].id == read_dicom(ds.root / "a.dcm")[1]["id"]
+    sample = sample_of(ds, records["a.dcm"].id)
+    assert sample["meta"]["eye"] == "OS" and sample["image"].shape == (3, S, S)
+    assert torch.allclose(sample["image"], torch.full((3, S, S), 100 / 255))
+
+    write_csv(ds.root / "labels.csv", [["file", "label"], ["a.dcm", 1], ["gone.dcm", 0]])
+    skipped = dataset_class("dicom_folder")(ds.root, labels="labels.csv", on_error="skip")
+    assert len(skipped) == 3 and skipped.skipped[0].path.endswith("gone.dcm")
+    (ds.root / "broken.dcm").write_bytes(b"not a dicom header at all")
+    broken = dataset_class("dicom_folder")(ds.root, on_error="skip")
+    assert [s.path.endswith("broken.dcm") for s in broken.skipped] == [True]
+
+
+# ----------------------------------------------------------------------- the Sample contract
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_sample_contract(tmp_path, name):
+    ds = make(name, tmp_path)
+    sample = ds[0]
+    assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, S, S)
+    assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
+    assert sample["findings"].shape == (len(FINDINGS),)
+    record = ds.records[0]
+    assert same(float(sample["label"]), record.label) and sample["meta"]["id"] == record.id
+    assert sample["meta"]["source"] == name and record.source == name
+    assert record.split in (None, "train", "val", "test") and record.eye in (None, "OD", "OS")
+
+
+def test_no_image_is_decoded_while_listing(tmp_path, monkeypatch):
+    roots = {name: builder(tmp_path / name) for name, (builder, _) in BUILDERS.items()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was decoded while reading labels")
+
+    import PIL.Image
+    import xmed.data.io as io
+
+    for module, attribute in ((io, "read_image"), (io, "read_mask"), (io, "read_dicom"),
+                              (PIL.Image, "open")):
+        monkeypatch.setattr(module, attribute, refuse)
+    for name, root in roots.items():
+        ds = dataset_class(name)(root, **BUILDERS[name][1])
+        assert len(ds) > 0 and not ds.skipped
+        ds.labels(), ds.groups()
+
+
+# ---------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_missing_root_names_the_path(tmp_path, name):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(DatasetError) as err:
+        dataset_class(name)(missing)
+    assert str(missing) in str(err.value)
+
+
+LABEL_FILES = {
+    "refuge": "REFUGE-Test-GT/Glaucoma_label_and_Fovea_location.xlsx",
+    "refuge2": "Validation/glaucoma.csv",
+    "origa": "OrigaList.csv",
+    "g1020": "G1020.csv",
+    "papila": "ClinicalData/patient_data_os.xlsx",
+    "airogs": "train_labels.csv",
+    "justraigs": "JustRAIGS_Train_labels.csv",
+    "smdg": "metadata - standardized.csv",
+    "csv": "labels.csv",
+    "dicom_folder": "labels.csv",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_FILES))
+def test_missing_label_file_names_the_path(tmp_path, name):
+    root = BUILDERS[name][0](tmp_path / name)
+    (root / LABEL_FILES[name]).unlink()
+    with pytest.raises(DatasetError) as err:
+        dataset_class(name)(root, **BUILDERS[name][1])
+    assert str(root / LABEL_FILES[name]) in str(err.value)
+
+
+@pytest.mark.parametrize("name, column", [
+    ("refuge", "Label(Glaucoma=1)"), ("refuge", "ImgName"), ("refuge2", "Glaucoma Risk"),
+    ("origa", "ExpCDR"), ("g1020", "binaryLabels"), ("papila", "Diagnosis"),
+    ("airogs", "class"), ("justraigs", "G3 LC"), ("justraigs", "Fellow Eye ID"),
+    ("smdg", "types"), ("csv", "vcdr"), ("dicom_folder", "label"),
+])
+def test_missing_column_names_column_and_file(tmp_path, name, column):
+    root = BUILDERS[name][0](tmp_path / name)
+    label_file = root / LABEL_FILES[name]
+    drop_column(label_file, column)
+    with pytest.raises(DatasetError) as err:
+        dataset_class(name)(root, **BUILDERS[name][1])
+    message = str(err.value)
+    assert column in message and label_file.name in message
+
+
+@pytest.mark.parametrize("name, column, row", [
+    ("origa", "ExpCDR", "002.jpg"), ("justraigs", "G2 DH", "TRAIN000001"),
+    ("smdg", "vcdr", "PAPILA-2"), ("csv", "vcdr", "b"),
+])
+def test_bad_cell_names_file_column_and_row(tmp_path, name, column, row):
+    root = BUILDERS[name][0](tmp_path / name)
+    label_file = root / LABEL_FILES[name]
+    text = label_file.read_text()
+    delimiter = ";" if name == "justraigs" else ","
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    j = rows[0].index(column)
+    for r in rows[1:]:
+        if row in r[0] or r[0] == f"{row}.png" or r[1] == row:
+            r[j] = "not-a-number"
+    write_csv(label_file, rows, delimiter)
+    with pytest.raises(DatasetError) as err:
+        dataset_class(name)(root, **BUILDERS[name][1])
+    message = str(err.value)
+    assert label_file.name in message and column in message and row.split(".")[0] in message
+
+
+# (data set, image file to delete, id of its record)
+MISSING_IMAGES = [
+    ("refuge", "REFUGE-Validation400/V0002.jpg", "V0002"),
+    ("refuge2", "Validation/Images/V0002.jpg", "refuge2-val/V0002"),
+    ("origa", "Images/002.jpg", "002"),
+    ("g1020", "Images/image_1.jpg", "image_1"),
+    ("papila", "FundusImages/RET004OS.jpg", "RET004OS"),
+    ("airogs", "1/TRAIN000002.jpg", "TRAIN000002"),
+    ("justraigs", "5/TRAIN000003.JPG", "TRAIN000003"),
+    ("smdg", "full-fundus/OIA-ODIR-TEST-OFFLINE-57.png", "OIA-ODIR-TEST-OFFLINE-57"),
+    ("csv", "images/b.png", "b"),
+]
+
+
+@pytest.mark.parametrize("name, relative, record_id", MISSING_IMAGES)
+def test_missing_image_raises_or_is_skipped_and_recorded(tmp_path, name, relative, record_id):
+    root = BUILDERS[name][0](tmp_path / name)
+    total = len(dataset_class(name)(root, **BUILDERS[name][1]))
+    (root / relative).unlink()
+    with pytest.raises(DatasetError) as err:
+        dataset_class(name)(root, **BUILDERS[name][1])
+    assert Path(relative).stem in str(err.value)
+    ds = dataset_class(name)(root, on_error="skip", **BUILDERS[name][1])
+    assert len(ds) == total - 1 and record_id not in by_id(ds)
+    assert len(ds.skipped) == 1 and Path(relative).stem in ds.skipped[0].path + ds.skipped[0].reason
+    assert "missing" in ds.skipped[0].reason
+
+
+@pytest.mark.parametrize("name, rewrite, expected", [
+    ("airogs", ("train_labels.csv", "TRAIN000001,RG", "TRAIN000001,maybe"), "maybe"),
+    ("origa", ("OrigaList.csv", "B,1", "B,7"), "'7'"),
+    ("justraigs", ("JustRAIGS_Train_labels.csv", "TRAIN000002;NRG", "TRAIN000002;XRG"), "XRG"),
+    ("smdg", ("metadata - standardized.csv", "PAPILA-2,0", "PAPILA-2,3"), "'3'"),
+    ("papila", None, "value 5 "),
+])
+def test_unknown_class_value_is_reported(tmp_path, name, rewrite, expected):
+    root = BUILDERS[name][0](tmp_path / name)
+    if rewrite is None:  # PAPILA: an undefined Diagnosis code
+        write_xlsx(root / "ClinicalData/patient_data_os.xlsx",
+                   [["ID", "Age", "Gender", "Diagnosis"], ["#002", 39, 0, 1], ["#004", 57, 1, 5]])
+    else:
+        path = root / rewrite[0]
+        path.write_text(path.read_text().replace(rewrite[1], rewrite[2]))
+    with pytest.raises(DatasetError, match=expected):
+        dataset_class(name)(root, **BUILDERS[name][1])
+    ds = dataset_class(name)(root, on_error="skip", **BUILDERS[name][1])
+    assert len(ds.skipped) == 1 and expected in ds.skipped[0].reason
+
+
+@pytest.mark.parametrize("name, relative", [
+    ("origa", "Images/002.jpg"), ("refuge", "Training400/Glaucoma/g0001.jpg"),
+    ("airogs", "0/TRAIN000001.jpg"), ("image_folder", "train/normal/y.png"),
+])
+def test_corrupt_image_becomes_a_skipped_sample(tmp_path, name, relative):
+    root = BUILDERS[name][0](tmp_path / name)
+    (root / relative).write_bytes(b"these bytes are not an image")
+    ds = dataset_class(name)(root, on_error="skip", **BUILDERS[name][1])
+    index = [r.image_path for r in ds.records].index(root / relative)
+    broken = ds[index]
+    assert isinstance(broken, SkippedSample) and broken.path == str(root / relative)
+    batch = collate_samples([ds[i] for i in range(len(ds))])
+    assert batch["size"] == len(ds) - 1
+    assert batch["skipped"] == [{"path": str(root / relative), "reason": broken.reason}]
+    assert "image" in broken.reason or "corrupt" in broken.reason
+    with pytest.raises(Exception, match=Path(relative).name):
+        dataset_class(name)(root, **BUILDERS[name][1])[index]
+
+
+def test_numbered_folders_are_required_for_airogs(tmp_path):
+    root = tmp_path / "airogs"
+    write_csv(root / "train_labels.csv", [["challenge_id", "class"], ["TRAIN000000", "RG"]])
+    with pytest.raises(DatasetError, match="numbered image folders") as err:
+        dataset_class("airogs")(root)
+    assert str(root) in str(err.value)
