@@ -155,7 +155,7 @@ def test_datamodule_follows_published_splits_and_batches(phantom_dir):
     torch.testing.assert_close(restored.mean((1, 2)), source.mean((1, 2)), atol=0.01, rtol=0)
 
 
-def test_datamodule_training_log_reports_skipped_samples(tmp_path):
+def test_datamodule_training_log_reports_skipped_samples(tmp_path, caplog):
     root = tmp_path / "ph"
     write_phantom_dataset(root, n=8, size=32, seed=2, workers=1, progress=False)
     rows = read_rows(root / "labels.csv")
@@ -166,6 +166,8 @@ def test_datamodule_training_log_reports_skipped_samples(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert [Path(s["path"]).name for s in batch["skipped"]] == [Path(victim["image"]).name]
     assert batch["size"] == len(dm.splits["train"]) - 1
+    assert any(Path(victim["image"]).name in r.getMessage() and "skipped" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
 
 
 def test_bad_datamodule_values_name_the_key():

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from xmed.data.datasets import FundusDataset, collate_samples, get_dataset
+from xmed.data.datasets import FundusDataset, SkippedSample, collate_samples, get_dataset
 from xmed.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from xmed.errors import ConfigError
 
@@ -81,7 +81,10 @@ class SplitView(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        return self.base.get(self.indices[i], self.transform)
+        sample = self.base.get(self.indices[i], self.transform)
+        if isinstance(sample, SkippedSample):  # on_error="skip": recorded in the run's log too
+            log.warning("skipped %s: %s", sample.path, sample.reason)
+        return sample
 
     def labels(self) -> np.ndarray:
         return np.array([self.base.records[i].label for i in self.indices], np.float32)
