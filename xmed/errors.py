@@ -51,3 +51,15 @@ class ConfigError(XmedError, ValueError):
 
     def __reduce__(self):
         return (type(self), (self.key, self.reason))
+
+
+class CheckpointError(XmedError, ValueError):
+    """A model file or folder cannot be loaded; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot load model {self.path}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))

@@ -24,7 +24,7 @@ from typing import Any, Literal, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
 from xmed.data.datasets import FundusDataset, SkippedSample, collate_samples, get_dataset
 from xmed.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
@@ -69,6 +69,19 @@ def split_indices(labels: Sequence[float], groups: Sequence[str], fractions: Seq
             split = SPLITS[int(np.searchsorted(bounds, rank + 0.5))]  # rank centre against the cut points
             out[split].extend(members[names[j]])
     return {s: sorted(v) for s, v in out.items()}
+
+
+def balanced_weights(labels: np.ndarray) -> torch.Tensor:
+    """Per-sample weights giving each class (0, 1, ungraded) equal total weight.
+
+    Example:
+        >>> [round(w, 3) for w in balanced_weights(np.array([0., 0., 0., 1.])).tolist()]
+        [0.333, 0.333, 0.333, 1.0]
+    """
+    keys = np.where(np.isnan(labels), -1, labels)
+    values, counts = np.unique(keys, return_counts=True)
+    per_class = dict(zip(values.tolist(), (1.0 / counts).tolist()))
+    return torch.tensor([per_class[k] for k in keys.tolist()], dtype=torch.float32)
 
 
 class SplitView(Dataset):
@@ -134,6 +147,7 @@ class FundusDataModule(L.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         on_error: Literal["raise", "skip"] = "raise",
+        balanced_sampling: bool = False,
     ):
         super().__init__()
         if image_size < 16:
@@ -150,8 +164,16 @@ class FundusDataModule(L.LightningDataModule):
         self.preprocess = dict(preprocess or {})
         self.augment = dict(augment or {})
         self.mean, self.std = tuple(mean), tuple(std)
+        self.balanced_sampling = balanced_sampling
+        self.used_published_splits = False
         self.base: FundusDataset | None = None
         self.splits: dict[str, SplitView] = {}
+
+    def data_config(self) -> dict[str, Any]:
+        """What a model trained on these loaders must do to a raw photograph (it carries this)."""
+        pre = {"crop_fov": False, "margin": 0.02, "contrast": None, **self.preprocess}
+        return {"input_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+                "crop_fov": bool(pre["crop_fov"]), "margin": float(pre["margin"]), "contrast": pre["contrast"]}
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
@@ -181,6 +203,7 @@ class FundusDataModule(L.LightningDataModule):
         groups = self.base.groups()
         published = [r.split for r in records]
         if self.use_published_splits and all(s in SPLITS for s in published):
+            self.used_published_splits = True
             out = {s: [i for i, p in enumerate(published) if p == s] for s in SPLITS}
             if out["train"] and out["val"] and out["test"]:
                 return out
@@ -193,6 +216,7 @@ class FundusDataModule(L.LightningDataModule):
                 out["val"] = [train[i] for i in part["val"]]
                 if out["test"]:
                     return out
+        self.used_published_splits = False
         return split_indices(labels, groups, self.split_fractions, self.seed)
 
     @property
@@ -204,8 +228,13 @@ class FundusDataModule(L.LightningDataModule):
         if not self.splits:
             self.setup()
         generator = torch.Generator().manual_seed(self.seed)
+        sampler = None
+        if shuffle and self.balanced_sampling:
+            sampler = WeightedRandomSampler(balanced_weights(self.splits[split].labels()),
+                                            num_samples=len(self.splits[split]), generator=generator)
+            shuffle = False
         return DataLoader(
-            self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
+            self.splits[split], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             collate_fn=collate_samples, worker_init_fn=_seed_worker_transform,
             persistent_workers=self.num_workers > 0, generator=generator,

@@ -46,8 +46,10 @@ class PhantomDataset(FundusDataset):
         labels_csv = self.root / "labels.csv"
         rows = read_csv_rows(labels_csv, required=[c for c in LABEL_COLUMNS if c not in ("seed", "shortcut")])
         records = []
+        self.oracle: dict[str, float] = {}   # id -> true P(glaucoma | findings, vCDR)
         for row in rows:
             rid = row["id"]
+            self.oracle[rid] = parse_float(row["oracle"], labels_csv, "oracle", rid)
             label = parse_float(row["label"], labels_csv, "label", rid)
             if label not in (0.0, 1.0):
                 self.skip_or_raise(labels_csv, f"row {rid!r}: label must be 0 or 1, got {row['label']!r}")
@@ -106,6 +108,7 @@ class PhantomRenderDataset(FundusDataset):
             for i, (s, (c, eye, _), sp) in enumerate(zip(seeds, drawn, split_of))
         ]
         self._seeds = {r.id: s for r, s in zip(self.records, seeds)}
+        self.oracle = {r.id: c.oracle for r, (c, _, _) in zip(self.records, drawn)}
         if split is not None:
             self.records = [r for r in self.records if r.split == split]
 

@@ -1,0 +1,52 @@
+"""``xmed-eval``: evaluate a trained model on a data set's validation and test splits.
+
+``ckpt_path`` is a Lightning checkpoint or an exported model folder. The model's own data config
+(input size, normalisation, field-of-view crop) decides how photographs are prepared.
+
+Writes ``metrics.json``, ``predictions.csv`` and ``plots/`` into the run folder::
+
+    xmed-eval ckpt_path=logs/train/runs/<run>/model data=phantom paths.output_dir=eval_run
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from xmed.cli.common import CONFIG_DIR, evaluate_model
+from xmed.cli.train import _report, instantiate_group
+
+log = logging.getLogger("xmed.eval")
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    from xmed.models.export import load_model
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
+    model = load_model(cfg.ckpt_path, device=cfg.device)
+    dc = model.data_config
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg.update(image_size=dc.input_size, mean=list(dc.mean), std=list(dc.std))
+    data_cfg["preprocess"] = {"crop_fov": dc.crop_fov, "margin": dc.margin, "contrast": dc.contrast}
+    datamodule = instantiate_group(OmegaConf.create(data_cfg), "data")
+    datamodule.setup()
+    metrics = evaluate_model(model, datamodule, out_dir, threshold_rule=cfg.threshold_rule,
+                             n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, device=cfg.device)
+    metrics_path = out_dir / "metrics.json"
+    print(f"evaluated {cfg.ckpt_path} on {datamodule.dataset_name} (test split, {metrics['n']} eyes)")
+    _report(out_dir, metrics, None)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    return evaluate(cfg).get("auroc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""``xmed-train``: train a FundusClassifier with Lightning, configured by Hydra.
+
+A run writes, into its folder (``paths.output_dir=DIR`` to choose it): ``checkpoints/``,
+``model/`` (safetensors + JSON, for :func:`xmed.load_model`), ``metrics.json`` (test split),
+``predictions.csv``, ``plots/``, ``model_card.md`` and the composed config in ``.hydra/``.
+
+Examples::
+
+    xmed-train experiment=phantom_smoke
+    xmed-train model=efficientnet_b0 trainer.max_epochs=30 paths.output_dir=runs/effb0
+    xmed-train -m model=resnet18,convnext_nano
+    xmed-train trainer=ddp_cpu                  # two processes on the CPU
+    xmed-train ckpt_path=runs/effb0/checkpoints/last.ckpt   # resume
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from xmed.cli.common import CONFIG_DIR, evaluate_model, sha256
+from xmed.errors import ConfigError, XmedError
+
+log = logging.getLogger("xmed.train")
+
+
+def instantiate_group(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose failures name the config group (``data``, ``model``…)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, XmedError):
+            raise cause from None
+        raise ConfigError(group, str(cause or err)) from None
+
+
+def data_summary(datamodule) -> dict[str, Any]:
+    splits = {name: len(view) for name, view in datamodule.splits.items()}
+    prevalence = {}
+    for name, view in datamodule.splits.items():
+        labels = view.labels()
+        graded = labels[labels == labels]
+        prevalence[name] = round(float(graded.mean()), 3) if len(graded) else None
+    return {
+        "dataset": datamodule.dataset_name, "root": datamodule.root, "splits": splits,
+        "prevalence": prevalence, "image_size": datamodule.image_size,
+        "preprocess": datamodule.preprocess or "none",
+        "split_rule": "published split" if datamodule.used_published_splits else
+                      f"drawn: by patient where known, stratified by label, seed {datamodule.seed}",
+        "skipped": len(datamodule.skipped),
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then (rank 0) export the best checkpoint, evaluate it and write the model card."""
+    import lightning as L
+    from hydra.core.hydra_config import HydraConfig
+
+    from xmed.models.card import render_model_card
+    from xmed.models.export import WEIGHTS, export_model, load_model
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate_group(cfg.data, "data")
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["net"]["data_config"] = datamodule.data_config()
+    if model_cfg.get("class_balance") == "sampler":
+        datamodule.balanced_sampling = True
+    module = instantiate_group(model_cfg, "model")
+    callbacks = [instantiate_group(c, "callbacks") for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate_group(c, "logger") for c in (cfg.get("logger") or {}).values()]
+    trainer = instantiate_group(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if not trainer.is_global_zero or not cfg.get("test", True):
+        return {}
+
+    checkpoint = _best_checkpoint(trainer)
+    model = load_model(checkpoint) if checkpoint else module.model.eval()
+    model_dir = export_model(model, out_dir / "model", extra={
+        "dataset": datamodule.dataset_name, "checkpoint": checkpoint.name if checkpoint else None})
+    metrics = evaluate_model(model, datamodule, out_dir, threshold_rule=cfg.threshold_rule,
+                             n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    files = {f"model/{WEIGHTS}": sha256(model_dir / WEIGHTS)}
+    if checkpoint:
+        files[f"checkpoints/{checkpoint.name}"] = sha256(checkpoint)
+    card = render_model_card(
+        title=f"{cfg.task_name}: {model.config['backbone']} on {datamodule.dataset_name}",
+        metrics=metrics, data=data_summary(datamodule), config_yaml=OmegaConf.to_yaml(cfg, resolve=False),
+        architecture={"backbone": model.config["backbone"], "mode": model.mode,
+                      "input_size": model.data_config.input_size,
+                      "parameters": sum(p.numel() for p in model.parameters())},
+        files=files,
+    )
+    (out_dir / "model_card.md").write_text(card)
+    _report(out_dir, metrics, checkpoint)
+    return metrics
+
+
+def _best_checkpoint(trainer) -> Path | None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            path = cb.best_model_path or cb.last_model_path
+            if path:
+                return Path(path)
+    return None
+
+
+def _report(out_dir: Path, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    def fmt(key):
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = [
+        f"test AUROC {fmt('auroc')}  sens@95%spec {fmt('sens_at_95spec')}  "
+        f"mean finding AUROC {fmt('finding_auroc_mean')}  vCDR MAE {fmt('vcdr_mae')}",
+    ]
+    if metrics.get("oracle_auroc") is not None:
+        lines.append(f"phantom oracle AUROC on the same eyes {fmt('oracle_auroc')}")
+    lines += [
+        f"run folder      {out_dir.resolve()}",
+        f"  checkpoint    {checkpoint.resolve() if checkpoint else 'none (no checkpoint callback)'}",
+        f"  model         {(out_dir / 'model').resolve()}  (xmed.load_model)",
+        f"  metrics       {(out_dir / 'metrics.json').resolve()}",
+        f"  predictions   {(out_dir / 'predictions.csv').resolve()}",
+        f"  plots         {(out_dir / 'plots').resolve()}",
+        f"  model card    {(out_dir / 'model_card.md').resolve()}",
+    ]
+    print("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("auroc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Metrics: diagnosis, finding-level and vCDR scores with bootstrap intervals.
+
+Each metric declares whether higher or lower is better in :data:`DIRECTION` (Quantus style).
+This package never imports ``xmed.data`` or Lightning: it scores plain tensors or arrays.
+
+Example:
+    >>> from xmed.metrics import Predictions, evaluate_predictions
+    >>> split = Predictions(prob=[0.1, 0.4, 0.35, 0.8], label=[0, 0, 1, 1])
+    >>> evaluate_predictions(split, split, n_bootstrap=0)["auroc"]
+    0.75
+"""
+
+from xmed.metrics.classification import (
+    CI_METRICS,
+    DIRECTION,
+    THRESHOLD_RULES,
+    ArrayLike,
+    BootstrapCI,
+    Predictions,
+    ThresholdRule,
+    auroc,
+    bootstrap_ci,
+    bootstrap_predictions,
+    brier,
+    choose_threshold,
+    ece,
+    evaluate_predictions,
+    finding_auroc,
+    finding_hamming,
+    operating_point,
+    resample_indices,
+    sens_at_spec,
+    vcdr_mae,
+)
+
+__all__ = [
+    "CI_METRICS", "DIRECTION", "THRESHOLD_RULES", "ArrayLike", "BootstrapCI", "Predictions",
+    "ThresholdRule", "auroc", "bootstrap_ci", "bootstrap_predictions", "brier", "choose_threshold",
+    "ece", "evaluate_predictions", "finding_auroc", "finding_hamming", "operating_point",
+    "resample_indices", "sens_at_spec", "vcdr_mae",
+]

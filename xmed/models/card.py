@@ -1,0 +1,131 @@
+"""Model cards: Markdown with YAML front matter, in the style of Hugging Face cards.
+
+The text lives in ``model_cards/template.md`` (``$name`` placeholders); this module fills it
+from plain dicts (metrics, data summary, config), so it depends on nothing but the standard
+library and PyYAML.
+
+Example:
+    >>> text = render_model_card(title="demo", metrics={"auroc": 0.9, "ci": {"auroc": [0.85, 0.94]}},
+    ...                          data={"dataset": "phantom", "splits": {"test": 10}}, config_yaml="seed: 0")
+    >>> text.splitlines()[0], "0.900 (0.850–0.940)" in text
+    ('---', True)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from string import Template
+from typing import Any, Mapping
+
+import yaml
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "template.md"
+
+METRIC_LABELS = {
+    "auroc": "AUROC",
+    "pauroc_90": "partial AUROC, FPR ≤ 0.1 (standardised)",
+    "sens_at_95spec": "sensitivity at 95% specificity",
+    "sensitivity": "sensitivity (at the validation threshold)",
+    "specificity": "specificity (at the validation threshold)",
+    "accuracy": "accuracy (at the validation threshold)",
+    "brier": "Brier score",
+    "ece": "expected calibration error",
+    "finding_auroc_mean": "mean per-finding AUROC",
+    "finding_hamming": "finding Hamming loss (referable eyes)",
+    "vcdr_mae": "vCDR mean absolute error",
+}
+
+NO_EXPLANATION_CHECKS = (
+    "No explanation method has been checked on this model yet. Saliency, counterfactual and "
+    "finding-level checks are recorded here when they are run."
+)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> str:
+    """The headline metrics with their bootstrap 95% intervals, as a Markdown table."""
+    ci = metrics.get("ci", {})
+    rows = ["| metric | value (95% CI) |", "|---|---|"]
+    for key, label in METRIC_LABELS.items():
+        if key not in metrics:
+            continue
+        value = _fmt(metrics[key])
+        if ci.get(key) and None not in ci[key]:
+            value += f" ({ci[key][0]:.3f}–{ci[key][1]:.3f})"
+        rows.append(f"| {label} | {value} |")
+    return "\n".join(rows)
+
+
+def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[str, Any],
+                      config_yaml: str, architecture: Mapping[str, Any] | None = None,
+                      files: Mapping[str, str] | None = None, explanation_checks: str | None = None,
+                      limitations: list[str] | None = None, summary: str = "",
+                      template: Path = TEMPLATE) -> str:
+    """Fill the card template. ``files`` maps file names to sha256 digests."""
+    architecture = dict(architecture or {})
+    front = {
+        "library_name": "xmed",
+        "license": "apache-2.0",
+        "pipeline_tag": "image-classification",
+        "tags": ["glaucoma", "fundus", "explainability", "research-only"],
+        "datasets": [data.get("dataset", "unknown")],
+        "base_model": architecture.get("backbone"),
+        "model-index": [{"name": title, "results": [{
+            "task": {"type": "image-classification", "name": "referable glaucoma"},
+            "dataset": {"name": data.get("dataset", "unknown"), "type": data.get("dataset", "unknown"),
+                        "split": "test"},
+            "metrics": [{"type": k, "value": round(float(metrics[k]), 4)}
+                        for k in ("auroc", "pauroc_90", "sens_at_95spec", "vcdr_mae")
+                        if isinstance(metrics.get(k), (int, float))],
+        }]}],
+    }
+    data_lines = [f"- **Data set**: `{data.get('dataset', 'unknown')}`" + (f" at `{data['root']}`" if data.get("root") else "")]
+    for key, label in (("splits", "Splits (eyes)"), ("prevalence", "Glaucoma prevalence per split"),
+                       ("split_rule", "Split rule"), ("image_size", "Input size (px)"),
+                       ("preprocess", "Preprocessing"), ("skipped", "Skipped files")):
+        if key in data:
+            data_lines.append(f"- **{label}**: {data[key]}")
+    arch_lines = [f"- **{k}**: `{v}`" for k, v in architecture.items()] or ["- not recorded"]
+    extra = []
+    if metrics.get("oracle_auroc") is not None:
+        extra.append(f"\nThe phantom's oracle — the true P(glaucoma | findings, vCDR), the best any "
+                     f"model can do — scores AUROC {metrics['oracle_auroc']:.3f} on the same test eyes; "
+                     f"this model reaches {_fmt(metrics.get('auroc'))} "
+                     f"({_fmt(metrics['auroc'] / metrics['oracle_auroc'] if metrics.get('auroc') else None)} of it).")
+    if "intervention" in metrics:
+        iv = metrics["intervention"]
+        extra.append(f"\nConcept bottleneck: AUROC {_fmt(iv['auroc_predicted_concepts'])} from the predicted "
+                     f"findings and vCDR, {_fmt(iv['auroc_true_concepts'])} when the true ones are given "
+                     f"(test-time intervention).")
+    finding_rows = ["", "| finding | AUROC |", "|---|---|"] + [
+        f"| {code} | {_fmt(v)} |" for code, v in (metrics.get("finding_auroc") or {}).items()]
+    threshold = (f"\nThreshold {_fmt(metrics.get('threshold'))} chosen on the validation split "
+                 f"({metrics.get('threshold_rule', 'youden')}); test eyes: {metrics.get('n')} "
+                 f"({metrics.get('n_positive')} glaucoma). 95% intervals: percentile bootstrap over test eyes.")
+    limitations = limitations or [
+        "Trained and evaluated on one data set; performance on other cameras, populations and "
+        "image qualities is unknown.",
+        "Labels and findings are only as good as their source; findings unknown in the data were "
+        "not learnt from.",
+        "Calibration is measured on the test split of the same data set and may not transfer.",
+    ]
+    files_lines = [f"- `{name}` sha256 `{digest}`" for name, digest in (files or {}).items()] or ["- none"]
+    return Template(template.read_text()).substitute(
+        front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(),
+        title=title,
+        summary=summary or f"A glaucoma screening model trained with xmed on `{data.get('dataset', 'unknown')}`.",
+        data_section="\n".join(data_lines),
+        architecture_section="\n".join(arch_lines),
+        config_yaml=config_yaml.strip(),
+        metrics_section=metrics_table(metrics) + threshold + "".join(extra) + "\n".join(finding_rows),
+        explanation_section=explanation_checks or NO_EXPLANATION_CHECKS,
+        limitations_section="\n".join(f"- {line}" for line in limitations),
+        files_section="\n".join(files_lines),
+    )

@@ -1,0 +1,248 @@
+"""`FundusClassifier`: a timm backbone with named heads for diagnosis, findings and vCDR.
+
+Two modes:
+
+* ``multitask`` — three parallel heads on the pooled backbone features.
+* ``concept_bottleneck`` — the diagnosis is computed *only* from the predicted findings
+  (probabilities) and vCDR through one linear layer (Koh et al., 2020), so each finding's
+  contribution to the decision is exact, and a clinician can intervene:
+  ``model(x, intervene={"DH": 1.0, "vCDR": 0.4})`` replaces those concepts and recomputes
+  the diagnosis.
+
+The model carries its data config (input size, mean/std, field-of-view crop, contrast
+normalisation), as timm's ``pretrained_cfg`` does, so a loaded model plus a raw photograph is
+all a user needs (:meth:`FundusClassifier.prepare`).
+
+Example:
+    >>> import torch
+    >>> model = FundusClassifier("test_resnet.r160_in1k", input_size=64).eval()
+    >>> out = model(torch.zeros(2, 3, 64, 64))
+    >>> tuple(out["logits"].shape), tuple(out["finding_logits"].shape), tuple(out["vcdr"].shape)
+    ((2,), (2, 10), (2,))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import timm
+import torch
+from torch import Tensor, nn
+
+from xmed.errors import ConfigError
+from xmed.findings import FINDINGS, VCDR, finding_index
+
+Mode = Literal["multitask", "concept_bottleneck"]
+DIAGNOSIS = "glaucoma"
+TARGETS: tuple[str, ...] = (DIAGNOSIS, *FINDINGS, VCDR)
+
+
+@dataclass
+class DataConfig:
+    """What a photograph must go through before this model sees it."""
+
+    input_size: int = 256
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop_fov: bool = True
+    margin: float = 0.02
+    contrast: str | None = None
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> "DataConfig":
+        known = {f.name for f in fields(cls)}
+        for key in config:
+            if key not in known:
+                raise ConfigError(f"model.net.data_config.{key}", f"unknown key; known: {', '.join(sorted(known))}")
+        out = cls(**config)
+        out.mean, out.std = tuple(out.mean), tuple(out.std)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+class FundusClassifier(nn.Module):
+    """Any timm backbone (CNN or ViT) with heads ``glaucoma``, ``findings`` and ``vcdr``.
+
+    Args:
+        backbone: a timm model name (``timm.list_models()``), e.g. ``resnet18``,
+            ``efficientnet_b0``, ``convnext_nano``, ``vit_small_patch16_224``.
+        pretrained: load the timm hub weights (needs a network).
+        checkpoint_path: local backbone weights (``.safetensors``, or a ``.pth``/``.bin`` read
+            with ``weights_only=True``); classifier weights in the file are ignored.
+        mode: ``"multitask"`` or ``"concept_bottleneck"``.
+        input_size: square input side; passed to ViTs as ``img_size``.
+        drop_rate: dropout before the heads.
+        data_config: a :class:`DataConfig` or its dict (``input_size`` there wins if given).
+        backbone_kwargs: extra ``timm.create_model`` arguments.
+
+    Output of ``forward``: ``{"logits": B, "finding_logits": B×10, "vcdr": B}`` (``vcdr`` in
+    [0, 1]); in concept-bottleneck mode also ``"concepts"``: B×11, the finding probabilities and
+    vCDR the diagnosis was computed from.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        mode: Mode = "multitask",
+        input_size: int | None = None,
+        drop_rate: float = 0.0,
+        data_config: DataConfig | Mapping[str, Any] | None = None,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        if mode not in ("multitask", "concept_bottleneck"):
+            raise ConfigError("model.net.mode", f"must be 'multitask' or 'concept_bottleneck', got {mode!r}")
+        if isinstance(data_config, Mapping):
+            data_config = DataConfig.from_dict(data_config)
+        self.data_config = data_config or DataConfig()
+        if input_size is not None:
+            self.data_config.input_size = int(input_size)
+        self.config = {
+            "backbone": backbone, "mode": mode, "drop_rate": drop_rate,
+            "input_size": self.data_config.input_size,
+            "backbone_kwargs": dict(backbone_kwargs or {}),
+        }
+        self.mode = mode
+        self.backbone = create_backbone(backbone, pretrained, checkpoint_path,
+                                        self.data_config.input_size, dict(backbone_kwargs or {}))
+        width = self.backbone.num_features
+        self.dropout = nn.Dropout(drop_rate)
+        self.findings_head = nn.Linear(width, len(FINDINGS))
+        self.vcdr_head = nn.Linear(width, 1)
+        n_concepts = len(FINDINGS) + 1
+        self.glaucoma_head = nn.Linear(n_concepts if mode == "concept_bottleneck" else width, 1)
+
+    # ------------------------------------------------------------------ forward
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Backbone features before pooling (B×C×h×w for CNNs, B×N×C tokens for ViTs)."""
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, features: Tensor, intervene: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+        pooled = self.dropout(self.backbone.forward_head(features, pre_logits=True))
+        finding_logits = self.findings_head(pooled)
+        vcdr = torch.sigmoid(self.vcdr_head(pooled)).squeeze(1)
+        out = {"finding_logits": finding_logits, "vcdr": vcdr}
+        if self.mode == "concept_bottleneck":
+            concepts = torch.cat([torch.sigmoid(finding_logits), vcdr[:, None]], dim=1)
+            if intervene:
+                concepts = apply_intervention(concepts, intervene)
+            out["concepts"] = concepts
+            out["logits"] = self.glaucoma_head(concepts).squeeze(1)
+        else:
+            if intervene:
+                raise ConfigError("intervene", "test-time intervention needs mode='concept_bottleneck'")
+            out["logits"] = self.glaucoma_head(pooled).squeeze(1)
+        return out
+
+    def forward(self, x: Tensor, intervene: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+        """Predict; ``intervene`` maps finding codes / ``"vCDR"`` to given concept values
+        (a float for the whole batch, or a B tensor where NaN means "leave as predicted")."""
+        return self.forward_head(self.forward_features(x), intervene)
+
+    # ------------------------------------------------------------------ helpers
+    def concept_contributions(self, concepts: Tensor) -> Tensor:
+        """B×11 exact additive contributions of each concept to the diagnosis logit
+        (concept-bottleneck mode): ``logit = bias + contributions.sum(1)``."""
+        if self.mode != "concept_bottleneck":
+            raise ConfigError("model.net.mode", "exact concept contributions need mode='concept_bottleneck'")
+        return concepts * self.glaucoma_head.weight[0]
+
+    def prepare(self, images: Sequence[np.ndarray] | np.ndarray) -> Tensor:
+        """Raw H×W×3 uint8 photographs -> the normalised batch this model expects (on its device).
+
+        Example:
+            >>> model = FundusClassifier("test_resnet.r160_in1k", input_size=64)
+            >>> tuple(model.prepare(np.zeros((100, 120, 3), np.uint8)).shape)
+            (1, 3, 64, 64)
+        """
+        from xmed.data.transforms import build_transforms
+
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        dc = self.data_config
+        transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess={
+            "crop_fov": dc.crop_fov, "margin": dc.margin, "contrast": dc.contrast})
+        batch = []
+        for image in images:
+            sample = transform({"image": image, "masks": {}, "findings": np.full(len(FINDINGS), np.nan, np.float32),
+                                "label": math.nan, "vcdr": math.nan, "meta": {"eye": ""}})
+            batch.append(torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1))
+        return torch.stack(batch).to(next(self.parameters()).device)
+
+    def export_config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model (weights aside), JSON-able."""
+        return {**self.config, "data_config": self.data_config.as_dict(), "findings": list(FINDINGS)}
+
+
+def create_backbone(name: str, pretrained: bool, checkpoint_path: str | None, input_size: int,
+                    kwargs: dict[str, Any]) -> nn.Module:
+    """A timm model without classifier (``num_classes=0``), weights from the hub or a file."""
+    if not timm.is_model(name):
+        raise ConfigError("model.net.backbone", f"unknown timm model {name!r}")
+    kwargs = dict(kwargs)
+    if checkpoint_path is not None:
+        from pathlib import Path
+
+        if not Path(checkpoint_path).is_file():
+            raise ConfigError("model.net.checkpoint_path", f"no such file: {checkpoint_path}")
+        # timm reads a local file through its pretrained machinery (weights_only=True),
+        # adapting the classifier and input channels as it does for hub weights.
+        kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint_path)}
+        pretrained = True
+    if "img_size" not in kwargs:
+        # ViTs need the input size to build their position grid; CNNs reject the argument.
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=input_size, **kwargs)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+
+
+def apply_intervention(concepts: Tensor, intervene: Mapping[str, Any]) -> Tensor:
+    """Replace concept columns (finding probabilities, then vCDR) with given values."""
+    concepts = concepts.clone()
+    for key, value in intervene.items():
+        col = len(FINDINGS) if key == VCDR else _concept_column(key)
+        value = torch.as_tensor(value, dtype=concepts.dtype, device=concepts.device)
+        if value.ndim == 0:
+            concepts[:, col] = value
+        else:
+            keep = torch.isnan(value)
+            concepts[:, col] = torch.where(keep, concepts[:, col], value)
+    return concepts
+
+
+def _concept_column(key: str) -> int:
+    try:
+        return finding_index(key)
+    except KeyError:
+        raise ConfigError("intervene", f"unknown concept {key!r}; use a finding code or 'vCDR'") from None
+
+
+def target_scalar(output: Mapping[str, Tensor], target: str) -> Tensor:
+    """The B-vector a target names: ``"glaucoma"`` (diagnosis logit), a finding code (its
+    logit) or ``"vCDR"``.
+
+    Example:
+        >>> out = {"logits": torch.zeros(2), "finding_logits": torch.arange(20.).view(2, 10),
+        ...        "vcdr": torch.ones(2)}
+        >>> target_scalar(out, "DH").tolist()
+        [7.0, 17.0]
+    """
+    if target == DIAGNOSIS:
+        return output["logits"]
+    if target == VCDR:
+        return output["vcdr"]
+    if target in FINDINGS:
+        return output["finding_logits"][:, finding_index(target)]
+    raise ConfigError("target", f"unknown target {target!r}; use one of {', '.join(TARGETS)}")

@@ -1,0 +1,116 @@
+"""Exporting a model as safetensors + JSON, and loading one without unpickling anything.
+
+An exported model is a folder::
+
+    model/
+      model.safetensors   the weights
+      config.json         architecture, data config, finding vocabulary, provenance
+
+:func:`load_model` also reads Lightning checkpoints (``.ckpt``) with ``weights_only=True``.
+
+Example:
+    >>> import tempfile
+    >>> from xmed.models import FundusClassifier
+    >>> folder = export_model(FundusClassifier("test_resnet.r160_in1k", input_size=64), tempfile.mkdtemp())
+    >>> load_model(folder).config["backbone"]
+    'test_resnet.r160_in1k'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from xmed.errors import CheckpointError
+from xmed.findings import FINDINGS
+from xmed.models.classifier import FundusClassifier
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+FORMAT = "xmed.FundusClassifier/1"
+
+
+def export_model(model: FundusClassifier, folder: str | os.PathLike,
+                 extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``folder`` (created) as safetensors + JSON; returns the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT})
+    from xmed import __version__
+
+    config = {"format": FORMAT, "xmed_version": __version__, "model": model.export_config(), **(extra or {})}
+    (folder / CONFIG).write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def model_from_config(config: Mapping[str, Any]) -> FundusClassifier:
+    """Rebuild an (untrained) model from ``export_config()`` output, without hub downloads."""
+    config = dict(config)
+    findings = config.pop("findings", list(FINDINGS))
+    if list(findings) != list(FINDINGS):
+        raise CheckpointError("config", f"model was trained on findings {findings}, this xmed knows {list(FINDINGS)}")
+    return FundusClassifier(
+        backbone=config["backbone"], mode=config.get("mode", "multitask"),
+        input_size=config.get("input_size"), drop_rate=config.get("drop_rate", 0.0),
+        data_config=config.get("data_config"), backbone_kwargs=config.get("backbone_kwargs"),
+        pretrained=False,
+    )
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> FundusClassifier:
+    """A :class:`FundusClassifier` in eval mode from an exported folder or a Lightning checkpoint.
+
+    Never unpickles arbitrary objects: safetensors for folders, ``torch.load(weights_only=True)``
+    for ``.ckpt`` files. Raises :class:`~xmed.errors.CheckpointError` naming the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        model, state = _from_folder(path)
+    elif path.is_file():
+        model, state = _from_lightning(path)
+    else:
+        raise CheckpointError(path, "no such file or folder")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(path, f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device).eval()
+
+
+def _from_folder(path: Path):
+    from safetensors.torch import load_file
+
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise CheckpointError(path, f"{name} is missing (an exported model folder has {CONFIG} and {WEIGHTS})")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(path / CONFIG, f"not valid JSON: {err}") from None
+    if config.get("format") != FORMAT or "model" not in config:
+        raise CheckpointError(path / CONFIG, f"not an xmed model config (format {config.get('format')!r})")
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise CheckpointError(path / WEIGHTS, f"cannot read the weights: {err}") from None
+    return model_from_config(config["model"]), state
+
+
+def _from_lightning(path: Path):
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle/unpickling errors of every kind, incl. refused globals
+        raise CheckpointError(path, f"not a weights-only checkpoint ({type(err).__name__}: {err})") from None
+    try:
+        config = checkpoint["hyper_parameters"]["net_config"]
+        state = checkpoint["state_dict"]
+    except (KeyError, TypeError):
+        raise CheckpointError(path, "not an xmed Lightning checkpoint (no hyper_parameters.net_config)") from None
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return model_from_config(config), state

@@ -1,0 +1,203 @@
+"""`FundusModule`: the LightningModule that trains a :class:`FundusClassifier`.
+
+Losses, each masked where the label is unknown (NaN): binary cross-entropy for the diagnosis
+(optionally weighted for class imbalance), multi-label binary cross-entropy for the findings,
+L1 for the vCDR. Concept-bottleneck models train ``joint`` (all losses at once) or
+``sequential`` (Koh et al., 2020: first the concepts, then the diagnosis head on the frozen
+concept predictions).
+
+Example:
+    >>> module = FundusModule(net={"backbone": "test_resnet.r160_in1k", "input_size": 64})
+    >>> module.model.mode
+    'multitask'
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import BinaryAUROC
+
+from xmed.errors import ConfigError
+from xmed.models.classifier import FundusClassifier
+
+log = logging.getLogger(__name__)
+
+
+def masked_bce(logits: Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
+    """Mean BCE over the entries whose target is known (not NaN); 0 when none is."""
+    known = ~torch.isnan(target)
+    if not known.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[known], target[known], pos_weight=pos_weight)
+
+
+def masked_l1(pred: Tensor, target: Tensor) -> Tensor:
+    known = ~torch.isnan(target)
+    if not known.any():
+        return pred.sum() * 0.0
+    return F.l1_loss(pred[known], target[known])
+
+
+class FundusModule(L.LightningModule):
+    """Training, validation and test steps for a :class:`FundusClassifier`.
+
+    Args:
+        net: :class:`FundusClassifier` arguments (``backbone``, ``pretrained``,
+            ``checkpoint_path``, ``mode``, ``input_size``, ``drop_rate``, ``data_config``).
+        lr, weight_decay: AdamW settings. ``warmup_epochs``: linear warm-up, then cosine decay.
+        loss_weights: weights of the ``glaucoma``, ``findings`` and ``vcdr`` losses.
+        class_balance: ``"pos_weight"`` (BCE weighted by negatives/positives of the training
+            split), ``"sampler"`` (balanced sampling, set on the data module) or ``"none"``.
+        cbm_training: ``"joint"`` or ``"sequential"`` (concept-bottleneck mode only).
+        sequential_epochs: epochs of concept training before the diagnosis head (sequential).
+        channels_last: NHWC memory format (faster convolutions on GPUs and recent CPUs).
+        compile: ``torch.compile`` the forward pass used in training.
+    """
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: int = 1,
+        loss_weights: Mapping[str, float] | None = None,
+        class_balance: Literal["pos_weight", "sampler", "none"] = "pos_weight",
+        cbm_training: Literal["joint", "sequential"] = "joint",
+        sequential_epochs: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__()
+        if class_balance not in ("pos_weight", "sampler", "none"):
+            raise ConfigError("model.class_balance", f"must be pos_weight, sampler or none, got {class_balance!r}")
+        if cbm_training not in ("joint", "sequential"):
+            raise ConfigError("model.cbm_training", f"must be joint or sequential, got {cbm_training!r}")
+        weights = {"glaucoma": 1.0, "findings": 1.0, "vcdr": 1.0, **(loss_weights or {})}
+        unknown = set(weights) - {"glaucoma", "findings", "vcdr"}
+        if unknown:
+            raise ConfigError("model.loss_weights", f"unknown loss(es) {sorted(unknown)}; use glaucoma, findings, vcdr")
+        self.model = FundusClassifier(**dict(net))
+        if cbm_training == "sequential" and self.model.mode != "concept_bottleneck":
+            raise ConfigError("model.cbm_training", "sequential training needs net.mode=concept_bottleneck")
+        self.save_hyperparameters({
+            "net_config": self.model.export_config(), "lr": lr, "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs, "loss_weights": weights, "class_balance": class_balance,
+            "cbm_training": cbm_training, "sequential_epochs": sequential_epochs,
+            "channels_last": channels_last, "compile": compile,
+        })
+        self.loss_weights = weights
+        self.register_buffer("pos_weight", torch.tensor(1.0), persistent=False)
+        self._forward = self.model
+        self.val_auroc = BinaryAUROC()
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit" and hp.class_balance == "pos_weight":
+            labels = self._train_labels()
+            if labels is not None:
+                pos = float((labels == 1).sum())
+                neg = float((labels == 0).sum())
+                if pos > 0:
+                    self.pos_weight.fill_(neg / pos)
+                    log.info("diagnosis loss positive weight %.3f (%d negatives / %d positives)", neg / pos, neg, pos)
+        if hp.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if hp.compile and self._forward is self.model:
+            # the compiled wrapper is kept apart so that state dicts keep plain parameter names
+            self._forward = torch.compile(self.model)
+
+    def _train_labels(self):
+        datamodule = getattr(self.trainer, "datamodule", None)
+        split = getattr(datamodule, "splits", {}).get("train") if datamodule is not None else None
+        return torch.as_tensor(split.labels()) if split is not None else None
+
+    # ------------------------------------------------------------------ steps
+    def _images(self, batch: Mapping[str, Any]) -> Tensor:
+        x = batch["image"]
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def _losses(self, out: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {
+            "glaucoma": masked_bce(out["logits"], batch["label"], self.pos_weight),
+            "findings": masked_bce(out["finding_logits"], batch["findings"]),
+            "vcdr": masked_l1(out["vcdr"], batch["vcdr"]),
+        }
+
+    def _stage_weights(self) -> dict[str, float]:
+        """Loss weights for this epoch (sequential CBM: concepts first, then the diagnosis)."""
+        w = dict(self.loss_weights)
+        if self.hparams.cbm_training == "sequential":
+            concepts_phase = self.current_epoch < self.hparams.sequential_epochs
+            if concepts_phase:
+                w["glaucoma"] = 0.0
+            else:
+                w["findings"] = w["vcdr"] = 0.0
+        return w
+
+    def on_train_epoch_start(self) -> None:
+        if self.hparams.cbm_training == "sequential" and self.current_epoch == self.hparams.sequential_epochs:
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(name.startswith("glaucoma_head"))
+            log.info("sequential concept bottleneck: concepts frozen, training the diagnosis head")
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
+        if batch.get("size", 1) == 0:
+            return None
+        for skip in batch.get("skipped", []):
+            log.warning("skipped %s: %s", skip["path"], skip["reason"])
+        out = self._forward(self._images(batch))
+        losses = self._losses(out, batch)
+        weights = self._stage_weights()
+        loss = sum(weights[k] * v for k, v in losses.items())
+        n = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for k, v in losses.items():
+            self.log(f"train/loss_{k}", v, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if batch.get("size", 1) == 0:
+            return
+        out = self.model(self._images(batch))
+        losses = self._losses(out, batch)
+        n = batch["image"].shape[0]
+        self.log("val/loss", sum(self.loss_weights[k] * v for k, v in losses.items()), batch_size=n, sync_dist=True)
+        self.log("val/vcdr_mae", losses["vcdr"], batch_size=n, sync_dist=True)
+        known = ~torch.isnan(batch["label"])
+        if known.any():
+            self.val_auroc.update(torch.sigmoid(out["logits"][known]), batch["label"][known].long())
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_auroc.update_count:
+            self.log("val/auroc", self.val_auroc.compute(), prog_bar=True, sync_dist=True)
+        self.val_auroc.reset()
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        out = self.model(self._images(batch))
+        return {
+            "prob": torch.sigmoid(out["logits"]), "finding_prob": torch.sigmoid(out["finding_logits"]),
+            "vcdr_pred": out["vcdr"], "label": batch["label"], "finding_label": batch["findings"],
+            "vcdr_true": batch["vcdr"], "id": batch["meta"]["id"], "eye": batch["meta"]["eye"],
+        }
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self.trainer else 1
+        steps_per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1) if self.trainer else 1
+        warmup = min(self.hparams.warmup_epochs * steps_per_epoch, total // 2)
+        schedule = torch.optim.lr_scheduler.SequentialLR(
+            optimizer,
+            [torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=max(warmup, 1)),
+             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))],
+            milestones=[max(warmup, 1)],
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
