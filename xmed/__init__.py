@@ -10,4 +10,13 @@ from xmed.findings import FINDINGS, VCDR
 from xmed import errors
 
 __version__ = "0.1.0"
-__all__ = ["FINDINGS", "VCDR", "errors", "__version__"]
+__all__ = ["FINDINGS", "VCDR", "errors", "load_model", "__version__"]
+
+
+def __getattr__(name: str):
+    # heavy parts (torch, timm) load on first use, so `import xmed` stays light
+    if name == "load_model":
+        from xmed.models.export import load_model
+
+        return load_model
+    raise AttributeError(f"module 'xmed' has no attribute {name!r}")

@@ -111,6 +111,12 @@ def evaluate_model(model, datamodule, out_dir: Path, *, threshold_rule: str = "y
     return metrics
 
 
+def evaluation_artefacts(out_dir: Path) -> dict[str, Path]:
+    """The files :func:`evaluate_model` writes, by name."""
+    return {"metrics": out_dir / "metrics.json", "predictions": out_dir / "predictions.csv",
+            "plots": out_dir / "plots"}
+
+
 def write_predictions_csv(path: Path, arrays: Mapping[str, Any], threshold: float | None) -> None:
     columns = ["id", "eye", "label", "prob", "pred", "vcdr_true", "vcdr_pred",
                *(f"p_{c}" for c in FINDINGS), *FINDINGS]

@@ -14,9 +14,9 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from xmed.cli.common import CONFIG_DIR, evaluate_model
+from xmed.cli.common import CONFIG_DIR, evaluate_model, evaluation_artefacts
 from xmed.cli.train import _report, instantiate_group
 
 log = logging.getLogger("xmed.eval")
@@ -37,9 +37,8 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.setup()
     metrics = evaluate_model(model, datamodule, out_dir, threshold_rule=cfg.threshold_rule,
                              n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, device=cfg.device)
-    metrics_path = out_dir / "metrics.json"
     print(f"evaluated {cfg.ckpt_path} on {datamodule.dataset_name} (test split, {metrics['n']} eyes)")
-    _report(out_dir, metrics, None)
+    _report(out_dir, metrics, evaluation_artefacts(out_dir))
     return metrics
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xmed.cli.common import CONFIG_DIR, evaluate_model, sha256
+from xmed.cli.common import CONFIG_DIR, evaluate_model, evaluation_artefacts, sha256
 from xmed.errors import ConfigError, XmedError
 
 log = logging.getLogger("xmed.train")
@@ -79,6 +79,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = instantiate_group(model_cfg, "model")
     callbacks = [instantiate_group(c, "callbacks") for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate_group(c, "logger") for c in (cfg.get("logger") or {}).values()]
+    if not loggers:  # `logger=none`: Lightning's LearningRateMonitor refuses a Trainer without a logger
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate_group(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -103,7 +107,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         files=files,
     )
     (out_dir / "model_card.md").write_text(card)
-    _report(out_dir, metrics, checkpoint)
+    artefacts = {"checkpoint": checkpoint} if checkpoint else {}
+    artefacts.update({"model": model_dir, **evaluation_artefacts(out_dir), "model card": out_dir / "model_card.md"})
+    _report(out_dir, metrics, artefacts)
     return metrics
 
 
@@ -118,7 +124,8 @@ def _best_checkpoint(trainer) -> Path | None:
     return None
 
 
-def _report(out_dir: Path, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+def _report(out_dir: Path, metrics: dict[str, Any], artefacts: dict[str, Path]) -> None:
+    """Print the headline figures and where every output went."""
     def fmt(key):
         value = metrics.get(key)
         return "n/a" if value is None else f"{value:.3f}"
@@ -129,15 +136,8 @@ def _report(out_dir: Path, metrics: dict[str, Any], checkpoint: Path | None) -> 
     ]
     if metrics.get("oracle_auroc") is not None:
         lines.append(f"phantom oracle AUROC on the same eyes {fmt('oracle_auroc')}")
-    lines += [
-        f"run folder      {out_dir.resolve()}",
-        f"  checkpoint    {checkpoint.resolve() if checkpoint else 'none (no checkpoint callback)'}",
-        f"  model         {(out_dir / 'model').resolve()}  (xmed.load_model)",
-        f"  metrics       {(out_dir / 'metrics.json').resolve()}",
-        f"  predictions   {(out_dir / 'predictions.csv').resolve()}",
-        f"  plots         {(out_dir / 'plots').resolve()}",
-        f"  model card    {(out_dir / 'model_card.md').resolve()}",
-    ]
+    lines.append(f"run folder      {out_dir.resolve()}")
+    lines += [f"  {name:<13} {path.resolve()}" for name, path in artefacts.items()]
     print("\n".join(lines))
 
 

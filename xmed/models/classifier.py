@@ -79,6 +79,10 @@ class FundusClassifier(nn.Module):
         mode: ``"multitask"`` or ``"concept_bottleneck"``.
         input_size: square input side; passed to ViTs as ``img_size``.
         drop_rate: dropout before the heads.
+        global_pool: timm's pooling of the feature map (``avg``, ``max``, ``avgmax``,
+            ``catavgmax``; ViTs: ``token``, ``avg``); None keeps the backbone's default. Max
+            pooling suits small lesions: averaging over the whole fundus dilutes a disc that
+            covers ~2% of the image.
         data_config: a :class:`DataConfig` or its dict (``input_size`` there wins if given).
         backbone_kwargs: extra ``timm.create_model`` arguments.
 
@@ -95,6 +99,7 @@ class FundusClassifier(nn.Module):
         mode: Mode = "multitask",
         input_size: int | None = None,
         drop_rate: float = 0.0,
+        global_pool: str | None = None,
         data_config: DataConfig | Mapping[str, Any] | None = None,
         backbone_kwargs: Mapping[str, Any] | None = None,
     ):
@@ -106,14 +111,16 @@ class FundusClassifier(nn.Module):
         self.data_config = data_config or DataConfig()
         if input_size is not None:
             self.data_config.input_size = int(input_size)
+        backbone_kwargs = dict(backbone_kwargs or {})
+        if global_pool is not None:
+            backbone_kwargs["global_pool"] = global_pool
         self.config = {
             "backbone": backbone, "mode": mode, "drop_rate": drop_rate,
-            "input_size": self.data_config.input_size,
-            "backbone_kwargs": dict(backbone_kwargs or {}),
+            "input_size": self.data_config.input_size, "backbone_kwargs": backbone_kwargs,
         }
         self.mode = mode
         self.backbone = create_backbone(backbone, pretrained, checkpoint_path,
-                                        self.data_config.input_size, dict(backbone_kwargs or {}))
+                                        self.data_config.input_size, backbone_kwargs)
         width = self.backbone.num_features
         self.dropout = nn.Dropout(drop_rate)
         self.findings_head = nn.Linear(width, len(FINDINGS))

@@ -76,7 +76,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
         model, state = _from_lightning(path)
     else:
         raise CheckpointError(path, "no such file or folder")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of the wrong shape (strict=False still checks shapes)
+        raise CheckpointError(path, f"weights do not fit the model: {err}") from None
     if missing or unexpected:
         raise CheckpointError(path, f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device).eval()

@@ -142,10 +142,17 @@ class FundusModule(L.LightningModule):
         return w
 
     def on_train_epoch_start(self) -> None:
-        if self.hparams.cbm_training == "sequential" and self.current_epoch == self.hparams.sequential_epochs:
+        # ">=" (not "=="): a run resumed after the concept phase must start frozen too
+        if self.hparams.cbm_training == "sequential" and self.current_epoch >= self.hparams.sequential_epochs:
             for name, param in self.model.named_parameters():
                 param.requires_grad_(name.startswith("glaucoma_head"))
-            log.info("sequential concept bottleneck: concepts frozen, training the diagnosis head")
+            # the frozen concept model in eval mode: BatchNorm statistics stay fixed and dropout is
+            # off, so the diagnosis head learns from the concepts the model gives at inference
+            for name, child in self.model.named_children():
+                if name != "glaucoma_head":
+                    child.eval()
+            if self.current_epoch == self.hparams.sequential_epochs:
+                log.info("sequential concept bottleneck: concepts frozen, training the diagnosis head")
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
         if batch.get("size", 1) == 0:
@@ -156,11 +163,29 @@ class FundusModule(L.LightningModule):
         losses = self._losses(out, batch)
         weights = self._stage_weights()
         loss = sum(weights[k] * v for k, v in losses.items())
-        n = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        for k, v in losses.items():
-            self.log(f"train/loss_{k}", v, batch_size=n)
+        if self._log_this_step():
+            n = batch["image"].shape[0]
+            self.log("train/loss", loss, prog_bar=True, batch_size=n)
+            for k, v in losses.items():
+                self.log(f"train/loss_{k}", v, batch_size=n)
         return loss
+
+    def _log_this_step(self) -> bool:
+        """Log training losses every ``trainer.log_every_n_steps`` steps only: each ``self.log``
+        costs a device sync, about a quarter of the loop's overhead on a GPU otherwise."""
+        trainer = self._trainer
+        every = getattr(trainer, "log_every_n_steps", 1) or 1
+        return trainer is None or self.global_step % every == 0
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move the tensors the steps use; ids and paths stay plain Python lists."""
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        moved = dict(batch)
+        for key in ("image", "label", "findings", "vcdr"):
+            if key in moved:
+                moved[key] = moved[key].to(device, non_blocking=True)
+        return moved
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         if batch.get("size", 1) == 0:
@@ -191,8 +216,9 @@ class FundusModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1) if self.trainer else 1
-        steps_per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1) if self.trainer else 1
+        trainer = self._trainer  # None outside a Trainer (`self.trainer` would raise there)
+        total = max(int(trainer.estimated_stepping_batches), 1) if trainer else 1
+        steps_per_epoch = max(total // max(trainer.max_epochs or 1, 1), 1) if trainer else 1
         warmup = min(self.hparams.warmup_epochs * steps_per_epoch, total // 2)
         schedule = torch.optim.lr_scheduler.SequentialLR(
             optimizer,

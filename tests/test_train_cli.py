@@ -1,0 +1,150 @@
+"""``xmed-train`` / ``xmed-eval`` end to end on a tiny rendered phantom and a tiny timm model.
+
+The default test composes the Hydra config with the compose API and calls ``train(cfg)`` and
+``evaluate(cfg)`` in-process (no HydraConfig: the run folder is ``paths.output_dir``). The
+``slow`` test runs the console script as two CPU processes (DDP over gloo) against one process.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+METRIC_KEYS = ("auroc", "pauroc_90", "sens_at_95spec", "sensitivity", "specificity", "accuracy", "brier", "ece",
+               "finding_auroc", "finding_hamming", "vcdr_mae", "n", "ci")
+
+
+def tiny_overrides(out: Path, n: int = 48, epochs: int = 1) -> list[str]:
+    return ["data=phantom_render", f"data.dataset_options.n={n}", "data.dataset_options.size=48",
+            "data.image_size=48", "data.batch_size=16", "data.num_workers=0", "model=tiny_test",
+            f"trainer.max_epochs={epochs}", "n_bootstrap=20", "logger=none", f"paths.output_dir={out}"]
+
+
+def compose(config: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+            return hydra_compose(config, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny training run, shared by the tests below: (run folder, returned metrics, config)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from xmed.cli.train import train
+
+    out = tmp_path_factory.mktemp("train_run")
+    cfg = compose("train", tiny_overrides(out))
+    assert not HydraConfig.initialized()
+    metrics = train(cfg)
+    return out, metrics, cfg
+
+
+def test_train_writes_every_artefact(run):
+    out, metrics, _ = run
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))  # best and last
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["model"]["backbone"] == "test_resnet.r160_in1k"
+    assert config["model"]["data_config"]["input_size"] == 48 and config["dataset"] == "phantom_render"
+    assert {p.name for p in (out / "plots").glob("*.png")} >= {"roc.png", "calibration.png", "finding_auroc.png"}
+
+
+def test_train_metrics_json(run):
+    out, metrics, _ = run
+    written = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(written)
+    assert written["auroc"] == metrics["auroc"]
+    assert 0.0 <= written["auroc"] <= 1.0 and 0.0 <= written["brier"] <= 1.0
+    assert set(written["finding_auroc"]) <= {"ANRS", "ANRI", "RNFLDS", "RNFLDI", "BCLVS", "BCLVI", "NVT", "DH",
+                                             "LD", "LC"}
+    lo, hi = written["ci"]["auroc"]
+    assert lo <= hi and 0.0 <= lo and hi <= 1.0
+
+
+def test_train_predictions_one_row_per_test_eye(run):
+    from xmed.data import FundusDataModule
+
+    out, metrics, cfg = run
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 48, "size": 48}, image_size=48)
+    dm.setup()
+    test_ids = [dm.base.records[i].id for i in dm.splits["test"].indices]
+    assert [r["id"] for r in rows] == test_ids
+    assert metrics["n"] == len(rows) == 8
+    labels = [float(r["label"]) for r in rows]
+    assert labels == dm.splits["test"].labels().tolist()
+    assert all(0.0 <= float(r["prob"]) <= 1.0 for r in rows)
+
+
+def test_train_model_card(run):
+    out, metrics, _ = run
+    card = (out / "model_card.md").read_text()
+    assert card.startswith("---\n")
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "xmed"
+    assert front["base_model"] == "test_resnet.r160_in1k" and front["datasets"] == ["phantom_render"]
+    card_metrics = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert card_metrics["auroc"] == pytest.approx(metrics["auroc"], abs=1e-4)
+    # the digests the card lists are those of the files on disk
+    for rel in ("model/model.safetensors", *(f"checkpoints/{p.name}" for p in (out / "checkpoints").glob("*.ckpt")
+                                           if f"checkpoints/{p.name}" in card)):
+        digest = re.search(rf"`{re.escape(rel)}` sha256 `([0-9a-f]{{64}})`", card)
+        assert digest, rel
+        assert digest.group(1) == hashlib.sha256((out / rel).read_bytes()).hexdigest()
+
+
+def test_eval_on_the_exported_model_gives_the_same_auroc(run, tmp_path):
+    from xmed.cli.eval import evaluate
+
+    out, metrics, _ = run
+    cfg = compose("eval", ["data=phantom_render", "data.dataset_options.n=48", "data.dataset_options.size=48",
+                           "data.num_workers=0", "n_bootstrap=20", f"ckpt_path={out / 'model'}",
+                           f"paths.output_dir={tmp_path}"])
+    result = evaluate(cfg)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["auroc"] == result["auroc"] == metrics["auroc"]
+    assert written["n"] == metrics["n"] and written["vcdr_mae"] == metrics["vcdr_mae"]
+    assert (tmp_path / "predictions.csv").read_text() == (out / "predictions.csv").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_ddp_cpu_matches_single_process(tmp_path):
+    """Two gloo processes vs one, same seed and data: both finish, test AUROC within noise.
+
+    Same global batch (16): 2 x 8 under DDP, so both make the same number of optimizer steps.
+    """
+    script = Path(sys.executable).with_name("xmed-train")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    aurocs = {}
+    for trainer in ("cpu", "ddp_cpu"):
+        out = tmp_path / trainer
+        cmd = [str(script), *tiny_overrides(out, n=200, epochs=2), f"trainer={trainer}",
+               f"data.batch_size={8 if trainer == 'ddp_cpu' else 16}", "callbacks.progress_bar.refresh_rate=0"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["n"] == 30
+        aurocs[trainer] = metrics["auroc"]
+    print(f"test AUROC: cpu {aurocs['cpu']:.4f}, ddp_cpu {aurocs['ddp_cpu']:.4f}")
+    assert abs(aurocs["cpu"] - aurocs["ddp_cpu"]) < 0.1, aurocs
