@@ -17,28 +17,34 @@ class XmedError(Exception):
     """Base class of every error xmed raises on purpose."""
 
 
-class ImageReadError(XmedError, ValueError):
-    """An image (or DICOM) file could not be read; ``path`` and ``reason`` say which and why."""
+class PathError(XmedError, ValueError):
+    """Base of the errors about one file or folder: ``path`` says which, ``reason`` why."""
+
+    message = "{path}: {reason}"
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"cannot read image {self.path}: {reason}")
+        super().__init__(self.message.format(path=self.path, reason=reason))
 
     def __reduce__(self):  # keep the two-argument signature picklable for DataLoader workers
         return (type(self), (self.path, self.reason))
 
 
-class DatasetError(XmedError, ValueError):
+class ImageReadError(PathError):
+    """An image (or DICOM) file could not be read."""
+
+    message = "cannot read image {path}: {reason}"
+
+
+class DatasetError(PathError):
     """A data set on disk is missing, malformed or inconsistent (a file, a column, a label)."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))
+class CheckpointError(PathError):
+    """A model file or folder cannot be loaded."""
+
+    message = "cannot load model {path}: {reason}"
 
 
 class ConfigError(XmedError, ValueError):
@@ -51,15 +57,3 @@ class ConfigError(XmedError, ValueError):
 
     def __reduce__(self):
         return (type(self), (self.key, self.reason))
-
-
-class CheckpointError(XmedError, ValueError):
-    """A model file or folder cannot be loaded; ``path`` and ``reason`` say which and why."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot load model {self.path}: {reason}")
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))

@@ -7,10 +7,10 @@ every command and the measuring stick of every explainer, because its truth is k
 Example:
     >>> from xmed.data import render_phantom
     >>> eye = render_phantom(seed=3, size=256)
-    >>> eye.image.shape, eye.image.dtype.name, sorted(eye.masks)[:2]
-    ((256, 256, 3), 'uint8', ['cup', 'disc'])
-    >>> measured = eye.masks["cup"].any(1).sum() / eye.masks["disc"].any(1).sum()
-    >>> abs(measured - eye.vcdr) <= 0.05
+    >>> eye.image.shape, eye.image.dtype.name, {"disc", "cup", "fov"} <= set(eye.masks)
+    ((256, 256, 3), 'uint8', True)
+    >>> from xmed.data.datasets.base import vcdr_from_masks
+    >>> abs(vcdr_from_masks(eye.masks["disc"], eye.masks["cup"]) - eye.vcdr) <= 0.05
     True
 """
 
