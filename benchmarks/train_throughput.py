@@ -16,10 +16,8 @@ Lightning overheads switched off, each a user-facing default a researcher also t
 timing (the plain loop has none of them): the progress bar, the logger (``self.log`` calls in
 ``training_step`` stay), the model summary, checkpointing, validation and the sanity check.
 
-A third loop, ``lightning_log_every_N``, is the same Lightning run with ``FundusModule``'s four
-per-step ``self.log`` calls passed on only every N steps (``--log-every``; a subclass, so *not*
-what xmed ships): it shows how much of any gap is step logging. The target is judged on the
-module as shipped.
+``FundusModule`` logs its training losses every ``log_every_n_steps`` steps of the Trainer
+(Lightning's default, 50, here): each ``self.log`` costs a device synchronisation.
 
 Run: ``python benchmarks/train_throughput.py [--device cuda] [--steps 20] [--repeats 2]``.
 Writes ``train_throughput.json`` and ``train_throughput.md``; the target is
@@ -64,18 +62,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_module(args, log_every: int = 1):
-    """A fresh FundusModule from the seed; ``log_every > 1``: its per-step ``self.log`` calls
-    (4 a step in ``training_step``) are passed on only every ``log_every`` steps."""
+def build_module(args):
+    """A fresh FundusModule from the seed."""
     from xmed.models import FundusModule
 
-    class ThrottledLogging(FundusModule):
-        def log(self, name, *a, **kw):
-            if not name.startswith("train/") or self.global_step % log_every == 0:
-                super().log(name, *a, **kw)
-
     torch.manual_seed(args.seed)
-    module = (FundusModule if log_every <= 1 else ThrottledLogging)(net={"backbone": args.model, "input_size": args.image_size}, lr=1e-3,
+    module = FundusModule(net={"backbone": args.model, "input_size": args.image_size}, lr=1e-3,
                           warmup_epochs=0, channels_last=args.channels_last)
     module.pos_weight.fill_(args.pos_weight)
     return module
@@ -147,10 +139,10 @@ class _StepTimer:
         return StepTimer()
 
 
-def run_lightning(args, loader, device: torch.device, log_every: int = 1) -> dict:
+def run_lightning(args, loader, device: torch.device) -> dict:
     import lightning as L
 
-    module = build_module(args, log_every)
+    module = build_module(args)
     timer = _StepTimer(args.warmup, args.steps, device)
     trainer = L.Trainer(
         accelerator=device.type, devices=1, precision=args.precision,
@@ -219,9 +211,6 @@ def main() -> None:
     parser.add_argument("--live-data", action="store_true", help="render in both loops instead of caching")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--log-every", type=int, default=50,
-                        help="also time Lightning with FundusModule's per-step self.log calls throttled to "
-                             "every N steps (0: skip this variant)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -236,10 +225,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
     loaders, data_info = make_loader(args)
-    throttled = f"lightning_log_every_{args.log_every}"
     loops = {"plain": run_plain, "lightning": run_lightning}
-    if args.log_every > 1:
-        loops[throttled] = lambda a, loader, dev: run_lightning(a, loader, dev, args.log_every)
     runs = {name: [] for name in loops}
     for r in range(args.repeats):
         for name, fn in loops.items():
@@ -271,7 +257,6 @@ def main() -> None:
         "final_losses": {k: [round(r["final_loss"], 6) for r in v] for k, v in runs.items()},
         "same_final_loss": same_loss,
         "ratio_lightning_over_plain": round(ratio, 3),
-        **({f"ratio_{throttled}_over_plain": round(median[throttled] / median["plain"], 3)} if throttled in runs else {}),
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
     }
@@ -282,9 +267,6 @@ def main() -> None:
               for k in runs]
     table.append(f"\nLightning / plain = {ratio:.3f}; target >= {TARGET_RATIO} — "
                  f"{'met' if record['meets_target'] else 'NOT met'} (FundusModule as shipped).")
-    if throttled in runs:
-        table.append(f"With FundusModule's four per-step `self.log` calls throttled to every {args.log_every} "
-                     f"steps (a module change, not what xmed ships): {median[throttled] / median['plain']:.3f}.")
     table.append(f"\n{args.model} at {args.image_size} px, batch {args.batch_size}, {args.precision}"
                  f"{', channels_last' if args.channels_last else ''}, on {args.device} ({device_name}, "
                  f"{torch.get_num_threads()} torch threads); {args.steps} timed steps after {args.warmup} warm-up "

@@ -99,7 +99,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if checkpoint:
         files[f"checkpoints/{checkpoint.name}"] = sha256(checkpoint)
     card = render_model_card(
-        title=f"{cfg.task_name}: {model.config['backbone']} on {datamodule.dataset_name}",
+        title=f"{model.config['backbone']} on {datamodule.dataset_name}"
+              + (f" ({', '.join(cfg.tags)})" if cfg.get("tags") else ""),
         metrics=metrics, data=data_summary(datamodule), config_yaml=OmegaConf.to_yaml(cfg, resolve=False),
         architecture={"backbone": model.config["backbone"], "mode": model.mode,
                       "input_size": model.data_config.input_size,

@@ -95,18 +95,18 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
     arch_lines = [f"- **{k}**: `{v}`" for k, v in architecture.items()] or ["- not recorded"]
     extra = []
     if metrics.get("oracle_auroc") is not None:
-        extra.append(f"\nThe phantom's oracle — the true P(glaucoma | findings, vCDR), the best any "
+        extra.append(f"The phantom's oracle — the true P(glaucoma | findings, vCDR), the best any "
                      f"model can do — scores AUROC {metrics['oracle_auroc']:.3f} on the same test eyes; "
                      f"this model reaches {_fmt(metrics.get('auroc'))} "
                      f"({_fmt(metrics['auroc'] / metrics['oracle_auroc'] if metrics.get('auroc') else None)} of it).")
     if "intervention" in metrics:
         iv = metrics["intervention"]
-        extra.append(f"\nConcept bottleneck: AUROC {_fmt(iv['auroc_predicted_concepts'])} from the predicted "
+        extra.append(f"Concept bottleneck: AUROC {_fmt(iv['auroc_predicted_concepts'])} from the predicted "
                      f"findings and vCDR, {_fmt(iv['auroc_true_concepts'])} when the true ones are given "
                      f"(test-time intervention).")
-    finding_rows = ["", "| finding | AUROC |", "|---|---|"] + [
+    finding_rows = ["| finding | AUROC |", "|---|---|"] + [
         f"| {code} | {_fmt(v)} |" for code, v in (metrics.get("finding_auroc") or {}).items()]
-    threshold = (f"\nThreshold {_fmt(metrics.get('threshold'))} chosen on the validation split "
+    threshold = (f"Threshold {_fmt(metrics.get('threshold'))} chosen on the validation split "
                  f"({metrics.get('threshold_rule', 'youden')}); test eyes: {metrics.get('n')} "
                  f"({metrics.get('n_positive')} glaucoma). 95% intervals: percentile bootstrap over test eyes.")
     limitations = limitations or [
@@ -124,7 +124,7 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
         data_section="\n".join(data_lines),
         architecture_section="\n".join(arch_lines),
         config_yaml=config_yaml.strip(),
-        metrics_section=metrics_table(metrics) + threshold + "".join(extra) + "\n".join(finding_rows),
+        metrics_section="\n\n".join([metrics_table(metrics), threshold, *extra, "\n".join(finding_rows)]),
         explanation_section=explanation_checks or NO_EXPLANATION_CHECKS,
         limitations_section="\n".join(f"- {line}" for line in limitations),
         files_section="\n".join(files_lines),
