@@ -41,6 +41,12 @@ class PhantomDataset(FundusDataset):
 
     name = "phantom"
 
+    def __init__(self, root: str | os.PathLike, **kwargs):
+        if not Path(root).exists():
+            raise DatasetError(root, f"no phantom data set here; render one with "
+                                     f"`xmed-data phantom --out {root} --n 2000 --size 256`")
+        super().__init__(root, **kwargs)
+
     def load_records(self) -> list[Record]:
         require_file(self.root / "phantom.json", "phantom.json")
         labels_csv = self.root / "labels.csv"
