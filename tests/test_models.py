@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 import yaml
 
 from xmed.errors import CheckpointError, ConfigError

@@ -66,17 +66,12 @@ def to_predictions(arrays: Mapping[str, Any]):
 
 def oracle_auroc(dataset, arrays: Mapping[str, Any]) -> float | None:
     """AUROC of the phantom's oracle on the same eyes (None for real data sets)."""
+    from xmed.metrics import auroc
+
     oracle = getattr(dataset, "oracle", None)
     if not oracle:
         return None
-    from torchmetrics.functional.classification import binary_auroc
-
-    labels = np.asarray(arrays["label"])
-    keep = ~np.isnan(labels)
-    if keep.sum() == 0 or len(set(labels[keep])) < 2:
-        return None
-    scores = torch.tensor([oracle[i] for i, k in zip(arrays["id"], keep) if k])
-    return float(binary_auroc(scores, torch.tensor(labels[keep]).long()))
+    return auroc([oracle[i] for i in arrays["id"]], arrays["label"])
 
 
 def evaluate_model(model, datamodule, out_dir: Path, *, threshold_rule: str = "youden",

@@ -184,7 +184,11 @@ class FundusDataModule(L.LightningDataModule):
             raise ConfigError("data.root", f"data set {self.dataset_name!r} at {self.root} has no usable images")
         for skip in self.base.skipped:
             log.warning("skipped %s: %s", skip.path, skip.reason)
-        indices = self._split_indices()
+        indices = self._published_split_indices()
+        self.used_published_splits = indices is not None
+        if indices is None:
+            indices = split_indices([r.label for r in self.base.records], self.base.groups(),
+                                    self.split_fractions, self.seed)
         transforms = {
             "train": build_transforms("train", self.image_size, self.mean, self.std,
                                       preprocess=self.preprocess or None, seed=self.seed, **self.augment),
@@ -197,27 +201,23 @@ class FundusDataModule(L.LightningDataModule):
         log.info("data set %s: %d images, splits %s, %d skipped", self.dataset_name, len(self.base),
                  counts, len(self.base.skipped))
 
-    def _split_indices(self) -> dict[str, list[int]]:
+    def _published_split_indices(self) -> dict[str, list[int]] | None:
+        """The data set's own train/val/test split (validation carved from train when the data
+        set publishes none), or None when it has no complete published split."""
         records = self.base.records
-        labels = [r.label for r in records]
-        groups = self.base.groups()
         published = [r.split for r in records]
-        if self.use_published_splits and all(s in SPLITS for s in published):
-            self.used_published_splits = True
-            out = {s: [i for i, p in enumerate(published) if p == s] for s in SPLITS}
-            if out["train"] and out["val"] and out["test"]:
-                return out
-            if out["train"] and not out["val"]:  # carve validation out of the published train split
-                train = out["train"]
-                f_train, f_val, _ = self.split_fractions
-                part = split_indices([labels[i] for i in train], [groups[i] for i in train],
-                                     (f_train / (f_train + f_val), f_val / (f_train + f_val), 0.0), self.seed)
-                out["train"] = [train[i] for i in part["train"]]
-                out["val"] = [train[i] for i in part["val"]]
-                if out["test"]:
-                    return out
-        self.used_published_splits = False
-        return split_indices(labels, groups, self.split_fractions, self.seed)
+        if not (self.use_published_splits and all(s in SPLITS for s in published)):
+            return None
+        out = {s: [i for i, p in enumerate(published) if p == s] for s in SPLITS}
+        if out["train"] and not out["val"]:  # carve validation out of the published train split
+            train = out["train"]
+            groups = self.base.groups()
+            f_train, f_val, _ = self.split_fractions
+            part = split_indices([records[i].label for i in train], [groups[i] for i in train],
+                                 (f_train / (f_train + f_val), f_val / (f_train + f_val), 0.0), self.seed)
+            out["train"] = [train[i] for i in part["train"]]
+            out["val"] = [train[i] for i in part["val"]]
+        return out if all(out.values()) else None
 
     @property
     def skipped(self) -> list[dict[str, str]]:

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -108,7 +108,7 @@ class FundusClassifier(nn.Module):
             raise ConfigError("model.net.mode", f"must be 'multitask' or 'concept_bottleneck', got {mode!r}")
         if isinstance(data_config, Mapping):
             data_config = DataConfig.from_dict(data_config)
-        self.data_config = data_config or DataConfig()
+        self.data_config = replace(data_config) if data_config else DataConfig()  # never the caller's object
         if input_size is not None:
             self.data_config.input_size = int(input_size)
         backbone_kwargs = dict(backbone_kwargs or {})

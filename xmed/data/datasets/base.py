@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xmed.errors import DatasetError, ImageReadError, XmedError
+from xmed.errors import DatasetError, ImageReadError
 from xmed.findings import FINDINGS
 
 OnError = Literal["raise", "skip"]
@@ -206,7 +206,7 @@ class FundusDataset(Dataset):
 
     def load_sample(self, record: Record) -> dict:
         """Decode one record into a numpy sample (image H×W×3 uint8, masks H×W bool)."""
-        from xmed.data.io import read_image, read_mask
+        from xmed.data.io import read_image
 
         image = read_image(record.image_path)
         masks = {}
