@@ -10,7 +10,7 @@ from xmed.findings import FINDINGS, VCDR
 from xmed import errors
 
 __version__ = "0.1.0"
-__all__ = ["FINDINGS", "VCDR", "errors", "load_model", "__version__"]
+__all__ = ["FINDINGS", "VCDR", "errors", "explain", "load_model", "__version__"]
 
 
 def __getattr__(name: str):
@@ -19,4 +19,8 @@ def __getattr__(name: str):
         from xmed.models.export import load_model
 
         return load_model
+    if name == "explain":
+        import importlib
+
+        return importlib.import_module("xmed.explain")  # a callable module: xmed.explain(model, images)
     raise AttributeError(f"module 'xmed' has no attribute {name!r}")

@@ -19,6 +19,18 @@ from omegaconf import DictConfig, OmegaConf
 from xmed.cli.common import CONFIG_DIR, evaluate_model, evaluation_artefacts
 from xmed.cli.train import _report, instantiate_group
 
+
+def datamodule_for_model(data_cfg: DictConfig, model):
+    """The data module of ``data_cfg``, set up to prepare photographs the way ``model`` expects
+    (its input size, normalisation, field-of-view crop and contrast)."""
+    dc = model.data_config
+    config = OmegaConf.to_container(data_cfg, resolve=True)
+    config.update(image_size=dc.input_size, mean=list(dc.mean), std=list(dc.std))
+    config["preprocess"] = {"crop_fov": dc.crop_fov, "margin": dc.margin, "contrast": dc.contrast}
+    datamodule = instantiate_group(OmegaConf.create(config), "data")
+    datamodule.setup()
+    return datamodule
+
 log = logging.getLogger("xmed.eval")
 
 
@@ -29,12 +41,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
     model = load_model(cfg.ckpt_path, device=cfg.device)
-    dc = model.data_config
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data_cfg.update(image_size=dc.input_size, mean=list(dc.mean), std=list(dc.std))
-    data_cfg["preprocess"] = {"crop_fov": dc.crop_fov, "margin": dc.margin, "contrast": dc.contrast}
-    datamodule = instantiate_group(OmegaConf.create(data_cfg), "data")
-    datamodule.setup()
+    datamodule = datamodule_for_model(cfg.data, model)
     metrics = evaluate_model(model, datamodule, out_dir, threshold_rule=cfg.threshold_rule,
                              n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, device=cfg.device)
     print(f"evaluated {cfg.ckpt_path} on {datamodule.dataset_name} (test split, {metrics['n']} eyes)")

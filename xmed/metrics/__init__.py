@@ -1,6 +1,7 @@
-"""Metrics: diagnosis, finding-level and vCDR scores with bootstrap intervals.
+"""Metrics: diagnosis, finding-level and vCDR scores with bootstrap intervals; explanation quality.
 
-Each metric declares whether higher or lower is better in :data:`DIRECTION` (Quantus style).
+Each metric declares whether higher or lower is better in :data:`DIRECTION` (Quantus style); the
+explanation metrics (:data:`EXPLANATION_METRICS`) declare it as a class attribute.
 This package never imports ``xmed.data`` or Lightning: it scores plain tensors or arrays.
 
 Example:
@@ -32,10 +33,34 @@ from xmed.metrics.classification import (
     sens_at_spec,
     vcdr_mae,
 )
+from xmed.metrics.explanation import (
+    EXPLANATION_METRICS,
+    ROAD,
+    Deletion,
+    EnergyPointingGame,
+    ExplanationMetric,
+    Insertion,
+    MapAUPRC,
+    MapAUROC,
+    ModelParameterRandomisation,
+    ModelParameterRandomisationSSIM,
+    PointingGame,
+    ROADLeRF,
+    Sparseness,
+    create_metric,
+    evaluate_explanations,
+    noisy_linear_imputation,
+    randomisation_layers,
+)
 
 __all__ = [
     "CI_METRICS", "DIRECTION", "THRESHOLD_RULES", "ArrayLike", "BootstrapCI", "Predictions",
     "ThresholdRule", "auroc", "bootstrap_ci", "bootstrap_predictions", "brier", "choose_threshold",
     "ece", "evaluate_predictions", "finding_auroc", "finding_hamming", "operating_point",
     "resample_indices", "sens_at_spec", "vcdr_mae",
+    # explanation quality (xmed.metrics.explanation)
+    "EXPLANATION_METRICS", "ExplanationMetric", "PointingGame", "EnergyPointingGame", "MapAUROC",
+    "MapAUPRC", "Deletion", "Insertion", "ROAD", "ROADLeRF", "ModelParameterRandomisation",
+    "ModelParameterRandomisationSSIM", "Sparseness", "create_metric", "evaluate_explanations",
+    "noisy_linear_imputation", "randomisation_layers",
 ]

@@ -85,10 +85,15 @@ class FundusClassifier(nn.Module):
             covers ~2% of the image.
         data_config: a :class:`DataConfig` or its dict (``input_size`` there wins if given).
         backbone_kwargs: extra ``timm.create_model`` arguments.
+        mask_head: mask names (``disc``, ``cup``, finding codes) predicted on the backbone's
+            feature map by a 1×1 convolution — dense auxiliary supervision that teaches the
+            features *where* each finding lies, for data sets that publish masks (the phantom
+            does for all of them). None: no mask head.
 
     Output of ``forward``: ``{"logits": B, "finding_logits": B×10, "vcdr": B}`` (``vcdr`` in
     [0, 1]); in concept-bottleneck mode also ``"concepts"``: B×11, the finding probabilities and
-    vCDR the diagnosis was computed from.
+    vCDR the diagnosis was computed from; with a ``mask_head``, ``"mask_logits"``: B×K×h×w on
+    the feature-map grid, one channel per name in ``mask_names``.
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class FundusClassifier(nn.Module):
         global_pool: str | None = None,
         data_config: DataConfig | Mapping[str, Any] | None = None,
         backbone_kwargs: Mapping[str, Any] | None = None,
+        mask_head: Sequence[str] | None = None,
     ):
         super().__init__()
         if mode not in ("multitask", "concept_bottleneck"):
@@ -117,6 +123,7 @@ class FundusClassifier(nn.Module):
         self.config = {
             "backbone": backbone, "mode": mode, "drop_rate": drop_rate,
             "input_size": self.data_config.input_size, "backbone_kwargs": backbone_kwargs,
+            "mask_head": list(mask_head) if mask_head else None,
         }
         self.mode = mode
         self.backbone = create_backbone(backbone, pretrained, checkpoint_path,
@@ -127,17 +134,45 @@ class FundusClassifier(nn.Module):
         self.vcdr_head = nn.Linear(width, 1)
         n_concepts = len(FINDINGS) + 1
         self.glaucoma_head = nn.Linear(n_concepts if mode == "concept_bottleneck" else width, 1)
+        self.mask_names: tuple[str, ...] = tuple(mask_head or ())
+        self.mask_head = nn.Conv2d(width, len(self.mask_names), 1) if self.mask_names else None
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: Tensor) -> Tensor:
         """Backbone features before pooling (B×C×h×w for CNNs, B×N×C tokens for ViTs)."""
         return self.backbone.forward_features(x)
 
+    def feature_map(self, features: Tensor) -> Tensor:
+        """Backbone features as a B×C×h×w map: CNN maps as they are, NHWC maps (Swin) permuted,
+        ViT tokens without their prefix (class/register) tokens on the patch grid the backbone
+        reports — never a grid guessed from the token count.
+
+        Example:
+            >>> model = FundusClassifier("vit_tiny_patch16_224", input_size=64)
+            >>> tuple(model.feature_map(model.forward_features(torch.zeros(1, 3, 64, 64))).shape)
+            (1, 192, 4, 4)
+        """
+        if features.ndim == 4:
+            if getattr(self.backbone, "output_fmt", "NCHW") == "NHWC":
+                return features.permute(0, 3, 1, 2)
+            return features
+        if features.ndim == 3:
+            patch_embed = getattr(self.backbone, "patch_embed", None)
+            grid = getattr(patch_embed, "grid_size", None)
+            if grid is None:
+                raise ConfigError("model.net.backbone", "token features without a patch grid: cannot map them to space")
+            prefix = getattr(self.backbone, "num_prefix_tokens", features.shape[1] - grid[0] * grid[1])
+            tokens = features[:, prefix:]
+            return tokens.transpose(1, 2).reshape(features.shape[0], features.shape[2], grid[0], grid[1])
+        raise ConfigError("model.net.backbone", f"unsupported feature shape {tuple(features.shape)}")
+
     def forward_head(self, features: Tensor, intervene: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
         pooled = self.dropout(self.backbone.forward_head(features, pre_logits=True))
         finding_logits = self.findings_head(pooled)
         vcdr = torch.sigmoid(self.vcdr_head(pooled)).squeeze(1)
         out = {"finding_logits": finding_logits, "vcdr": vcdr}
+        if self.mask_head is not None:
+            out["mask_logits"] = self.mask_head(self.feature_map(features))
         if self.mode == "concept_bottleneck":
             concepts = torch.cat([torch.sigmoid(finding_logits), vcdr[:, None]], dim=1)
             if intervene:

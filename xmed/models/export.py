@@ -59,6 +59,7 @@ def model_from_config(config: Mapping[str, Any]) -> FundusClassifier:
         backbone=config["backbone"], mode=config.get("mode", "multitask"),
         input_size=config.get("input_size"), drop_rate=config.get("drop_rate", 0.0),
         data_config=config.get("data_config"), backbone_kwargs=config.get("backbone_kwargs"),
+        mask_head=config.get("mask_head"),
         pretrained=False,
     )
 

@@ -44,6 +44,28 @@ def masked_l1(pred: Tensor, target: Tensor) -> Tensor:
     return F.l1_loss(pred[known], target[known])
 
 
+def mask_loss(mask_logits: Tensor, names: tuple[str, ...], masks: Mapping[str, Tensor],
+              mask_valid: Mapping[str, Tensor]) -> Tensor:
+    """BCE between the mask head (B×K×h×w) and each mask's covered fraction of every
+    feature-map cell, over the samples that have that mask; 0 when none has any.
+
+    Example:
+        >>> m = {"disc": torch.ones(2, 8, 8, dtype=torch.bool)}
+        >>> v = {"disc": torch.tensor([True, False])}
+        >>> round(float(mask_loss(torch.full((2, 1, 2, 2), 20.0), ("disc",), m, v)), 4)
+        0.0
+    """
+    total, terms = mask_logits.sum() * 0.0, 0
+    for k, name in enumerate(names):
+        valid = mask_valid.get(name)
+        if valid is None or not valid.any():
+            continue
+        target = F.adaptive_avg_pool2d(masks[name][valid].float()[:, None], mask_logits.shape[-2:])
+        total = total + F.binary_cross_entropy_with_logits(mask_logits[valid, k:k + 1].float(), target)
+        terms += 1
+    return total / max(terms, 1)
+
+
 class FundusModule(L.LightningModule):
     """Training, validation and test steps for a :class:`FundusClassifier`.
 
@@ -51,7 +73,8 @@ class FundusModule(L.LightningModule):
         net: :class:`FundusClassifier` arguments (``backbone``, ``pretrained``,
             ``checkpoint_path``, ``mode``, ``input_size``, ``drop_rate``, ``data_config``).
         lr, weight_decay: AdamW settings. ``warmup_epochs``: linear warm-up, then cosine decay.
-        loss_weights: weights of the ``glaucoma``, ``findings`` and ``vcdr`` losses.
+        loss_weights: weights of the ``glaucoma``, ``findings``, ``vcdr`` and ``masks`` losses
+            (``masks`` counts only with ``net.mask_head``).
         class_balance: ``"pos_weight"`` (BCE weighted by negatives/positives of the training
             split), ``"sampler"`` (balanced sampling, set on the data module) or ``"none"``.
         cbm_training: ``"joint"`` or ``"sequential"`` (concept-bottleneck mode only).
@@ -78,10 +101,11 @@ class FundusModule(L.LightningModule):
             raise ConfigError("model.class_balance", f"must be pos_weight, sampler or none, got {class_balance!r}")
         if cbm_training not in ("joint", "sequential"):
             raise ConfigError("model.cbm_training", f"must be joint or sequential, got {cbm_training!r}")
-        weights = {"glaucoma": 1.0, "findings": 1.0, "vcdr": 1.0, **(loss_weights or {})}
-        unknown = set(weights) - {"glaucoma", "findings", "vcdr"}
+        weights = {"glaucoma": 1.0, "findings": 1.0, "vcdr": 1.0, "masks": 1.0, **(loss_weights or {})}
+        unknown = set(weights) - {"glaucoma", "findings", "vcdr", "masks"}
         if unknown:
-            raise ConfigError("model.loss_weights", f"unknown loss(es) {sorted(unknown)}; use glaucoma, findings, vcdr")
+            raise ConfigError("model.loss_weights",
+                              f"unknown loss(es) {sorted(unknown)}; use glaucoma, findings, vcdr, masks")
         self.model = FundusClassifier(**dict(net))
         if cbm_training == "sequential" and self.model.mode != "concept_bottleneck":
             raise ConfigError("model.cbm_training", "sequential training needs net.mode=concept_bottleneck")
@@ -124,11 +148,15 @@ class FundusModule(L.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def _losses(self, out: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        return {
+        losses = {
             "glaucoma": masked_bce(out["logits"], batch["label"], self.pos_weight),
             "findings": masked_bce(out["finding_logits"], batch["findings"]),
             "vcdr": masked_l1(out["vcdr"], batch["vcdr"]),
         }
+        if "mask_logits" in out:
+            losses["masks"] = mask_loss(out["mask_logits"], self.model.mask_names,
+                                        batch.get("masks", {}), batch.get("mask_valid", {}))
+        return losses
 
     def _stage_weights(self) -> dict[str, float]:
         """Loss weights for this epoch (sequential CBM: concepts first, then the diagnosis)."""
@@ -138,7 +166,7 @@ class FundusModule(L.LightningModule):
             if concepts_phase:
                 w["glaucoma"] = 0.0
             else:
-                w["findings"] = w["vcdr"] = 0.0
+                w["findings"] = w["vcdr"] = w["masks"] = 0.0
         return w
 
     def on_train_epoch_start(self) -> None:
@@ -185,6 +213,10 @@ class FundusModule(L.LightningModule):
         for key in ("image", "label", "findings", "vcdr"):
             if key in moved:
                 moved[key] = moved[key].to(device, non_blocking=True)
+        if self.model.mask_names:
+            for key in ("masks", "mask_valid"):
+                moved[key] = {n: t.to(device, non_blocking=True) for n, t in batch.get(key, {}).items()
+                              if n in self.model.mask_names}
         return moved
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:

@@ -1,0 +1,130 @@
+"""``xmed-explain`` end to end on a tiny rendered phantom and an exported tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xmed.errors import ConfigError
+
+from test_train_cli import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from xmed.models import FundusClassifier, export_model
+
+    torch.manual_seed(0)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=48, data_config={"crop_fov": False})
+    with torch.no_grad():  # an untrained head can make every CAM negative (all zero after ReLU)
+        model.glaucoma_head.weight.fill_(0.1)
+    return export_model(model.eval(), tmp_path_factory.mktemp("model") / "model")
+
+
+def overrides(out: Path, model: Path, *extra: str) -> list[str]:
+    return ["data=phantom_render", "data.dataset_options.n=40", "data.dataset_options.size=48",
+            "data.num_workers=0", f"ckpt_path={model}", "n=4", "batch_size=2", "overlays=2",
+            "randomisation.n_images=2", "faithfulness.n_steps=4", f"paths.output_dir={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def run(exported, tmp_path_factory):
+    from xmed.cli.explain import explain_run
+
+    out = tmp_path_factory.mktemp("explain_run")
+    card = out.parent / "card.md"
+    shutil.copy(ROOT / "model_cards" / "phantom_resnet18.md", card)
+    cfg = compose("explain", overrides(out, exported, "explainer=[gradcam,rise]",
+                                                  "explainer.rise.n_masks=32", f"model_card={card}"))
+    return out, explain_run(cfg), card
+
+
+def test_metrics_json_has_one_entry_per_method(run):
+    out, result, _ = run
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == result and written["n"] == 4 and written["target"] == "glaucoma"
+    assert set(written["methods"]) == {"gradcam", "rise"}
+    for method, entry in written["methods"].items():
+        assert entry["n"] == 4 and entry["seconds"] > 0
+        for key in ("pointing_game", "energy_pointing_game", "map_auroc", "map_auprc"):
+            assert 0.0 <= entry[key] <= 1.0, (method, key)
+        for key in ("deletion", "insertion", "road_morf", "road_lerf"):
+            assert 0.0 <= entry[key] <= 1.0, (method, key)  # AUCs of a probability over [0, 1]
+        assert 0.0 <= entry["sparseness"] <= 1.0
+    # randomisation runs for gradient methods only (perturbation methods are skipped by default)
+    assert "randomisation_spearman" in written["methods"]["gradcam"]
+    assert "randomisation_spearman" not in written["methods"]["rise"]
+    curve = written["methods"]["gradcam"]["randomisation_curve"]
+    assert len(curve) >= 3 and all(v is None or -1.0 <= v <= 1.0 for v in curve.values())
+
+
+def test_maps_overlays_and_per_image_rows(run):
+    out, _, _ = run
+    maps = sorted((out / "maps" / "gradcam").glob("*.npy"))
+    assert len(maps) == 4 and np.load(maps[0]).shape == (48, 48)
+    assert len(list((out / "overlays" / "rise").glob("*.png"))) == 2
+    assert (out / "overlays" / "comparison.png").is_file()
+    with open(out / "per_image.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8 and {r["method"] for r in rows} == {"gradcam", "rise"}
+    # the summary is the mean of the per-image values
+    summary = json.loads((out / "metrics.json").read_text())["methods"]["gradcam"]
+    values = [float(r["energy_pointing_game"]) for r in rows if r["method"] == "gradcam"]
+    assert summary["energy_pointing_game"] == pytest.approx(np.mean(values), abs=1e-5)
+
+
+def test_comparison_table_goes_into_the_model_card(run):
+    out, _, card = run
+    table = (out / "comparison.md").read_text()
+    assert "| gradcam |" in table and "energy pointing game ↑" in table and "deletion ↓" in table
+    text = card.read_text()
+    assert "| gradcam |" in text and "No explanation method has been checked" not in text
+    assert text.index("## Explanation checks") < text.index("| gradcam |") < text.index("## Limitations")
+
+
+def test_ground_truth_for_each_target():
+    from xmed.cli.explain import ground_truth
+    from xmed.findings import FINDINGS
+
+    b, size = 2, 8
+    disc = torch.zeros(b, size, size, dtype=torch.bool)
+    disc[:, 2:4, 2:4] = True
+    dh = torch.zeros(b, size, size, dtype=torch.bool)
+    dh[:, 6, 6] = True
+    findings = torch.zeros(b, len(FINDINGS))
+    findings[0, FINDINGS.index("DH")] = 1  # eye 0 has a haemorrhage, eye 1 does not
+    batch = {"image": torch.zeros(b, 3, size, size), "findings": findings,
+             "masks": {"disc": disc, "DH": dh}, "mask_valid": {"disc": torch.tensor([True, True]),
+                                                              "DH": torch.tensor([True, True])}}
+    glaucoma = ground_truth(batch, "glaucoma")[:, 0]
+    assert glaucoma[0].sum() == 5 and glaucoma[1].sum() == 4  # disc (+ the haemorrhage where present)
+    only_dh = ground_truth(batch, "DH")[:, 0]
+    assert only_dh[0].sum() == 1 and only_dh[1].sum() == 0   # absent finding: empty -> NaN metrics
+    assert torch.equal(ground_truth(batch, "vCDR")[:, 0], disc)
+    assert ground_truth({"image": batch["image"], "findings": findings, "masks": {}}, "glaucoma") is None
+
+
+def test_every_explainer_config_composes(exported, tmp_path):
+    from xmed.explain import EXPLAINERS
+
+    cfg = compose("explain", overrides(tmp_path, exported, "explainer=all"))
+    assert {entry["method"] for entry in cfg.explainer.values()} == set(EXPLAINERS)
+
+
+def test_bad_settings_name_the_key(exported, tmp_path):
+    from xmed.cli.explain import explain_run
+
+    with pytest.raises(ConfigError, match="metrics"):
+        explain_run(compose("explain", overrides(tmp_path, exported, "metrics=[pointing_game,nonsense]")))
+    with pytest.raises(ConfigError, match="target"):
+        explain_run(compose("explain", overrides(tmp_path, exported, "target=XYZ")))
+    with pytest.raises(ConfigError, match="explainer.gradcam"):
+        explain_run(compose("explain", overrides(tmp_path, exported, "+explainer.gradcam.n_steps=3")))

@@ -1,0 +1,400 @@
+"""``xmed-explain``: saliency maps of a trained model, scored per method.
+
+Explains the first ``n`` eyes of a split with one or several explainers (``configs/explainer/``),
+through Lightning's predict loop (so ``trainer=ddp`` spreads the work over GPUs), and writes::
+
+    <run>/metrics.json          {method: {metric: mean over eyes, ...}, ...}
+    <run>/comparison.md         the same as a Markdown table (direction of each metric marked)
+    <run>/per_image.csv         every metric of every eye and method
+    <run>/maps/<method>/<id>.npy       raw maps (float32, input resolution)
+    <run>/overlays/<method>/<id>.png   map over the photograph, ground truth outlined
+    <run>/overlays/comparison.png      eyes × methods contact sheet
+
+Localisation is scored against the ground truth where the data set has masks (the phantom has
+all of them): for target ``glaucoma`` the disc plus the masks of the findings present; for a
+finding its own mask (eyes without that finding are left out); for ``vCDR`` the disc. Eyes
+carrying the phantom's shortcut marker also get ``shortcut_energy``: the share of the map's
+energy on the marker.
+
+Example::
+
+    xmed-explain ckpt_path=outputs/run/model 'explainer=[gradcam,integrated_gradients]' n=16
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from xmed.cli.common import CONFIG_DIR
+from xmed.cli.eval import datamodule_for_model
+from xmed.cli.train import instantiate_group
+from xmed.errors import ConfigError
+from xmed.findings import FINDINGS, VCDR, finding_index
+
+log = logging.getLogger("xmed.explain")
+
+LOCALISATION = ("pointing_game", "energy_pointing_game", "map_auroc", "map_auprc")
+FAITHFULNESS = ("deletion", "insertion", "road_morf", "road_lerf")
+
+
+def ground_truth(batch: Mapping[str, Any], target: str) -> Tensor | None:
+    """B×1×H×W bool region a map for ``target`` should point at (empty where unknown or absent),
+    or None when the data set has no masks for it."""
+    masks, valid = batch.get("masks") or {}, batch.get("mask_valid") or {}
+    if "disc" not in masks and target not in masks:
+        return None
+    image = batch["image"]
+    empty = torch.zeros(image.shape[0], *image.shape[-2:], dtype=torch.bool, device=image.device)
+
+    def known(name: str, present: Tensor | None = None) -> Tensor:
+        if name not in masks:
+            return empty
+        keep = valid[name].to(image.device)
+        if present is not None:
+            keep = keep & present
+        return masks[name].to(image.device) & keep[:, None, None]
+
+    findings = batch["findings"].to(image.device)
+    if target in FINDINGS:
+        region = known(target, findings[:, finding_index(target)] == 1)
+    elif target == VCDR:
+        region = known("disc")
+    else:  # the diagnosis: the disc and every finding the eye has
+        region = known("disc")
+        for j, code in enumerate(FINDINGS):
+            region = region | known(code, findings[:, j] == 1)
+    return region[:, None]
+
+
+def build_explainers(model: torch.nn.Module, explainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``{run name: explainer}`` from the ``explainer`` config group (one entry per method)."""
+    from xmed.explain import get_explainer
+
+    if not explainer_cfg:
+        raise ConfigError("explainer", "no explainer selected; e.g. explainer=gradcam or 'explainer=[gradcam,rise]'")
+    explainers = {}
+    for name, options in explainer_cfg.items():
+        options = dict(options or {})
+        method = options.pop("method", name)
+        cls = get_explainer(method)
+        try:
+            explainers[name] = cls(model, **options)
+        except TypeError as err:
+            raise ConfigError(f"explainer.{name}", str(err)) from None
+    return explainers
+
+
+class ExplainModule(L.LightningModule):
+    """Lightning's predict loop over explainers: each step explains a batch with every method,
+    scores the maps and writes maps and overlays; it returns one record per eye and method."""
+
+    def __init__(self, model: torch.nn.Module, explainers: Mapping[str, Any], target: str,
+                 metrics: Mapping[str, Any], out_dir: Path, overlay_ids: set[str]):
+        super().__init__()
+        self.model = model
+        self.explainers = dict(explainers)
+        self.target = target
+        self.metrics = dict(metrics)
+        self.out_dir = out_dir
+        self.overlay_ids = overlay_ids
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        from xmed.explain.targets import target_function
+        from xmed.metrics.explanation import EnergyPointingGame
+
+        if batch.get("size", 1) == 0:
+            return []
+        images, ids = batch["image"], list(batch["meta"]["id"])
+        truth = ground_truth(batch, self.target)
+        marker = None
+        if "shortcut" in (batch.get("masks") or {}):
+            marker = batch["masks"]["shortcut"].to(images.device) & batch["mask_valid"]["shortcut"].to(images.device)[:, None, None]
+            marker = marker[:, None]
+        forward = target_function(self.model, self.target, as_probability=True)
+        records = []
+        for name, explainer in self.explainers.items():
+            with torch.enable_grad():
+                explanation = explainer(images, self.target)
+            maps = explanation.maps.float()
+            scores: dict[str, Tensor] = {}
+            for metric_name, metric in self.metrics.items():
+                if metric_name in LOCALISATION:
+                    if truth is not None:
+                        scores[metric_name] = metric(maps, truth)
+                elif metric_name in FAITHFULNESS:
+                    with torch.no_grad():
+                        scores[metric_name] = metric(forward, images, maps)
+                else:
+                    scores[metric_name] = metric(maps)
+            if marker is not None:
+                scores["shortcut_energy"] = EnergyPointingGame()(maps, marker)
+            per_image = explanation.seconds / len(ids)
+            for i, eye_id in enumerate(ids):
+                record = {"id": eye_id, "method": name, "seconds": per_image}
+                record.update({k: _number(v[i]) for k, v in scores.items()})
+                records.append(record)
+            self._write_maps(name, ids, maps, images, truth)
+        return records
+
+    def _write_maps(self, method: str, ids: list[str], maps: Tensor, images: Tensor, truth: Tensor | None) -> None:
+        from PIL import Image
+
+        from xmed.viz.overlay import overlay, to_uint8_image
+
+        map_dir = self.out_dir / "maps" / method
+        map_dir.mkdir(parents=True, exist_ok=True)
+        dc = self.model.data_config
+        for i, eye_id in enumerate(ids):
+            saliency = maps[i, 0].cpu().numpy()
+            np.save(map_dir / f"{_safe(eye_id)}.npy", saliency.astype(np.float32))
+            if eye_id in self.overlay_ids:
+                photo = to_uint8_image(images[i], dc.mean, dc.std)
+                outline = truth[i, 0].cpu().numpy() if truth is not None else None
+                path = self.out_dir / "overlays" / method / f"{_safe(eye_id)}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(overlay(photo, saliency, outline=outline)).save(path)
+
+
+def build_metrics(names: list[str], faithfulness: Mapping[str, Any]) -> dict[str, Any]:
+    from xmed.metrics.explanation import EXPLANATION_METRICS
+
+    metrics = {}
+    for name in names:
+        if name not in EXPLANATION_METRICS or name.startswith("randomisation"):
+            known = sorted(k for k in EXPLANATION_METRICS if not k.startswith("randomisation"))
+            raise ConfigError("metrics", f"unknown per-image metric {name!r}; known: {', '.join(known)} "
+                                         "(randomisation has its own `randomisation` settings)")
+        cls = EXPLANATION_METRICS[name]
+        if name in ("deletion", "insertion"):
+            metrics[name] = cls(n_steps=faithfulness["n_steps"], baseline=faithfulness["baseline"])
+        else:
+            metrics[name] = cls()
+    return metrics
+
+
+def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Mean of every metric per method over the eyes where it is defined, and how many those were."""
+    summary: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        rows = [r for r in records if r["method"] == method]
+        keys = [k for k in rows[0] if k not in ("id", "method")] if rows else []
+        entry: dict[str, Any] = {"n": len(rows)}
+        for key in keys:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            entry[key] = round(float(np.mean(values)), 6) if values else None
+            if key not in ("seconds",) and len(values) != len(rows):
+                entry[f"{key}_n"] = len(values)
+        summary[method] = entry
+    return summary
+
+
+def comparison_table(summary: Mapping[str, Mapping[str, Any]], target: str) -> str:
+    """Markdown: one row per method, one column per metric, arrows for the better direction."""
+    from xmed.metrics.explanation import EXPLANATION_METRICS
+
+    columns: list[str] = []
+    for entry in summary.values():
+        for key in entry:
+            if key not in columns and key not in ("n", "seconds") and not key.endswith("_n") \
+                    and not key.startswith("randomisation_curve"):
+                columns.append(key)
+    columns.append("seconds")
+
+    def header(key: str) -> str:
+        metric = EXPLANATION_METRICS.get(key)
+        if key == "shortcut_energy":
+            return "shortcut energy"
+        if key == "seconds":
+            return "s / image"
+        arrow = {"higher": " ↑", "lower": " ↓"}.get(getattr(metric, "direction", ""), "")
+        return key.replace("_", " ") + arrow
+
+    lines = [f"Target `{target}`; ↑ higher is better, ↓ lower is better.", "",
+             "| method | " + " | ".join(header(c) for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for method, entry in summary.items():
+        cells = []
+        for key in columns:
+            value = entry.get(key)
+            cells.append("–" if value is None else (f"{value:.3f}" if key != "seconds" else f"{value:.3g}"))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def randomisation_check(model, explainer_cfg: Mapping[str, Any], images: Tensor, target: str,
+                        skip: list[str]) -> dict[str, dict[str, Any]]:
+    """Cascading parameter randomisation per method: Spearman between the maps of the trained
+    model and of copies randomised from the output layer down; the last value has every layer
+    randomised."""
+    from xmed.explain import get_explainer
+    from xmed.metrics.explanation import ModelParameterRandomisation
+
+    out = {}
+    test = ModelParameterRandomisation(similarity="spearman")
+    for name, options in explainer_cfg.items():
+        options = dict(options or {})
+        method = options.pop("method", name)
+        if name in skip or method in skip:
+            continue
+        cls = get_explainer(method)
+
+        def explain_fn(net, x, cls=cls, options=options):
+            with torch.enable_grad():
+                return cls(net, **options)(x, target).maps
+
+        curve = test(model, explain_fn, images)
+        # a map that is constant (e.g. a CAM that is zero everywhere) has no rank order: NaN, left out
+        out[name] = {"randomisation_spearman": _mean_defined(list(curve.values())[-1]),
+                     "randomisation_curve": {k: _mean_defined(v) for k, v in curve.items()}}
+    return out
+
+
+def _mean_defined(values: Tensor) -> float | None:
+    """Mean over the finite values; None when there is none."""
+    values = values.detach().float().cpu()
+    values = values[torch.isfinite(values)]
+    return round(float(values.mean()), 6) if values.numel() else None
+
+
+def explain_run(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``xmed-explain`` for a composed config; returns the summary written to metrics.json."""
+    from hydra.core.hydra_config import HydraConfig
+    from torch.utils.data import DataLoader
+
+    from xmed.data.datamodule import SplitView
+    from xmed.data.datasets.base import collate_samples
+    from xmed.models.classifier import TARGETS
+    from xmed.models.export import load_model
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.target not in TARGETS:
+        raise ConfigError("target", f"unknown target {cfg.target!r}; use one of {', '.join(TARGETS)}")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = load_model(cfg.ckpt_path)
+    datamodule = datamodule_for_model(cfg.data, model)
+    if cfg.split not in datamodule.splits:
+        raise ConfigError("split", f"no split {cfg.split!r}; the data set has {', '.join(datamodule.splits)}")
+    view = datamodule.splits[cfg.split]
+    view = SplitView(view.base, view.indices[:int(cfg.n)], view.transform)
+    if len(view) == 0:
+        raise ConfigError("n", f"no eyes to explain in split {cfg.split!r}")
+    loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples,
+                        num_workers=cfg.data.num_workers)
+    explainer_cfg = OmegaConf.to_container(cfg.explainer, resolve=True)
+    explainers = build_explainers(model, explainer_cfg)
+    metrics = build_metrics(list(cfg.metrics), cfg.faithfulness)
+    overlay_ids = {view.base.records[i].id for i in view.indices[:int(cfg.overlays)]}
+    module = ExplainModule(model, explainers, cfg.target, metrics, out_dir, overlay_ids)
+    trainer = instantiate_group(cfg.trainer, "trainer", inference_mode=False, logger=False,
+                                enable_checkpointing=False, default_root_dir=str(out_dir))
+    batches = trainer.predict(module, dataloaders=loader)
+    records = [r for batch in batches or [] for r in batch]
+    parts = out_dir / "parts"
+    parts.mkdir(exist_ok=True)
+    (parts / f"rank{trainer.global_rank}.json").write_text(json.dumps(records))
+    trainer.strategy.barrier()
+    if trainer.global_rank != 0:
+        return {}
+    records = [r for part in sorted(parts.glob("rank*.json")) for r in json.loads(part.read_text())]
+    summary = summarise(records, list(explainers))
+    if cfg.randomisation.n_images > 0:
+        first = SplitView(view.base, view.indices[:int(cfg.randomisation.n_images)], view.transform)
+        images = collate_samples([first[i] for i in range(len(first))])["image"]
+        for name, result in randomisation_check(model, explainer_cfg, images, cfg.target,
+                                                list(cfg.randomisation.skip)).items():
+            summary[name].update(result)
+    result = {"target": cfg.target, "split": cfg.split, "n": len(view), "ckpt_path": str(cfg.ckpt_path),
+              "methods": summary}
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+    table = comparison_table(summary, cfg.target)
+    (out_dir / "comparison.md").write_text(table + "\n")
+    _write_per_image(out_dir / "per_image.csv", records)
+    _comparison_sheet(out_dir, list(explainers), sorted(overlay_ids))
+    if cfg.model_card:
+        update_model_card(Path(cfg.model_card), table, cfg)
+    print(table)
+    print(f"run folder      {out_dir.resolve()}")
+    for name in ("metrics.json", "comparison.md", "per_image.csv", "maps", "overlays"):
+        print(f"  {name:<13} {(out_dir / name).resolve()}")
+    return result
+
+
+def update_model_card(card: Path, table: str, cfg: DictConfig) -> None:
+    """Replace the card's "Explanation checks" section with this run's table."""
+    if not card.is_file():
+        raise ConfigError("model_card", f"no such file: {card}")
+    text = card.read_text()
+    heading = "## Explanation checks"
+    if heading not in text:
+        raise ConfigError("model_card", f"{card} has no '{heading}' section")
+    methods = ",".join(cfg.explainer)
+    section = (f"{heading}\n\nSaliency maps of the first {cfg.n} eyes of the `{cfg.split}` split, scored against "
+               f"the phantom's ground truth (`xmed-explain ckpt_path=… 'explainer=[{methods}]' target={cfg.target} "
+               f"n={cfg.n}`). Localisation: the disc plus the masks of the findings present; faithfulness: "
+               f"deletion/insertion AUC of the target's probability and ROAD (noisy linear imputation); "
+               f"randomisation: Spearman between the maps of the trained model and of a copy with every "
+               f"layer re-initialised (near 0 is good; Adebayo et al., 2018).\n\n{table}\n\n")
+    text = re.sub(rf"{re.escape(heading)}\n.*?(?=\n## |\Z)", lambda _m: section.rstrip() + "\n", text, flags=re.S)
+    card.write_text(text)
+    print(f"model card      {card.resolve()} (explanation checks updated)")
+
+
+def _write_per_image(path: Path, records: list[dict[str, Any]]) -> None:
+    columns = ["id", "method"]
+    for record in records:
+        columns += [k for k in record if k not in columns]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns)
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
+
+
+def _comparison_sheet(out_dir: Path, methods: list[str], ids: list[str]) -> None:
+    """overlays/comparison.png: one row per eye, one column per method."""
+    from PIL import Image
+
+    from xmed.viz.grid import image_grid
+
+    tiles, captions = [], []
+    for eye_id in ids:
+        for method in methods:
+            path = out_dir / "overlays" / method / f"{_safe(eye_id)}.png"
+            if path.is_file():
+                tiles.append(np.asarray(Image.open(path).convert("RGB")))
+                captions.append(method)
+    if tiles:
+        Image.fromarray(image_grid(tiles, columns=len(methods), captions=captions, caption_scale=0.35)).save(
+            out_dir / "overlays" / "comparison.png")
+
+
+def _number(value: Tensor) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else round(value, 6)
+
+
+def _safe(eye_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(eye_id))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="explain")
+def main(cfg: DictConfig) -> None:
+    explain_run(cfg)
+
+
+if __name__ == "__main__":
+    main()

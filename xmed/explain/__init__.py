@@ -1,0 +1,68 @@
+"""Explanations of a model's decision: ``xmed.explain(model, images, method=..., target=...)``.
+
+``xmed.explain`` is both this package and a function: call it for a one-off explanation, or
+build an explainer once and call it on many batches (``xmed.explain.GradCAM(model)(images)``).
+Explainers work on any ``nn.Module``; on a :class:`~xmed.models.FundusClassifier` the target
+may be ``"glaucoma"``, a finding code or ``"vCDR"`` (see :mod:`xmed.explain.targets`).
+
+Example:
+    >>> import torch, xmed
+    >>> from xmed.models import FundusClassifier
+    >>> model = FundusClassifier("test_resnet.r160_in1k", input_size=64).eval()
+    >>> explanation = xmed.explain(model, torch.rand(2, 3, 64, 64), method="gradcam", target="DH")
+    >>> tuple(explanation.maps.shape), explanation.target
+    ((2, 1, 64, 64), 'DH')
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from torch import Tensor, nn
+
+from xmed.explain.base import EXPLAINERS, Explainer, Explanation, get_explainer, register_explainer
+from xmed.explain.layers import TargetLayer, find_target_layer
+from xmed.explain.saliency import (
+    RISE,
+    CAMExplainer,
+    GradCAM,
+    GradCAMPlusPlus,
+    GuidedGradCAM,
+    HiResCAM,
+    InputXGradient,
+    IntegratedGradients,
+    LayerCAM,
+    Occlusion,
+    SmoothGrad,
+    SmoothGradSquared,
+)
+from xmed.explain.targets import Target, select_target, target_function
+
+
+def explain(model: nn.Module, images: Tensor, method: str = "gradcam", target: Target | None = "glaucoma",
+            **options: Any) -> Explanation:
+    """Explain ``target`` for a B×C×H×W batch with the registered ``method``.
+
+    ``options`` go to the method's class (e.g. ``layer=``, ``n_steps=``, ``n_masks=``). A string
+    target needs a model with named heads; for other models pass a class index, a callable, or
+    ``target=None`` (each image's predicted class).
+    """
+    return get_explainer(method)(model, **options)(images, target)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``xmed.explain(...)`` call :func:`explain` while ``xmed.explain.GradCAM`` stays a
+    module attribute."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Explanation:
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["EXPLAINERS", "RISE", "CAMExplainer", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus",
+           "GuidedGradCAM", "HiResCAM", "InputXGradient", "IntegratedGradients", "LayerCAM", "Occlusion",
+           "SmoothGrad", "SmoothGradSquared", "Target", "TargetLayer", "explain", "find_target_layer",
+           "get_explainer", "register_explainer", "select_target", "target_function"]

@@ -1,0 +1,145 @@
+"""The explainer contract: :class:`Explanation`, the :class:`Explainer` base class and the registry.
+
+An explainer is built once for a model (``GradCAM(model, layer=None)``) and called on batches
+(``explainer(images, target="glaucoma")``). Every method returns maps of shape B×1×H×W at the
+input resolution, on the model's device; larger values mean "more evidence for the target".
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 2))
+    >>> explanation = EXPLAINERS["input_x_gradient"](net)(torch.rand(2, 3, 8, 8), target=1)
+    >>> tuple(explanation.maps.shape), explanation.method
+    ((2, 1, 8, 8), 'input_x_gradient')
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from xmed.errors import ConfigError
+from xmed.explain.targets import Target
+
+ChannelReduce = Literal["sum", "abs_sum", "max_abs"]
+
+
+@dataclass
+class Explanation:
+    """Saliency maps of one batch.
+
+    Attributes:
+        maps: B×1×H×W at input resolution, on the model's device.
+        method: registry name of the explainer.
+        target: the explained target as text (``"glaucoma"``, ``"DH"``, ``"class 3"``, ...).
+        seconds: wall time of the computation (device synchronised).
+    """
+
+    maps: Tensor
+    method: str
+    target: str
+    seconds: float
+
+    def normalized(self) -> Tensor:
+        """Maps with the negative part removed and each image scaled to [0, 1] (for overlays)."""
+        positive = self.maps.clamp(min=0)
+        top = positive.flatten(1).amax(dim=1).clamp(min=1e-12)
+        return positive / top.view(-1, 1, 1, 1)
+
+
+class Explainer:
+    """Base class: subclasses set ``name`` and implement :meth:`attribute`.
+
+    Args:
+        model: any ``nn.Module`` (a :class:`~xmed.models.FundusClassifier`, timm, torchvision or
+            MONAI classifier). Pass it in eval mode: explanations of a model in training mode
+            depend on the rest of the batch (BatchNorm) and on dropout.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def attribute(self, images: Tensor, target: Target | None) -> Tensor:
+        """B×1×H×W maps for ``images`` (already on the model's device)."""
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor, target: Target | None = None) -> Explanation:
+        """Explain ``target`` (None: ``"glaucoma"`` on models with named heads, else each image's
+        predicted class) for a B×C×H×W batch."""
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            raise ConfigError("images", f"must be a B×C×H×W tensor, got {getattr(images, 'shape', type(images))}")
+        images = images.to(self.device)
+        _synchronize(images.device)
+        start = time.perf_counter()
+        maps = self.attribute(images, target)
+        _synchronize(images.device)
+        seconds = time.perf_counter() - start
+        if maps.shape != (images.shape[0], 1, *images.shape[2:]):
+            raise RuntimeError(f"{self.name} returned maps of shape {tuple(maps.shape)}")
+        return Explanation(maps.detach(), self.name, describe_target(target), seconds)
+
+
+def reduce_channels(attributions: Tensor, how: ChannelReduce) -> Tensor:
+    """B×C×H×W input attributions -> B×1×H×W maps.
+
+    Example:
+        >>> reduce_channels(torch.tensor([[[[1.0]], [[-3.0]]]]), "abs_sum").item()
+        4.0
+    """
+    if how == "sum":
+        return attributions.sum(dim=1, keepdim=True)
+    if how == "abs_sum":
+        return attributions.abs().sum(dim=1, keepdim=True)
+    if how == "max_abs":
+        return attributions.abs().amax(dim=1, keepdim=True)
+    raise ConfigError("channel_reduce", f"must be sum, abs_sum or max_abs, got {how!r}")
+
+
+def describe_target(target: Target | None) -> str:
+    if target is None:
+        return "default"
+    if isinstance(target, str):
+        return target
+    if isinstance(target, int):
+        return f"class {target}"
+    if isinstance(target, Tensor):
+        return "class per image"
+    return getattr(target, "__name__", "callable")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+EXPLAINERS: dict[str, type[Explainer]] = {}
+ALIASES = {"gradcam++": "gradcampp", "ig": "integrated_gradients"}
+
+
+def register_explainer(cls: type[Explainer]) -> type[Explainer]:
+    """Class decorator: make an explainer available by its ``name`` (``xmed.explain(method=name)``)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    EXPLAINERS[cls.name] = cls
+    return cls
+
+
+def get_explainer(method: str) -> type[Explainer]:
+    """The explainer class registered as ``method`` (aliases: ``gradcam++``, ``ig``)."""
+    key = ALIASES.get(method, method)
+    if key not in EXPLAINERS:
+        raise ConfigError("method", f"unknown explainer {method!r}; known: {', '.join(sorted(EXPLAINERS))}")
+    return EXPLAINERS[key]
+
