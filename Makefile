@@ -16,13 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-# render the phantom -> train phantom_smoke -> evaluate the exported model -> model card
+# render the phantom -> train phantom_smoke -> evaluate the exported model -> explain it -> model card
 demo: venv
 	$(BIN)/xmed-data phantom --out $(OUT)/data/phantom_smoke --n 3000 --size 128 --seed 0
 	$(BIN)/xmed-data inspect --dataset phantom --root $(OUT)/data/phantom_smoke --no-decode
 	$(BIN)/xmed-train experiment=phantom_smoke paths.data_dir=$(OUT)/data paths.output_dir=$(OUT)/train
 	$(BIN)/xmed-eval ckpt_path=$(OUT)/train/model data=phantom data.root=$(OUT)/data/phantom_smoke paths.output_dir=$(OUT)/eval
-	@echo "demo outputs are in $(abspath $(OUT)): data/ (phantom), train/ (checkpoints, model, metrics, model_card.md), eval/"
+	$(BIN)/xmed-explain ckpt_path=$(OUT)/train/model data.root=$(OUT)/data/phantom_smoke 'explainer=[gradcam,integrated_gradients,rise]' n=16 paths.output_dir=$(OUT)/explain model_card=$(OUT)/train/model_card.md
+	@echo "demo outputs are in $(abspath $(OUT)): data/ (phantom), train/ (checkpoints, model, metrics, model_card.md), eval/, explain/ (saliency maps, overlays, scores)"
 
 test: venv
 	$(BIN)/python -m pytest -q

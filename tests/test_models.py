@@ -523,3 +523,49 @@ def test_bad_mode_is_a_config_error_naming_the_key(compose):
     assert err.value.key == "model.net.mode" and "'bad'" in str(err.value)
     good = instantiate_group(compose(["model=tiny_test", "model.net.mode=concept_bottleneck"]).model, "model")
     assert isinstance(good, FundusModule) and good.model.mode == "concept_bottleneck"
+
+
+# ---------------------------------------------------------------------------- mask head
+@pytest.mark.parametrize("backbone,grid", [(TINY, 2), ("test_vit", 4)])
+def test_mask_head_predicts_on_the_feature_grid(backbone, grid):
+    model = FundusClassifier(backbone, input_size=SIZE, mask_head=["disc", "cup", "DH"]).eval()
+    with torch.no_grad():
+        out = model(_input())
+    assert out["mask_logits"].shape == (3, 3, grid, grid) and model.mask_names == ("disc", "cup", "DH")
+    assert "mask_logits" not in FundusClassifier(backbone, input_size=SIZE).eval()(_input())
+
+
+def test_mask_loss_is_bce_against_each_cells_covered_fraction():
+    from xmed.models.module import mask_loss
+
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 0.5]]]])                  # 1×1×2×2
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :2, :2] = True                                              # top-left cell fully covered
+    mask[0, 0, 2] = True                                                # top-right cell: 1 of 4 pixels
+    target = torch.tensor([[[[1.0, 0.25], [0.0, 0.0]]]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    got = mask_loss(logits, ("disc",), {"disc": mask}, {"disc": torch.tensor([True])})
+    assert got.item() == pytest.approx(expected.item())
+    # a sample without that mask does not count; no mask at all gives 0 with a gradient path
+    two = torch.cat([logits, torch.full_like(logits, 9.0)])
+    got = mask_loss(two, ("disc",), {"disc": torch.cat([mask, mask])}, {"disc": torch.tensor([True, False])})
+    assert got.item() == pytest.approx(expected.item())
+    empty = mask_loss(two.requires_grad_(), ("disc",), {}, {})
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_mask_head_trains_and_round_trips(datamodule, tmp_path):
+    torch.manual_seed(0)
+    module = FundusModule(net={"backbone": TINY, "input_size": 48, "mask_head": ["disc", "cup", "ANRS"]},
+                          warmup_epochs=0)
+    batch = next(iter(datamodule.train_dataloader()))
+    losses = module._losses(module.model(batch["image"]), batch)
+    assert set(losses) == {"glaucoma", "findings", "vcdr", "masks"} and losses["masks"].item() > 0
+    head_before = module.model.mask_head.weight.detach().clone()
+    _trainer(tmp_path, limit_train_batches=2, limit_val_batches=0).fit(module, datamodule)
+    assert not torch.equal(head_before, module.model.mask_head.weight)  # the mask loss reached it
+    loaded = load_model(export_model(module.model.eval(), tmp_path / "model"))
+    assert loaded.mask_names == ("disc", "cup", "ANRS")
+    x = _input(size=48)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["mask_logits"], module.model(x)["mask_logits"])

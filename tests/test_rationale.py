@@ -1,0 +1,79 @@
+"""The finding-level rationale: contributions add up, CBM terms are exact, output is JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xmed.errors import ConfigError
+from xmed.explain.rationale import FindingEvidence, Rationale, concept_contributions, rationale, sentence
+from xmed.findings import FINDINGS
+from xmed.models import FundusClassifier
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("mode", ["multitask", "concept_bottleneck"])
+def test_contributions_add_up_to_the_logit(mode, images):
+    torch.manual_seed(1)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=64, mode=mode).eval()
+    parts = concept_contributions(model, images)
+    total = parts["bias"] + parts["findings"].sum(1) + parts["vcdr"] + parts["unexplained"]
+    assert torch.allclose(total, model(images)["logits"], atol=1e-5)
+    assert parts["exact"] == (mode == "concept_bottleneck")
+    if mode == "concept_bottleneck":
+        assert torch.equal(parts["unexplained"], torch.zeros(3))
+        weight = model.glaucoma_head.weight[0]
+        # exact: weight × finding probability, weight × vCDR
+        assert torch.allclose(parts["findings"], weight[:10] * parts["finding_prob"])
+        assert torch.allclose(parts["vcdr"], weight[10] * parts["vcdr_value"])
+
+
+def test_multitask_projection_recovers_a_head_built_from_the_findings(images):
+    """A diagnosis head that *is* a combination of two finding heads is fully explained by them."""
+    torch.manual_seed(2)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=64).eval()
+    with torch.no_grad():
+        w = model.findings_head.weight
+        model.glaucoma_head.weight.copy_((2.0 * w[FINDINGS.index("LC")] - 0.5 * w[FINDINGS.index("DH")])[None])
+    parts = concept_contributions(model, images)
+    assert parts["unexplained"].abs().max() < 1e-4
+    others = [j for j, code in enumerate(FINDINGS) if code not in ("LC", "DH")]
+    assert parts["findings"][:, others].abs().max() < 1e-4 and parts["vcdr"].abs().max() < 1e-4
+    logit_lc = model(images)["finding_logits"][:, FINDINGS.index("LC")] - model.findings_head.bias[FINDINGS.index("LC")]
+    assert torch.allclose(parts["findings"][:, FINDINGS.index("LC")], 2.0 * logit_lc, atol=1e-4)
+
+
+def test_rationale_is_json_with_heatmaps_kept_apart(images):
+    torch.manual_seed(3)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=64, mode="concept_bottleneck").eval()
+    with torch.no_grad():
+        model.findings_head.bias[FINDINGS.index("DH")] = 10.0  # DH predicted present in every eye
+    out = rationale(model, images, counterfactual=None)
+    assert len(out) == 3
+    for r in out:
+        d = json.loads(json.dumps(r.to_dict()))
+        assert [f["code"] for f in d["findings"]] == list(FINDINGS) and "heatmaps" not in d
+        assert d["decision"] in ("referable glaucoma", "no referable glaucoma") and d["sentence"].endswith(".")
+        assert set(r.heatmaps) >= {"glaucoma", "DH"} and r.heatmaps["DH"].shape == (64, 64)
+        assert r.findings[FINDINGS.index("DH")].probability > 0.99
+
+
+def test_sentence_names_the_drivers_and_the_edit():
+    findings = [FindingEvidence(code, code, 0.1, 0.0) for code in FINDINGS]
+    findings[FINDINGS.index("RNFLDI")] = FindingEvidence("RNFLDI", "", 0.91, 1.4)
+    r = Rationale(0.9, 2.2, 0.5, "referable glaucoma", 0.8, findings, 0.6, 0.2, 0.0, True,
+                  {"toward": "normal", "changes": [{"code": "RNFLDI", "from": 0.91, "to": 0.1}]}, "")
+    assert sentence(r) == ("Referable glaucoma (p = 0.90), mainly from an inferior RNFL defect and the vCDR of "
+                           "0.80; toward normal the edit lowers inferior RNFL defect 0.91 → 0.10.")
+
+
+def test_rationale_needs_named_heads(images):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 2))
+    with pytest.raises(ConfigError, match="named heads"):
+        rationale(net, images)
