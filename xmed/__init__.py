@@ -10,7 +10,7 @@ from xmed.findings import FINDINGS, VCDR
 from xmed import errors
 
 __version__ = "0.1.0"
-__all__ = ["FINDINGS", "VCDR", "errors", "explain", "load_model", "__version__"]
+__all__ = ["FINDINGS", "VCDR", "errors", "explain", "load_model", "rationale", "__version__"]
 
 
 def __getattr__(name: str):
@@ -23,4 +23,8 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("xmed.explain")  # a callable module: xmed.explain(model, images)
+    if name == "rationale":
+        from xmed.explain.rationale import rationale
+
+        return rationale
     raise AttributeError(f"module 'xmed' has no attribute {name!r}")

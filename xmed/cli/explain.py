@@ -180,6 +180,8 @@ def build_metrics(names: list[str], faithfulness: Mapping[str, Any]) -> dict[str
         cls = EXPLANATION_METRICS[name]
         if name in ("deletion", "insertion"):
             metrics[name] = cls(n_steps=faithfulness["n_steps"], baseline=faithfulness["baseline"])
+        elif name.startswith("road"):
+            metrics[name] = cls(percentages=tuple(faithfulness["road_percentages"]))
         else:
             metrics[name] = cls()
     return metrics

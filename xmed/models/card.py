@@ -36,8 +36,9 @@ METRIC_LABELS = {
 }
 
 NO_EXPLANATION_CHECKS = (
-    "No explanation method has been checked on this model yet. Saliency, counterfactual and "
-    "finding-level checks are recorded here when they are run."
+    "No explanation method has been checked on this model yet. `xmed-explain ckpt_path=<run>/model "
+    "explainer=all model_card=<this card>` scores saliency maps against the data set's masks and "
+    "records the table here."
 )
 
 
