@@ -34,6 +34,7 @@ test-all: venv
 bench: venv
 	$(BIN)/python benchmarks/phantom_speed.py
 	$(BIN)/python benchmarks/explain_speed.py
+	$(BIN)/python benchmarks/counterfactual_speed.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

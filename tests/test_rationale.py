@@ -77,3 +77,16 @@ def test_rationale_needs_named_heads(images):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 2))
     with pytest.raises(ConfigError, match="named heads"):
         rationale(net, images)
+
+
+def test_counterfactual_summary_points_to_the_other_decision(images):
+    torch.manual_seed(4)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=64).eval()
+    out = rationale(model, images, heatmaps=False, counterfactual_options={"max_steps": 3})
+    for r in out:
+        cf = r.counterfactual
+        assert cf["toward"] == ("normal" if r.decision == "referable glaucoma" else "glaucoma")
+        assert cf["probability"][0] == pytest.approx(r.probability, abs=1e-3) and 0 <= cf["steps"] <= 3
+        moved = cf["probability"][1] - cf["probability"][0]
+        assert moved <= 1e-6 if cf["toward"] == "normal" else moved >= -1e-6
+        json.dumps(r.to_dict())

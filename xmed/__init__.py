@@ -10,7 +10,7 @@ from xmed.findings import FINDINGS, VCDR
 from xmed import errors
 
 __version__ = "0.1.0"
-__all__ = ["FINDINGS", "VCDR", "errors", "explain", "load_model", "rationale", "__version__"]
+__all__ = ["FINDINGS", "VCDR", "counterfactual", "errors", "explain", "load_model", "rationale", "__version__"]
 
 
 def __getattr__(name: str):
@@ -23,6 +23,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("xmed.explain")  # a callable module: xmed.explain(model, images)
+    if name == "counterfactual":
+        import importlib
+
+        return importlib.import_module("xmed.explain.counterfactual")  # callable: xmed.counterfactual(model, images)
     if name == "rationale":
         from xmed.explain.rationale import rationale
 

@@ -39,6 +39,13 @@ from xmed.explain.saliency import (
     SmoothGradSquared,
 )
 from xmed.explain.targets import Target, select_target, target_function
+from xmed.explain.counterfactual import (  # noqa: E402 - the callable submodule stays xmed.explain.counterfactual
+    COUNTERFACTUALS,
+    AdversarialExplainer,
+    Counterfactual,
+    CounterfactualExplainer,
+    get_counterfactual,
+)
 
 
 def explain(model: nn.Module, images: Tensor, method: str = "gradcam", target: Target | None = "glaucoma",
@@ -62,7 +69,8 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["EXPLAINERS", "RISE", "CAMExplainer", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus",
+__all__ = ["COUNTERFACTUALS", "AdversarialExplainer", "Counterfactual", "CounterfactualExplainer",
+           "counterfactual", "get_counterfactual", "EXPLAINERS", "RISE", "CAMExplainer", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus",
            "GuidedGradCAM", "HiResCAM", "InputXGradient", "IntegratedGradients", "LayerCAM", "Occlusion",
            "SmoothGrad", "SmoothGradSquared", "Target", "TargetLayer", "explain", "find_target_layer",
            "get_explainer", "register_explainer", "select_target", "target_function"]

@@ -11,6 +11,26 @@ Example:
     0.75
 """
 
+from xmed.metrics.counterfactual import (
+    COUNTERFACTUAL_METRICS,
+    CounterfactualMetric,
+    EnergyInMask,
+    ProximityL1,
+    ProximityL2,
+    ReconstructionError,
+    Sparsity,
+    Validity,
+    VCDRFalls,
+    VCDRMonotonic,
+    energy_in_mask,
+    evaluate_counterfactuals,
+    flip_rate,
+    mask_coverage,
+    reconstruction_error,
+    seconds_per_image,
+    vcdr_falls,
+    vcdr_monotonic_fraction,
+)
 from xmed.metrics.classification import (
     CI_METRICS,
     DIRECTION,
@@ -63,4 +83,9 @@ __all__ = [
     "MapAUPRC", "Deletion", "Insertion", "ROAD", "ROADLeRF", "ModelParameterRandomisation",
     "ModelParameterRandomisationSSIM", "Sparseness", "create_metric", "evaluate_explanations",
     "noisy_linear_imputation", "randomisation_layers",
+    # counterfactual quality (xmed.metrics.counterfactual)
+    "COUNTERFACTUAL_METRICS", "CounterfactualMetric", "Validity", "ProximityL1", "ProximityL2", "Sparsity",
+    "EnergyInMask", "VCDRFalls", "VCDRMonotonic", "ReconstructionError", "energy_in_mask",
+    "evaluate_counterfactuals", "flip_rate", "mask_coverage", "reconstruction_error", "seconds_per_image",
+    "vcdr_falls", "vcdr_monotonic_fraction",
 ]

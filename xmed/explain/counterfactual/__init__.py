@@ -1,0 +1,189 @@
+"""Counterfactual explanations: *what would have to change* for the model to decide otherwise.
+
+``xmed.explain.counterfactual(model, images, method="adversarial", target="glaucoma",
+direction="decrease")`` edits each image, within a budget, until the target's probability crosses a
+threshold (the decision flips), and returns the edited images, the path that led there and what
+the model said along it (:class:`Counterfactual`). On a :class:`~xmed.models.FundusClassifier` the
+path also records every finding probability and the vCDR, so one can read *which findings* the
+edit moved (a shrinking cup, a filled-in rim notch...).
+
+Like :mod:`xmed.explain`, this package is both a module and a function: call it for a one-off
+counterfactual, or build a method once and call it on many batches
+(``AdversarialExplainer(model, max_steps=30)(images, "glaucoma", "decrease")``). Methods are
+registered in :data:`COUNTERFACTUALS` (``adversarial``; a ``latent_shift`` will join it).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 1, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    >>> cf = counterfactual(net, torch.rand(2, 3, 16, 16), target=0, direction="increase",
+    ...                     epsilon=1.0, max_steps=4, fov_threshold=None)
+    >>> tuple(cf.images.shape), tuple(cf.difference.shape), cf.method, cf.direction
+    ((2, 3, 16, 16), (2, 1, 16, 16), 'adversarial', 'increase')
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from xmed.errors import ConfigError
+from xmed.explain.base import describe_target
+from xmed.explain.targets import Target
+
+Direction = Literal["decrease", "increase"]
+DIRECTIONS: tuple[str, ...] = ("decrease", "increase")
+
+
+@dataclass
+class Counterfactual:
+    """Counterfactual images of one batch and the path that led to them (all on the model's device).
+
+    Attributes:
+        images: B×C×H×W edited images, in the model's input space (normalised as the input was).
+        frames: T×B×C×H×W the path: frame 0 is the input, the last frame is ``images``; in
+            between, every ``record_every`` steps, what each image would have returned had it
+            stopped there (its best point so far). An image that stopped early stays as it
+            stopped in the later frames.
+        probability: T×B the target's probability at each frame (sigmoid of the logit for
+            ``"glaucoma"``, a finding code, a one-logit or callable target; softmax for a class of
+            a multi-class output; the value itself for ``"vCDR"``).
+        findings: T×B×10 finding probabilities at each frame (models with named heads), else None.
+        vcdr: T×B predicted vCDR at each frame (models with named heads), else None.
+        difference: B×1×H×W per-pixel change ``|images - input|`` summed over channels, in the
+            model's input space.
+        steps: B gradient steps taken per image (0: it met the goal as given and was not edited).
+        reached: B bool, whether the final probability is on the requested side of the threshold.
+        method: registry name of the method.
+        target: the target as text.
+        direction: ``"decrease"`` or ``"increase"``.
+        seconds: wall time (device synchronised).
+        epsilon: B the L2 budget each image had, in the model's input space.
+        std: the per-channel std that maps a change in input space to [0, 1] pixel units
+            (``Δpixel = Δinput × std``), from the model's data config; None when the input was
+            taken to be in pixel units.
+        fov: B×1×H×W bool, where edits were allowed (the field of view).
+    """
+
+    images: Tensor
+    frames: Tensor
+    probability: Tensor
+    findings: Tensor | None
+    vcdr: Tensor | None
+    difference: Tensor
+    steps: Tensor
+    reached: Tensor
+    method: str
+    target: str
+    direction: str
+    seconds: float
+    epsilon: Tensor | None = None
+    std: tuple[float, ...] | None = None
+    fov: Tensor | None = None
+
+    @property
+    def original(self) -> Tensor:
+        """The input images (frame 0)."""
+        return self.frames[0]
+
+
+class CounterfactualExplainer:
+    """Base class: subclasses set ``name`` and implement :meth:`generate`.
+
+    Args:
+        model: any differentiable ``nn.Module`` (pass it in eval mode; its mode is left as it is).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def generate(self, images: Tensor, target: Target | None, direction: Direction,
+                 fov_mask: Tensor | None) -> Counterfactual:
+        """The counterfactual of ``images`` (already on the model's device); ``seconds`` is set by
+        :meth:`__call__`."""
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor, target: Target | None = "glaucoma", direction: Direction = "decrease",
+                 fov_mask: Tensor | None = None) -> Counterfactual:
+        """Move ``target`` of a B×C×H×W batch in ``direction``; ``fov_mask`` (B×1×H×W or B×H×W
+        bool) says where edits are allowed (None: the method's default)."""
+        if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+            raise ConfigError("images", f"must be a floating B×C×H×W tensor, got "
+                                        f"{getattr(images, 'shape', type(images))}")
+        if direction not in DIRECTIONS:
+            raise ConfigError("direction", f"must be 'decrease' or 'increase', got {direction!r}")
+        images = images.detach().to(self.device)
+        _synchronize(images.device)
+        start = time.perf_counter()
+        result = self.generate(images, target, direction, fov_mask)
+        _synchronize(images.device)
+        result.seconds = time.perf_counter() - start
+        result.method, result.target, result.direction = self.name, describe_target(target), direction
+        return result
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+COUNTERFACTUALS: dict[str, type[CounterfactualExplainer]] = {}
+
+
+def register_counterfactual(cls: type[CounterfactualExplainer]) -> type[CounterfactualExplainer]:
+    """Class decorator: make a method available by its ``name`` (``counterfactual(method=name)``)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    COUNTERFACTUALS[cls.name] = cls
+    return cls
+
+
+def get_counterfactual(method: str) -> type[CounterfactualExplainer]:
+    """The counterfactual method registered as ``method``."""
+    if method not in COUNTERFACTUALS:
+        raise ConfigError("method", f"unknown counterfactual method {method!r}; known: "
+                                    f"{', '.join(sorted(COUNTERFACTUALS))}")
+    return COUNTERFACTUALS[method]
+
+
+def counterfactual(model: nn.Module, images: Tensor, method: str = "adversarial", target: Target | None = "glaucoma",
+                   direction: Direction = "decrease", fov_mask: Tensor | None = None,
+                   **options: Any) -> Counterfactual:
+    """Counterfactuals of a B×C×H×W batch with the registered ``method``.
+
+    ``options`` go to the method's class (e.g. ``epsilon=``, ``max_steps=``, ``smooth=``; see
+    :class:`AdversarialExplainer`). A string target needs a model with named heads; other models
+    take a class index, a B-tensor of indices or a callable.
+    """
+    return get_counterfactual(method)(model, **options)(images, target, direction, fov_mask)
+
+
+# The methods import the base above: this import stays below it.
+from xmed.explain.counterfactual.adversarial import AdversarialExplainer
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``xmed.explain.counterfactual(...)`` call :func:`counterfactual` while the classes stay
+    module attributes."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Counterfactual:
+        return counterfactual(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["COUNTERFACTUALS", "DIRECTIONS", "AdversarialExplainer", "Counterfactual", "CounterfactualExplainer",
+           "Direction", "counterfactual", "get_counterfactual", "register_counterfactual"]

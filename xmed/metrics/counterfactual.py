@@ -1,0 +1,553 @@
+"""Counterfactual-quality metrics: validity, proximity, sparsity, localisation, clinical sense, realism.
+
+Quantus style, as :mod:`xmed.metrics.explanation`: every metric is a class with ``name``,
+``direction`` (``"higher"`` or ``"lower"`` is better) and ``category``; hyper-parameters go to
+``__init__``, data to ``__call__``, which returns one value per image (a float tensor of shape
+``B`` on the inputs' device). A value that is undefined for an image (an empty mask, no change at
+all, a path of one frame, a NaN input) is NaN, never a silent 0. Batch summaries
+(:func:`flip_rate`, :func:`vcdr_falls`, ...) are NaN-ignoring means, NaN when nothing is defined.
+
+Inputs are the fields of a :class:`~xmed.explain.counterfactual.Counterfactual` (or any tensors of
+the same shapes):
+
+* ``probability``: ``T×B`` the target's probability along the path (row 0: the input);
+* ``original``, ``edited``: ``B×C×H×W`` images in the model's input space; ``std`` (the model's
+  normalisation, ``Counterfactual.std``) turns their difference into [0, 1] pixel units
+  (``Δpixel = Δinput × std``; None: the inputs are in pixel units already);
+* ``difference``: ``B×1×H×W`` non-negative change maps (``Counterfactual.difference``);
+* ``masks``, ``fov``: ``B×1×H×W`` or ``B×H×W`` bool regions;
+* ``vcdr``: ``T×B`` the predicted vCDR along the path.
+
+Example:
+    >>> import torch
+    >>> probability = torch.tensor([[0.9, 0.8, 0.3], [0.2, 0.6, 0.1]])   # T=2 frames, B=3
+    >>> Validity()(probability, "decrease").tolist(), flip_rate(probability, "decrease").item()
+    ([1.0, 0.0, nan], 0.5)
+    >>> difference = torch.tensor([[[[3.0, 1.0], [0.0, 0.0]]]])
+    >>> energy_in_mask(difference, torch.tensor([[[True, False], [False, False]]])).tolist()
+    [0.75]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+from xmed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from xmed.explain.counterfactual import Counterfactual
+
+__all__ = [
+    "COUNTERFACTUAL_METRICS", "CounterfactualMetric", "EnergyInMask", "ProximityL1", "ProximityL2",
+    "ReconstructionError", "Sparsity", "VCDRFalls", "VCDRMonotonic", "Validity", "energy_in_mask",
+    "evaluate_counterfactuals", "flip_rate", "mask_coverage", "reconstruction_error", "seconds_per_image",
+    "vcdr_falls", "vcdr_monotonic_fraction",
+]
+
+Direction = Literal["higher", "lower"]
+Category = Literal["validity", "proximity", "sparsity", "localisation", "clinical", "realism"]
+Expected = Literal["decrease", "increase"]
+
+# --------------------------------------------------------------------------------------------
+# input handling
+
+
+def _float(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _nan_unless(valid: Tensor, values: Tensor) -> Tensor:
+    return torch.where(valid, values, torch.full_like(values, math.nan))
+
+
+def _nanmean(values: Tensor) -> Tensor:
+    """Mean of the defined values (a 0-dim tensor), NaN when none is."""
+    finite = ~torch.isnan(values)
+    if not bool(finite.any()):
+        return torch.full((), math.nan, dtype=values.dtype, device=values.device)
+    return values[finite].mean()
+
+
+def _expected(key: str, value: Any) -> str:
+    if value not in ("decrease", "increase"):
+        raise ConfigError(key, f"must be 'decrease' or 'increase', got {value!r}")
+    return value
+
+
+def _path(values: Tensor, key: str) -> Tensor:
+    """A ``T×B`` path (a ``B`` vector is one frame)."""
+    if not isinstance(values, Tensor):
+        raise ConfigError(key, f"expected a tensor, got {type(values).__name__}")
+    if values.ndim == 1:
+        values = values[None]
+    if values.ndim != 2 or values.shape[0] < 1:
+        raise ConfigError(key, f"expected a T×B path, got shape {tuple(values.shape)}")
+    return _float(values.detach())
+
+
+def _pair(original: Tensor, edited: Tensor) -> tuple[Tensor, Tensor]:
+    for key, t in (("original", original), ("edited", edited)):
+        if not isinstance(t, Tensor) or t.ndim != 4:
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ConfigError(key, f"expected a B×C×H×W tensor, got {shape}")
+    if original.shape != edited.shape:
+        raise ConfigError("edited", f"shape {tuple(edited.shape)} differs from the original's {tuple(original.shape)}")
+    return _float(original.detach()), _float(edited.detach()).to(original.device)
+
+
+def _pixel_change(original: Tensor, edited: Tensor, std: Sequence[float] | Tensor | None) -> Tensor:
+    """``B×C×H×W`` change in [0, 1] pixel units."""
+    original, edited = _pair(original, edited)
+    delta = edited - original
+    if std is None:
+        return delta
+    scale = torch.as_tensor(std, dtype=delta.dtype, device=delta.device).flatten()
+    if scale.numel() not in (1, delta.shape[1]):
+        raise ConfigError("std", f"has {scale.numel()} values for images with {delta.shape[1]} channels")
+    return delta * scale.view(1, -1, 1, 1)
+
+
+def _region(mask: Tensor | None, like: Tensor, key: str) -> Tensor | None:
+    """Bool ``B×1×H×W`` region matching ``like`` (B×·×H×W), on its device."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise ConfigError(key, f"expected a tensor, got {type(mask).__name__}")
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != like.shape[0] or mask.shape[2:] != like.shape[2:]:
+        raise ConfigError(key, f"expected B×H×W or B×1×H×W matching {tuple(like.shape)}, got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if bool(((mask != 0) & (mask != 1)).any()):
+            raise ConfigError(key, "must be bool or hold only 0 and 1")
+        mask = mask != 0
+    return mask.to(like.device)
+
+
+def _difference(difference: Tensor) -> Tensor:
+    if not isinstance(difference, Tensor):
+        raise ConfigError("difference", f"expected a tensor, got {type(difference).__name__}")
+    if difference.ndim == 3:
+        difference = difference[:, None]
+    if difference.ndim != 4 or difference.shape[1] != 1:
+        raise ConfigError("difference", f"expected B×1×H×W change maps, got {tuple(difference.shape)}")
+    return _float(difference.detach())
+
+
+def _non_negative(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(key, f"must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# base class
+
+
+class CounterfactualMetric:
+    """Base of the counterfactual metrics: what the value means, and a readable ``repr``.
+
+    Attributes:
+        name: registry key (:data:`COUNTERFACTUAL_METRICS`).
+        direction: ``"higher"`` or ``"lower"``: which values are better.
+        category: ``"validity"``, ``"proximity"``, ``"sparsity"``, ``"localisation"``,
+            ``"clinical"`` or ``"realism"``.
+    """
+
+    name: str = ""
+    direction: Direction = "higher"
+    category: Category = "validity"
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
+                           if not k.startswith("_") and k not in ("name", "direction", "category"))
+        return f"{type(self).__name__}({params})"
+
+
+# --------------------------------------------------------------------------------------------
+# validity
+
+
+class Validity(CounterfactualMetric):
+    """Did the decision flip in the requested direction? 1.0 yes, 0.0 no, per image.
+
+    The first frame must be on the other side of ``threshold`` (at or above it for
+    ``"decrease"``, at or below for ``"increase"``) and the last frame strictly on the requested
+    side. NaN for an image that already started on the requested side (no flip was asked of it)
+    and for NaN probabilities.
+
+    Args:
+        threshold: the decision threshold on the probability.
+
+    Example:
+        >>> Validity()(torch.tensor([[0.2, 0.7], [0.9, 0.6]]), "increase").tolist()
+        [1.0, nan]
+    """
+
+    name = "validity"
+    direction: Direction = "higher"
+    category: Category = "validity"
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = float(threshold)
+
+    def __call__(self, probability: Tensor, direction: Expected) -> Tensor:
+        probability = _path(probability, "probability")
+        direction = _expected("direction", direction)
+        first, last = probability[0], probability[-1]
+        if direction == "decrease":
+            needed, done = first >= self.threshold, last < self.threshold
+        else:
+            needed, done = first <= self.threshold, last > self.threshold
+        valid = needed & ~torch.isnan(first) & ~torch.isnan(last)
+        return _nan_unless(valid, done.to(probability.dtype))
+
+
+def flip_rate(probability: Tensor, direction: Expected, threshold: float = 0.5) -> Tensor:
+    """Share of the images that needed a flip whose decision flipped (:class:`Validity`), 0-dim.
+
+    Example:
+        >>> round(flip_rate(torch.tensor([[0.9, 0.8, 0.7, 0.4], [0.1, 0.2, 0.6, 0.1]]), "decrease").item(), 4)
+        0.6667
+    """
+    return _nanmean(Validity(threshold)(probability, direction))
+
+
+# --------------------------------------------------------------------------------------------
+# proximity and sparsity
+
+
+class _Proximity(CounterfactualMetric):
+    category: Category = "proximity"
+    direction: Direction = "lower"
+
+    def __init__(self, std: Sequence[float] | None = None):
+        self.std = None if std is None else tuple(float(s) for s in std)
+
+    def _reduce(self, delta: Tensor, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, original: Tensor, edited: Tensor, fov: Tensor | None = None) -> Tensor:
+        delta = _pixel_change(original, edited, self.std)
+        region = _region(fov, delta, "fov")
+        weight = torch.ones_like(delta[:, :1]) if region is None else region.to(delta.dtype)
+        weight = weight.expand_as(delta)
+        count = weight.flatten(1).sum(1)
+        value = self._reduce(delta, weight)
+        finite = torch.isfinite(delta).flatten(1).all(1)
+        return _nan_unless(finite & (count > 0), value)
+
+
+class ProximityL1(_Proximity):
+    """Mean absolute change per pixel value, in [0, 1] pixel units (over the ``fov`` if given).
+
+    Args:
+        std: the model's normalisation std (``Counterfactual.std``); None: inputs in pixel units.
+
+    Example:
+        >>> a, b = torch.zeros(1, 1, 2, 2), torch.tensor([[[[0.4, 0.0], [0.0, 0.0]]]])
+        >>> round(ProximityL1()(a, b).item(), 6), round(ProximityL1(std=(0.5,))(a, b).item(), 6)
+        (0.1, 0.05)
+    """
+
+    name = "proximity_l1"
+
+    def _reduce(self, delta: Tensor, weight: Tensor) -> Tensor:
+        count = weight.flatten(1).sum(1)
+        return (delta.abs() * weight).flatten(1).sum(1) / count.clamp_min(1)
+
+
+class ProximityL2(_Proximity):
+    """Root-mean-square change per pixel value, in [0, 1] pixel units (over the ``fov`` if given).
+
+    Example:
+        >>> a, b = torch.zeros(1, 1, 2, 2), torch.tensor([[[[0.4, 0.0], [0.0, 0.0]]]])
+        >>> round(ProximityL2()(a, b).item(), 6)
+        0.2
+    """
+
+    name = "proximity_l2"
+
+    def _reduce(self, delta: Tensor, weight: Tensor) -> Tensor:
+        count = weight.flatten(1).sum(1)
+        return ((delta * delta * weight).flatten(1).sum(1) / count.clamp_min(1)).sqrt()
+
+
+class Sparsity(CounterfactualMetric):
+    """Share of the pixels changed: a pixel counts when any of its channels moved by more than
+    ``tolerance`` (in [0, 1] pixel units); over the ``fov`` if given (NaN for an empty one).
+
+    Args:
+        tolerance: the smallest change that counts (default: one 8-bit grey level).
+        std: the model's normalisation std; None: inputs in pixel units.
+
+    Example:
+        >>> a = torch.zeros(1, 3, 2, 2)
+        >>> b = a.clone()
+        >>> b[0, 1, 0, 0], b[0, 2, 1, 1] = 0.5, 0.001
+        >>> Sparsity()(a, b).item()
+        0.25
+    """
+
+    name = "sparsity"
+    direction: Direction = "lower"
+    category: Category = "sparsity"
+
+    def __init__(self, tolerance: float = 1 / 255, std: Sequence[float] | None = None):
+        self.tolerance = _non_negative("tolerance", tolerance)
+        self.std = None if std is None else tuple(float(s) for s in std)
+
+    def __call__(self, original: Tensor, edited: Tensor, fov: Tensor | None = None) -> Tensor:
+        delta = _pixel_change(original, edited, self.std)
+        changed = (delta.abs().amax(dim=1, keepdim=True) > self.tolerance).flatten(1)
+        region = _region(fov, delta, "fov")
+        region = torch.ones_like(changed) if region is None else region.flatten(1)
+        count = region.sum(1)
+        share = (changed & region).sum(1).to(delta.dtype) / count.clamp_min(1).to(delta.dtype)
+        finite = torch.isfinite(delta).flatten(1).all(1)
+        return _nan_unless(finite & (count > 0), share)
+
+
+# --------------------------------------------------------------------------------------------
+# localisation
+
+
+class EnergyInMask(CounterfactualMetric):
+    """Share of the change's energy inside a ground-truth mask: ``Σ d^p·mask / Σ d^p``.
+
+    Compare with :func:`mask_coverage` (the share of the field of view the mask covers): a change
+    spread evenly over the field of view scores that much by chance. NaN for an empty mask, for
+    an image without any change and for non-finite maps.
+
+    Args:
+        power: the exponent ``p`` of the change map (1: |Δ| as in ``Counterfactual.difference``;
+            2: squared).
+
+    Example:
+        >>> d = torch.tensor([[[[3.0, 1.0], [0.0, 0.0]]]])
+        >>> round(EnergyInMask(power=2)(d, torch.tensor([[[True, False], [False, False]]])).item(), 6)
+        0.9
+    """
+
+    name = "energy_in_mask"
+    direction: Direction = "higher"
+    category: Category = "localisation"
+
+    def __init__(self, power: float = 1.0):
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
+            raise ConfigError("power", f"must be a positive number, got {power!r}")
+        self.power = float(power)
+
+    def __call__(self, difference: Tensor, masks: Tensor) -> Tensor:
+        difference = _difference(difference)
+        masks = _region(masks, difference, "masks")
+        energy = difference.abs().nan_to_num(0.0).pow(self.power).flatten(1)
+        inside = (energy * masks.flatten(1)).sum(1)
+        total = energy.sum(1)
+        valid = torch.isfinite(difference).flatten(1).all(1) & masks.flatten(1).any(1) & (total > 0)
+        return _nan_unless(valid, inside / torch.where(total > 0, total, torch.ones_like(total)))
+
+
+def energy_in_mask(difference: Tensor, masks: Tensor) -> Tensor:
+    """B shares of ``|difference|`` inside ``masks`` (:class:`EnergyInMask` with ``power=1``)."""
+    return EnergyInMask()(difference, masks)
+
+
+def mask_coverage(masks: Tensor, fov: Tensor | None = None) -> Tensor:
+    """B shares of the field of view that the mask covers: ``|mask ∧ fov| / |fov|`` — the chance
+    level of :func:`energy_in_mask`. NaN for an empty field of view; ``fov`` None: the image.
+
+    Example:
+        >>> masks = torch.tensor([[[True, False], [False, False]]])
+        >>> mask_coverage(masks, torch.tensor([[[True, True], [False, False]]])).item()
+        0.5
+    """
+    if not isinstance(masks, Tensor) or masks.ndim not in (3, 4):
+        raise ConfigError("masks", f"expected B×H×W or B×1×H×W masks, got {getattr(masks, 'shape', type(masks))}")
+    like = masks[:, None] if masks.ndim == 3 else masks
+    masks = _region(masks, like, "masks")
+    region = _region(fov, masks, "fov")
+    region = torch.ones_like(masks) if region is None else region
+    count = region.flatten(1).sum(1)
+    share = (masks & region).flatten(1).sum(1).float() / count.clamp_min(1).float()
+    return _nan_unless(count > 0, share)
+
+
+# --------------------------------------------------------------------------------------------
+# clinical sense: does the predicted vCDR move the expected way along the path?
+
+
+class VCDRFalls(CounterfactualMetric):
+    """1.0 when the predicted vCDR moved the ``expected`` way from the first to the last frame by
+    more than ``tolerance``, else 0.0, per image. NaN for a path of one frame or NaN values.
+
+    A counterfactual toward "normal" that also lowers the predicted cup-to-disc ratio edits what
+    a glaucoma specialist would look at.
+
+    Example:
+        >>> VCDRFalls()(torch.tensor([[0.7, 0.5], [0.6, 0.5]])).tolist()
+        [1.0, 0.0]
+    """
+
+    name = "vcdr_falls"
+    direction: Direction = "higher"
+    category: Category = "clinical"
+
+    def __init__(self, expected: Expected = "decrease", tolerance: float = 0.0):
+        self.expected = _expected("expected", expected)
+        self.tolerance = _non_negative("tolerance", tolerance)
+
+    def __call__(self, vcdr: Tensor) -> Tensor:
+        vcdr = _path(vcdr, "vcdr")
+        move = vcdr[-1] - vcdr[0]
+        moved = move < -self.tolerance if self.expected == "decrease" else move > self.tolerance
+        valid = torch.isfinite(vcdr).all(0) & (vcdr.shape[0] > 1)
+        return _nan_unless(valid, moved.to(vcdr.dtype))
+
+
+class VCDRMonotonic(CounterfactualMetric):
+    """Share of the frame-to-frame moves along which the vCDR did not go against the ``expected``
+    way by more than ``tolerance``, per image (1.0: a monotone path). NaN for one frame.
+
+    Example:
+        >>> VCDRMonotonic()(torch.tensor([[0.7], [0.6], [0.65], [0.5], [0.5]])).tolist()
+        [0.75]
+    """
+
+    name = "vcdr_monotonic"
+    direction: Direction = "higher"
+    category: Category = "clinical"
+
+    def __init__(self, expected: Expected = "decrease", tolerance: float = 0.0):
+        self.expected = _expected("expected", expected)
+        self.tolerance = _non_negative("tolerance", tolerance)
+
+    def __call__(self, vcdr: Tensor) -> Tensor:
+        vcdr = _path(vcdr, "vcdr")
+        if vcdr.shape[0] < 2:
+            return torch.full((vcdr.shape[1],), math.nan, dtype=vcdr.dtype, device=vcdr.device)
+        moves = vcdr[1:] - vcdr[:-1]
+        ok = moves <= self.tolerance if self.expected == "decrease" else moves >= -self.tolerance
+        return _nan_unless(torch.isfinite(vcdr).all(0), ok.to(vcdr.dtype).mean(0))
+
+
+def vcdr_falls(vcdr: Tensor, expected: Expected = "decrease", tolerance: float = 0.0) -> Tensor:
+    """Share of the paths along which the predicted vCDR fell from the first to the last frame
+    (rose, for ``expected="increase"``), 0-dim; NaN when no path is defined.
+
+    Example:
+        >>> round(vcdr_falls(torch.tensor([[0.7, 0.5, 0.6], [0.6, 0.4, 0.7]])).item(), 4)
+        0.6667
+    """
+    return _nanmean(VCDRFalls(expected, tolerance)(vcdr))
+
+
+def vcdr_monotonic_fraction(vcdr: Tensor, expected: Expected = "decrease", tolerance: float = 0.0) -> Tensor:
+    """Share of the paths that are monotone in the expected way (every frame-to-frame move), 0-dim.
+
+    Example:
+        >>> vcdr_monotonic_fraction(torch.tensor([[0.7, 0.5], [0.6, 0.6], [0.5, 0.7]])).item()
+        0.5
+    """
+    per_image = VCDRMonotonic(expected, tolerance)(vcdr)
+    return _nanmean(_nan_unless(~torch.isnan(per_image), (per_image == 1).to(per_image.dtype)))
+
+
+# --------------------------------------------------------------------------------------------
+# realism proxy and cost
+
+
+class ReconstructionError(CounterfactualMetric):
+    """Mean squared error between images and ``autoencoder(images)``, per image — a realism
+    proxy: an autoencoder trained on real fundi reconstructs in-distribution images well.
+
+    Args:
+        autoencoder: any callable ``B×C×H×W -> B×C×H×W`` (an ``nn.Module``, a function); it is
+            called without gradients on the images as given.
+
+    Example:
+        >>> ReconstructionError(lambda x: x * 0.5)(torch.ones(1, 1, 2, 2)).item()
+        0.25
+    """
+
+    name = "reconstruction_error"
+    direction: Direction = "lower"
+    category: Category = "realism"
+
+    def __init__(self, autoencoder: Callable[[Tensor], Tensor]):
+        if not callable(autoencoder):
+            raise ConfigError("autoencoder", f"must be callable, got {type(autoencoder).__name__}")
+        self.autoencoder = autoencoder
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            raise ConfigError("images", f"expected a B×C×H×W tensor, got {getattr(images, 'shape', type(images))}")
+        with torch.no_grad():
+            recon = self.autoencoder(images)
+        if not isinstance(recon, Tensor) or recon.shape != images.shape:
+            raise ConfigError("autoencoder", f"must return a tensor shaped like its input {tuple(images.shape)}, "
+                                             f"got {getattr(recon, 'shape', type(recon).__name__)}")
+        error = (_float(recon.detach()) - _float(images.detach())).pow(2).flatten(1).mean(1)
+        return _nan_unless(torch.isfinite(error), error)
+
+
+def reconstruction_error(autoencoder: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
+    """B mean squared reconstruction errors (:class:`ReconstructionError`)."""
+    return ReconstructionError(autoencoder)(images)
+
+
+def seconds_per_image(counterfactual: Counterfactual) -> float:
+    """Wall time of a counterfactual batch divided by its size (lower is better)."""
+    return counterfactual.seconds / max(1, counterfactual.images.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# registry and the one-call evaluation
+
+#: Metric name -> class; the class attributes ``name``/``direction``/``category`` match the key.
+COUNTERFACTUAL_METRICS: dict[str, type[CounterfactualMetric]] = {
+    cls.name: cls for cls in (Validity, ProximityL1, ProximityL2, Sparsity, EnergyInMask, VCDRFalls,
+                              VCDRMonotonic, ReconstructionError)
+}
+
+
+def evaluate_counterfactuals(counterfactual: Counterfactual, *, masks: Tensor | None = None,
+                             threshold: float = 0.5, tolerance: float = 1 / 255,
+                             autoencoder: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    """Every metric whose inputs are there, per image, for one :class:`Counterfactual`.
+
+    Proximity and sparsity are in pixel units (``counterfactual.std``) over its field of view
+    (``counterfactual.fov``, else the whole image); ``energy_in_mask`` and ``mask_coverage``
+    need ``masks``; the vCDR metrics need a path with a vCDR (expected to move the way the target
+    was asked to: toward "normal", the cup should shrink); ``reconstruction_error`` needs an
+    ``autoencoder`` (applied to the edited images); ``seconds_per_image`` is the batch time
+    shared out.
+
+    Returns:
+        ``{name: B values}``.
+    """
+    cf = counterfactual
+    original, edited, fov = cf.frames[0], cf.images, cf.fov
+    out = {
+        "validity": Validity(threshold)(cf.probability, cf.direction),
+        "proximity_l1": ProximityL1(cf.std)(original, edited, fov),
+        "proximity_l2": ProximityL2(cf.std)(original, edited, fov),
+        "sparsity": Sparsity(tolerance, cf.std)(original, edited, fov),
+    }
+    if masks is not None:
+        out["energy_in_mask"] = EnergyInMask()(cf.difference, masks)
+        out["mask_coverage"] = mask_coverage(masks, fov)
+    if cf.vcdr is not None:
+        expected = cf.direction
+        out["vcdr_falls"] = VCDRFalls(expected)(cf.vcdr)
+        out["vcdr_monotonic"] = VCDRMonotonic(expected)(cf.vcdr)
+    if autoencoder is not None:
+        out["reconstruction_error"] = ReconstructionError(autoencoder)(edited)
+    b = edited.shape[0]
+    out["seconds_per_image"] = torch.full((b,), seconds_per_image(cf), device=edited.device)
+    return out
