@@ -128,3 +128,29 @@ def test_bad_settings_name_the_key(exported, tmp_path):
         explain_run(compose("explain", overrides(tmp_path, exported, "target=XYZ")))
     with pytest.raises(ConfigError, match="explainer.gradcam"):
         explain_run(compose("explain", overrides(tmp_path, exported, "+explainer.gradcam.n_steps=3")))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ddp_cpu_explains_every_eye_once_and_matches_one_process(exported, tmp_path):
+    """Two gloo processes share the eyes (Lightning's distributed sampler); rank 0 merges the parts."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("xmed-explain")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for trainer in ("cpu", "ddp_cpu"):
+        out = tmp_path / trainer
+        cmd = [str(script), *overrides(out, exported, "n=6", "explainer=[gradcam]", "randomisation.n_images=0"),
+               f"trainer={trainer}"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        with open(out / "per_image.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        results[trainer] = {r["id"]: float(r["energy_pointing_game"]) for r in rows}
+        assert len(rows) == len(results[trainer]) == 6  # every eye once (no padding duplicates kept)
+    assert results["cpu"].keys() == results["ddp_cpu"].keys()
+    for eye, value in results["cpu"].items():
+        assert results["ddp_cpu"][eye] == pytest.approx(value, abs=1e-5)

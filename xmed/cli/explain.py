@@ -311,7 +311,12 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     trainer.strategy.barrier()
     if trainer.global_rank != 0:
         return {}
-    records = [r for part in sorted(parts.glob("rank*.json")) for r in json.loads(part.read_text())]
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for rank in range(trainer.world_size):  # only this run's ranks: a folder may hold older parts
+        for record in json.loads((parts / f"rank{rank}.json").read_text()):
+            # a distributed sampler pads the ranks to equal length by repeating eyes: keep each once
+            merged.setdefault((record["id"], record["method"]), record)
+    records = list(merged.values())
     summary = summarise(records, list(explainers))
     if cfg.randomisation.n_images > 0:
         first = SplitView(view.base, view.indices[:int(cfg.randomisation.n_images)], view.transform)
