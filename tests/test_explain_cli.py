@@ -154,3 +154,30 @@ def test_ddp_cpu_explains_every_eye_once_and_matches_one_process(exported, tmp_p
     assert results["cpu"].keys() == results["ddp_cpu"].keys()
     for eye, value in results["cpu"].items():
         assert results["ddp_cpu"][eye] == pytest.approx(value, abs=1e-5)
+
+
+def test_counterfactuals_and_rationale_in_the_same_run(exported, tmp_path):
+    from xmed.cli.explain import explain_run
+    from xmed.findings import FINDINGS
+
+    out = tmp_path / "cf"
+    result = explain_run(compose("explain", overrides(out, exported, "explainer=[adversarial,rationale]",
+                                                      "explainer.adversarial.max_steps=3",
+                                                      "+explainer.rationale.counterfactual_options.max_steps=2")))
+    methods = result["methods"]
+    assert set(methods) == {"adversarial_decrease", "adversarial_increase"}
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    for row in rows:
+        start, end = float(row["probability_from"]), float(row["probability_to"])
+        assert (end <= start + 1e-6) if row["method"].endswith("decrease") else (end >= start - 1e-6)
+        assert 0 <= int(row["steps"]) <= 3
+    for method in methods:
+        assert 0.0 <= methods[method]["mask_coverage"] <= 1.0 and methods[method]["proximity_l2"] >= 0
+        strips = sorted((out / "counterfactuals" / method).glob("*_strip.png"))
+        assert len(strips) == 2 and len(list((out / "counterfactuals" / method).glob("*.gif"))) == 2
+        assert np.load(sorted((out / "maps" / method).glob("*.npy"))[0]).shape == (48, 48)
+    rationales = sorted((out / "rationale").glob("*.json"))
+    assert len(rationales) == 4
+    first = json.loads(rationales[0].read_text())
+    assert [f["code"] for f in first["findings"]] == list(FINDINGS) and first["sentence"].endswith(".")
+    assert first["counterfactual"]["toward"] in ("normal", "glaucoma")

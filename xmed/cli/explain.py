@@ -79,9 +79,24 @@ def ground_truth(batch: Mapping[str, Any], target: str) -> Tensor | None:
     return region[:, None]
 
 
+class CounterfactualRun:
+    """A counterfactual explainer and the directions it is run in."""
+
+    def __init__(self, explainer: Any, directions: list[str]):
+        self.explainer, self.directions = explainer, directions
+
+
+class RationaleRun:
+    """The finding-level rationale with its options (``xmed.rationale``)."""
+
+    def __init__(self, options: Mapping[str, Any]):
+        self.options = dict(options)
+
+
 def build_explainers(model: torch.nn.Module, explainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``{run name: explainer}`` from the ``explainer`` config group (one entry per method)."""
-    from xmed.explain import get_explainer
+    """``{run name: explainer}`` from the ``explainer`` config group (one entry per method):
+    saliency explainers, counterfactual runs (``adversarial``) and the ``rationale``."""
+    from xmed.explain import COUNTERFACTUALS, DIRECTIONS, get_counterfactual, get_explainer
 
     if not explainer_cfg:
         raise ConfigError("explainer", "no explainer selected; e.g. explainer=gradcam or 'explainer=[gradcam,rise]'")
@@ -89,9 +104,18 @@ def build_explainers(model: torch.nn.Module, explainer_cfg: Mapping[str, Any]) -
     for name, options in explainer_cfg.items():
         options = dict(options or {})
         method = options.pop("method", name)
-        cls = get_explainer(method)
         try:
-            explainers[name] = cls(model, **options)
+            if method == "rationale":
+                explainers[name] = RationaleRun(options)
+            elif method in COUNTERFACTUALS:
+                directions = list(options.pop("directions", DIRECTIONS))
+                for direction in directions:
+                    if direction not in DIRECTIONS:
+                        raise ConfigError(f"explainer.{name}.directions", f"unknown direction {direction!r}; "
+                                                                         f"use {', '.join(DIRECTIONS)}")
+                explainers[name] = CounterfactualRun(get_counterfactual(method)(model, **options), directions)
+            else:
+                explainers[name] = get_explainer(method)(model, **options)
         except TypeError as err:
             raise ConfigError(f"explainer.{name}", str(err)) from None
     return explainers
@@ -126,6 +150,12 @@ class ExplainModule(L.LightningModule):
         forward = target_function(self.model, self.target, as_probability=True)
         records = []
         for name, explainer in self.explainers.items():
+            if isinstance(explainer, CounterfactualRun):
+                records += self._counterfactuals(name, explainer, images, ids, truth)
+                continue
+            if isinstance(explainer, RationaleRun):
+                self._rationales(name, explainer, images, ids)
+                continue
             with torch.enable_grad():
                 explanation = explainer(images, self.target)
             maps = explanation.maps.float()
@@ -148,6 +178,54 @@ class ExplainModule(L.LightningModule):
                 records.append(record)
             self._write_maps(name, ids, maps, images, truth)
         return records
+
+    def _counterfactuals(self, name: str, run: CounterfactualRun, images: Tensor, ids: list[str],
+                         truth: Tensor | None) -> list[dict[str, Any]]:
+        from xmed.metrics.counterfactual import evaluate_counterfactuals
+
+        records = []
+        for direction in run.directions:
+            method = f"{name}_{direction}"
+            cf = run.explainer(images, self.target, direction)
+            scores = evaluate_counterfactuals(cf, masks=truth)
+            for i, eye_id in enumerate(ids):
+                record = {"id": eye_id, "method": method, "seconds": cf.seconds / len(ids),
+                          "steps": int(cf.steps[i]),
+                          "probability_from": _number(cf.probability[0, i]),
+                          "probability_to": _number(cf.probability[-1, i])}
+                if cf.vcdr is not None:
+                    record.update(vcdr_from=_number(cf.vcdr[0, i]), vcdr_to=_number(cf.vcdr[-1, i]))
+                record.update({k: _number(v[i]) for k, v in scores.items() if k != "seconds_per_image"})
+                records.append(record)
+            self._write_maps(method, ids, cf.difference.float(), images, truth)
+            self._write_frames(method, ids, cf)
+        return records
+
+    def _write_frames(self, method: str, ids: list[str], cf) -> None:
+        """A frame strip (PNG: input … edit, difference) and an animation (GIF) per overlay eye."""
+        from PIL import Image
+
+        from xmed.viz.overlay import overlay, to_uint8_image
+
+        dc = self.model.data_config
+        for i, eye_id in enumerate(ids):
+            if eye_id not in self.overlay_ids:
+                continue
+            frames = [to_uint8_image(cf.frames[t, i], dc.mean, dc.std) for t in range(cf.frames.shape[0])]
+            difference = overlay(frames[0], cf.difference[i, 0].float().cpu().numpy())
+            folder = self.out_dir / "counterfactuals" / method
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.concatenate([*frames, difference], axis=1)).save(folder / f"{_safe(eye_id)}_strip.png")
+            gif = [Image.fromarray(f) for f in frames + frames[-2:0:-1]]   # there and back
+            gif[0].save(folder / f"{_safe(eye_id)}.gif", save_all=True, append_images=gif[1:], duration=250, loop=0)
+
+    def _rationales(self, name: str, run: RationaleRun, images: Tensor, ids: list[str]) -> None:
+        from xmed.explain.rationale import rationale
+
+        folder = self.out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for eye_id, r in zip(ids, rationale(self.model, images, heatmaps=False, **run.options)):
+            (folder / f"{_safe(eye_id)}.json").write_text(json.dumps({"id": eye_id, **r.to_dict()}, indent=2))
 
     def _write_maps(self, method: str, ids: list[str], maps: Tensor, images: Tensor, truth: Tensor | None) -> None:
         from PIL import Image
@@ -241,7 +319,7 @@ def randomisation_check(model, explainer_cfg: Mapping[str, Any], images: Tensor,
     """Cascading parameter randomisation per method: Spearman between the maps of the trained
     model and of copies randomised from the output layer down; the last value has every layer
     randomised."""
-    from xmed.explain import get_explainer
+    from xmed.explain import EXPLAINERS, get_explainer
     from xmed.metrics.explanation import ModelParameterRandomisation
 
     out = {}
@@ -249,7 +327,7 @@ def randomisation_check(model, explainer_cfg: Mapping[str, Any], images: Tensor,
     for name, options in explainer_cfg.items():
         options = dict(options or {})
         method = options.pop("method", name)
-        if name in skip or method in skip:
+        if name in skip or method in skip or method not in EXPLAINERS:  # saliency maps only
             continue
         cls = get_explainer(method)
 
@@ -317,7 +395,8 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
             # a distributed sampler pads the ranks to equal length by repeating eyes: keep each once
             merged.setdefault((record["id"], record["method"]), record)
     records = list(merged.values())
-    summary = summarise(records, list(explainers))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    summary = summarise(records, methods)
     if cfg.randomisation.n_images > 0:
         first = SplitView(view.base, view.indices[:int(cfg.randomisation.n_images)], view.transform)
         images = collate_samples([first[i] for i in range(len(first))])["image"]
@@ -330,7 +409,7 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     table = comparison_table(summary, cfg.target)
     (out_dir / "comparison.md").write_text(table + "\n")
     _write_per_image(out_dir / "per_image.csv", records)
-    _comparison_sheet(out_dir, list(explainers), sorted(overlay_ids))
+    _comparison_sheet(out_dir, [m for m in methods if (out_dir / "overlays" / m).is_dir()], sorted(overlay_ids))
     if cfg.model_card:
         update_model_card(Path(cfg.model_card), table, cfg)
     print(table)

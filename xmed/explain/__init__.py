@@ -39,8 +39,9 @@ from xmed.explain.saliency import (
     SmoothGradSquared,
 )
 from xmed.explain.targets import Target, select_target, target_function
-from xmed.explain.counterfactual import (  # noqa: E402 - the callable submodule stays xmed.explain.counterfactual
+from xmed.explain.counterfactual import (  # the callable submodule stays xmed.explain.counterfactual
     COUNTERFACTUALS,
+    DIRECTIONS,
     AdversarialExplainer,
     Counterfactual,
     CounterfactualExplainer,
@@ -69,7 +70,7 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["COUNTERFACTUALS", "AdversarialExplainer", "Counterfactual", "CounterfactualExplainer",
+__all__ = ["COUNTERFACTUALS", "DIRECTIONS", "AdversarialExplainer", "Counterfactual", "CounterfactualExplainer",
            "counterfactual", "get_counterfactual", "EXPLAINERS", "RISE", "CAMExplainer", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus",
            "GuidedGradCAM", "HiResCAM", "InputXGradient", "IntegratedGradients", "LayerCAM", "Occlusion",
            "SmoothGrad", "SmoothGradSquared", "Target", "TargetLayer", "explain", "find_target_layer",
