@@ -181,3 +181,13 @@ def test_counterfactuals_and_rationale_in_the_same_run(exported, tmp_path):
     first = json.loads(rationales[0].read_text())
     assert [f["code"] for f in first["findings"]] == list(FINDINGS) and first["sentence"].endswith(".")
     assert first["counterfactual"]["toward"] in ("normal", "glaucoma")
+
+
+def test_shortcut_comparison_puts_two_runs_side_by_side(tmp_path):
+    from xmed.cli.explain import shortcut_comparison
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"methods": {"gradcam": {"shortcut_energy": 0.02}}}))
+    table = shortcut_comparison({"gradcam": {"shortcut_energy": 0.61}, "rise": {"pointing_game": 1.0}}, tmp_path)
+    assert "| gradcam | 0.610 | 0.020 |" in table and "rise" not in table
+    with pytest.raises(ConfigError, match="compare_run"):
+        shortcut_comparison({}, tmp_path / "nowhere")

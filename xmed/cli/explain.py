@@ -314,6 +314,25 @@ def comparison_table(summary: Mapping[str, Mapping[str, Any]], target: str) -> s
     return "\n".join(lines)
 
 
+def shortcut_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path) -> str:
+    """Markdown: per method, the share of map energy on the shortcut marker for this run's model
+    next to the share for the model of an earlier run on the same eyes (e.g. one trained without
+    the marker)."""
+    path = other_run / "metrics.json"
+    if not path.is_file():
+        raise ConfigError("compare_run", f"no metrics.json in {other_run} (give an xmed-explain run folder)")
+    other = json.loads(path.read_text())["methods"]
+    lines = [f"Share of map energy on the shortcut marker (eyes carrying it): this model vs `{other_run}`.", "",
+             "| method | this model | comparison model |", "|---|---|---|"]
+    for method, entry in summary.items():
+        mine, theirs = entry.get("shortcut_energy"), other.get(method, {}).get("shortcut_energy")
+        if mine is None and theirs is None:
+            continue
+        cells = ["–" if v is None else f"{v:.3f}" for v in (mine, theirs)]
+        lines.append(f"| {method} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def randomisation_check(model, explainer_cfg: Mapping[str, Any], images: Tensor, target: str,
                         skip: list[str]) -> dict[str, dict[str, Any]]:
     """Cascading parameter randomisation per method: Spearman between the maps of the trained
@@ -407,6 +426,8 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
               "methods": summary}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     table = comparison_table(summary, cfg.target)
+    if cfg.get("compare_run"):
+        table += "\n\n" + shortcut_comparison(summary, Path(cfg.compare_run))
     (out_dir / "comparison.md").write_text(table + "\n")
     _write_per_image(out_dir / "per_image.csv", records)
     _comparison_sheet(out_dir, [m for m in methods if (out_dir / "overlays" / m).is_dir()], sorted(overlay_ids))
