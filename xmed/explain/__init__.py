@@ -16,13 +16,18 @@ Example:
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 from torch import Tensor, nn
 
-from xmed.explain.base import EXPLAINERS, Explainer, Explanation, get_explainer, register_explainer
+from xmed.explain.base import (
+    EXPLAINERS,
+    Explainer,
+    Explanation,
+    get_explainer,
+    make_module_callable,
+    register_explainer,
+)
 from xmed.explain.layers import TargetLayer, find_target_layer
 from xmed.explain.saliency import (
     RISE,
@@ -60,15 +65,7 @@ def explain(model: nn.Module, images: Tensor, method: str = "gradcam", target: T
     return get_explainer(method)(model, **options)(images, target)
 
 
-class _CallableModule(types.ModuleType):
-    """Lets ``xmed.explain(...)`` call :func:`explain` while ``xmed.explain.GradCAM`` stays a
-    module attribute."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Explanation:
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, explain)
 
 __all__ = ["COUNTERFACTUALS", "DIRECTIONS", "AdversarialExplainer", "Counterfactual", "CounterfactualExplainer",
            "counterfactual", "get_counterfactual", "EXPLAINERS", "RISE", "CAMExplainer", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus",

@@ -16,9 +16,11 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -52,14 +54,8 @@ class Explanation:
         return positive / top.view(-1, 1, 1, 1)
 
 
-class Explainer:
-    """Base class: subclasses set ``name`` and implement :meth:`attribute`.
-
-    Args:
-        model: any ``nn.Module`` (a :class:`~xmed.models.FundusClassifier`, timm, torchvision or
-            MONAI classifier). Pass it in eval mode: explanations of a model in training mode
-            depend on the rest of the batch (BatchNorm) and on dropout.
-    """
+class ModelMethod:
+    """What every explanation method holds: the model, and the device its parameters are on."""
 
     name: ClassVar[str] = ""
 
@@ -71,6 +67,16 @@ class Explainer:
         param = next(self.model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
 
+
+class Explainer(ModelMethod):
+    """Base class: subclasses set ``name`` and implement :meth:`attribute`.
+
+    Args:
+        model: any ``nn.Module`` (a :class:`~xmed.models.FundusClassifier`, timm, torchvision or
+            MONAI classifier). Pass it in eval mode: explanations of a model in training mode
+            depend on the rest of the batch (BatchNorm) and on dropout.
+    """
+
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
         """B×1×H×W maps for ``images`` (already on the model's device)."""
         raise NotImplementedError
@@ -81,10 +87,10 @@ class Explainer:
         if not isinstance(images, Tensor) or images.ndim != 4:
             raise ConfigError("images", f"must be a B×C×H×W tensor, got {getattr(images, 'shape', type(images))}")
         images = images.to(self.device)
-        _synchronize(images.device)
+        synchronize(images.device)
         start = time.perf_counter()
         maps = self.attribute(images, target)
-        _synchronize(images.device)
+        synchronize(images.device)
         seconds = time.perf_counter() - start
         if maps.shape != (images.shape[0], 1, *images.shape[2:]):
             raise RuntimeError(f"{self.name} returned maps of shape {tuple(maps.shape)}")
@@ -119,9 +125,21 @@ def describe_target(target: Target | None) -> str:
     return getattr(target, "__name__", "callable")
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that wall-clock timings are real."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def make_module_callable(module_name: str, function: Callable[..., Any]) -> None:
+    """Let ``package(...)`` call ``function`` while the package's classes stay its attributes
+    (``xmed.explain(model, x)`` and ``xmed.explain.GradCAM``)."""
+
+    class _CallableModule(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = _CallableModule
 
 
 EXPLAINERS: dict[str, type[Explainer]] = {}

@@ -24,17 +24,14 @@ Example:
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from xmed.errors import ConfigError
-from xmed.explain.base import describe_target
+from xmed.explain.base import ModelMethod, describe_target, make_module_callable, synchronize
 from xmed.explain.targets import Target
 
 Direction = Literal["decrease", "increase"]
@@ -93,22 +90,12 @@ class Counterfactual:
         return self.frames[0]
 
 
-class CounterfactualExplainer:
+class CounterfactualExplainer(ModelMethod):
     """Base class: subclasses set ``name`` and implement :meth:`generate`.
 
     Args:
         model: any differentiable ``nn.Module`` (pass it in eval mode; its mode is left as it is).
     """
-
-    name: ClassVar[str] = ""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    @property
-    def device(self) -> torch.device:
-        param = next(self.model.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
 
     def generate(self, images: Tensor, target: Target | None, direction: Direction,
                  fov_mask: Tensor | None) -> Counterfactual:
@@ -126,18 +113,14 @@ class CounterfactualExplainer:
         if direction not in DIRECTIONS:
             raise ConfigError("direction", f"must be 'decrease' or 'increase', got {direction!r}")
         images = images.detach().to(self.device)
-        _synchronize(images.device)
+        synchronize(images.device)
         start = time.perf_counter()
         result = self.generate(images, target, direction, fov_mask)
-        _synchronize(images.device)
+        synchronize(images.device)
         result.seconds = time.perf_counter() - start
         result.method, result.target, result.direction = self.name, describe_target(target), direction
         return result
 
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 COUNTERFACTUALS: dict[str, type[CounterfactualExplainer]] = {}
@@ -175,15 +158,7 @@ def counterfactual(model: nn.Module, images: Tensor, method: str = "adversarial"
 from xmed.explain.counterfactual.adversarial import AdversarialExplainer
 
 
-class _CallableModule(types.ModuleType):
-    """Lets ``xmed.explain.counterfactual(...)`` call :func:`counterfactual` while the classes stay
-    module attributes."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Counterfactual:
-        return counterfactual(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, counterfactual)
 
 __all__ = ["COUNTERFACTUALS", "DIRECTIONS", "AdversarialExplainer", "Counterfactual", "CounterfactualExplainer",
            "Direction", "counterfactual", "get_counterfactual", "register_counterfactual"]
