@@ -569,3 +569,42 @@ def test_mask_head_trains_and_round_trips(datamodule, tmp_path):
     x = _input(size=48)
     with torch.no_grad():
         assert torch.equal(loaded(x)["mask_logits"], module.model(x)["mask_logits"])
+
+
+# ---------------------------------------------------------------------------- adversarial training
+def test_pgd_attack_stays_in_the_ball_and_raises_the_loss():
+    from xmed.models.robust import AdversarialTraining
+
+    torch.manual_seed(0)
+    model = FundusClassifier(TINY, input_size=48).train()
+    x, label = _input(4, 48), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    attack = AdversarialTraining(method="pgd", epsilon=2.0, steps=3)
+    adv = attack.perturb(model, x, label)
+    assert model.training and all(p.grad is None for p in model.parameters())  # mode kept, no gradients
+    assert float((adv - x).flatten(1).norm(dim=1).max()) <= 2.0 + 1e-4
+    model.eval()
+    with torch.no_grad():
+        clean_loss = masked_bce(model(x)["logits"], label)
+        adv_loss = masked_bce(model(adv)["logits"], label)
+    assert adv_loss > clean_loss
+
+
+def test_trades_adds_a_robustness_term_and_bad_settings_name_the_key(datamodule):
+    from xmed.models.robust import bernoulli_kl
+
+    assert torch.allclose(bernoulli_kl(torch.tensor([2.0]), torch.tensor([-1.0])),
+                          torch.tensor([0.8808 * math.log(0.8808 / 0.2689) + 0.1192 * math.log(0.1192 / 0.7311)]),
+                          atol=1e-3)
+    torch.manual_seed(0)
+    module = FundusModule(net={"backbone": TINY, "input_size": 48},
+                          adversarial_training={"method": "trades", "epsilon": 1.0, "steps": 2})
+    batch = next(iter(datamodule.train_dataloader()))
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    loss = module.training_step(batch, 0)
+    assert "train/loss_robust" in logged and float(logged["train/loss_robust"]) >= 0
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="model.adversarial_training"):
+        FundusModule(net={"backbone": TINY}, adversarial_training={"method": "fgsm"})
+    with pytest.raises(ConfigError, match="model.adversarial_training"):
+        FundusModule(net={"backbone": TINY}, adversarial_training={"eps": 1.0})

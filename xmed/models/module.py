@@ -81,6 +81,9 @@ class FundusModule(L.LightningModule):
         sequential_epochs: epochs of concept training before the diagnosis head (sequential).
         channels_last: NHWC memory format (faster convolutions on GPUs and recent CPUs).
         compile: ``torch.compile`` the forward pass used in training.
+        adversarial_training: None, or :class:`~xmed.models.robust.AdversarialTraining` settings
+            (``method`` pgd | trades, ``epsilon``, ``steps``, ``step_size``, ``beta``) for a model
+            whose input gradients — and so its counterfactuals — follow image structure.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class FundusModule(L.LightningModule):
         sequential_epochs: int = 0,
         channels_last: bool = False,
         compile: bool = False,
+        adversarial_training: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if class_balance not in ("pos_weight", "sampler", "none"):
@@ -107,6 +111,14 @@ class FundusModule(L.LightningModule):
             raise ConfigError("model.loss_weights",
                               f"unknown loss(es) {sorted(unknown)}; use glaucoma, findings, vcdr, masks")
         self.model = FundusClassifier(**dict(net))
+        self.adversarial = None
+        if adversarial_training:
+            from xmed.models.robust import AdversarialTraining
+
+            try:
+                self.adversarial = AdversarialTraining(**dict(adversarial_training))
+            except TypeError as err:
+                raise ConfigError("model.adversarial_training", str(err)) from None
         if cbm_training == "sequential" and self.model.mode != "concept_bottleneck":
             raise ConfigError("model.cbm_training", "sequential training needs net.mode=concept_bottleneck")
         self.save_hyperparameters({
@@ -114,6 +126,7 @@ class FundusModule(L.LightningModule):
             "warmup_epochs": warmup_epochs, "loss_weights": weights, "class_balance": class_balance,
             "cbm_training": cbm_training, "sequential_epochs": sequential_epochs,
             "channels_last": channels_last, "compile": compile,
+            "adversarial_training": dict(adversarial_training) if adversarial_training else None,
         })
         self.loss_weights = weights
         self.register_buffer("pos_weight", torch.tensor(1.0), persistent=False)
@@ -187,9 +200,18 @@ class FundusModule(L.LightningModule):
             return None
         for skip in batch.get("skipped", []):
             log.warning("skipped %s: %s", skip["path"], skip["reason"])
-        out = self._forward(self._images(batch))
+        images = self._images(batch)
+        if self.adversarial is not None and self.adversarial.method == "pgd":
+            images = self.adversarial.perturb(self.model, images, batch["label"], self.pos_weight)
+        out = self._forward(images)
         losses = self._losses(out, batch)
-        weights = self._stage_weights()
+        if self.adversarial is not None and self.adversarial.method == "trades":
+            from xmed.models.robust import bernoulli_kl
+
+            attacked = self.adversarial.perturb(self.model, images, batch["label"])
+            losses["robust"] = self.adversarial.beta * bernoulli_kl(
+                out["logits"].float(), self._forward(attacked)["logits"].float()).mean()
+        weights = {**self._stage_weights(), "robust": 1.0}
         loss = sum(weights[k] * v for k, v in losses.items())
         if self._log_this_step():
             n = batch["image"].shape[0]
