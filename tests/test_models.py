@@ -490,7 +490,8 @@ def compose():
     GlobalHydra.instance().clear()
 
 
-MODEL_FILES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml") if p.stem != "_base")
+# classifier configs; model/autoencoder.yaml belongs to task=autoencoder (tests/test_latent_shift.py)
+MODEL_FILES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml") if p.stem not in ("_base", "autoencoder"))
 
 
 def test_every_model_config_is_listed():

@@ -148,3 +148,33 @@ def test_ddp_cpu_matches_single_process(tmp_path):
         aurocs[trainer] = metrics["auroc"]
     print(f"test AUROC: cpu {aurocs['cpu']:.4f}, ddp_cpu {aurocs['ddp_cpu']:.4f}")
     assert abs(aurocs["cpu"] - aurocs["ddp_cpu"]) < 0.1, aurocs
+
+
+def test_autoencoder_task_trains_exports_and_feeds_latent_shift(tmp_path):
+    """`xmed-train task=autoencoder` writes a loadable autoencoder whose reconstruction error it
+    reports; xmed-explain then runs latent shift with it on a classifier of the same input space."""
+    from xmed.cli.explain import explain_run
+    from xmed.cli.train import train
+    from xmed.models import FundusClassifier, export_model, load_autoencoder
+
+    out = tmp_path / "ae"
+    overrides = [o for o in tiny_overrides(out, n=40, epochs=2) if not o.startswith("model=")]
+    cfg = compose("train", [*overrides, "task=autoencoder", "model.net.channels=[8,16]",
+                            "model.net.latent_channels=8"])
+    assert cfg.model._target_ == "xmed.models.autoencoder.AutoencoderModule" and cfg.task_type == "autoencoder"
+    metrics = train(cfg)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == metrics and written["n"] == 6 and 0 < written["reconstruction_l1"] < 2
+    autoencoder = load_autoencoder(out / "autoencoder")
+    assert autoencoder.data_config.input_size == 48 and not autoencoder.training
+
+    classifier = FundusClassifier("test_resnet.r160_in1k", data_config=autoencoder.data_config.as_dict()).eval()
+    model_dir = export_model(classifier, tmp_path / "classifier")
+    run = tmp_path / "explain"
+    result = explain_run(compose("explain", [
+        "data=phantom_render", "data.dataset_options.n=40", "data.dataset_options.size=48", "data.num_workers=0",
+        f"ckpt_path={model_dir}", "n=2", "batch_size=2", "overlays=1", "randomisation.n_images=0",
+        "explainer=latent_shift", f"explainer.latent_shift.autoencoder={out / 'autoencoder'}",
+        "explainer.latent_shift.n_lambdas=3", f"paths.output_dir={run}"]))
+    assert set(result["methods"]) == {"latent_shift_decrease", "latent_shift_increase"}
+    assert len(list((run / "counterfactuals" / "latent_shift_decrease").glob("*.gif"))) == 1

@@ -88,6 +88,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
     if not trainer.is_global_zero or not cfg.get("test", True):
         return {}
+    if cfg.get("task_type", "classifier") == "autoencoder":
+        return _finish_autoencoder(trainer, module, datamodule, out_dir)
 
     checkpoint = _best_checkpoint(trainer)
     model = load_model(checkpoint) if checkpoint else module.model.eval()
@@ -111,6 +113,34 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     artefacts = {"checkpoint": checkpoint} if checkpoint else {}
     artefacts.update({"model": model_dir, **evaluation_artefacts(out_dir), "model card": out_dir / "model_card.md"})
     _report(out_dir, metrics, artefacts)
+    return metrics
+
+
+def _finish_autoencoder(trainer, module, datamodule, out_dir: Path) -> dict[str, Any]:
+    """Export the best autoencoder and score its reconstructions on the test split."""
+    import json
+
+    import torch
+
+    from xmed.models.autoencoder import export_autoencoder, load_autoencoder, reconstruction_l1
+
+    checkpoint = _best_checkpoint(trainer)
+    model = load_autoencoder(checkpoint) if checkpoint else module.model.eval()
+    folder = export_autoencoder(model, out_dir / "autoencoder")
+    errors = []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            if batch.get("size", 1):
+                errors.append(reconstruction_l1(model, batch["image"]).float().cpu())
+    errors = torch.cat(errors) if errors else torch.zeros(0)
+    metrics = {"reconstruction_l1": round(float(errors.mean()), 6) if len(errors) else None, "n": len(errors),
+               "dataset": datamodule.dataset_name}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"test reconstruction L1 (input space) {metrics['reconstruction_l1']} over {metrics['n']} images")
+    print(f"run folder      {out_dir.resolve()}")
+    for name, path in (("checkpoint", checkpoint), ("autoencoder", folder), ("metrics", out_dir / "metrics.json")):
+        if path:
+            print(f"  {name:<13} {Path(path).resolve()}")
     return metrics
 
 

@@ -10,7 +10,7 @@ edit moved (a shrinking cup, a filled-in rim notch...).
 Like :mod:`xmed.explain`, this package is both a module and a function: call it for a one-off
 counterfactual, or build a method once and call it on many batches
 (``AdversarialExplainer(model, max_steps=30)(images, "glaucoma", "decrease")``). Methods are
-registered in :data:`COUNTERFACTUALS` (``adversarial``; a ``latent_shift`` will join it).
+registered in :data:`COUNTERFACTUALS` (``adversarial``, ``latent_shift``).
 
 Example:
     >>> import torch
@@ -156,9 +156,10 @@ def counterfactual(model: nn.Module, images: Tensor, method: str = "adversarial"
 
 # The methods import the base above: this import stays below it.
 from xmed.explain.counterfactual.adversarial import AdversarialExplainer
+from xmed.explain.counterfactual.latent_shift import LatentShiftExplainer
 
 
 make_module_callable(__name__, counterfactual)
 
-__all__ = ["COUNTERFACTUALS", "DIRECTIONS", "AdversarialExplainer", "Counterfactual", "CounterfactualExplainer",
+__all__ = ["COUNTERFACTUALS", "DIRECTIONS", "AdversarialExplainer", "LatentShiftExplainer", "Counterfactual", "CounterfactualExplainer",
            "Direction", "counterfactual", "get_counterfactual", "register_counterfactual"]
