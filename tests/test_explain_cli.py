@@ -77,7 +77,8 @@ def test_maps_overlays_and_per_image_rows(run):
     assert len(rows) == 8 and {r["method"] for r in rows} == {"gradcam", "rise"}
     # the summary is the mean of the per-image values
     summary = json.loads((out / "metrics.json").read_text())["methods"]["gradcam"]
-    values = [float(r["energy_pointing_game"]) for r in rows if r["method"] == "gradcam"]
+    values = [float(r["energy_pointing_game"]) for r in rows if r["method"] == "gradcam" and r["energy_pointing_game"]]
+    assert values  # at least one glaucomatous eye among the four
     assert summary["energy_pointing_game"] == pytest.approx(np.mean(values), abs=1e-5)
 
 
@@ -101,7 +102,7 @@ def test_ground_truth_for_each_target():
     dh[:, 6, 6] = True
     findings = torch.zeros(b, len(FINDINGS))
     findings[0, FINDINGS.index("DH")] = 1  # eye 0 has a haemorrhage, eye 1 does not
-    batch = {"image": torch.zeros(b, 3, size, size), "findings": findings,
+    batch = {"image": torch.zeros(b, 3, size, size), "findings": findings, "label": torch.tensor([1.0, 1.0]),
              "masks": {"disc": disc, "DH": dh}, "mask_valid": {"disc": torch.tensor([True, True]),
                                                               "DH": torch.tensor([True, True])}}
     glaucoma = ground_truth(batch, "glaucoma")[:, 0]
@@ -110,6 +111,8 @@ def test_ground_truth_for_each_target():
     assert only_dh[0].sum() == 1 and only_dh[1].sum() == 0   # absent finding: empty -> NaN metrics
     assert torch.equal(ground_truth(batch, "vCDR")[:, 0], disc)
     assert ground_truth({"image": batch["image"], "findings": findings, "masks": {}}, "glaucoma") is None
+    healthy = {**batch, "label": torch.tensor([0.0, float("nan")])}  # no evidence for glaucoma to point at
+    assert ground_truth(healthy, "glaucoma").sum() == 0 and ground_truth(healthy, "DH")[0].sum() == 1
 
 
 def test_every_explainer_config_composes(exported, tmp_path):

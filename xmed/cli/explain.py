@@ -11,8 +11,10 @@ through Lightning's predict loop (so ``trainer=ddp`` spreads the work over GPUs)
     <run>/overlays/comparison.png      eyes × methods contact sheet
 
 Localisation is scored against the ground truth where the data set has masks (the phantom has
-all of them): for target ``glaucoma`` the disc plus the masks of the findings present; for a
-finding its own mask (eyes without that finding are left out); for ``vCDR`` the disc. Eyes
+all of them): for target ``glaucoma`` the disc plus the masks of the findings present, on
+glaucomatous eyes only — a healthy eye has no evidence *for* glaucoma to point at, and its disc
+is evidence against; for a finding its own mask (eyes without that finding are left out); for
+``vCDR`` the disc. Eyes
 carrying the phantom's shortcut marker also get ``shortcut_energy``: the share of the map's
 energy on the marker.
 
@@ -72,10 +74,11 @@ def ground_truth(batch: Mapping[str, Any], target: str) -> Tensor | None:
         region = known(target, findings[:, finding_index(target)] == 1)
     elif target == VCDR:
         region = known("disc")
-    else:  # the diagnosis: the disc and every finding the eye has
-        region = known("disc")
+    else:  # the diagnosis: the disc and every finding of a glaucomatous eye
+        glaucomatous = batch["label"].to(image.device) == 1
+        region = known("disc", glaucomatous)
         for j, code in enumerate(FINDINGS):
-            region = region | known(code, findings[:, j] == 1)
+            region = region | known(code, glaucomatous & (findings[:, j] == 1))
     return region[:, None]
 
 
