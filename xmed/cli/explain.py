@@ -391,9 +391,13 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split not in datamodule.splits:
         raise ConfigError("split", f"no split {cfg.split!r}; the data set has {', '.join(datamodule.splits)}")
     view = datamodule.splits[cfg.split]
-    view = SplitView(view.base, view.indices[:int(cfg.n)], view.transform)
+    indices = view.indices
+    if cfg.get("label") is not None:  # e.g. label=1: explain glaucomatous eyes only
+        indices = [i for i in indices if view.base.records[i].label == float(cfg.label)]
+    view = SplitView(view.base, indices[:int(cfg.n)], view.transform)
     if len(view) == 0:
-        raise ConfigError("n", f"no eyes to explain in split {cfg.split!r}")
+        raise ConfigError("n", f"no eyes to explain in split {cfg.split!r}"
+                               + (f" with label {cfg.label}" if cfg.get("label") is not None else ""))
     loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples,
                         num_workers=cfg.data.num_workers)
     explainer_cfg = OmegaConf.to_container(cfg.explainer, resolve=True)
