@@ -252,7 +252,9 @@ def test_bad_arguments_raise_config_errors():
 
 
 def test_registry_and_callable_module():
-    assert COUNTERFACTUALS == {"adversarial": AdversarialExplainer}
+    from xmed.explain.counterfactual import LatentShiftExplainer
+
+    assert COUNTERFACTUALS == {"adversarial": AdversarialExplainer, "latent_shift": LatentShiftExplainer}
     model = RegionScore(torch.ones(SIZE, SIZE, dtype=torch.bool), offset=0.2)
     out = cf_module(model, rand_images(1), target=0, epsilon=1.0, max_steps=2)
     assert isinstance(out, Counterfactual)
