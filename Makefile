@@ -22,7 +22,7 @@ demo: venv
 	$(BIN)/xmed-data inspect --dataset phantom --root $(OUT)/data/phantom_smoke --no-decode
 	$(BIN)/xmed-train experiment=phantom_smoke paths.data_dir=$(OUT)/data paths.output_dir=$(OUT)/train
 	$(BIN)/xmed-eval ckpt_path=$(OUT)/train/model data=phantom data.root=$(OUT)/data/phantom_smoke paths.output_dir=$(OUT)/eval
-	$(BIN)/xmed-explain ckpt_path=$(OUT)/train/model data.root=$(OUT)/data/phantom_smoke 'explainer=[gradcam,integrated_gradients,rise]' n=16 paths.output_dir=$(OUT)/explain model_card=$(OUT)/train/model_card.md
+	$(BIN)/xmed-explain ckpt_path=$(OUT)/train/model data.root=$(OUT)/data/phantom_smoke 'explainer=[gradcam,integrated_gradients,rise]' n=8 paths.output_dir=$(OUT)/explain model_card=$(OUT)/train/model_card.md
 	@echo "demo outputs are in $(abspath $(OUT)): data/ (phantom), train/ (checkpoints, model, metrics, model_card.md), eval/, explain/ (saliency maps, overlays, scores)"
 
 test: venv
