@@ -458,7 +458,8 @@ def update_model_card(card: Path, table: str, cfg: DictConfig) -> None:
     methods = ",".join(cfg.explainer)
     section = (f"{heading}\n\nSaliency maps of the first {cfg.n} eyes of the `{cfg.split}` split, scored against "
                f"the phantom's ground truth (`xmed-explain ckpt_path=… 'explainer=[{methods}]' target={cfg.target} "
-               f"n={cfg.n}`). Localisation: the disc plus the masks of the findings present; faithfulness: "
+               f"n={cfg.n}`). Localisation: the disc plus the masks of the findings present, on glaucomatous "
+               f"eyes; faithfulness: "
                f"deletion/insertion AUC of the target's probability and ROAD (noisy linear imputation); "
                f"randomisation: Spearman between the maps of the trained model and of a copy with every "
                f"layer re-initialised (near 0 is good; Adebayo et al., 2018).\n\n{table}\n\n")
