@@ -152,11 +152,11 @@ def test_ddp_cpu_explains_every_eye_once_and_matches_one_process(exported, tmp_p
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         with open(out / "per_image.csv") as fh:
             rows = list(csv.DictReader(fh))
-        results[trainer] = {r["id"]: float(r["energy_pointing_game"]) for r in rows}
+        results[trainer] = {r["id"]: (float(r["sparseness"]), float(r["deletion"])) for r in rows}
         assert len(rows) == len(results[trainer]) == 6  # every eye once (no padding duplicates kept)
     assert results["cpu"].keys() == results["ddp_cpu"].keys()
-    for eye, value in results["cpu"].items():
-        assert results["ddp_cpu"][eye] == pytest.approx(value, abs=1e-5)
+    for eye, values in results["cpu"].items():
+        assert results["ddp_cpu"][eye] == pytest.approx(values, abs=1e-5)
 
 
 def test_counterfactuals_and_rationale_in_the_same_run(exported, tmp_path):
