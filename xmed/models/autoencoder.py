@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -45,8 +44,8 @@ from torch import Tensor, nn
 
 from xmed.errors import CheckpointError, ConfigError
 from xmed.models.classifier import DataConfig
+from xmed.models.export import load_weights_only, save_folder
 
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "xmed-autoencoder-1"
 LOSSES: tuple[str, ...] = ("l1", "mse")
 
@@ -174,17 +173,7 @@ def reconstruction_l1(autoencoder: Callable[[Tensor], Tensor], images: Tensor) -
 def export_autoencoder(model: FundusAutoencoder, folder: str | os.PathLike) -> Path:
     """Write ``model`` to ``folder`` (created) as ``model.safetensors`` + ``config.json``
     (``{"format": "xmed-autoencoder-1", "model": export_config(), ...}``); returns the folder."""
-    from safetensors.torch import save_file
-
-    from xmed import __version__
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT})
-    config = {"format": FORMAT, "xmed_version": __version__, "model": model.export_config()}
-    (folder / CONFIG).write_text(json.dumps(config, indent=2))
-    return folder
+    return save_folder(model, folder, FORMAT)
 
 
 def autoencoder_from_config(config: Mapping[str, Any], source: str | os.PathLike = "config") -> FundusAutoencoder:
@@ -207,57 +196,7 @@ def load_autoencoder(path: str | os.PathLike, device: str | torch.device = "cpu"
     Never unpickles arbitrary objects: safetensors for folders, ``torch.load(weights_only=True)``
     for ``.ckpt`` files. Raises :class:`~xmed.errors.CheckpointError` naming the path.
     """
-    path = Path(path)
-    if path.is_dir():
-        model, state = _from_folder(path)
-    elif path.is_file():
-        model, state = _from_lightning(path)
-    else:
-        raise CheckpointError(path, "no such file or folder")
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # tensors of the wrong shape
-        raise CheckpointError(path, f"weights do not fit the autoencoder: {err}") from None
-    if missing or unexpected:
-        raise CheckpointError(path, f"weights do not fit the autoencoder: missing {missing[:5]}, "
-                                    f"unexpected {unexpected[:5]}")
-    return model.to(device).eval()
-
-
-def _from_folder(path: Path) -> tuple[FundusAutoencoder, dict[str, Tensor]]:
-    from safetensors.torch import load_file
-
-    for name in (CONFIG, WEIGHTS):
-        if not (path / name).is_file():
-            raise CheckpointError(path, f"{name} is missing (an exported autoencoder folder has {CONFIG} and {WEIGHTS})")
-    try:
-        config = json.loads((path / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(path / CONFIG, f"not valid JSON: {err}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
-        found = config.get("format") if isinstance(config, dict) else None
-        raise CheckpointError(path / CONFIG, f"not an xmed autoencoder config (format {found!r}, expected {FORMAT!r})")
-    model = autoencoder_from_config(config["model"], path / CONFIG)
-    try:
-        state = load_file(str(path / WEIGHTS))
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
-        raise CheckpointError(path / WEIGHTS, f"cannot read the weights: {err}") from None
-    return model, state
-
-
-def _from_lightning(path: Path) -> tuple[FundusAutoencoder, dict[str, Tensor]]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling errors of every kind, incl. refused globals
-        raise CheckpointError(path, f"not a weights-only checkpoint ({type(err).__name__}: {err})") from None
-    try:
-        config = checkpoint["hyper_parameters"]["net_config"]
-        state = checkpoint["state_dict"]
-    except (KeyError, TypeError):
-        raise CheckpointError(path, "not an xmed Lightning checkpoint (no hyper_parameters.net_config)") from None
-    model = autoencoder_from_config(config, path)
-    prefix = "model."
-    return model, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return load_weights_only(path, autoencoder_from_config, FORMAT, "autoencoder", device)
 
 
 # ---------------------------------------------------------------------------------- training

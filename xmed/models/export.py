@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
+from torch import nn
 
 from xmed.errors import CheckpointError
 from xmed.findings import FINDINGS
@@ -36,15 +37,22 @@ FORMAT = "xmed.FundusClassifier/1"
 def export_model(model: FundusClassifier, folder: str | os.PathLike,
                  extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` to ``folder`` (created) as safetensors + JSON; returns the folder."""
+    return save_folder(model, folder, FORMAT, extra)
+
+
+def save_folder(model: nn.Module, folder: str | os.PathLike, format: str,
+                extra: Mapping[str, Any] | None = None) -> Path:
+    """``folder/model.safetensors`` + ``folder/config.json`` (``{"format", "xmed_version",
+    "model": model.export_config(), **extra}``); the writer behind every xmed export."""
     from safetensors.torch import save_file
+
+    from xmed import __version__
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT})
-    from xmed import __version__
-
-    config = {"format": FORMAT, "xmed_version": __version__, "model": model.export_config(), **(extra or {})}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": format})
+    config = {"format": format, "xmed_version": __version__, "model": model.export_config(), **(extra or {})}
     (folder / CONFIG).write_text(json.dumps(config, indent=2))
     return folder
 
@@ -70,42 +78,55 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     Never unpickles arbitrary objects: safetensors for folders, ``torch.load(weights_only=True)``
     for ``.ckpt`` files. Raises :class:`~xmed.errors.CheckpointError` naming the path.
     """
+    return load_weights_only(path, lambda config, _source: model_from_config(config), FORMAT, "model", device)
+
+
+def load_weights_only(path: str | os.PathLike, build: Callable[[Mapping[str, Any], Path], nn.Module],
+                      format: str, what: str, device: str | torch.device = "cpu") -> nn.Module:
+    """The loader behind :func:`load_model` and ``load_autoencoder``: ``build(config, source)``
+    makes the untrained module from an exported folder's ``config.json["model"]`` (``format``
+    checked) or a Lightning checkpoint's ``hyper_parameters.net_config``; the weights must fit it
+    exactly. Returns the module in eval mode on ``device``; every failure is a
+    :class:`~xmed.errors.CheckpointError` naming the file."""
     path = Path(path)
     if path.is_dir():
-        model, state = _from_folder(path)
+        config, state = _read_folder(path, format, what)
+        model = build(config, path / CONFIG)
     elif path.is_file():
-        model, state = _from_lightning(path)
+        config, state = _read_lightning(path)
+        model = build(config, path)
     else:
         raise CheckpointError(path, "no such file or folder")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # tensors of the wrong shape (strict=False still checks shapes)
-        raise CheckpointError(path, f"weights do not fit the model: {err}") from None
+        raise CheckpointError(path, f"weights do not fit the {what}: {err}") from None
     if missing or unexpected:
-        raise CheckpointError(path, f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(path, f"weights do not fit the {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device).eval()
 
 
-def _from_folder(path: Path):
+def _read_folder(path: Path, format: str, what: str) -> tuple[Mapping[str, Any], dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
-            raise CheckpointError(path, f"{name} is missing (an exported model folder has {CONFIG} and {WEIGHTS})")
+            raise CheckpointError(path, f"{name} is missing (an exported {what} folder has {CONFIG} and {WEIGHTS})")
     try:
         config = json.loads((path / CONFIG).read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(path / CONFIG, f"not valid JSON: {err}") from None
-    if config.get("format") != FORMAT or "model" not in config:
-        raise CheckpointError(path / CONFIG, f"not an xmed model config (format {config.get('format')!r})")
+    if not isinstance(config, dict) or config.get("format") != format or "model" not in config:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise CheckpointError(path / CONFIG, f"not an xmed {what} config (format {found!r}, expected {format!r})")
     try:
         state = load_file(str(path / WEIGHTS))
     except Exception as err:  # safetensors raises its own error types for a damaged file
         raise CheckpointError(path / WEIGHTS, f"cannot read the weights: {err}") from None
-    return model_from_config(config["model"]), state
+    return config["model"], state
 
 
-def _from_lightning(path: Path):
+def _read_lightning(path: Path) -> tuple[Mapping[str, Any], dict[str, torch.Tensor]]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/unpickling errors of every kind, incl. refused globals
@@ -116,5 +137,4 @@ def _from_lightning(path: Path):
     except (KeyError, TypeError):
         raise CheckpointError(path, "not an xmed Lightning checkpoint (no hyper_parameters.net_config)") from None
     prefix = "model."
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return model_from_config(config), state
+    return config, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
