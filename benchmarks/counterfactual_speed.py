@@ -49,61 +49,26 @@ import platform
 import shlex
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from timing import alternate, paired_ratios  # noqa: E402 - benchmarks/ is on sys.path
+from timing import device_name as timing_device_name  # noqa: E402
+
 TARGET_RATIO = 1.1
 TARGET = "glaucoma"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    """Seconds of one call of ``fn`` (device synchronised before and after) and its result."""
-    _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - start, out
 
 
-def alternate(variants: dict[str, Callable[[], object]], repeats: int,
-              device: torch.device) -> tuple[dict[str, list[float]], dict[str, object]]:
-    """One untimed warm-up call of each variant, then ``repeats`` rounds of A, B, C, ..."""
-    for name, fn in variants.items():
-        seconds, _ = timed(fn, device)
-        print(f"warm-up {name:<22} {seconds:8.3f} s", flush=True)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    last: dict[str, object] = {}
-    for r in range(repeats):
-        for name, fn in variants.items():
-            seconds, last[name] = timed(fn, device)
-            times[name].append(seconds)
-            print(f"round {r + 1}/{repeats} {name:<22} {seconds:8.3f} s", flush=True)
-    return times, last
 
 
-def ratios(num: list[float], den: list[float], scale: float = 1.0) -> dict[str, float]:
-    """Ratio of the medians, and the median of the per-round (paired) ratios, of num / (scale × den)."""
-    return {"ratio_of_medians": statistics.median(num) / (scale * statistics.median(den)),
-            "median_of_round_ratios": statistics.median(a / (scale * b) for a, b in zip(num, den))}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def main() -> None:
@@ -158,7 +123,7 @@ def main() -> None:
 
     loop_name, adv_name = f"input_gradient_x{k}", f"adversarial_k{k}"
     variants = {"forward": forward, loop_name: input_gradient_loop, adv_name: adversarial}
-    times, last = alternate(variants, args.repeats, device)
+    times, last = alternate(variants, args.repeats, device, "adversarial")
     cf = last[adv_name]
     steps_ok = bool((cf.steps == k).all())
     if not steps_ok:
@@ -167,11 +132,11 @@ def main() -> None:
         raise RuntimeError("a parameter got a gradient")
 
     median = {name: statistics.median(v) for name, v in times.items()}
-    main_ratio = ratios(times[adv_name], times[loop_name])
+    main_ratio = paired_ratios(times[adv_name], times[loop_name])
     forward_share = median["forward"] / (median[loop_name] / k)
     floor = 1 + forward_share / k
     meets = main_ratio["ratio_of_medians"] <= TARGET_RATIO
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    device_name = timing_device_name(device)
     record = {
         "benchmark": "counterfactual_speed",
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),

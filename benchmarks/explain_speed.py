@@ -60,7 +60,6 @@ import json
 import os
 import platform
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +68,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from timing import alternate, paired_ratios, timed  # noqa: E402 - benchmarks/ is on sys.path
+from timing import device_name as timing_device_name  # noqa: E402
+
 TARGET_GRADCAM_OVER_FORWARD = 1.2
 TARGET_IG_OVER_CAPTUM = 1.05
 TARGET_PEARSON = 0.99
@@ -76,41 +78,12 @@ IG_TOLERANCE = 1e-4  # max |xmed - captum| relative to max |captum|
 TARGET = "glaucoma"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Tensor], device: torch.device) -> tuple[float, Tensor]:
-    """Seconds of one call of ``fn`` (device synchronised before and after) and its result."""
-    _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - start, out
 
 
-def alternate(variants: dict[str, Callable[[], Tensor]], repeats: int, device: torch.device, label: str,
-              warmups: dict[str, Callable[[], Tensor]] | None = None) -> tuple[dict[str, list[float]], dict[str, Tensor]]:
-    """One untimed warm-up call of each variant, then ``repeats`` rounds of A, B, C, ..."""
-    warmups = warmups or variants
-    for name in variants:
-        seconds, _ = timed(warmups[name], device)
-        print(f"{label} warm-up {name:<18} {seconds:8.3f} s", flush=True)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    last: dict[str, Tensor] = {}
-    for r in range(repeats):
-        for name, fn in variants.items():
-            seconds, last[name] = timed(fn, device)
-            times[name].append(seconds)
-            print(f"{label} round {r + 1}/{repeats} {name:<18} {seconds:8.3f} s", flush=True)
-    return times, last
 
 
-def ratios(times: dict[str, list[float]], num: str, den: str) -> dict[str, float]:
-    """Ratio of the medians, and the median of the per-round (paired) ratios."""
-    return {"ratio_of_medians": statistics.median(times[num]) / statistics.median(times[den]),
-            "median_of_round_ratios": statistics.median(a / b for a, b in zip(times[num], times[den]))}
 
 
 def pearson(a: Tensor, b: Tensor) -> float:
@@ -120,14 +93,6 @@ def pearson(a: Tensor, b: Tensor) -> float:
     return float((a @ b).item() / denominator) if denominator > 0 else float("nan")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def pytorch_grad_cam_variant(model: nn.Module, layer: nn.Module, forward: Callable[[Tensor], Tensor],
@@ -270,17 +235,17 @@ def main() -> None:
     # ---------------------------------------------------------------- results
     cam_median = {k: statistics.median(v) for k, v in cam_times.items()}
     ig_median = {k: statistics.median(v) for k, v in ig_times.items()}
-    gradcam_ratio = ratios(cam_times, "xmed_gradcam", "forward")
-    captum_ratio = ratios(cam_times, "captum_layergradcam", "forward") if "captum_layergradcam" in cam_times else None
-    pgc_ratio = ratios(cam_times, "pytorch_grad_cam", "forward") if "pytorch_grad_cam" in cam_times else None
-    ig_ratio = ratios(ig_times, "xmed_ig", "captum_ig")
+    gradcam_ratio = paired_ratios(cam_times["xmed_gradcam"], cam_times["forward"])
+    captum_ratio = paired_ratios(cam_times["captum_layergradcam"], cam_times["forward"]) if "captum_layergradcam" in cam_times else None
+    pgc_ratio = paired_ratios(cam_times["pytorch_grad_cam"], cam_times["forward"]) if "pytorch_grad_cam" in cam_times else None
+    ig_ratio = paired_ratios(ig_times["xmed_ig"], ig_times["captum_ig"])
     meets = {
         "gradcam_over_forward": gradcam_ratio["ratio_of_medians"] <= TARGET_GRADCAM_OVER_FORWARD,
         "ig_over_captum": ig_ratio["ratio_of_medians"] <= TARGET_IG_OVER_CAPTUM,
         "gradcam_maps_agree": agreement.get("meets_target"),
         "ig_maps_agree": ig_agree,
     }
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    device_name = timing_device_name(device)
 
     def rounded(d):
         return None if d is None else {k: round(v, 4) for k, v in d.items()}

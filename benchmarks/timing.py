@@ -1,0 +1,63 @@
+"""What the benchmark scripts share: synchronised timings, alternating rounds, paired ratios, the
+device's name. Run a benchmark as ``python benchmarks/<name>.py``; this module is imported from there.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch
+
+from xmed.explain.base import synchronize
+
+T = TypeVar("T")
+
+
+def timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Seconds of one call of ``fn`` (device synchronised before and after) and its result."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return time.perf_counter() - start, out
+
+
+def alternate(variants: dict[str, Callable[[], T]], repeats: int, device: torch.device, label: str,
+              warmups: dict[str, Callable[[], T]] | None = None) -> tuple[dict[str, list[float]], dict[str, T]]:
+    """One untimed warm-up call of each variant (``warmups[name]`` if given), then ``repeats``
+    rounds of A, B, C, … so that a noisy, shared machine affects every variant alike."""
+    warmups = warmups or variants
+    for name in variants:
+        seconds, _ = timed(warmups[name], device)
+        print(f"{label} warm-up {name:<22} {seconds:8.3f} s", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    last: dict[str, T] = {}
+    for r in range(repeats):
+        for name, fn in variants.items():
+            seconds, last[name] = timed(fn, device)
+            times[name].append(seconds)
+            print(f"{label} round {r + 1}/{repeats} {name:<22} {seconds:8.3f} s", flush=True)
+    return times, last
+
+
+def paired_ratios(num: list[float], den: list[float], scale: float = 1.0) -> dict[str, float]:
+    """Ratio of the medians, and the median of the per-round (paired) ratios, of num / (scale × den)."""
+    return {"ratio_of_medians": statistics.median(num) / (scale * statistics.median(den)),
+            "median_of_round_ratios": statistics.median(a / (scale * b) for a, b in zip(num, den))}
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
