@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from xmed.errors import ConfigError
+from xmed.metrics.explanation import ExplanationMetric
 
 if TYPE_CHECKING:
     from xmed.explain.counterfactual import Counterfactual
@@ -149,8 +150,9 @@ def _non_negative(key: str, value: Any) -> float:
 # base class
 
 
-class CounterfactualMetric:
-    """Base of the counterfactual metrics: what the value means, and a readable ``repr``.
+class CounterfactualMetric(ExplanationMetric):
+    """Base of the counterfactual metrics: what the value means, and a readable ``repr`` (from
+    :class:`~xmed.metrics.explanation.ExplanationMetric`).
 
     Attributes:
         name: registry key (:data:`COUNTERFACTUAL_METRICS`).
@@ -159,14 +161,7 @@ class CounterfactualMetric:
             ``"clinical"`` or ``"realism"``.
     """
 
-    name: str = ""
-    direction: Direction = "higher"
-    category: Category = "validity"
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
-                           if not k.startswith("_") and k not in ("name", "direction", "category"))
-        return f"{type(self).__name__}({params})"
+    category: Category = "validity"  # type: ignore[assignment]  # the counterfactual categories
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +377,18 @@ def mask_coverage(masks: Tensor, fov: Tensor | None = None) -> Tensor:
 # clinical sense: does the predicted vCDR move the expected way along the path?
 
 
-class VCDRFalls(CounterfactualMetric):
+class _VCDRPath(CounterfactualMetric):
+    """A vCDR-along-the-path metric: which way the vCDR should move, and by how much counts."""
+
+    direction: Direction = "higher"
+    category: Category = "clinical"
+
+    def __init__(self, expected: Expected = "decrease", tolerance: float = 0.0):
+        self.expected = _expected("expected", expected)
+        self.tolerance = _non_negative("tolerance", tolerance)
+
+
+class VCDRFalls(_VCDRPath):
     """1.0 when the predicted vCDR moved the ``expected`` way from the first to the last frame by
     more than ``tolerance``, else 0.0, per image. NaN for a path of one frame or NaN values.
 
@@ -395,12 +401,6 @@ class VCDRFalls(CounterfactualMetric):
     """
 
     name = "vcdr_falls"
-    direction: Direction = "higher"
-    category: Category = "clinical"
-
-    def __init__(self, expected: Expected = "decrease", tolerance: float = 0.0):
-        self.expected = _expected("expected", expected)
-        self.tolerance = _non_negative("tolerance", tolerance)
 
     def __call__(self, vcdr: Tensor) -> Tensor:
         vcdr = _path(vcdr, "vcdr")
@@ -410,7 +410,7 @@ class VCDRFalls(CounterfactualMetric):
         return _nan_unless(valid, moved.to(vcdr.dtype))
 
 
-class VCDRMonotonic(CounterfactualMetric):
+class VCDRMonotonic(_VCDRPath):
     """Share of the frame-to-frame moves along which the vCDR did not go against the ``expected``
     way by more than ``tolerance``, per image (1.0: a monotone path). NaN for one frame.
 
@@ -420,12 +420,6 @@ class VCDRMonotonic(CounterfactualMetric):
     """
 
     name = "vcdr_monotonic"
-    direction: Direction = "higher"
-    category: Category = "clinical"
-
-    def __init__(self, expected: Expected = "decrease", tolerance: float = 0.0):
-        self.expected = _expected("expected", expected)
-        self.tolerance = _non_negative("tolerance", tolerance)
 
     def __call__(self, vcdr: Tensor) -> Tensor:
         vcdr = _path(vcdr, "vcdr")
