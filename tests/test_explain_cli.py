@@ -89,6 +89,33 @@ def test_comparison_table_goes_into_the_model_card(run):
     text = card.read_text()
     assert "| gradcam |" in text and "No explanation method has been checked" not in text
     assert text.index("## Explanation checks") < text.index("| gradcam |") < text.index("## Limitations")
+    assert "### `xmed-explain 'explainer=[gradcam,rise]' target=glaucoma split=test n=4`" in text
+
+
+def test_model_card_keeps_one_subsection_per_run(tmp_path):
+    from omegaconf import OmegaConf
+
+    from xmed.cli.explain import CARD_LEGEND, update_model_card
+    from xmed.models.card import NO_EXPLANATION_CHECKS
+
+    card = tmp_path / "card.md"
+    card.write_text(f"# Card\n\n## Explanation checks\n\n{NO_EXPLANATION_CHECKS}\n\n## Limitations\n\n- few\n")
+
+    def cfg(methods, n):
+        return OmegaConf.create({"explainer": {m: {} for m in methods}, "target": "glaucoma", "split": "test",
+                                 "n": n, "label": None, "ckpt_path": "run/model"})
+
+    update_model_card(card, "| gradcam | 0.1 |", cfg(["gradcam"], 8))
+    update_model_card(card, "| adversarial | 0.9 |", cfg(["adversarial"], 32))
+    update_model_card(card, "| gradcam | 0.2 |", cfg(["gradcam"], 8))  # a rerun replaces its own table
+    text = card.read_text()
+    assert NO_EXPLANATION_CHECKS not in text and text.count(CARD_LEGEND) == 1
+    assert "| gradcam | 0.1 |" not in text and text.count("| gradcam | 0.2 |") == 1
+    assert text.count("### `xmed-explain") == 2
+    # replaced in place: the runs keep the order they were first recorded in
+    assert (text.index(CARD_LEGEND) < text.index("| gradcam | 0.2 |") < text.index("| adversarial | 0.9 |")
+            < text.index("## Limitations"))
+    assert text.endswith("## Limitations\n\n- few\n")
 
 
 def test_ground_truth_for_each_target():

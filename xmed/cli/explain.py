@@ -447,25 +447,59 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+CARD_LEGEND = (
+    "Each run of `xmed-explain … model_card=<this card>` keeps its own subsection below (a rerun with the "
+    "same methods, target, split and eyes replaces it). Localisation is scored against the data set's "
+    "masks — for `glaucoma` the disc plus the masks of the findings present, on glaucomatous eyes only "
+    "(`eyes` says how many); faithfulness: deletion/insertion AUC of the target's probability and ROAD "
+    "(noisy linear imputation); randomisation: Spearman between the maps of the trained model and of a "
+    "copy with every layer re-initialised (near 0 is good; Adebayo et al., 2018); counterfactuals: flip "
+    "rate, proximity, sparsity, the change's energy inside the masks and the vCDR's movement."
+)
+
+
+def run_heading(cfg: DictConfig) -> str:
+    """The card subsection heading of a run: the command that reproduces it (model aside).
+
+    Example:
+        >>> run_heading(OmegaConf.create({"explainer": {"gradcam": {}}, "target": "glaucoma",
+        ...                               "split": "test", "n": 8, "label": None}))
+        "### `xmed-explain 'explainer=[gradcam]' target=glaucoma split=test n=8`"
+    """
+    command = f"xmed-explain 'explainer=[{','.join(cfg.explainer)}]' target={cfg.target} split={cfg.split} n={cfg.n}"
+    if cfg.get("label") is not None:
+        command += f" label={cfg.label}"
+    return f"### `{command}`"
+
+
 def update_model_card(card: Path, table: str, cfg: DictConfig) -> None:
-    """Replace the card's "Explanation checks" section with this run's table."""
+    """Put this run's table into the card's "Explanation checks" section, in a subsection of its own.
+
+    Free text at the top of the section is kept; the subsection of an earlier run with the same
+    heading (:func:`run_heading`) is replaced, other runs' subsections are kept.
+    """
+    from xmed.models.card import NO_EXPLANATION_CHECKS
+
     if not card.is_file():
         raise ConfigError("model_card", f"no such file: {card}")
     text = card.read_text()
     heading = "## Explanation checks"
-    if heading not in text:
+    found = re.search(rf"{re.escape(heading)}\n(.*?)(?=\n## |\Z)", text, flags=re.S)
+    if found is None:
         raise ConfigError("model_card", f"{card} has no '{heading}' section")
-    methods = ",".join(cfg.explainer)
-    section = (f"{heading}\n\nSaliency maps of the first {cfg.n} eyes of the `{cfg.split}` split, scored against "
-               f"the phantom's ground truth (`xmed-explain ckpt_path=… 'explainer=[{methods}]' target={cfg.target} "
-               f"n={cfg.n}`). Localisation: the disc plus the masks of the findings present, on glaucomatous "
-               f"eyes; faithfulness: "
-               f"deletion/insertion AUC of the target's probability and ROAD (noisy linear imputation); "
-               f"randomisation: Spearman between the maps of the trained model and of a copy with every "
-               f"layer re-initialised (near 0 is good; Adebayo et al., 2018).\n\n{table}\n\n")
-    text = re.sub(rf"{re.escape(heading)}\n.*?(?=\n## |\Z)", lambda _m: section.rstrip() + "\n", text, flags=re.S)
-    card.write_text(text)
-    print(f"model card      {card.resolve()} (explanation checks updated)")
+    body = found.group(1).replace(NO_EXPLANATION_CHECKS, "").strip()
+    if CARD_LEGEND not in body:
+        body = f"{CARD_LEGEND}\n\n{body}".strip()
+    title = run_heading(cfg)
+    subsection = f"{title}\n\nModel `{cfg.ckpt_path}`.\n\n{table.strip()}"
+    earlier = re.search(rf"^{re.escape(title)}\n.*?(?=^### |\Z)", body, flags=re.S | re.M)
+    if earlier:
+        body = body[:earlier.start()] + subsection + "\n\n" + body[earlier.end():].lstrip()
+    else:
+        body = f"{body}\n\n{subsection}"
+    section = f"{heading}\n\n{body.strip()}\n"
+    card.write_text(text[:found.start()] + section + text[found.end():])
+    print(f"model card      {card.resolve()} (explanation checks: {title[4:]})")
 
 
 def _write_per_image(path: Path, records: list[dict[str, Any]]) -> None:
