@@ -180,6 +180,32 @@ def test_early_stop_freezes_and_skips_images_at_the_goal():
     assert cf.steps[3] <= cf.steps[1]
 
 
+def test_a_goal_per_direction_edits_eyes_already_past_the_decision_threshold():
+    region = square(8, 24, 8, 24)
+    model = RegionScore(region, offset=0.5)
+    images = rand_images(3, seed=4)
+    images[0, 0][region] = 0.53  # p = sigmoid(0.6) ≈ 0.65: past 0.5, short of 0.95
+    images[1, 0][region] = 0.40  # p ≈ 0.12
+    images[2, 0][region] = 0.80  # p ≈ 1.00: already past 0.95
+    goals = {"decrease": 0.5, "increase": 0.95}
+    explainer = AdversarialExplainer(model, epsilon=8.0, max_steps=20, threshold=goals)
+    up = explainer(images, 0, "increase")
+    assert up.threshold == 0.95 and up.steps[0] >= 1 and up.steps[1] >= 1 and up.steps[2] == 0
+    assert bool((up.probability[-1] > 0.95).all()) and bool(up.reached.all())
+    # validity is judged against the goal the counterfactual was made for
+    assert evaluate_counterfactuals(up)["validity"].tolist()[:2] == [1.0, 1.0]
+    assert math.isnan(evaluate_counterfactuals(up)["validity"][2].item())
+    assert evaluate_counterfactuals(up, threshold=0.5)["validity"][0].isnan()  # not asked of it at 0.5
+    down = explainer(images, 0, "decrease")
+    assert down.threshold == 0.5 and down.steps[1] == 0 and bool(down.reached.all())
+    # one threshold, the default: the first eye is already "glaucomatous" and is left as it is
+    assert AdversarialExplainer(model, epsilon=8.0, max_steps=20)(images, 0, "increase").steps[0] == 0
+    with pytest.raises(ConfigError, match="threshold.*sideways"):
+        AdversarialExplainer(model, threshold={"sideways": 0.5})
+    with pytest.raises(ConfigError, match="threshold"):
+        AdversarialExplainer(model, threshold={"increase": "high"})
+
+
 def test_all_at_goal_takes_no_step():
     model = RegionScore(torch.ones(SIZE, SIZE, dtype=torch.bool), offset=0.9)
     images = rand_images(2, seed=5)

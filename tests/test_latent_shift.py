@@ -187,8 +187,9 @@ def test_per_image_stop_already_there_and_class_index_targets(toy_autoencoder):
 
 def test_search_stops_where_the_score_stops_rising_and_at_max_lambda(toy_autoencoder):
     x = family(2, seed=7, square=0.15)
-    cf = LatentShiftExplainer(PeakedReader(), toy_autoencoder, threshold=0.9)(x, target=0, direction="increase")
-    assert not cf.reached.any()  # the probability cannot pass 0.73
+    goals = {"decrease": 0.1, "increase": 0.9}  # a goal per direction; this one is out of reach
+    cf = LatentShiftExplainer(PeakedReader(), toy_autoencoder, threshold=goals)(x, target=0, direction="increase")
+    assert not cf.reached.any() and cf.threshold == 0.9  # the probability cannot pass 0.73
     assert bool((cf.steps < 20).all()) and bool((cf.steps >= 3).all())  # stopped by the peak, not by max_lambda
     assert bool((cf.probability.diff(dim=0) >= 0).all())
     assert bool(((square_mean(cf.images) - 0.6).abs() < 0.12).all())  # near the peak at 0.6

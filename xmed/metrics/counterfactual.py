@@ -511,7 +511,7 @@ COUNTERFACTUAL_METRICS: dict[str, type[CounterfactualMetric]] = {
 
 
 def evaluate_counterfactuals(counterfactual: Counterfactual, *, masks: Tensor | None = None,
-                             threshold: float = 0.5, tolerance: float = 1 / 255,
+                             threshold: float | None = None, tolerance: float = 1 / 255,
                              autoencoder: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """Every metric whose inputs are there, per image, for one :class:`Counterfactual`.
 
@@ -520,12 +520,14 @@ def evaluate_counterfactuals(counterfactual: Counterfactual, *, masks: Tensor | 
     need ``masks``; the vCDR metrics need a path with a vCDR (expected to move the way the target
     was asked to: toward "normal", the cup should shrink); ``reconstruction_error`` needs an
     ``autoencoder`` (applied to the edited images); ``seconds_per_image`` is the batch time
-    shared out.
+    shared out. ``validity`` is judged against ``threshold``, by default the goal the
+    counterfactual was made for (``counterfactual.threshold``).
 
     Returns:
         ``{name: B values}``.
     """
     cf = counterfactual
+    threshold = cf.threshold if threshold is None else threshold
     original, edited, fov = cf.frames[0], cf.images, cf.fov
     out = {
         "validity": Validity(threshold)(cf.probability, cf.direction),

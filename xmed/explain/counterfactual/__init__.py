@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Union
 
 from torch import Tensor, nn
 
@@ -36,6 +37,40 @@ from xmed.explain.targets import Target
 
 Direction = Literal["decrease", "increase"]
 DIRECTIONS: tuple[str, ...] = ("decrease", "increase")
+#: One decision threshold for both directions, or a goal per direction.
+Threshold = Union[float, Mapping[str, float]]
+
+
+def direction_thresholds(threshold: Threshold) -> dict[str, float]:
+    """``{direction: goal probability}`` from one threshold or a mapping with one per direction.
+
+    A goal per direction lets an eye already past the decision threshold still be edited, e.g.
+    ``{"decrease": 0.5, "increase": 0.95}`` also shows a glaucomatous eye made *more* glaucomatous.
+
+    Example:
+        >>> direction_thresholds(0.5)
+        {'decrease': 0.5, 'increase': 0.5}
+        >>> direction_thresholds({"increase": 0.9})
+        {'decrease': 0.5, 'increase': 0.9}
+    """
+    if isinstance(threshold, Mapping):
+        unknown = set(threshold) - set(DIRECTIONS)
+        if unknown:
+            raise ConfigError("threshold", f"unknown direction(s) {', '.join(map(str, sorted(unknown)))}; "
+                                           f"use {' and/or '.join(DIRECTIONS)}")
+        values = {d: threshold.get(d, 0.5) for d in DIRECTIONS}
+    else:
+        values = dict.fromkeys(DIRECTIONS, threshold)
+    for direction, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ConfigError("threshold", f"must be a number or {{decrease: …, increase: …}}, "
+                                           f"got {value!r} for {direction}")
+    return {d: float(v) for d, v in values.items()}
+
+
+def at_goal(probability: Tensor, direction: str, threshold: float) -> Tensor:
+    """B bool: whether each probability is on the requested side of ``threshold``."""
+    return probability > threshold if direction == "increase" else probability < threshold
 
 
 @dataclass
@@ -66,6 +101,7 @@ class Counterfactual:
             (``Δpixel = Δinput × std``), from the model's data config; None when the input was
             taken to be in pixel units.
         fov: B×1×H×W bool, where edits were allowed (the field of view).
+        threshold: the goal in this direction (``reached`` and the validity metric use it).
     """
 
     images: Tensor
@@ -83,6 +119,7 @@ class Counterfactual:
     epsilon: Tensor | None = None
     std: tuple[float, ...] | None = None
     fov: Tensor | None = None
+    threshold: float = 0.5
 
     @property
     def original(self) -> Tensor:
@@ -161,5 +198,5 @@ from xmed.explain.counterfactual.latent_shift import LatentShiftExplainer
 
 make_module_callable(__name__, counterfactual)
 
-__all__ = ["COUNTERFACTUALS", "DIRECTIONS", "AdversarialExplainer", "LatentShiftExplainer", "Counterfactual", "CounterfactualExplainer",
+__all__ = ["COUNTERFACTUALS", "DIRECTIONS", "Threshold", "at_goal", "direction_thresholds", "AdversarialExplainer", "LatentShiftExplainer", "Counterfactual", "CounterfactualExplainer",
            "Direction", "counterfactual", "get_counterfactual", "register_counterfactual"]

@@ -80,6 +80,9 @@ from xmed.explain.counterfactual import (
     Counterfactual,
     CounterfactualExplainer,
     Direction,
+    Threshold,
+    at_goal,
+    direction_thresholds,
     register_counterfactual,
 )
 from xmed.explain.targets import Target, fix_target, select_target
@@ -101,7 +104,9 @@ class AdversarialExplainer(CounterfactualExplainer):
             view (used when ``epsilon`` is None).
         max_steps: most gradient steps per image.
         threshold: the decision threshold on the target's probability (the vCDR value for
-            ``"vCDR"``); ``"decrease"`` aims below it, ``"increase"`` above it.
+            ``"vCDR"``); ``"decrease"`` aims below it, ``"increase"`` above it. A mapping gives a
+            goal per direction (:func:`~xmed.explain.counterfactual.direction_thresholds`), e.g.
+            ``{"decrease": 0.5, "increase": 0.95}`` also edits eyes already above 0.5.
         early_stop: stop each image at the first step past the threshold (and skip images that
             start past it); False runs ``max_steps`` for every image and returns the best points.
         step_size: the first step size as a multiple of the budget (APGD: 2).
@@ -126,7 +131,7 @@ class AdversarialExplainer(CounterfactualExplainer):
     name = "adversarial"
 
     def __init__(self, model: nn.Module, epsilon: float | None = None,
-                 relative_epsilon: float = DEFAULT_RELATIVE_EPSILON, max_steps: int = 50, threshold: float = 0.5,
+                 relative_epsilon: float = DEFAULT_RELATIVE_EPSILON, max_steps: int = 50, threshold: Threshold = 0.5,
                  early_stop: bool = True, step_size: float = 2.0, momentum: float = 0.75, rho: float = 0.75,
                  smooth: float = 0.0, tv_weight: float = 0.0, fov_threshold: float | None = DEFAULT_FOV_THRESHOLD,
                  pixel_range: tuple[float, float] | None = (0.0, 1.0), mean: tuple[float, ...] | None = None,
@@ -135,7 +140,7 @@ class AdversarialExplainer(CounterfactualExplainer):
         self.epsilon = None if epsilon is None else _positive("epsilon", epsilon)
         self.relative_epsilon = _positive("relative_epsilon", relative_epsilon)
         self.max_steps = _int_at_least("max_steps", max_steps, 1)
-        self.threshold = float(threshold)
+        self.thresholds = direction_thresholds(threshold)
         self.early_stop = bool(early_stop)
         self.step_size = _positive("step_size", step_size)
         if not 0.0 < float(momentum) <= 1.0:
@@ -264,10 +269,10 @@ class AdversarialExplainer(CounterfactualExplainer):
         if target is None:
             target = fix_target(self.model, x0, None)  # each image's predicted class, fixed once
         sign = 1.0 if direction == "increase" else -1.0
-        threshold = self.threshold
+        threshold = self.thresholds[direction]
 
-        def at_goal(p: Tensor) -> Tensor:
-            return p > threshold if direction == "increase" else p < threshold
+        def done(p: Tensor) -> Tensor:
+            return at_goal(p, direction, threshold)
 
         def view(mask: Tensor) -> Tensor:
             return mask.view(-1, 1, 1, 1)
@@ -285,7 +290,7 @@ class AdversarialExplainer(CounterfactualExplainer):
         best_findings = None if findings is None else findings.clone()
         best_vcdr = None if vcdr is None else vcdr.clone()
         steps = torch.zeros(b, dtype=torch.long, device=x0.device)
-        frozen = at_goal(p) if self.early_stop else torch.zeros(b, dtype=torch.bool, device=x0.device)
+        frozen = done(p) if self.early_stop else torch.zeros(b, dtype=torch.bool, device=x0.device)
         active = ~frozen
         eta = self.step_size * eps
         successes = torch.zeros(b, dtype=torch.long, device=x0.device)
@@ -342,7 +347,7 @@ class AdversarialExplainer(CounterfactualExplainer):
             if vcdr is not None:
                 best_vcdr = torch.where(better, vcdr, best_vcdr)
             if self.early_stop:
-                arrived = active & at_goal(p)
+                arrived = active & done(p)
                 frozen, active = frozen | arrived, active & ~arrived
             if k + 1 in self.checkpoints:
                 span = k + 1 - last_check
@@ -394,8 +399,9 @@ class AdversarialExplainer(CounterfactualExplainer):
             images=final, frames=torch.stack(frames), probability=torch.stack(probs),
             findings=torch.stack(find_path) if find_path else None,
             vcdr=torch.stack(vcdr_path) if vcdr_path else None,
-            difference=(final - x0).abs().sum(dim=1, keepdim=True), steps=steps, reached=at_goal(final_p),
+            difference=(final - x0).abs().sum(dim=1, keepdim=True), steps=steps, reached=done(final_p),
             method=self.name, target="", direction=direction, seconds=0.0, epsilon=eps, std=self.std, fov=fov,
+            threshold=threshold,
         )
 
 

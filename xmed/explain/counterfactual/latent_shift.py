@@ -73,6 +73,9 @@ from xmed.explain.counterfactual import (
     Counterfactual,
     CounterfactualExplainer,
     Direction,
+    Threshold,
+    at_goal,
+    direction_thresholds,
     register_counterfactual,
 )
 from xmed.explain.counterfactual.adversarial import (
@@ -103,7 +106,8 @@ class LatentShiftExplainer(CounterfactualExplainer):
             of the code's norm).
         n_lambdas: λ steps from 0 to ``max_lambda`` (the most frames after frame 0).
         threshold: the decision threshold on the target's probability (the vCDR value for
-            ``"vCDR"``); ``"decrease"`` aims below it, ``"increase"`` above it.
+            ``"vCDR"``); ``"decrease"`` aims below it, ``"increase"`` above it; a mapping gives a
+            goal per direction (:func:`~xmed.explain.counterfactual.direction_thresholds`).
         keep_detail: return the photograph plus the decoded change inside the field of view
             (True) instead of the raw decoding (False).
         fov_threshold: default field of view: pixels whose un-normalised RGB has a maximum above
@@ -122,7 +126,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
 
     def __init__(self, model: nn.Module, autoencoder: nn.Module | str | os.PathLike,
                  max_lambda: float = DEFAULT_MAX_LAMBDA, n_lambdas: int = DEFAULT_N_LAMBDAS,
-                 threshold: float = 0.5, keep_detail: bool = True,
+                 threshold: Threshold = 0.5, keep_detail: bool = True,
                  fov_threshold: float | None = DEFAULT_FOV_THRESHOLD, normalize_gradient: bool = True):
         super().__init__(model)
         if isinstance(autoencoder, (str, os.PathLike)):
@@ -136,7 +140,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
         self.autoencoder = autoencoder
         self.max_lambda = _positive("max_lambda", max_lambda)
         self.n_lambdas = _int_at_least("n_lambdas", n_lambdas, 1)
-        self.threshold = float(threshold)
+        self.thresholds = direction_thresholds(threshold)
         self.keep_detail = bool(keep_detail)
         self.normalize_gradient = bool(normalize_gradient)
         # the field of view and the normalisation are read as the adversarial method reads them
@@ -181,10 +185,10 @@ class LatentShiftExplainer(CounterfactualExplainer):
         if target is None:
             target = fix_target(self.model, x0, None)  # each image's predicted class, fixed once
         sign = 1.0 if direction == "increase" else -1.0
-        threshold = self.threshold
+        threshold = self.thresholds[direction]
 
-        def at_goal(p: Tensor) -> Tensor:
-            return p > threshold if direction == "increase" else p < threshold
+        def done(p: Tensor) -> Tensor:
+            return at_goal(p, direction, threshold)
 
         def frame_of(decoded: Tensor, x: Tensor, x_hat: Tensor, m: Tensor) -> Tensor:
             return x + m * (decoded - x_hat) if self.keep_detail else decoded
@@ -223,7 +227,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
         vcdr_path = [vcdr.clone()] if vcdr is not None else []
         b = x0.shape[0]
         steps = torch.zeros(b, dtype=torch.long, device=x0.device)
-        active = ~at_goal(p)
+        active = ~done(p)
         for k in range(1, self.n_lambdas + 1):
             if not bool(active.any()):
                 break
@@ -234,7 +238,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
                 frame = frame_of(decoded, x0.index_select(0, idx), x_hat.index_select(0, idx),
                                  keep.index_select(0, idx))
                 s_k, p_k, f_k, v_k = self._classify(frame, sub_target)
-            crossed = at_goal(p_k)
+            crossed = done(p_k)
             take = (sign * (s_k - s.index_select(0, idx)) > 0) | crossed
             taken = idx[take]
             current.index_copy_(0, taken, frame[take])
@@ -259,8 +263,9 @@ class LatentShiftExplainer(CounterfactualExplainer):
             images=current, frames=path, probability=torch.stack(probs),
             findings=torch.stack(find_path) if find_path else None,
             vcdr=torch.stack(vcdr_path) if vcdr_path else None,
-            difference=difference, steps=steps, reached=at_goal(p),
+            difference=difference, steps=steps, reached=done(p),
             method=self.name, target="", direction=direction, seconds=0.0, epsilon=None, std=self.std, fov=fov,
+            threshold=threshold,
         )
 
 
