@@ -330,6 +330,20 @@ def test_export_then_load_is_identical(backbone, mode, tmp_path):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_export_keeps_backbone_options_that_weights_cannot_show(tmp_path):
+    """A dilated last stage has the same weights as the plain one: only the config can restore it."""
+    from xmed.explain.layers import find_target_layer
+
+    torch.manual_seed(0)
+    model = FundusClassifier("resnet10t", input_size=64, backbone_kwargs={"output_stride": 16}).eval()
+    loaded = load_model(export_model(model, tmp_path / "model"))
+    x = torch.rand(1, 3, 64, 64)
+    assert tuple(loaded.feature_map(loaded.backbone.forward_features(x)).shape[-2:]) == (4, 4)  # not 2×2
+    assert find_target_layer(loaded, x).name == find_target_layer(model, x).name
+    with torch.no_grad():
+        assert torch.equal(model(x)["logits"], loaded(x)["logits"])
+
+
 def test_load_lightning_checkpoint(datamodule, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
