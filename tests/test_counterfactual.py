@@ -194,7 +194,11 @@ def test_a_goal_per_direction_edits_eyes_already_past_the_decision_threshold():
     assert bool((up.probability[-1] > 0.95).all()) and bool(up.reached.all())
     # validity is judged against the goal the counterfactual was made for
     assert evaluate_counterfactuals(up)["validity"].tolist()[:2] == [1.0, 1.0]
-    assert math.isnan(evaluate_counterfactuals(up)["validity"][2].item())
+    scores = evaluate_counterfactuals(up, masks=region.expand(3, 1, SIZE, SIZE))
+    # the third eye was not edited: it has no edit to score, only the mask's coverage
+    assert all(math.isnan(v[2].item()) for k, v in scores.items() if k not in ("mask_coverage", "seconds_per_image"))
+    assert not any(math.isnan(v[0].item()) for v in scores.values())
+    assert scores["mask_coverage"][2].item() == pytest.approx(region.float().mean().item())
     assert evaluate_counterfactuals(up, threshold=0.5)["validity"][0].isnan()  # not asked of it at 0.5
     down = explainer(images, 0, "decrease")
     assert down.threshold == 0.5 and down.steps[1] == 0 and bool(down.reached.all())

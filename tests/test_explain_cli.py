@@ -201,8 +201,12 @@ def test_counterfactuals_and_rationale_in_the_same_run(exported, tmp_path):
         start, end = float(row["probability_from"]), float(row["probability_to"])
         assert (end <= start + 1e-6) if row["method"].endswith("decrease") else (end >= start - 1e-6)
         assert 0 <= int(row["steps"]) <= 3
+        # an eye already at the goal was not edited and has no edit to score
+        assert (row["proximity_l2"] == "") if row["steps"] == "0" else (float(row["proximity_l2"]) > 0)
     for method in methods:
-        assert 0.0 <= methods[method]["mask_coverage"] <= 1.0 and methods[method]["proximity_l2"] >= 0
+        assert 0.0 <= methods[method]["mask_coverage"] <= 1.0
+        edited = sum(r["steps"] != "0" for r in rows if r["method"] == method)
+        assert methods[method].get("proximity_l2_n", 4) == edited  # `_n` is recorded when some are undefined
         strips = sorted((out / "counterfactuals" / method).glob("*_strip.png"))
         assert len(strips) == 2 and len(list((out / "counterfactuals" / method).glob("*.gif"))) == 2
         assert np.load(sorted((out / "maps" / method).glob("*.npy"))[0]).shape == (48, 48)

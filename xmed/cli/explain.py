@@ -284,11 +284,30 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, di
     return summary
 
 
+#: The metric whose count of defined eyes the table shows: localisation for saliency maps (on the
+#: phantom only glaucomatous eyes have a region for `glaucoma`), validity for counterfactuals (only
+#: eyes that were not already at the goal were edited).
+HEADLINE_METRICS = ("energy_pointing_game", "validity")
+
+
+def eyes_scored(entry: Mapping[str, Any]) -> str:
+    """``"k of n"``: of the ``n`` eyes a method ran on, the ``k`` its headline metric is defined on.
+
+    Example:
+        >>> eyes_scored({"n": 32, "validity": 1.0, "validity_n": 11}), eyes_scored({"n": 8, "deletion": 0.1})
+        ('11 of 32', '8')
+    """
+    for key in HEADLINE_METRICS:
+        if key in entry:
+            return f"{entry.get(f'{key}_n', entry['n'])} of {entry['n']}"
+    return str(entry["n"])
+
+
 def comparison_table(summary: Mapping[str, Mapping[str, Any]], target: str) -> str:
     """Markdown: one row per method, one column per metric, arrows for the better direction."""
     from xmed.metrics.explanation import EXPLANATION_METRICS
 
-    columns: list[str] = []
+    columns: list[str] = ["eyes"]
     for entry in summary.values():
         for key in entry:
             if key not in columns and key not in ("n", "seconds") and not key.endswith("_n") \
@@ -302,6 +321,8 @@ def comparison_table(summary: Mapping[str, Mapping[str, Any]], target: str) -> s
             return "shortcut energy"
         if key == "seconds":
             return "s / image"
+        if key == "eyes":
+            return "eyes"
         arrow = {"higher": " ↑", "lower": " ↓"}.get(getattr(metric, "direction", ""), "")
         return key.replace("_", " ") + arrow
 
@@ -311,6 +332,9 @@ def comparison_table(summary: Mapping[str, Mapping[str, Any]], target: str) -> s
     for method, entry in summary.items():
         cells = []
         for key in columns:
+            if key == "eyes":
+                cells.append(eyes_scored(entry))
+                continue
             value = entry.get(key)
             cells.append("–" if value is None else (f"{value:.3f}" if key != "seconds" else f"{value:.3g}"))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -451,7 +475,8 @@ CARD_LEGEND = (
     "Each run of `xmed-explain … model_card=<this card>` keeps its own subsection below (a rerun with the "
     "same methods, target, split and eyes replaces it). Localisation is scored against the data set's "
     "masks — for `glaucoma` the disc plus the masks of the findings present, on glaucomatous eyes only "
-    "(`eyes` says how many); faithfulness: deletion/insertion AUC of the target's probability and ROAD "
+    "(`eyes` says how many; for counterfactuals, how many were edited: an eye already at the goal is "
+    "not); faithfulness: deletion/insertion AUC of the target's probability and ROAD "
     "(noisy linear imputation); randomisation: Spearman between the maps of the trained model and of a "
     "copy with every layer re-initialised (near 0 is good; Adebayo et al., 2018); counterfactuals: flip "
     "rate, proximity, sparsity, the change's energy inside the masks and the vCDR's movement."

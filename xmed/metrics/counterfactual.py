@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from xmed.errors import ConfigError
-from xmed.metrics.explanation import ExplanationMetric
+from xmed.metrics.explanation import ExplanationMetric, _nan_unless
 
 if TYPE_CHECKING:
     from xmed.explain.counterfactual import Counterfactual
@@ -60,10 +60,6 @@ Expected = Literal["decrease", "increase"]
 
 def _float(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def _nan_unless(valid: Tensor, values: Tensor) -> Tensor:
-    return torch.where(valid, values, torch.full_like(values, math.nan))
 
 
 def _nanmean(values: Tensor) -> Tensor:
@@ -521,7 +517,9 @@ def evaluate_counterfactuals(counterfactual: Counterfactual, *, masks: Tensor | 
     was asked to: toward "normal", the cup should shrink); ``reconstruction_error`` needs an
     ``autoencoder`` (applied to the edited images); ``seconds_per_image`` is the batch time
     shared out. ``validity`` is judged against ``threshold``, by default the goal the
-    counterfactual was made for (``counterfactual.threshold``).
+    counterfactual was made for (``counterfactual.threshold``). An image that was not edited (it
+    met the goal as given: 0 steps) has no edit to score: NaN for everything but
+    ``mask_coverage`` and the time, so means over a batch describe the edits that were made.
 
     Returns:
         ``{name: B values}``.
@@ -544,6 +542,8 @@ def evaluate_counterfactuals(counterfactual: Counterfactual, *, masks: Tensor | 
         out["vcdr_monotonic"] = VCDRMonotonic(expected)(cf.vcdr)
     if autoencoder is not None:
         out["reconstruction_error"] = ReconstructionError(autoencoder)(edited)
+    edited_any = cf.steps.to(edited.device) > 0
+    out = {k: v if k == "mask_coverage" else _nan_unless(edited_any, v) for k, v in out.items()}
     b = edited.shape[0]
     out["seconds_per_image"] = torch.full((b,), seconds_per_image(cf), device=edited.device)
     return out
