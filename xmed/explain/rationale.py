@@ -155,15 +155,22 @@ def sentence(r: Rationale) -> str:
         ...               {"toward": "normal", "changes": [{"code": "vCDR", "from": 0.78, "to": 0.55}]}, "")
         >>> sentence(r)
         'Referable glaucoma (p = 0.87), mainly from a large cup and the vCDR of 0.78; toward normal the edit lowers the vCDR 0.78 → 0.55.'
+
+    A finding drives the decision by being there or by being absent, and is named so:
+
+        >>> f = [FindingEvidence("LC", "large cup", 0.02, -1.4), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
+        >>> sentence(Rationale(0.04, -3.2, 0.5, "no referable glaucoma", 0.39, f, -0.3, -1.4, 0.0, True, None, ""))
+        'No referable glaucoma (p = 0.04), mainly from no large cup and the vCDR of 0.39.'
     """
     toward_glaucoma = r.decision == "referable glaucoma"
-    terms = [(f.contribution, SHORT_NAMES[f.code]) for f in r.findings]
+    terms = [(f.contribution, _with_article(SHORT_NAMES[f.code]) if f.probability >= 0.5 else f"no {SHORT_NAMES[f.code]}")
+             for f in r.findings]
     terms.append((r.vcdr_contribution, f"the vCDR of {r.vcdr:.2f}"))
     ranked = sorted(terms, key=lambda t: -t[0] if toward_glaucoma else t[0])
     drivers = [name for value, name in ranked[:2] if (value > 0) == toward_glaucoma and abs(value) >= 0.05]
     text = f"{r.decision[0].upper()}{r.decision[1:]} (p = {r.probability:.2f})"
     if drivers:
-        text += ", mainly from " + " and ".join(_with_article(d) for d in drivers)
+        text += ", mainly from " + " and ".join(drivers)
     if r.counterfactual and r.counterfactual.get("changes"):
         moves = []
         for change in r.counterfactual["changes"][:2]:
