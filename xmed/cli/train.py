@@ -106,6 +106,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics=metrics, data=data_summary(datamodule), config_yaml=OmegaConf.to_yaml(cfg, resolve=False),
         architecture={"backbone": model.config["backbone"], "mode": model.mode,
                       "input_size": model.data_config.input_size,
+                      **({"backbone options": dict(model.config["backbone_kwargs"])}
+                         if model.config.get("backbone_kwargs") else {}),
+                      **({"mask head": list(model.mask_names)} if model.mask_names else {}),
                       "parameters": sum(p.numel() for p in model.parameters())},
         files=files,
     )
