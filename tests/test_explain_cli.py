@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from xmed.errors import ConfigError
 
@@ -215,6 +216,21 @@ def test_counterfactuals_and_rationale_in_the_same_run(exported, tmp_path):
     first = json.loads(rationales[0].read_text())
     assert [f["code"] for f in first["findings"]] == list(FINDINGS) and first["sentence"].endswith(".")
     assert first["counterfactual"]["toward"] in ("normal", "glaucoma")
+
+
+def test_goal_per_direction_from_the_command_line(exported):
+    from xmed.cli.explain import build_explainers
+    from xmed.models import load_model
+
+    cfg = compose("explain", overrides(Path("unused"), exported, "explainer=[adversarial]",
+                                       "explainer.adversarial.threshold={decrease: 0.5, increase: 0.95}"))
+    model = load_model(exported)
+    run = build_explainers(model, OmegaConf.to_container(cfg.explainer, resolve=True))["adversarial"]
+    assert run.explainer.thresholds == {"decrease": 0.5, "increase": 0.95}
+    bad = compose("explain", overrides(Path("unused"), exported, "explainer=[adversarial]",
+                                       "explainer.adversarial.threshold={up: 0.9}"))
+    with pytest.raises(ConfigError, match="'explainer.adversarial.threshold'.*unknown direction"):
+        build_explainers(model, OmegaConf.to_container(bad.explainer, resolve=True))
 
 
 def test_shortcut_comparison_puts_two_runs_side_by_side(tmp_path):

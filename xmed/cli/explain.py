@@ -121,6 +121,11 @@ def build_explainers(model: torch.nn.Module, explainer_cfg: Mapping[str, Any]) -
                 explainers[name] = get_explainer(method)(model, **options)
         except TypeError as err:
             raise ConfigError(f"explainer.{name}", str(err)) from None
+        except ConfigError as err:
+            if err.key.startswith("explainer."):
+                raise
+            # the method names its own argument; the user wrote it under explainer.<name>
+            raise ConfigError(f"explainer.{name}.{err.key}", err.reason) from None
     return explainers
 
 
