@@ -351,7 +351,9 @@ def energy_in_mask(difference: Tensor, masks: Tensor) -> Tensor:
 
 def mask_coverage(masks: Tensor, fov: Tensor | None = None) -> Tensor:
     """B shares of the field of view that the mask covers: ``|mask ∧ fov| / |fov|`` — the chance
-    level of :func:`energy_in_mask`. NaN for an empty field of view; ``fov`` None: the image.
+    level of :func:`energy_in_mask`. NaN for an empty field of view and, as for
+    :func:`energy_in_mask`, for an empty mask (e.g. a healthy eye has no findings to point at);
+    ``fov`` None: the image.
 
     Example:
         >>> masks = torch.tensor([[[True, False], [False, False]]])
@@ -365,8 +367,9 @@ def mask_coverage(masks: Tensor, fov: Tensor | None = None) -> Tensor:
     region = _region(fov, masks, "fov")
     region = torch.ones_like(masks) if region is None else region
     count = region.flatten(1).sum(1)
-    share = (masks & region).flatten(1).sum(1).float() / count.clamp_min(1).float()
-    return _nan_unless(count > 0, share)
+    inside = (masks & region).flatten(1).sum(1)
+    share = inside.float() / count.clamp_min(1).float()
+    return _nan_unless((count > 0) & (inside > 0), share)
 
 
 # --------------------------------------------------------------------------------------------
