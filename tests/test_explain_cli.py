@@ -101,6 +101,7 @@ def test_model_card_keeps_one_subsection_per_run(tmp_path):
 
     card = tmp_path / "card.md"
     card.write_text(f"# Card\n\n## Explanation checks\n\n{NO_EXPLANATION_CHECKS}\n\n## Limitations\n\n- few\n")
+    older_legend = CARD_LEGEND[:CARD_LEGEND.index("(")] + "(an older wording)."
 
     def cfg(methods, n):
         return OmegaConf.create({"explainer": {m: {} for m in methods}, "target": "glaucoma", "split": "test",
@@ -108,9 +109,10 @@ def test_model_card_keeps_one_subsection_per_run(tmp_path):
 
     update_model_card(card, "| gradcam | 0.1 |", cfg(["gradcam"], 8))
     update_model_card(card, "| adversarial | 0.9 |", cfg(["adversarial"], 32))
+    card.write_text(card.read_text().replace(CARD_LEGEND, older_legend))  # as an older version wrote it
     update_model_card(card, "| gradcam | 0.2 |", cfg(["gradcam"], 8))  # a rerun replaces its own table
     text = card.read_text()
-    assert NO_EXPLANATION_CHECKS not in text and text.count(CARD_LEGEND) == 1
+    assert NO_EXPLANATION_CHECKS not in text and text.count(CARD_LEGEND) == 1 and older_legend not in text
     assert "| gradcam | 0.1 |" not in text and text.count("| gradcam | 0.2 |") == 1
     assert text.count("### `xmed-explain") == 2
     # replaced in place: the runs keep the order they were first recorded in

@@ -518,8 +518,10 @@ def update_model_card(card: Path, table: str, cfg: DictConfig) -> None:
     if found is None:
         raise ConfigError("model_card", f"{card} has no '{heading}' section")
     body = found.group(1).replace(NO_EXPLANATION_CHECKS, "").strip()
-    if CARD_LEGEND not in body:
-        body = f"{CARD_LEGEND}\n\n{body}".strip()
+    # the legend of whichever xmed version wrote the card is replaced by this one's
+    legend_start = CARD_LEGEND[:CARD_LEGEND.index("(")]
+    body = re.sub(rf"^{re.escape(legend_start)}.*?(?:\n\n|\Z)", "", body, flags=re.S | re.M).strip()
+    body = f"{CARD_LEGEND}\n\n{body}".strip()
     title = run_heading(cfg)
     subsection = f"{title}\n\nModel `{cfg.ckpt_path}`.\n\n{table.strip()}"
     earlier = re.search(rf"^{re.escape(title)}\n.*?(?=^### |\Z)", body, flags=re.S | re.M)
