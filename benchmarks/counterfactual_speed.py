@@ -49,12 +49,11 @@ import platform
 import shlex
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from timing import alternate, paired_ratios  # noqa: E402 - benchmarks/ is on sys.path
+from timing import add_run_arguments, alternate, paired_ratios, prepare_device  # noqa: E402 - benchmarks/ is on sys.path
 from timing import device_name as timing_device_name  # noqa: E402
 
 TARGET_RATIO = 1.1
@@ -79,15 +78,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="k: adversarial steps (early stopping off)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    add_run_arguments(parser)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device visible")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = prepare_device(parser, args)
     k = args.steps
 
     import timm

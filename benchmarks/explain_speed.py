@@ -62,13 +62,12 @@ import platform
 import statistics
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from timing import alternate, paired_ratios, timed  # noqa: E402 - benchmarks/ is on sys.path
+from timing import add_run_arguments, alternate, paired_ratios, prepare_device, timed  # noqa: E402 - benchmarks/ is on sys.path
 from timing import device_name as timing_device_name  # noqa: E402
 
 TARGET_GRADCAM_OVER_FORWARD = 1.2
@@ -139,15 +138,9 @@ def main() -> None:
     parser.add_argument("--ig-internal-batch", type=int, default=None,
                         help="IG points per forward pass, both implementations (default: batch x 8)")
     parser.add_argument("--ig-repeats", type=int, default=3, help="timed rounds of the IG part")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    add_run_arguments(parser)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device visible")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = prepare_device(parser, args)
     ig_batch = args.ig_internal_batch or args.batch * 8
 
     import captum

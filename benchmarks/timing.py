@@ -61,3 +61,20 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+def add_run_arguments(parser) -> None:
+    """The options every benchmark takes: ``--seed``, ``--threads``, ``--out``."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+
+
+def prepare_device(parser, args) -> torch.device:
+    """``args.device`` checked (a parser error if CUDA is asked for and absent), CPU threads set."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device visible")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device

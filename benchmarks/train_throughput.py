@@ -32,12 +32,13 @@ import platform
 import statistics
 import time
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from timing import add_run_arguments, prepare_device  # benchmarks/ is on sys.path when run as a script
 
 TARGET_RATIO = 0.9
 DISABLED = ["progress bar", "logger (self.log calls kept)", "model summary", "checkpointing", "validation",
@@ -209,15 +210,9 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--live-data", action="store_true", help="render in both loops instead of caching")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    add_run_arguments(parser)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device visible")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = prepare_device(parser, args)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*isinstance.*LeafSpec.*")
     import logging
