@@ -24,21 +24,27 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
 from collections.abc import Mapping
-from typing import Any, Literal, Union
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from xmed.errors import ConfigError
-from xmed.explain.base import ModelMethod, describe_target, make_module_callable, synchronize
+from xmed.explain.base import (
+    ModelMethod,
+    describe_target,
+    make_module_callable,
+    synchronize,
+)
 from xmed.explain.targets import Target
 
 Direction = Literal["decrease", "increase"]
 DIRECTIONS: tuple[str, ...] = ("decrease", "increase")
 #: One decision threshold for both directions, or a goal per direction.
-Threshold = Union[float, Mapping[str, float]]
+Threshold = float | Mapping[str, float]
 
 
 def direction_thresholds(threshold: Threshold) -> dict[str, float]:
@@ -62,7 +68,7 @@ def direction_thresholds(threshold: Threshold) -> dict[str, float]:
     else:
         values = dict.fromkeys(DIRECTIONS, threshold)
     for direction, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise ConfigError("threshold", f"must be a number or {{decrease: …, increase: …}}, "
                                            f"got {value!r} for {direction}")
     return {d: float(v) for d, v in values.items()}
@@ -195,8 +201,20 @@ def counterfactual(model: nn.Module, images: Tensor, method: str = "adversarial"
 from xmed.explain.counterfactual.adversarial import AdversarialExplainer
 from xmed.explain.counterfactual.latent_shift import LatentShiftExplainer
 
-
 make_module_callable(__name__, counterfactual)
 
-__all__ = ["COUNTERFACTUALS", "DIRECTIONS", "Threshold", "at_goal", "direction_thresholds", "AdversarialExplainer", "LatentShiftExplainer", "Counterfactual", "CounterfactualExplainer",
-           "Direction", "counterfactual", "get_counterfactual", "register_counterfactual"]
+__all__ = [
+    "COUNTERFACTUALS",
+    "DIRECTIONS",
+    "AdversarialExplainer",
+    "Counterfactual",
+    "CounterfactualExplainer",
+    "Direction",
+    "LatentShiftExplainer",
+    "Threshold",
+    "at_goal",
+    "counterfactual",
+    "direction_thresholds",
+    "get_counterfactual",
+    "register_counterfactual",
+]

@@ -246,12 +246,7 @@ class AdversarialExplainer(CounterfactualExplainer):
                 if not objective.requires_grad:
                     raise ConfigError("target", "the target does not depend on the input image")
                 (grad,) = torch.autograd.grad(objective.sum(), x)
-        findings = vcdr = None
-        if isinstance(output, Mapping):
-            if "finding_logits" in output:
-                findings = torch.sigmoid(output["finding_logits"].detach())
-            if "vcdr" in output:
-                vcdr = output["vcdr"].detach()
+        findings, vcdr = recorded_heads(output)
         return objective.detach(), probability.detach(), grad, findings, vcdr
 
     # ------------------------------------------------------------------ the loop
@@ -408,6 +403,22 @@ class AdversarialExplainer(CounterfactualExplainer):
 # ---------------------------------------------------------------------------------- helpers
 
 
+def recorded_heads(output: Any) -> tuple[Tensor | None, Tensor | None]:
+    """The finding probabilities (B×10) and vCDR (B) a path records, detached; None for outputs
+    without those heads (any model other than a :class:`~xmed.models.FundusClassifier`).
+
+    Example:
+        >>> findings, vcdr = recorded_heads({"finding_logits": torch.zeros(1, 10), "vcdr": torch.ones(1)})
+        >>> findings[0, 0].item(), vcdr.item(), recorded_heads(torch.zeros(1, 2))
+        (0.5, 1.0, (None, None))
+    """
+    if not isinstance(output, Mapping):
+        return None, None
+    findings = torch.sigmoid(output["finding_logits"].detach()) if "finding_logits" in output else None
+    vcdr = output["vcdr"].detach() if "vcdr" in output else None
+    return findings, vcdr
+
+
 def target_score(output: Any, target: Target) -> tuple[Tensor, Tensor]:
     """The objective (a logit-like score, B) and the probability (B) of ``target`` in ``output``.
 
@@ -516,4 +527,4 @@ def _int_at_least(key: str, value: Any, minimum: int) -> int:
 
 
 __all__ = ["DEFAULT_FOV_THRESHOLD", "DEFAULT_RELATIVE_EPSILON", "AdversarialExplainer", "apgd_checkpoints",
-           "gaussian_blur", "target_score", "total_variation"]
+           "gaussian_blur", "recorded_heads", "target_score", "total_variation"]

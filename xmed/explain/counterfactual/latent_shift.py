@@ -83,6 +83,7 @@ from xmed.explain.counterfactual.adversarial import (
     AdversarialExplainer,
     _int_at_least,
     _positive,
+    recorded_heads,
     target_score,
 )
 from xmed.explain.targets import Target, fix_target
@@ -168,12 +169,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
         """Score (logit scale), probability, finding probabilities, vCDR of a batch of frames."""
         output = self.model(frames)
         score, probability = target_score(output, target)
-        findings = vcdr = None
-        if isinstance(output, Mapping):
-            if "finding_logits" in output:
-                findings = torch.sigmoid(output["finding_logits"].detach())
-            if "vcdr" in output:
-                vcdr = output["vcdr"].detach()
+        findings, vcdr = recorded_heads(output)
         return score.detach(), probability.detach(), findings, vcdr
 
     def generate(self, images: Tensor, target: Target | None, direction: Direction,
