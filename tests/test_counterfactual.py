@@ -73,6 +73,19 @@ def rand_images(n: int, seed: int = 0, size: int = SIZE) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+def assert_path_is_the_models(model, cf, target: str) -> None:
+    """The findings, vCDR and target probability recorded along a 2-image path are the model's own
+    outputs on the recorded frames."""
+    t = cf.frames.shape[0]
+    with torch.no_grad():
+        out = model(cf.frames.flatten(0, 1))
+    assert torch.allclose(cf.findings, torch.sigmoid(out["finding_logits"]).view(t, 2, -1), atol=1e-5)
+    assert torch.allclose(cf.vcdr, out["vcdr"].view(t, 2), atol=1e-5)
+    expected = {"glaucoma": torch.sigmoid(out["logits"]), "DH": torch.sigmoid(out["finding_logits"][:, 7]),
+                "vCDR": out["vcdr"]}[target].view(t, 2)
+    assert torch.allclose(cf.probability, expected, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ the toy model
 
 
@@ -312,13 +325,7 @@ def test_fundus_classifier_shapes_and_recorded_heads(fundus_model, target):
     assert cf.steps.tolist() == [3, 3] and cf.reached.shape == (2,) and cf.reached.dtype == torch.bool
     assert cf.target == target and cf.std == tuple(model.data_config.std)
     # the recorded probabilities are the model's on the recorded frames
-    with torch.no_grad():
-        out = model(cf.frames.flatten(0, 1))
-    assert torch.allclose(cf.findings, torch.sigmoid(out["finding_logits"]).view(t, 2, -1), atol=1e-5)
-    assert torch.allclose(cf.vcdr, out["vcdr"].view(t, 2), atol=1e-5)
-    expected = {"glaucoma": torch.sigmoid(out["logits"]), "DH": torch.sigmoid(out["finding_logits"][:, 7]),
-                "vCDR": out["vcdr"]}[target].view(t, 2)
-    assert torch.allclose(cf.probability, expected, atol=1e-5)
+    assert_path_is_the_models(model, cf, target)
     assert bool((cf.probability[-1] < cf.probability[0]).all())  # moved the asked way
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
