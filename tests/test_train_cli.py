@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -125,6 +126,39 @@ def test_eval_on_the_exported_model_gives_the_same_auroc(run, tmp_path):
     assert written["auroc"] == result["auroc"] == metrics["auroc"]
     assert written["n"] == metrics["n"] and written["vcdr_mae"] == metrics["vcdr_mae"]
     assert (tmp_path / "predictions.csv").read_text() == (out / "predictions.csv").read_text()
+
+
+def test_init_from_starts_a_run_from_the_trained_weights(run, tmp_path):
+    """``init_from`` loads the trained model: with no epochs to train, the new run exports the
+    same weights and scores the same test AUROC; the card says where the weights came from."""
+    from safetensors.torch import load_file
+
+    from xmed.cli.train import train
+
+    out, metrics, _ = run
+    cfg = compose("train", tiny_overrides(tmp_path, epochs=0) + [f"init_from={out / 'model'}"])
+    again = train(cfg)
+    before, after = load_file(out / "model" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert again["auroc"] == metrics["auroc"]
+    assert f"- **initialised from**: `{out / 'model'}`" in (tmp_path / "model_card.md").read_text()
+
+
+def test_init_from_names_the_key_when_the_architecture_differs(run):
+    from xmed.cli.train import initialise_from
+    from xmed.errors import ConfigError
+    from xmed.models import FundusModule
+
+    out, _, _ = run
+    bottleneck = FundusModule(net={"backbone": "test_resnet.r160_in1k", "input_size": 48, "mode": "concept_bottleneck"})
+    with pytest.raises(ConfigError, match="init_from.*do not fit model.net"):
+        initialise_from(bottleneck, out / "model")
+    other = FundusModule(net={"backbone": "resnet10t", "input_size": 48})
+    with pytest.raises(ConfigError, match="init_from.*'test_resnet.r160_in1k' model, model.net.backbone is 'resnet10t'"):
+        initialise_from(other, out / "model")
+    with pytest.raises(ConfigError, match="init_from.*task 'autoencoder'"):
+        initialise_from(other, out / "model", task="autoencoder")
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ Examples::
     xmed-train -m model=resnet18,convnext_nano
     xmed-train trainer=ddp_cpu                  # two processes on the CPU
     xmed-train ckpt_path=runs/effb0/checkpoints/last.ckpt   # resume
+    xmed-train init_from=runs/effb0/model 'model.adversarial_training={method: pgd, epsilon: 4.0}'  # fine-tune
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if model_cfg.get("class_balance") == "sampler":
         datamodule.balanced_sampling = True
     module = instantiate_group(model_cfg, "model")
+    if cfg.get("init_from"):
+        initialise_from(module, cfg.init_from, task=cfg.get("task_type", "classifier"))
     callbacks = [instantiate_group(c, "callbacks") for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate_group(c, "logger") for c in (cfg.get("logger") or {}).values()]
     if not loggers:  # `logger=none`: Lightning's LearningRateMonitor refuses a Trainer without a logger
@@ -109,6 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                       **({"backbone options": dict(model.config["backbone_kwargs"])}
                          if model.config.get("backbone_kwargs") else {}),
                       **({"mask head": list(model.mask_names)} if model.mask_names else {}),
+                      **({"initialised from": str(cfg.init_from)} if cfg.get("init_from") else {}),
                       "parameters": sum(p.numel() for p in model.parameters())},
         files=files,
     )
@@ -117,6 +121,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     artefacts.update({"model": model_dir, **evaluation_artefacts(out_dir), "model card": out_dir / "model_card.md"})
     _report(out_dir, metrics, artefacts)
     return metrics
+
+
+def initialise_from(module, path: str | Path, task: str = "classifier") -> None:
+    """Copy the weights of a trained classifier (exported folder or Lightning checkpoint, read
+    with :func:`xmed.load_model`, so nothing is unpickled) into ``module.model``: the start of a
+    fine-tuning run (``init_from=…``). Raises :class:`ConfigError` on key ``init_from`` when the
+    architectures differ.
+
+    Example:
+        >>> initialise_from(module, "outputs/phantom_ref/model")  # doctest: +SKIP
+    """
+    from xmed.models.export import load_model
+
+    if task != "classifier":
+        raise ConfigError("init_from", f"fine-tuning starts a classifier; task {task!r} has no init_from")
+    trained = load_model(path)
+    if trained.config.get("backbone") != module.model.config.get("backbone"):
+        raise ConfigError("init_from", f"{path} holds a {trained.config.get('backbone')!r} model, "
+                                       f"model.net.backbone is {module.model.config.get('backbone')!r}")
+    try:
+        module.model.load_state_dict(trained.state_dict())
+    except RuntimeError as err:  # a different head, mode or mask head: name the first mismatch
+        first = str(err).strip().splitlines()[1:2] or [str(err)]
+        raise ConfigError("init_from", f"the weights in {path} do not fit model.net: {first[0].strip()}") from None
+    log.info("initialised the model from %s", path)
 
 
 def _finish_autoencoder(trainer, module, datamodule, out_dir: Path) -> dict[str, Any]:
