@@ -143,6 +143,10 @@ def test_ground_truth_for_each_target():
     assert ground_truth({"image": batch["image"], "findings": findings, "masks": {}}, "glaucoma") is None
     healthy = {**batch, "label": torch.tensor([0.0, float("nan")])}  # no evidence for glaucoma to point at
     assert ground_truth(healthy, "glaucoma").sum() == 0 and ground_truth(healthy, "DH")[0].sum() == 1
+    # an edit toward glaucoma should reshape a healthy eye's disc: every eye's disc + its findings
+    edited = ground_truth(healthy, "glaucoma", edit=True)[:, 0]
+    assert edited[0].sum() == 5 and edited[1].sum() == 4
+    assert torch.equal(ground_truth(batch, "DH", edit=True), ground_truth(batch, "DH"))
 
 
 def test_every_explainer_config_composes(exported, tmp_path):

@@ -14,7 +14,9 @@ Localisation is scored against the ground truth where the data set has masks (th
 all of them): for target ``glaucoma`` the disc plus the masks of the findings present, on
 glaucomatous eyes only — a healthy eye has no evidence *for* glaucoma to point at, and its disc
 is evidence against; for a finding its own mask (eyes without that finding are left out); for
-``vCDR`` the disc. Eyes
+``vCDR`` the disc. A counterfactual edit of the diagnosis is scored against the disc of every eye
+plus the findings present: an edit toward glaucoma of a healthy eye should reshape its cup and
+rim, not the background. Eyes
 carrying the phantom's shortcut marker also get ``shortcut_energy``: the share of the map's
 energy on the marker.
 
@@ -52,9 +54,10 @@ LOCALISATION = ("pointing_game", "energy_pointing_game", "map_auroc", "map_auprc
 FAITHFULNESS = ("deletion", "insertion", "road_morf", "road_lerf")
 
 
-def ground_truth(batch: Mapping[str, Any], target: str) -> Tensor | None:
+def ground_truth(batch: Mapping[str, Any], target: str, edit: bool = False) -> Tensor | None:
     """B×1×H×W bool region a map for ``target`` should point at (empty where unknown or absent),
-    or None when the data set has no masks for it."""
+    or None when the data set has no masks for it. ``edit``: the region a counterfactual edit of
+    the diagnosis should change — the disc of every eye, not only of glaucomatous ones."""
     masks, valid = batch.get("masks") or {}, batch.get("mask_valid") or {}
     if "disc" not in masks and target not in masks:
         return None
@@ -76,9 +79,10 @@ def ground_truth(batch: Mapping[str, Any], target: str) -> Tensor | None:
         region = known("disc")
     else:  # the diagnosis: the disc and every finding of a glaucomatous eye
         glaucomatous = batch["label"].to(image.device) == 1
-        region = known("disc", glaucomatous)
+        eyes = torch.ones_like(glaucomatous) if edit else glaucomatous
+        region = known("disc", eyes)
         for j, code in enumerate(FINDINGS):
-            region = region | known(code, glaucomatous & (findings[:, j] == 1))
+            region = region | known(code, eyes & (findings[:, j] == 1))
     return region[:, None]
 
 
@@ -151,6 +155,7 @@ class ExplainModule(L.LightningModule):
             return []
         images, ids = batch["image"], list(batch["meta"]["id"])
         truth = ground_truth(batch, self.target)
+        edit_truth = ground_truth(batch, self.target, edit=True)
         marker = None
         if "shortcut" in (batch.get("masks") or {}):
             marker = batch["masks"]["shortcut"].to(images.device) & batch["mask_valid"]["shortcut"].to(images.device)[:, None, None]
@@ -159,7 +164,7 @@ class ExplainModule(L.LightningModule):
         records = []
         for name, explainer in self.explainers.items():
             if isinstance(explainer, CounterfactualRun):
-                records += self._counterfactuals(name, explainer, images, ids, truth)
+                records += self._counterfactuals(name, explainer, images, ids, edit_truth)
                 continue
             if isinstance(explainer, RationaleRun):
                 self._rationales(name, explainer, images, ids)
@@ -481,7 +486,7 @@ CARD_LEGEND = (
     "same methods, target, split and eyes replaces it). Localisation is scored against the data set's "
     "masks — for `glaucoma` the disc plus the masks of the findings present, on glaucomatous eyes only "
     "(`eyes` says how many; for counterfactuals, how many were edited: an eye already at the goal is "
-    "not); faithfulness: deletion/insertion AUC of the target's probability and ROAD "
+    "not; an edit is scored against the disc of every eye plus the findings present); faithfulness: deletion/insertion AUC of the target's probability and ROAD "
     "(noisy linear imputation); randomisation: Spearman between the maps of the trained model and of a "
     "copy with every layer re-initialised (near 0 is good; Adebayo et al., 2018); counterfactuals: flip "
     "rate, proximity, sparsity, the change's energy inside the masks and the vCDR's movement."
