@@ -21,6 +21,7 @@ from xmed.findings import FINDINGS
 from xmed.metrics.counterfactual import (
     COUNTERFACTUAL_METRICS,
     EnergyInMask,
+    L1InMask,
     ProximityL1,
     ProximityL2,
     Sparsity,
@@ -390,10 +391,18 @@ def test_energy_in_mask_and_coverage_hand_computed():
     masks[0, :2, :2] = True
     masks[1, :2, :2] = True          # no change at all in image 1
     # image 2: empty mask
-    values = energy_in_mask(difference, masks)
-    assert values[0].item() == 0.75
+    values = energy_in_mask(difference, masks)   # the energy: (9 + 0) / (9 + 1)
+    assert values[0].item() == pytest.approx(0.9)
     assert math.isnan(values[1].item()) and math.isnan(values[2].item())
-    assert EnergyInMask(power=2)(difference, masks)[0].item() == pytest.approx(0.9)
+    assert L1InMask()(difference, masks)[0].item() == 0.75
+    # a signed B×C×H×W change: energy per pixel is the sum over channels of the squares
+    change = torch.zeros(1, 3, 4, 4)
+    change[0, :, 0, 0] = torch.tensor([1.0, -2.0, 2.0])  # 9 inside the mask
+    change[0, 0, 3, 3] = -3.0                            # 9 outside
+    assert energy_in_mask(change, masks[:1])[0].item() == 0.5
+    assert L1InMask()(change, masks[:1])[0].item() == pytest.approx(5 / 8)
+    with pytest.raises(ConfigError, match="change"):
+        energy_in_mask(torch.zeros(4, 4), masks)
     fov = torch.zeros(3, 4, 4, dtype=torch.bool)
     fov[:, :, :2] = True             # 8 pixels
     coverage = mask_coverage(masks, fov)
@@ -422,7 +431,7 @@ def test_reconstruction_error_and_evaluate():
     cf = counterfactual(model, rand_images(2, seed=9), target=0, epsilon=3.0, max_steps=5)
     masks = torch.ones(2, SIZE, SIZE, dtype=torch.bool)
     out = evaluate_counterfactuals(cf, masks=masks, autoencoder=lambda x: x)
-    assert sorted(out) == ["energy_in_mask", "mask_coverage", "proximity_l1", "proximity_l2",
+    assert sorted(out) == ["energy_in_mask", "l1_in_mask", "mask_coverage", "proximity_l1", "proximity_l2",
                            "reconstruction_error", "seconds_per_image", "sparsity", "validity"]
     assert out["validity"].tolist() == [1.0, 1.0] and out["energy_in_mask"].tolist() == [1.0, 1.0]
     assert out["reconstruction_error"].tolist() == [0.0, 0.0]

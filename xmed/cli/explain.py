@@ -489,7 +489,8 @@ CARD_LEGEND = (
     "not; an edit is scored against the disc of every eye plus the findings present); faithfulness: deletion/insertion AUC of the target's probability and ROAD "
     "(noisy linear imputation); randomisation: Spearman between the maps of the trained model and of a "
     "copy with every layer re-initialised (near 0 is good; Adebayo et al., 2018); counterfactuals: flip "
-    "rate, proximity, sparsity, the change's energy inside the masks and the vCDR's movement."
+    "rate, proximity, sparsity, the shares of the change inside the masks — of its energy (Σδ², what the "
+    "L2 budget bounds) and of its absolute size (L1) — and the vCDR's movement."
 )
 
 

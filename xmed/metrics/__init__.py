@@ -15,6 +15,7 @@ from xmed.metrics.counterfactual import (
     COUNTERFACTUAL_METRICS,
     CounterfactualMetric,
     EnergyInMask,
+    L1InMask,
     ProximityL1,
     ProximityL2,
     ReconstructionError,
@@ -85,7 +86,7 @@ __all__ = [
     "noisy_linear_imputation", "randomisation_layers",
     # counterfactual quality (xmed.metrics.counterfactual)
     "COUNTERFACTUAL_METRICS", "CounterfactualMetric", "Validity", "ProximityL1", "ProximityL2", "Sparsity",
-    "EnergyInMask", "VCDRFalls", "VCDRMonotonic", "ReconstructionError", "energy_in_mask",
+    "EnergyInMask", "L1InMask", "VCDRFalls", "VCDRMonotonic", "ReconstructionError", "energy_in_mask",
     "evaluate_counterfactuals", "flip_rate", "mask_coverage", "reconstruction_error", "seconds_per_image",
     "vcdr_falls", "vcdr_monotonic_fraction",
 ]

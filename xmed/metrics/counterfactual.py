@@ -14,7 +14,7 @@ the same shapes):
 * ``original``, ``edited``: ``B×C×H×W`` images in the model's input space; ``std`` (the model's
   normalisation, ``Counterfactual.std``) turns their difference into [0, 1] pixel units
   (``Δpixel = Δinput × std``; None: the inputs are in pixel units already);
-* ``difference``: ``B×1×H×W`` non-negative change maps (``Counterfactual.difference``);
+* ``change``: ``B×C×H×W`` the signed change ``edited − original`` (or ``B×1×H×W`` change maps);
 * ``masks``, ``fov``: ``B×1×H×W`` or ``B×H×W`` bool regions;
 * ``vcdr``: ``T×B`` the predicted vCDR along the path.
 
@@ -23,9 +23,9 @@ Example:
     >>> probability = torch.tensor([[0.9, 0.8, 0.3], [0.2, 0.6, 0.1]])   # T=2 frames, B=3
     >>> Validity()(probability, "decrease").tolist(), flip_rate(probability, "decrease").item()
     ([1.0, 0.0, nan], 0.5)
-    >>> difference = torch.tensor([[[[3.0, 1.0], [0.0, 0.0]]]])
-    >>> energy_in_mask(difference, torch.tensor([[[True, False], [False, False]]])).tolist()
-    [0.75]
+    >>> change = torch.tensor([[[[3.0, 1.0], [0.0, 0.0]]]])   # B=1, C=1, 2×2
+    >>> round(energy_in_mask(change, torch.tensor([[[True, False], [False, False]]])).item(), 6)
+    0.9
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COUNTERFACTUAL_METRICS", "CounterfactualMetric", "EnergyInMask", "ProximityL1", "ProximityL2",
-    "ReconstructionError", "Sparsity", "VCDRFalls", "VCDRMonotonic", "Validity", "energy_in_mask",
+    "L1InMask", "ReconstructionError", "Sparsity", "VCDRFalls", "VCDRMonotonic", "Validity", "energy_in_mask",
     "evaluate_counterfactuals", "flip_rate", "mask_coverage", "reconstruction_error", "seconds_per_image",
     "vcdr_falls", "vcdr_monotonic_fraction",
 ]
@@ -124,16 +124,6 @@ def _region(mask: Tensor | None, like: Tensor, key: str) -> Tensor | None:
             raise ConfigError(key, "must be bool or hold only 0 and 1")
         mask = mask != 0
     return mask.to(like.device)
-
-
-def _difference(difference: Tensor) -> Tensor:
-    if not isinstance(difference, Tensor):
-        raise ConfigError("difference", f"expected a tensor, got {type(difference).__name__}")
-    if difference.ndim == 3:
-        difference = difference[:, None]
-    if difference.ndim != 4 or difference.shape[1] != 1:
-        raise ConfigError("difference", f"expected B×1×H×W change maps, got {tuple(difference.shape)}")
-    return _float(difference.detach())
 
 
 def _non_negative(key: str, value: Any) -> float:
@@ -309,19 +299,24 @@ class Sparsity(CounterfactualMetric):
 
 
 class EnergyInMask(CounterfactualMetric):
-    """Share of the change's energy inside a ground-truth mask: ``Σ d^p·mask / Σ d^p``.
+    """Share of the change's energy inside a ground-truth mask: ``Σ_mask Σ_c |δ_c|^p / Σ Σ_c |δ_c|^p``.
 
-    Compare with :func:`mask_coverage` (the share of the field of view the mask covers): a change
-    spread evenly over the field of view scores that much by chance. NaN for an empty mask, for
-    an image without any change and for non-finite maps.
+    ``p = 2`` (the default) is the energy proper, ``‖δ‖₂²``: the quantity an L2 budget bounds,
+    so the share says how much of the budget the edit spent inside the mask. ``p = 1`` is the
+    share of the absolute change (:class:`L1InMask`), which weighs the faint, spread-out part of
+    an edit more. Compare either with :func:`mask_coverage` (the share of the field of view the
+    mask covers): a change spread evenly over the field of view scores that much by chance. NaN
+    for an empty mask, for an image without any change and for non-finite changes.
 
     Args:
-        power: the exponent ``p`` of the change map (1: |Δ| as in ``Counterfactual.difference``;
-            2: squared).
+        power: the exponent ``p``.
+
+    Call with ``change`` (``B×C×H×W`` signed change ``edited − original``, or a ``B×1×H×W``
+    change map) and ``masks``.
 
     Example:
         >>> d = torch.tensor([[[[3.0, 1.0], [0.0, 0.0]]]])
-        >>> round(EnergyInMask(power=2)(d, torch.tensor([[[True, False], [False, False]]])).item(), 6)
+        >>> round(EnergyInMask()(d, torch.tensor([[[True, False], [False, False]]])).item(), 6)
         0.9
     """
 
@@ -329,24 +324,42 @@ class EnergyInMask(CounterfactualMetric):
     direction: Direction = "higher"
     category: Category = "localisation"
 
-    def __init__(self, power: float = 1.0):
+    def __init__(self, power: float = 2.0):
         if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
             raise ConfigError("power", f"must be a positive number, got {power!r}")
         self.power = float(power)
 
-    def __call__(self, difference: Tensor, masks: Tensor) -> Tensor:
-        difference = _difference(difference)
-        masks = _region(masks, difference, "masks")
-        energy = difference.abs().nan_to_num(0.0).pow(self.power).flatten(1)
-        inside = (energy * masks.flatten(1)).sum(1)
-        total = energy.sum(1)
-        valid = torch.isfinite(difference).flatten(1).all(1) & masks.flatten(1).any(1) & (total > 0)
+    def __call__(self, change: Tensor, masks: Tensor) -> Tensor:
+        if not isinstance(change, Tensor) or change.ndim not in (3, 4):
+            raise ConfigError("change", f"expected a B×C×H×W change, got {getattr(change, 'shape', type(change))}")
+        change = _float(change.detach())
+        change = change[:, None] if change.ndim == 3 else change
+        per_pixel = change.abs().nan_to_num(0.0).pow(self.power).sum(1, keepdim=True)
+        masks = _region(masks, per_pixel, "masks")
+        inside = (per_pixel * masks).flatten(1).sum(1)
+        total = per_pixel.flatten(1).sum(1)
+        valid = torch.isfinite(change).flatten(1).all(1) & masks.flatten(1).any(1) & (total > 0)
         return _nan_unless(valid, inside / torch.where(total > 0, total, torch.ones_like(total)))
 
 
-def energy_in_mask(difference: Tensor, masks: Tensor) -> Tensor:
-    """B shares of ``|difference|`` inside ``masks`` (:class:`EnergyInMask` with ``power=1``)."""
-    return EnergyInMask()(difference, masks)
+class L1InMask(EnergyInMask):
+    """Share of the absolute change ``Σ_c |δ_c|`` inside a mask (:class:`EnergyInMask` with ``p = 1``).
+
+    Example:
+        >>> d = torch.tensor([[[[3.0, 1.0], [0.0, 0.0]]]])
+        >>> L1InMask()(d, torch.tensor([[[True, False], [False, False]]])).item()
+        0.75
+    """
+
+    name = "l1_in_mask"
+
+    def __init__(self):
+        super().__init__(power=1.0)
+
+
+def energy_in_mask(change: Tensor, masks: Tensor) -> Tensor:
+    """B shares of the change's energy (``Σ_c δ_c²`` per pixel) inside ``masks`` (:class:`EnergyInMask`)."""
+    return EnergyInMask()(change, masks)
 
 
 def mask_coverage(masks: Tensor, fov: Tensor | None = None) -> Tensor:
@@ -504,7 +517,7 @@ def seconds_per_image(counterfactual: Counterfactual) -> float:
 
 #: Metric name -> class; the class attributes ``name``/``direction``/``category`` match the key.
 COUNTERFACTUAL_METRICS: dict[str, type[CounterfactualMetric]] = {
-    cls.name: cls for cls in (Validity, ProximityL1, ProximityL2, Sparsity, EnergyInMask, VCDRFalls,
+    cls.name: cls for cls in (Validity, ProximityL1, ProximityL2, Sparsity, EnergyInMask, L1InMask, VCDRFalls,
                               VCDRMonotonic, ReconstructionError)
 }
 
@@ -516,7 +529,7 @@ def evaluate_counterfactuals(counterfactual: Counterfactual, *, masks: Tensor | 
 
     Proximity and sparsity are in pixel units (``counterfactual.std``) over its field of view
     (``counterfactual.fov``, else the whole image); ``energy_in_mask`` and ``mask_coverage``
-    need ``masks``; the vCDR metrics need a path with a vCDR (expected to move the way the target
+    (and ``l1_in_mask``) need ``masks``; the vCDR metrics need a path with a vCDR (expected to move the way the target
     was asked to: toward "normal", the cup should shrink); ``reconstruction_error`` needs an
     ``autoencoder`` (applied to the edited images); ``seconds_per_image`` is the batch time
     shared out. ``validity`` is judged against ``threshold``, by default the goal the
@@ -537,7 +550,9 @@ def evaluate_counterfactuals(counterfactual: Counterfactual, *, masks: Tensor | 
         "sparsity": Sparsity(tolerance, cf.std)(original, edited, fov),
     }
     if masks is not None:
-        out["energy_in_mask"] = EnergyInMask()(cf.difference, masks)
+        change = edited - original  # in the model's input space, where the L2 budget is set
+        out["energy_in_mask"] = EnergyInMask()(change, masks)
+        out["l1_in_mask"] = L1InMask()(change, masks)
         out["mask_coverage"] = mask_coverage(masks, fov)
     if cf.vcdr is not None:
         expected = cf.direction
