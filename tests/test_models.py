@@ -462,10 +462,11 @@ def test_prepare_equals_the_eval_transform_of_the_data_config():
 
     image = render_phantom(0, 96).image
     assert image.dtype == np.uint8 and image.shape == (96, 96, 3)
-    model = FundusClassifier(TINY, data_config={**DATA_CONFIG, "crop_fov": True})
+    model = FundusClassifier(TINY, data_config={**DATA_CONFIG, "crop_fov": True, "crop_disc": 0.6})
     dc = model.data_config
     transform = build_transforms("eval", dc.input_size, dc.mean, dc.std,
-                                 preprocess={"crop_fov": dc.crop_fov, "margin": dc.margin, "contrast": dc.contrast})
+                                 preprocess={"crop_fov": True, "margin": dc.margin, "contrast": dc.contrast,
+                                             "crop_disc": 0.6})
     sample = {"image": image, "masks": {}, "findings": np.full(10, np.nan, np.float32), "label": math.nan,
               "vcdr": math.nan, "meta": {"eye": ""}}
     expected = torch.from_numpy(transform(sample)["image"]).permute(2, 0, 1)

@@ -13,7 +13,9 @@ from xmed.data.preprocess import (
     FieldOfView,
     FundusPreprocess,
     contrast_normalise,
+    crop_around,
     crop_to_fov,
+    find_disc,
     find_fov,
 )
 from xmed.errors import ConfigError
@@ -202,7 +204,7 @@ def test_preprocess_without_crop_keeps_aspect():
 def test_preprocess_config_round_trip():
     pre = FundusPreprocess(size=384, crop_fov=True, margin=0.05, contrast="graham")
     config = json.loads(json.dumps(pre.to_dict()))
-    assert config == {"size": 384, "crop_fov": True, "margin": 0.05, "contrast": "graham"}
+    assert config == {"size": 384, "crop_fov": True, "margin": 0.05, "contrast": "graham", "crop_disc": None}
     assert FundusPreprocess.from_dict(config) == pre
 
 
@@ -212,8 +214,66 @@ def test_preprocess_rejects_unknown_key():
     assert info.value.key == "contrst"
 
 
-@pytest.mark.parametrize("key, value", [("size", 0), ("contrast", "hist"), ("margin", -0.1)])
+@pytest.mark.parametrize("key, value", [("size", 0), ("contrast", "hist"), ("margin", -0.1), ("crop_disc", 0),
+                                        ("crop_disc", 1.5), ("crop_disc", True)])
 def test_preprocess_rejects_bad_values(key, value):
     with pytest.raises(ConfigError) as info:
         FundusPreprocess.from_dict({key: value})
     assert info.value.key == key
+
+
+# ---------------------------------------------------------------------------- the optic disc
+@pytest.fixture(scope="module")
+def phantom_eyes():
+    from xmed.data import render_phantom
+
+    return [render_phantom(seed, size=192, prevalence=0.5) for seed in range(24)]
+
+
+def _centre(mask: np.ndarray) -> tuple[float, float, float]:
+    ys, xs = np.nonzero(mask)
+    return float(xs.mean()), float(ys.mean()), float(np.sqrt(mask.sum() / np.pi))
+
+
+def test_find_disc_lands_on_the_phantom_disc(phantom_eyes):
+    errors = []
+    for eye in phantom_eyes:
+        cx, cy, radius = _centre(eye.masks["disc"])
+        x, y = find_disc(eye.image)
+        errors.append(np.hypot(x - cx, y - cy) / radius)
+    errors = np.array(errors)
+    assert errors.max() < 1.0, errors          # inside the disc on every eye (OD and OS)
+    assert np.median(errors) < 0.6, errors
+
+
+def test_find_disc_ignores_vignetting_and_small_bright_specks():
+    image = synthetic_disc(240, 240, 120, 120, 110).astype(np.float32)
+    yy, xx = np.mgrid[:240, :240]
+    image *= (1.3 - np.hypot(xx - 120, yy - 120) / 240)[..., None]    # brighter centre
+    inside = (xx - 120) ** 2 + (yy - 120) ** 2 <= 110 ** 2
+    image[((xx - 60) ** 2 + (yy - 130) ** 2 <= 9 ** 2) & inside] = (250, 230, 170)   # the disc
+    image[((xx - 150) ** 2 + (yy - 100) ** 2 <= 2 ** 2)] = (255, 255, 255)            # a druse
+    x, y = find_disc(np.clip(image, 0, 255).astype(np.uint8))
+    assert abs(x - 60) <= 2 and abs(y - 130) <= 2
+
+
+def test_crop_around_pads_outside_the_image():
+    image = np.arange(1, 26, dtype=np.uint8).reshape(5, 5)
+    crop, masks = crop_around(image, {"m": image > 12}, 0, 4, 3)
+    assert crop.tolist() == [[0, 16, 17], [0, 21, 22], [0, 0, 0]]
+    assert masks["m"].tolist() == [[False, True, True], [False, True, True], [False, False, False]]
+
+
+def test_preprocess_crops_around_the_disc(phantom_eyes):
+    pre = FundusPreprocess(crop_fov=True, margin=0.0, crop_disc=0.5, size=64)
+    for eye in phantom_eyes[:8]:
+        out = pre({"image": eye.image, "masks": dict(eye.masks)})
+        assert out["image"].shape == (64, 64, 3) and out["masks"]["disc"].shape == (64, 64)
+        cx, cy, radius = _centre(out["masks"]["disc"])
+        # the disc is whole and near the centre of the crop, at twice its full-FOV scale
+        assert np.hypot(cx - 31.5, cy - 31.5) < radius
+        side = round(find_fov(eye.image).radius)   # half the FOV diameter
+        assert out["masks"]["disc"].sum() == pytest.approx(eye.masks["disc"].sum() * (64 / side) ** 2, rel=0.1)
+        # the image went through the same window as the masks: the disc is the bright part
+        brightness = out["image"].mean(axis=2)
+        assert brightness[out["masks"]["disc"]].mean() > brightness[~out["masks"]["disc"]].mean() + 20

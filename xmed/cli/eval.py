@@ -22,11 +22,11 @@ from xmed.cli.train import _report, instantiate_group
 
 def datamodule_for_model(data_cfg: DictConfig, model):
     """The data module of ``data_cfg``, set up to prepare photographs the way ``model`` expects
-    (its input size, normalisation, field-of-view crop and contrast)."""
+    (its input size, normalisation, field-of-view and disc crops, contrast)."""
     dc = model.data_config
     config = OmegaConf.to_container(data_cfg, resolve=True)
     config.update(image_size=dc.input_size, mean=list(dc.mean), std=list(dc.std))
-    config["preprocess"] = {"crop_fov": dc.crop_fov, "margin": dc.margin, "contrast": dc.contrast}
+    config["preprocess"] = dc.preprocess()
     datamodule = instantiate_group(OmegaConf.create(config), "data")
     datamodule.setup()
     return datamodule

@@ -171,9 +171,10 @@ class FundusDataModule(L.LightningDataModule):
 
     def data_config(self) -> dict[str, Any]:
         """What a model trained on these loaders must do to a raw photograph (it carries this)."""
-        pre = {"crop_fov": False, "margin": 0.02, "contrast": None, **self.preprocess}
+        pre = {"crop_fov": False, "margin": 0.02, "contrast": None, "crop_disc": None, **self.preprocess}
         return {"input_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "crop_fov": bool(pre["crop_fov"]), "margin": float(pre["margin"]), "contrast": pre["contrast"]}
+                "crop_fov": bool(pre["crop_fov"]), "margin": float(pre["margin"]), "contrast": pre["contrast"],
+                "crop_disc": None if pre["crop_disc"] is None else float(pre["crop_disc"])}
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:

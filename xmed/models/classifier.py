@@ -50,6 +50,7 @@ class DataConfig:
     crop_fov: bool = True
     margin: float = 0.02
     contrast: str | None = None
+    crop_disc: float | None = None
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "DataConfig":
@@ -60,6 +61,11 @@ class DataConfig:
         out = cls(**config)
         out.mean, out.std = tuple(out.mean), tuple(out.std)
         return out
+
+    def preprocess(self) -> dict[str, Any]:
+        """The :class:`~xmed.data.preprocess.FundusPreprocess` settings (FOV crop, disc crop, contrast)."""
+        return {"crop_fov": self.crop_fov, "margin": self.margin, "contrast": self.contrast,
+                "crop_disc": self.crop_disc}
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -211,8 +217,7 @@ class FundusClassifier(nn.Module):
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
         dc = self.data_config
-        transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess={
-            "crop_fov": dc.crop_fov, "margin": dc.margin, "contrast": dc.contrast})
+        transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess())
         batch = []
         for image in images:
             sample = transform({"image": image, "masks": {}, "findings": np.full(len(FINDINGS), np.nan, np.float32),
