@@ -239,14 +239,31 @@ def test_goal_per_direction_from_the_command_line(exported):
         build_explainers(model, OmegaConf.to_container(bad.explainer, resolve=True))
 
 
-def test_shortcut_comparison_puts_two_runs_side_by_side(tmp_path):
-    from xmed.cli.explain import shortcut_comparison
+def test_run_comparison_puts_two_runs_side_by_side(tmp_path):
+    from PIL import Image
 
-    (tmp_path / "metrics.json").write_text(json.dumps({"methods": {"gradcam": {"shortcut_energy": 0.02}}}))
-    table = shortcut_comparison({"gradcam": {"shortcut_energy": 0.61}, "rise": {"pointing_game": 1.0}}, tmp_path)
-    assert "| gradcam | 0.610 | 0.020 |" in table and "rise" not in table
+    from xmed.cli.explain import run_comparison
+
+    earlier, now = tmp_path / "standard", tmp_path / "robust"
+    earlier.mkdir()
+    (earlier / "metrics.json").write_text(json.dumps({"methods": {
+        "gradcam": {"shortcut_energy": 0.02}, "adversarial_decrease": {"validity": 1.0, "energy_in_mask": 0.4}}}))
+    for run, shade, height in ((earlier, 10, 6), (now, 200, 4)):
+        (run / "overlays" / "adversarial_decrease").mkdir(parents=True)
+        Image.fromarray(np.full((height, 5, 3), shade, np.uint8)).save(run / "overlays" / "adversarial_decrease" / "eye1.png")
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(now / "overlays" / "adversarial_decrease" / "only_here.png")
+    summary = {"gradcam": {"shortcut_energy": 0.61}, "rise": {"pointing_game": 1.0},
+               "adversarial_decrease": {"validity": 0.9, "energy_in_mask": 0.55}}
+    table = run_comparison(summary, earlier, now)
+    assert "| gradcam | shortcut energy | 0.610 | 0.020 |" in table and "rise" not in table
+    assert "| adversarial_decrease | energy in mask | 0.550 | 0.400 |" in table
+    assert "| adversarial_decrease | validity | 0.900 | 1.000 |" in table
+    picture = np.asarray(Image.open(now / "compare" / "adversarial_decrease" / "eye1.png"))
+    assert picture.shape == (6, 5 + 6 + 5, 3)      # padded to the taller, a white gap between
+    assert (picture[:4, :5] == 200).all() and (picture[:, 11:] == 10).all() and (picture[4:, :5] == 255).all()
+    assert not (now / "compare" / "adversarial_decrease" / "only_here.png").exists()
     with pytest.raises(ConfigError, match="compare_run"):
-        shortcut_comparison({}, tmp_path / "nowhere")
+        run_comparison({}, tmp_path / "nowhere")
 
 
 def test_label_filter_explains_glaucomatous_eyes_only(exported, tmp_path):

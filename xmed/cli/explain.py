@@ -351,23 +351,63 @@ def comparison_table(summary: Mapping[str, Mapping[str, Any]], target: str) -> s
     return "\n".join(lines)
 
 
-def shortcut_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path) -> str:
-    """Markdown: per method, the share of map energy on the shortcut marker for this run's model
-    next to the share for the model of an earlier run on the same eyes (e.g. one trained without
-    the marker)."""
+#: The metrics put side by side with an earlier run (``compare_run=``), where a method has them.
+COMPARED_METRICS = ("shortcut_energy", "energy_pointing_game", "validity", "energy_in_mask", "l1_in_mask",
+                    "vcdr_falls", "proximity_l2")
+
+
+def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, out_dir: Path | None = None) -> str:
+    """Markdown: per method, the :data:`COMPARED_METRICS` of this run's model next to those of the
+    model of an earlier run on the same eyes (e.g. a standard vs an adversarially trained model,
+    or a model trained with the shortcut marker vs one without). With ``out_dir``, also writes
+    ``compare/<method>/<id>.png``: this run's overlay (left) and the earlier run's (right) of
+    every eye both have.
+
+    Example:
+        >>> run_comparison({}, Path("/nowhere"))
+        Traceback (most recent call last):
+        ...
+        xmed.errors.ConfigError: config key 'compare_run': no metrics.json in /nowhere (give an xmed-explain run folder)
+    """
     path = other_run / "metrics.json"
     if not path.is_file():
         raise ConfigError("compare_run", f"no metrics.json in {other_run} (give an xmed-explain run folder)")
     other = json.loads(path.read_text())["methods"]
-    lines = [f"Share of map energy on the shortcut marker (eyes carrying it): this model vs `{other_run}`.", "",
-             "| method | this model | comparison model |", "|---|---|---|"]
+    lines = [f"This model vs the model of `{other_run}`, on the same eyes.", "",
+             "| method | metric | this model | comparison model |", "|---|---|---|---|"]
     for method, entry in summary.items():
-        mine, theirs = entry.get("shortcut_energy"), other.get(method, {}).get("shortcut_energy")
-        if mine is None and theirs is None:
-            continue
-        cells = ["–" if v is None else f"{v:.3f}" for v in (mine, theirs)]
-        lines.append(f"| {method} | {cells[0]} | {cells[1]} |")
+        for key in COMPARED_METRICS:
+            mine, theirs = entry.get(key), other.get(method, {}).get(key)
+            if mine is None and theirs is None:
+                continue
+            cells = ["–" if v is None else f"{v:.3f}" for v in (mine, theirs)]
+            lines.append(f"| {method} | {key.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
+    if out_dir is not None:
+        pictures = _side_by_side(out_dir, other_run, [m for m in summary if m in other])
+        if pictures:
+            lines += ["", f"Side by side (this model left): `{out_dir / 'compare'}` ({pictures} eyes × methods)."]
     return "\n".join(lines)
+
+
+def _side_by_side(out_dir: Path, other_run: Path, methods: list[str]) -> int:
+    """``compare/<method>/<id>.png`` for every overlay both runs wrote; returns how many."""
+    from PIL import Image
+
+    written = 0
+    for method in methods:
+        for mine in sorted((out_dir / "overlays" / method).glob("*.png")):
+            theirs = other_run / "overlays" / method / mine.name
+            if not theirs.is_file():
+                continue
+            left, right = np.asarray(Image.open(mine).convert("RGB")), np.asarray(Image.open(theirs).convert("RGB"))
+            height = max(left.shape[0], right.shape[0])
+            pad = [np.pad(x, ((0, height - x.shape[0]), (0, 0), (0, 0)), constant_values=255) for x in (left, right)]
+            gap = np.full((height, 6, 3), 255, np.uint8)
+            folder = out_dir / "compare" / method
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.concatenate([pad[0], gap, pad[1]], axis=1)).save(folder / mine.name)
+            written += 1
+    return written
 
 
 def randomisation_check(model, explainer_cfg: Mapping[str, Any], images: Tensor, target: str,
@@ -468,7 +508,7 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     table = comparison_table(summary, cfg.target)
     if cfg.get("compare_run"):
-        table += "\n\n" + shortcut_comparison(summary, Path(cfg.compare_run))
+        table += "\n\n" + run_comparison(summary, Path(cfg.compare_run), out_dir)
     (out_dir / "comparison.md").write_text(table + "\n")
     _write_per_image(out_dir / "per_image.csv", records)
     _comparison_sheet(out_dir, [m for m in methods if (out_dir / "overlays" / m).is_dir()], sorted(overlay_ids))
