@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 # render the phantom -> train phantom_smoke -> evaluate the exported model -> explain it -> model card
 demo: venv
-	$(BIN)/xmed-data phantom --out $(OUT)/data/phantom_smoke --n 3000 --size 128 --seed 0
+	$(BIN)/xmed-data phantom --out $(OUT)/data/phantom_smoke --n 3000 --size 256 --seed 0
 	$(BIN)/xmed-data inspect --dataset phantom --root $(OUT)/data/phantom_smoke --no-decode
 	$(BIN)/xmed-train experiment=phantom_smoke paths.data_dir=$(OUT)/data paths.output_dir=$(OUT)/train
 	$(BIN)/xmed-eval ckpt_path=$(OUT)/train/model data=phantom data.root=$(OUT)/data/phantom_smoke paths.output_dir=$(OUT)/eval
