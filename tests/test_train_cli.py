@@ -128,6 +128,17 @@ def test_eval_on_the_exported_model_gives_the_same_auroc(run, tmp_path):
     assert (tmp_path / "predictions.csv").read_text() == (out / "predictions.csv").read_text()
 
 
+def test_training_skips_masks_unless_a_mask_head_uses_them(tmp_path):
+    from xmed.cli.train import training_data_config
+
+    plain = training_data_config(compose("train", tiny_overrides(tmp_path)))
+    assert plain.dataset_options.load_masks is False and plain.dataset_options.n == 48
+    with_head = training_data_config(compose("train", tiny_overrides(tmp_path) + ["+model.net.mask_head=[disc]"]))
+    assert "load_masks" not in with_head.dataset_options
+    asked = training_data_config(compose("train", tiny_overrides(tmp_path) + ["+data.dataset_options.load_masks=true"]))
+    assert asked.dataset_options.load_masks is True
+
+
 def test_init_from_starts_a_run_from_the_trained_weights(run, tmp_path):
     """``init_from`` loads the trained model: with no epochs to train, the new run exports the
     same weights and scores the same test AUROC; the card says where the weights came from."""

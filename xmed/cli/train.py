@@ -60,6 +60,18 @@ def data_summary(datamodule) -> dict[str, Any]:
     }
 
 
+def training_data_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.data``, set not to decode pixel masks unless a mask head trains on them (decoding
+    them is a third of the loading time of a 256 px phantom eye); a ``load_masks`` the user set
+    in ``data.dataset_options`` wins."""
+    options = cfg.data.get("dataset_options") or {}
+    if "load_masks" in options or (cfg.get("model") or {}).get("net", {}).get("mask_head"):
+        return cfg.data
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data["dataset_options"] = {**(data.get("dataset_options") or {}), "load_masks": False}
+    return OmegaConf.create(data)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then (rank 0) export the best checkpoint, evaluate it and write the model card."""
     import lightning as L
@@ -72,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate_group(cfg.data, "data")
+    datamodule = instantiate_group(training_data_config(cfg), "data")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg["net"]["data_config"] = datamodule.data_config()
     if model_cfg.get("class_balance") == "sampler":
