@@ -243,6 +243,10 @@ def test_configuration_errors(toy_autoencoder):
     imagenet = FundusClassifier("test_resnet.r160_in1k", input_size=SIZE)
     with pytest.raises(ConfigError, match="normalises images with mean"):
         LatentShiftExplainer(imagenet, toy_autoencoder)  # the toy autoencoder works in pixel units
+    disc_view = FundusClassifier("test_resnet.r160_in1k", input_size=SIZE,
+                                 data_config={**toy_autoencoder.data_config.as_dict(), "crop_disc": 0.5})
+    with pytest.raises(ConfigError, match="crop_disc=None, the model sees crop_disc=0.5"):
+        LatentShiftExplainer(disc_view, toy_autoencoder)  # whole fundi vs disc-centred crops
     with pytest.raises(ConfigError, match="model.net.input_size"):
         FundusAutoencoder(input_size=36, channels=(8, 16, 32))
     with pytest.raises(ConfigError, match="model.net.channels"):

@@ -385,7 +385,8 @@ def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, ou
     if out_dir is not None:
         pictures = _side_by_side(out_dir, other_run, [m for m in summary if m in other])
         if pictures:
-            lines += ["", f"Side by side (this model left): `{out_dir / 'compare'}` ({pictures} eyes × methods)."]
+            lines += ["", f"Side by side (this model left): `compare/<method>/<eye>.png` in the run folder "
+                          f"({pictures} pictures)."]
     return "\n".join(lines)
 
 

@@ -266,8 +266,8 @@ class LatentShiftExplainer(CounterfactualExplainer):
 
 
 def _check_same_space(model: nn.Module, autoencoder: nn.Module) -> None:
-    """Both normalise images the same way, when both say how (else the decoding means nothing
-    to the classifier)."""
+    """Both normalise and crop images the same way, when both say how (else the decoding means
+    nothing to the classifier: an autoencoder of whole fundi cannot encode a disc-centred crop)."""
     mine, theirs = getattr(model, "data_config", None), getattr(autoencoder, "data_config", None)
     if mine is None or theirs is None:
         return
@@ -276,6 +276,11 @@ def _check_same_space(model: nn.Module, autoencoder: nn.Module) -> None:
         if len(a) != len(b) or any(abs(u - v) > 1e-6 for u, v in zip(a, b)):
             raise ConfigError("autoencoder", f"normalises images with {key} {b}, the model with {a}: train the "
                                              "autoencoder on the model's data config")
+    for key in ("crop_fov", "crop_disc", "contrast"):
+        a, b = getattr(mine, key, None), getattr(theirs, key, None)
+        if a != b:
+            raise ConfigError("autoencoder", f"was trained on images with {key}={b}, the model sees {key}={a}: "
+                                             "train the autoencoder with the model's data.preprocess")
 
 
 __all__ = ["DEFAULT_MAX_LAMBDA", "DEFAULT_N_LAMBDAS", "LatentShiftExplainer"]
