@@ -141,8 +141,9 @@ def initialise_from(module, path: str | Path, task: str = "classifier") -> None:
     fine-tuning run (``init_from=…``). Raises :class:`ConfigError` on key ``init_from`` when the
     architectures differ.
 
-    Example:
-        >>> initialise_from(module, "outputs/phantom_ref/model")  # doctest: +SKIP
+    Example::
+
+        initialise_from(module, "outputs/phantom_ref/model")   # module: a FundusModule
     """
     from xmed.models.export import load_model
 
