@@ -123,7 +123,7 @@ class FundusDataModule(L.LightningDataModule):
         splits: train/val/test fractions used when the data set publishes no split.
         use_published_splits: follow the published split when there is one.
         seed: split and augmentation seed.
-        preprocess: :class:`~xmed.data.preprocess.FundusPreprocess` fields (FOV crop, contrast).
+        preprocess: :class:`~xmed.data.preprocess.FundusPreprocess` fields (FOV crop, disc crop, contrast).
         augment: extra arguments of :func:`~xmed.data.transforms.build_transforms` for training
             (``hflip``, ``vflip``, ``rotate``, ``color``, ``scale``).
         on_error: ``"raise"`` or ``"skip"`` (skipped files are logged and listed in
