@@ -35,6 +35,7 @@ bench: venv
 	$(BIN)/python benchmarks/phantom_speed.py
 	$(BIN)/python benchmarks/explain_speed.py
 	$(BIN)/python benchmarks/counterfactual_speed.py
+	$(BIN)/python benchmarks/backbone_stride.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
