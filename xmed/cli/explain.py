@@ -155,7 +155,8 @@ class ExplainModule(L.LightningModule):
             return []
         images, ids = batch["image"], list(batch["meta"]["id"])
         truth = ground_truth(batch, self.target)
-        edit_truth = ground_truth(batch, self.target, edit=True)
+        edit_truth = (ground_truth(batch, self.target, edit=True)
+                      if any(isinstance(e, CounterfactualRun) for e in self.explainers.values()) else None)
         marker = None
         if "shortcut" in (batch.get("masks") or {}):
             marker = batch["masks"]["shortcut"].to(images.device) & batch["mask_valid"]["shortcut"].to(images.device)[:, None, None]

@@ -171,10 +171,12 @@ class FundusDataModule(L.LightningDataModule):
 
     def data_config(self) -> dict[str, Any]:
         """What a model trained on these loaders must do to a raw photograph (it carries this)."""
-        pre = {"crop_fov": False, "margin": 0.02, "contrast": None, "crop_disc": None, **self.preprocess}
-        return {"input_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "crop_fov": bool(pre["crop_fov"]), "margin": float(pre["margin"]), "contrast": pre["contrast"],
-                "crop_disc": None if pre["crop_disc"] is None else float(pre["crop_disc"])}
+        from xmed.data.preprocess import FundusPreprocess
+
+        # no `preprocess` given means none at all: no FOV crop either (FundusPreprocess defaults to one)
+        pre = FundusPreprocess.from_dict({"crop_fov": False, **self.preprocess}).to_dict()
+        pre.pop("size")  # the model's input size is image_size
+        return {"input_size": self.image_size, "mean": list(self.mean), "std": list(self.std), **pre}
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:

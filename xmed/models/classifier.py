@@ -63,9 +63,11 @@ class DataConfig:
         return out
 
     def preprocess(self) -> dict[str, Any]:
-        """The :class:`~xmed.data.preprocess.FundusPreprocess` settings (FOV crop, disc crop, contrast)."""
-        return {"crop_fov": self.crop_fov, "margin": self.margin, "contrast": self.contrast,
-                "crop_disc": self.crop_disc}
+        """The :class:`~xmed.data.preprocess.FundusPreprocess` settings (FOV crop, disc crop, contrast);
+        the resize is ``input_size``'s."""
+        from xmed.data.preprocess import FundusPreprocess
+
+        return {f.name: getattr(self, f.name) for f in fields(FundusPreprocess) if f.name != "size"}
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

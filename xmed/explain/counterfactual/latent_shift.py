@@ -276,8 +276,11 @@ def _check_same_space(model: nn.Module, autoencoder: nn.Module) -> None:
         if len(a) != len(b) or any(abs(u - v) > 1e-6 for u, v in zip(a, b)):
             raise ConfigError("autoencoder", f"normalises images with {key} {b}, the model with {a}: train the "
                                              "autoencoder on the model's data config")
-    for key in ("crop_fov", "crop_disc", "contrast"):
-        a, b = getattr(mine, key, None), getattr(theirs, key, None)
+    if not (hasattr(mine, "preprocess") and hasattr(theirs, "preprocess")):
+        return
+    model_crops, autoencoder_crops = mine.preprocess(), theirs.preprocess()
+    for key in model_crops:
+        a, b = model_crops[key], autoencoder_crops.get(key)
         if a != b:
             raise ConfigError("autoencoder", f"was trained on images with {key}={b}, the model sees {key}={a}: "
                                              "train the autoencoder with the model's data.preprocess")
