@@ -251,8 +251,8 @@ def find_disc(image: np.ndarray, fov: FieldOfView | None = None) -> tuple[float,
     difference of Gaussians tuned to a disc's size (its radius is ~4 % of the FOV diameter)
     is taken. The band-pass ignores slow illumination gradients (vignetting) and specks smaller
     than a disc (drusen, dust). Hand-written because none of the libraries xmed builds on ships
-    a disc locator; on rendered phantom eyes (OD and OS) it lands inside the disc, about 0.4 disc
-    radius from its centre (``tests/test_preprocess.py`` checks 24). Bright lesions of disc size (large exudates, flash
+    a disc locator; on rendered phantom eyes (OD and OS) it lands inside the disc, with a median
+    offset under 0.6 disc radius (``tests/test_preprocess.py``, 24 eyes). Bright lesions of disc size (large exudates, flash
     reflexes) can mislead it: check crops of a new data set.
 
     Args:
