@@ -266,6 +266,32 @@ def test_run_comparison_puts_two_runs_side_by_side(tmp_path):
         run_comparison({}, tmp_path / "nowhere")
 
 
+def test_run_comparison_pairs_the_eyes_both_runs_scored(tmp_path):
+    from xmed.cli.explain import run_comparison
+
+    earlier = tmp_path / "standard"
+    earlier.mkdir()
+    (earlier / "metrics.json").write_text(json.dumps({"methods": {
+        "adversarial_increase": {"validity": 1.0, "energy_in_mask": 0.5}}}))
+    (earlier / "per_image.csv").write_text(
+        "id,method,validity,energy_in_mask\n"
+        "a,adversarial_increase,1.0,0.50\n"
+        "b,adversarial_increase,1.0,0.70\n"
+        "c,adversarial_increase,1.0,0.40\n"
+        "d,adversarial_increase,,\n")      # not edited there: left out of the pairs
+    records = [{"id": "a", "method": "adversarial_increase", "validity": 1.0, "energy_in_mask": 0.6},
+               {"id": "b", "method": "adversarial_increase", "validity": 0.0, "energy_in_mask": 0.65},
+               {"id": "c", "method": "adversarial_increase", "validity": 1.0, "energy_in_mask": 0.55},
+               {"id": "d", "method": "adversarial_increase", "validity": 1.0, "energy_in_mask": 0.9},
+               {"id": "e", "method": "adversarial_increase", "validity": 1.0, "energy_in_mask": 0.9}]
+    summary = {"adversarial_increase": {"validity": 0.8, "energy_in_mask": 0.72}}
+    table = run_comparison(summary, earlier, records=records)
+    assert "| adversarial_increase | energy in mask | 0.720 | 0.500 | 2 of 3 eyes |" in table
+    assert "| adversarial_increase | validity | 0.800 | 1.000 | 0 of 3 eyes |" in table
+    (earlier / "per_image.csv").unlink()       # an older run without per-eye values: no pairs column
+    assert "this model higher" not in run_comparison(summary, earlier, records=records)
+
+
 def test_label_filter_explains_glaucomatous_eyes_only(exported, tmp_path):
     from xmed.cli.explain import explain_run
 

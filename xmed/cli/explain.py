@@ -357,10 +357,13 @@ COMPARED_METRICS = ("shortcut_energy", "energy_pointing_game", "validity", "ener
                     "vcdr_falls", "proximity_l2")
 
 
-def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, out_dir: Path | None = None) -> str:
+def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, out_dir: Path | None = None,
+                   records: list[dict[str, Any]] | None = None) -> str:
     """Markdown: per method, the :data:`COMPARED_METRICS` of this run's model next to those of the
     model of an earlier run on the same eyes (e.g. a standard vs an adversarially trained model,
-    or a model trained with the shortcut marker vs one without). With ``out_dir``, also writes
+    or a model trained with the shortcut marker vs one without). With this run's per-eye
+    ``records`` and the earlier run's ``per_image.csv``, a last column pairs the eyes: on how many
+    of the eyes both scored this model's value is the higher. With ``out_dir``, also writes
     ``compare/<method>/<id>.png``: this run's overlay (left) and the earlier run's (right) of
     every eye both have.
 
@@ -374,21 +377,48 @@ def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, ou
     if not path.is_file():
         raise ConfigError("compare_run", f"no metrics.json in {other_run} (give an xmed-explain run folder)")
     other = json.loads(path.read_text())["methods"]
+    paired = _paired_counts(records, other_run / "per_image.csv") if records is not None else None
     lines = [f"This model vs the model of `{other_run}`, on the same eyes.", "",
-             "| method | metric | this model | comparison model |", "|---|---|---|---|"]
+             "| method | metric | this model | comparison model |" + (" this model higher |" if paired else ""),
+             "|---|---|---|---|" + ("---|" if paired else "")]
     for method, entry in summary.items():
         for key in COMPARED_METRICS:
             mine, theirs = entry.get(key), other.get(method, {}).get(key)
             if mine is None and theirs is None:
                 continue
             cells = ["–" if v is None else f"{v:.3f}" for v in (mine, theirs)]
-            lines.append(f"| {method} | {key.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
+            if paired:
+                higher, both = paired.get((method, key), (0, 0))
+                cells.append(f"{higher} of {both} eyes" if both else "–")
+            lines.append(f"| {method} | {key.replace('_', ' ')} | " + " | ".join(cells) + " |")
     if out_dir is not None:
         pictures = _side_by_side(out_dir, other_run, [m for m in summary if m in other])
         if pictures:
             lines += ["", f"Side by side (this model left): `compare/<method>/<eye>.png` in the run folder "
                           f"({pictures} pictures)."]
     return "\n".join(lines)
+
+
+def _paired_counts(records: list[dict[str, Any]], other_csv: Path) -> dict[tuple[str, str], tuple[int, int]] | None:
+    """``{(method, metric): (eyes where this run's value is higher, eyes both runs scored)}`` from
+    this run's records and the earlier run's ``per_image.csv`` (None when that file is missing)."""
+    if not other_csv.is_file():
+        return None
+    with open(other_csv, newline="") as fh:
+        theirs = {(row["id"], row["method"]): row for row in csv.DictReader(fh)}
+    counts: dict[tuple[str, str], list[int]] = {}
+    for record in records:
+        row = theirs.get((record["id"], record["method"]))
+        if row is None:
+            continue
+        for key in COMPARED_METRICS:
+            mine, other = record.get(key), row.get(key) or None
+            if mine is None or other is None:
+                continue
+            count = counts.setdefault((record["method"], key), [0, 0])
+            count[0] += int(float(mine) > float(other))
+            count[1] += 1
+    return {k: (higher, both) for k, (higher, both) in counts.items()}
 
 
 def _side_by_side(out_dir: Path, other_run: Path, methods: list[str]) -> int:
@@ -510,7 +540,7 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     table = comparison_table(summary, cfg.target)
     if cfg.get("compare_run"):
-        table += "\n\n" + run_comparison(summary, Path(cfg.compare_run), out_dir)
+        table += "\n\n" + run_comparison(summary, Path(cfg.compare_run), out_dir, records)
     (out_dir / "comparison.md").write_text(table + "\n")
     _write_per_image(out_dir / "per_image.csv", records)
     _comparison_sheet(out_dir, [m for m in methods if (out_dir / "overlays" / m).is_dir()], sorted(overlay_ids))
