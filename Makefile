@@ -36,6 +36,7 @@ bench: venv
 	$(BIN)/python benchmarks/explain_speed.py
 	$(BIN)/python benchmarks/counterfactual_speed.py
 	$(BIN)/python benchmarks/backbone_stride.py
+	$(BIN)/python benchmarks/loader_cache.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from xmed.cli.data import main as xmed_data
 from xmed.data import render_phantom
 from xmed.data.datamodule import FundusDataModule, split_indices
-from xmed.data.datasets import DATASETS, get_dataset
+from xmed.data.datasets import DATASETS, SkippedSample, get_dataset
 from xmed.data.phantom.writer import LABEL_COLUMNS, write_phantom_dataset
 from xmed.errors import ConfigError, DatasetError
 from xmed.findings import FINDINGS
@@ -167,6 +167,57 @@ def test_datamodule_training_log_reports_skipped_samples(tmp_path, caplog):
     assert batch["size"] == len(dm.splits["train"]) - 1
     assert any(Path(victim["image"]).name in r.getMessage() and "skipped" in r.getMessage()
                for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_prepared_cache_gives_the_same_samples_and_skips_the_decoding(tmp_path, monkeypatch):
+    root = tmp_path / "ph"
+    write_phantom_dataset(root, n=12, size=64, seed=3, workers=1, progress=False)
+    victim = next(r for r in read_rows(root / "labels.csv") if r["split"] == "train")
+    (root / victim["image"]).write_bytes(b"not an image at all")
+    options = dict(dataset="phantom", root=str(root), image_size=32, on_error="skip",
+                   preprocess={"crop_fov": True, "crop_disc": 0.6})
+    plain, cached = FundusDataModule(**options), FundusDataModule(**options, cache_mb=64)
+    plain.setup(), cached.setup()
+    assert cached.splits["test"].cache_bytes == 0          # read once per run: not worth keeping
+    decoded = []
+    load = cached.base.load_sample
+    monkeypatch.setattr(cached.base, "load_sample", lambda record: decoded.append(record.id) or load(record))
+    val = cached.splits["val"]
+    for _ in range(3):                                      # eval transform: identical every time
+        for i in range(len(val)):
+            torch.testing.assert_close(val[i]["image"], plain.splits["val"][i]["image"], rtol=0, atol=0)
+    assert sorted(decoded) == sorted(cached.base.records[j].id for j in val.indices)   # each once
+    train = cached.splits["train"]
+    broken = [i for i in range(len(train)) if isinstance(train[i], SkippedSample)]
+    assert [cached.base.records[train.indices[i]].id for i in broken] == [victim["id"]]
+    assert train.cached == len(train) - 1                   # the unreadable file is never kept
+    kept = {k: v["image"].copy() for k, v in train._prepared.items()}
+    train.transform.set_random_seed(0)
+    first = [train[i]["image"] for i in range(len(train)) if i not in broken]
+    train.transform.set_random_seed(0)
+    again = [train[i]["image"] for i in range(len(train)) if i not in broken]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))       # augmentation still seeded
+    assert all(np.array_equal(train._prepared[k]["image"], v) for k, v in kept.items())  # and never in place
+    plain.splits["train"].transform.set_random_seed(0)
+    uncached = [plain.splits["train"][i]["image"] for i in range(len(train)) if i not in broken]
+    assert all(torch.equal(a, b) for a, b in zip(first, uncached))     # the same stream as without a cache
+
+
+def test_prepared_cache_stays_within_its_budget():
+    from xmed.data.datamodule import SplitView
+    from xmed.data.datasets import get_dataset
+    from xmed.data.transforms import build_transforms
+
+    base = get_dataset("phantom_render", n=6, size=64)
+    transform = build_transforms("eval", 32)
+    prepared = transform.prepare(base.load(0))
+    one_eye = (prepared["image"].nbytes + sum(m.nbytes for m in prepared["masks"].values())) / 2**20
+    view = SplitView(base, range(6), transform, cache_mb=2.5 * one_eye)
+    for i in range(6):
+        view[i]
+    assert view.cached == 2
+    with pytest.raises(ConfigError, match="data.cache_mb"):
+        FundusDataModule(cache_mb=-1)
 
 
 def test_bad_datamodule_values_name_the_key():

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
-from xmed.data.datasets import FundusDataset, SkippedSample, collate_samples, get_dataset
+from xmed.data.datasets import FundusDataset, SkippedSample, collate_samples, get_dataset, to_tensor_sample
 from xmed.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from xmed.errors import ConfigError
 
@@ -85,19 +85,60 @@ def balanced_weights(labels: np.ndarray) -> torch.Tensor:
 
 
 class SplitView(Dataset):
-    """The samples of one split of a :class:`FundusDataset`, through that split's transform."""
+    """The samples of one split of a :class:`FundusDataset`, through that split's transform.
 
-    def __init__(self, base: FundusDataset, indices: Sequence[int], transform):
+    ``cache_mb`` > 0 keeps each eye's prepared form (decoded, preprocessed, fitted to the input
+    size: :meth:`FundusTransform.prepare`) in memory, up to that many megabytes per process
+    (each loader worker holds its own), so later epochs only augment. Eyes beyond the budget are
+    prepared afresh each time; skipped files are never cached.
+
+    Example:
+        >>> from xmed.data.datasets import get_dataset
+        >>> from xmed.data.transforms import build_transforms
+        >>> base = get_dataset("phantom_render", n=2, size=64)
+        >>> view = SplitView(base, [0, 1], build_transforms("eval", 32), cache_mb=1)
+        >>> tuple(view[0]["image"].shape), view.cached
+        ((3, 32, 32), 1)
+    """
+
+    def __init__(self, base: FundusDataset, indices: Sequence[int], transform, cache_mb: float = 0):
+        if cache_mb < 0:
+            raise ConfigError("data.cache_mb", f"must be >= 0 (0 turns the cache off), got {cache_mb}")
         self.base, self.indices, self.transform = base, list(indices), transform
+        self.cache_bytes = int(cache_mb * 2**20) if hasattr(transform, "prepare") else 0
+        self._prepared: dict[int, dict] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def cached(self) -> int:
+        """How many eyes this process holds prepared."""
+        return len(self._prepared)
+
     def __getitem__(self, i: int):
-        sample = self.base.get(self.indices[i], self.transform)
+        index = self.indices[i]
+        if not self.cache_bytes:
+            sample = self.base.get(index, self.transform)
+        else:
+            sample = self._prepared.get(index)
+            if sample is None:
+                sample = self.base.load(index)
+                if not isinstance(sample, SkippedSample):
+                    sample = self.transform.prepare(sample)
+                    self._keep(index, sample)
+            if not isinstance(sample, SkippedSample):
+                sample = to_tensor_sample(self.transform.augment(sample))
         if isinstance(sample, SkippedSample):  # on_error="skip": recorded in the run's log too
             log.warning("skipped %s: %s", sample.path, sample.reason)
         return sample
+
+    def _keep(self, index: int, sample: dict) -> None:
+        size = sample["image"].nbytes + sum(m.nbytes for m in sample["masks"].values())
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._prepared[index] = sample
+            self._cached_bytes += size
 
     def labels(self) -> np.ndarray:
         return np.array([self.base.records[i].label for i in self.indices], np.float32)
@@ -128,6 +169,8 @@ class FundusDataModule(L.LightningDataModule):
             (``hflip``, ``vflip``, ``rotate``, ``color``, ``scale``).
         on_error: ``"raise"`` or ``"skip"`` (skipped files are logged and listed in
             :attr:`skipped`; skipped samples arrive in each batch's ``"skipped"`` list).
+        cache_mb: memory per process (each loader worker has its own) for keeping the train and
+            val eyes prepared between epochs (see :class:`SplitView`); 0 turns the cache off.
     """
 
     def __init__(
@@ -148,6 +191,7 @@ class FundusDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         on_error: Literal["raise", "skip"] = "raise",
         balanced_sampling: bool = False,
+        cache_mb: float = 0,
     ):
         super().__init__()
         if image_size < 16:
@@ -165,6 +209,9 @@ class FundusDataModule(L.LightningDataModule):
         self.augment = dict(augment or {})
         self.mean, self.std = tuple(mean), tuple(std)
         self.balanced_sampling = balanced_sampling
+        if cache_mb < 0:
+            raise ConfigError("data.cache_mb", f"must be >= 0 (0 turns the cache off), got {cache_mb}")
+        self.cache_mb = cache_mb
         self.used_published_splits = False
         self.base: FundusDataset | None = None
         self.splits: dict[str, SplitView] = {}
@@ -198,7 +245,9 @@ class FundusDataModule(L.LightningDataModule):
             "eval": build_transforms("eval", self.image_size, self.mean, self.std,
                                      preprocess=self.preprocess or None),
         }
-        self.splits = {s: SplitView(self.base, indices[s], transforms["train" if s == "train" else "eval"])
+        # train and val are read every epoch: worth keeping prepared; test is read once
+        self.splits = {s: SplitView(self.base, indices[s], transforms["train" if s == "train" else "eval"],
+                                    cache_mb=self.cache_mb if s in ("train", "val") else 0)
                        for s in SPLITS}
         counts = {s: len(v) for s, v in self.splits.items()}
         log.info("data set %s: %d images, splits %s, %d skipped", self.dataset_name, len(self.base),

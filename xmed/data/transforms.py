@@ -70,15 +70,19 @@ def apply_anatomy_of_flips(sample: dict, hflip: bool, vflip: bool) -> dict:
 
 
 class FundusTransform:
-    """A sample-dict transform: preprocessing, then an albumentations ``Compose``, then labels.
+    """A sample-dict transform: :meth:`prepare` (preprocessing, fit into the input square), then
+    :meth:`augment` (an albumentations ``Compose``, then labels).
 
-    Built by :func:`build_transforms`; ``compose`` is the albumentations pipeline (for inspection
-    or ``A.save``). Calling it returns a new sample dict: ``image`` float32 ``size×size×3``
-    normalised, ``masks`` bool ``size×size`` under the same names (renamed by vertical flips).
+    Built by :func:`build_transforms`. ``prepare`` is deterministic, so a loader may keep its
+    output and only ``augment`` again (see :class:`~xmed.data.datamodule.SplitView`'s cache).
+    ``fit`` and ``compose`` are the two albumentations pipelines (for inspection or ``A.save``).
+    Calling it returns a new sample dict: ``image`` float32 ``size×size×3`` normalised, ``masks``
+    bool ``size×size`` under the same names (renamed by vertical flips).
     """
 
-    def __init__(self, compose: A.Compose, preprocess: FundusPreprocess | None = None,
+    def __init__(self, fit: A.Compose, compose: A.Compose, preprocess: FundusPreprocess | None = None,
                  seed: int | None = None):
+        self.fit = fit
         self.compose = compose
         self.preprocess = preprocess
         self.set_random_seed(seed)
@@ -96,24 +100,37 @@ class FundusTransform:
         self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
     def __call__(self, sample: dict) -> dict:
+        return self.augment(self.prepare(sample))
+
+    def prepare(self, sample: dict) -> dict:
+        """The deterministic part: preprocessing, then the image fitted into the input square
+        (``uint8`` image, bool masks)."""
         if self.preprocess is not None:
             sample = self.preprocess(sample)
+        return self._apply(self.fit, sample)[0]
+
+    def augment(self, sample: dict) -> dict:
+        """The random part (train: flips, affine, colour) and normalisation; flips fix the labels."""
+        out, fired = self._apply(self.compose, sample)
+        return apply_anatomy_of_flips(out, hflip="HorizontalFlip" in fired, vflip="VerticalFlip" in fired)
+
+    @staticmethod
+    def _apply(compose: A.Compose, sample: dict) -> tuple[dict, set[str]]:
+        """A new sample with ``compose`` applied to its image and masks, and the names of the
+        top-level transforms that fired (``Compose(save_applied_params=True)`` lists them)."""
         masks = sample.get("masks") or {}
         names = list(masks)
         data: dict[str, Any] = {"image": np.asarray(sample["image"])}
         if names:
             data["masks"] = [np.asarray(masks[n], dtype=np.uint8) for n in names]
-        result = self.compose(**data)
-        # Compose(save_applied_params=True) lists (class name, params) of every top-level
-        # transform that fired in this call; the flips are top-level by construction.
+        result = compose(**data)
         fired = {name for name, _ in result.get("applied_transforms", [])}
         out = {**sample, "image": result["image"],
                "masks": {n: np.asarray(m) > 0 for n, m in zip(names, result.get("masks", []))}}
-        return apply_anatomy_of_flips(out, hflip="HorizontalFlip" in fired,
-                                      vflip="VerticalFlip" in fired)
+        return out, fired
 
     def __repr__(self) -> str:
-        return f"FundusTransform(preprocess={self.preprocess!r}, compose={self.compose!r})"
+        return f"FundusTransform(preprocess={self.preprocess!r}, fit={self.fit!r}, compose={self.compose!r})"
 
 
 def _photometric() -> list[A.BasicTransform]:
@@ -177,12 +194,13 @@ def build_transforms(
         raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
     if isinstance(preprocess, dict):
         preprocess = FundusPreprocess.from_dict(preprocess)
-    steps: list[A.BasicTransform] = [
+    fit = A.Compose([
         A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA,
                          mask_interpolation=cv2.INTER_NEAREST),
         A.PadIfNeeded(min_height=size, min_width=size, position="center",
                       border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
-    ]
+    ])
+    steps: list[A.BasicTransform] = []
     if stage == "train":
         if hflip > 0:
             steps.append(A.HorizontalFlip(p=hflip))
@@ -197,4 +215,4 @@ def build_transforms(
             steps.extend(_photometric())
     steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     compose = A.Compose(steps, save_applied_params=True)
-    return FundusTransform(compose, preprocess, seed=seed)
+    return FundusTransform(fit, compose, preprocess, seed=seed)

@@ -193,16 +193,22 @@ class FundusDataset(Dataset):
 
     def get(self, index: int, transform: Callable[[dict], dict] | None = None) -> dict | SkippedSample:
         """Sample ``index`` through ``transform`` (so that splits can share one listing)."""
-        record = self.records[index]
+        sample = self.load(index)
+        if isinstance(sample, SkippedSample):
+            return sample
+        if transform is not None:
+            sample = transform(sample)
+        return to_tensor_sample(sample)
+
+    def load(self, index: int) -> dict | SkippedSample:
+        """The decoded numpy sample ``index``, or a :class:`SkippedSample` when it cannot be read
+        and ``on_error="skip"``."""
         try:
-            sample = self.load_sample(record)
+            return self.load_sample(self.records[index])
         except (ImageReadError, DatasetError) as err:
             if self.on_error == "skip":
                 return SkippedSample(err.path, err.reason)
             raise
-        if transform is not None:
-            sample = transform(sample)
-        return to_tensor_sample(sample)
 
     def load_sample(self, record: Record) -> dict:
         """Decode one record into a numpy sample (image H×W×3 uint8, masks H×W bool)."""
