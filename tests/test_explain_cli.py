@@ -287,7 +287,7 @@ def test_run_comparison_pairs_the_eyes_both_runs_scored(tmp_path):
     summary = {"adversarial_increase": {"validity": 0.8, "energy_in_mask": 0.72}}
     table = run_comparison(summary, earlier, records=records)
     assert "| adversarial_increase | energy in mask | 0.720 | 0.500 | 2 of 3 eyes |" in table
-    assert "| adversarial_increase | validity | 0.800 | 1.000 | 0 of 3 eyes |" in table
+    assert "| adversarial_increase | validity | 0.800 | 1.000 | 0 of 3 eyes (2 equal) |" in table
     (earlier / "per_image.csv").unlink()       # an older run without per-eye values: no pairs column
     assert "this model higher" not in run_comparison(summary, earlier, records=records)
 

@@ -388,8 +388,8 @@ def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, ou
                 continue
             cells = ["–" if v is None else f"{v:.3f}" for v in (mine, theirs)]
             if paired:
-                higher, both = paired.get((method, key), (0, 0))
-                cells.append(f"{higher} of {both} eyes" if both else "–")
+                higher, equal, both = paired.get((method, key), (0, 0, 0))
+                cells.append("–" if not both else f"{higher} of {both} eyes" + (f" ({equal} equal)" if equal else ""))
             lines.append(f"| {method} | {key.replace('_', ' ')} | " + " | ".join(cells) + " |")
     if out_dir is not None:
         pictures = _side_by_side(out_dir, other_run, [m for m in summary if m in other])
@@ -399,9 +399,10 @@ def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, ou
     return "\n".join(lines)
 
 
-def _paired_counts(records: list[dict[str, Any]], other_csv: Path) -> dict[tuple[str, str], tuple[int, int]] | None:
-    """``{(method, metric): (eyes where this run's value is higher, eyes both runs scored)}`` from
-    this run's records and the earlier run's ``per_image.csv`` (None when that file is missing)."""
+def _paired_counts(records: list[dict[str, Any]], other_csv: Path) -> dict[tuple[str, str], tuple[int, int, int]] | None:
+    """``{(method, metric): (eyes where this run's value is higher, eyes where both are equal, eyes
+    both runs scored)}`` from this run's records and the earlier run's ``per_image.csv`` (None when
+    that file is missing)."""
     if not other_csv.is_file():
         return None
     with open(other_csv, newline="") as fh:
@@ -415,10 +416,11 @@ def _paired_counts(records: list[dict[str, Any]], other_csv: Path) -> dict[tuple
             mine, other = record.get(key), row.get(key) or None
             if mine is None or other is None:
                 continue
-            count = counts.setdefault((record["method"], key), [0, 0])
+            count = counts.setdefault((record["method"], key), [0, 0, 0])
             count[0] += int(float(mine) > float(other))
-            count[1] += 1
-    return {k: (higher, both) for k, (higher, both) in counts.items()}
+            count[1] += int(float(mine) == float(other))
+            count[2] += 1
+    return {k: tuple(v) for k, v in counts.items()}
 
 
 def _side_by_side(out_dir: Path, other_run: Path, methods: list[str]) -> int:
