@@ -5,8 +5,9 @@ disc, crops and resizes it, then augments it; with the cache (:class:`xmed.data.
 the workers keep the prepared eyes from their first epoch and later epochs only augment. This
 times whole epochs of the *train* loader of two ``FundusDataModule``s that differ only in
 ``cache_mb`` — the loaders are built once and kept (persistent workers, as in training), each
-is read once untimed (that fills the cache), then the two alternate epoch by epoch so that a
-noisy, shared machine slows both alike. No model runs: this is the loading work a training step
+is read once untimed, then the two alternate epoch by epoch so that a noisy, shared machine slows
+both alike. Each worker keeps its own copy and prepares the eyes the shuffle sends it that it has
+not seen, so the cached epochs get faster over the first few epochs (all are reported). No model runs: this is the loading work a training step
 has to wait for or share the CPU with.
 
 Data: ``--n`` phantom eyes written at ``--render`` px to a temporary folder (or ``--root``, an
@@ -92,8 +93,8 @@ def main() -> None:
                   f"per-epoch ratios {ratio['median_of_round_ratios']:.3f}).",
               f"Train loader of {n_train} eyes ({record['settings']['root']}), disc crop {args.crop_disc}, "
               f"{args.input_size} px, batch {args.batch}, {args.workers} workers, train augmentation; "
-              f"{record['device_name']}. One untimed epoch each (fills the cache), then {args.repeats} "
-              f"alternating epochs.",
+              f"{record['device_name']}. One untimed epoch each, then {args.repeats} alternating epochs (each "
+              f"worker fills its own copy of the cache as the shuffle sends it new eyes).",
               f"Command: `{record['command']}`."]
     (args.out / "loader_cache.md").write_text("# Training-loader epoch time: prepared-eye cache\n\n"
                                               + "\n".join(lines) + "\n")
