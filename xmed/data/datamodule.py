@@ -84,6 +84,13 @@ def balanced_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor([per_class[k] for k in keys.tolist()], dtype=torch.float32)
 
 
+def cache_bytes(cache_mb: float) -> int:
+    """``data.cache_mb`` in bytes; a negative budget is a :class:`ConfigError`."""
+    if cache_mb < 0:
+        raise ConfigError("data.cache_mb", f"must be >= 0 (0 turns the cache off), got {cache_mb}")
+    return int(cache_mb * 2**20)
+
+
 class SplitView(Dataset):
     """The samples of one split of a :class:`FundusDataset`, through that split's transform.
 
@@ -102,10 +109,8 @@ class SplitView(Dataset):
     """
 
     def __init__(self, base: FundusDataset, indices: Sequence[int], transform, cache_mb: float = 0):
-        if cache_mb < 0:
-            raise ConfigError("data.cache_mb", f"must be >= 0 (0 turns the cache off), got {cache_mb}")
         self.base, self.indices, self.transform = base, list(indices), transform
-        self.cache_bytes = int(cache_mb * 2**20) if hasattr(transform, "prepare") else 0
+        self.cache_bytes = cache_bytes(cache_mb) if hasattr(transform, "prepare") else 0
         self._prepared: dict[int, dict] = {}
         self._cached_bytes = 0
 
@@ -119,26 +124,27 @@ class SplitView(Dataset):
 
     def __getitem__(self, i: int):
         index = self.indices[i]
-        if not self.cache_bytes:
-            sample = self.base.get(index, self.transform)
-        else:
-            sample = self._prepared.get(index)
-            if sample is None:
-                sample = self.base.load(index)
-                if not isinstance(sample, SkippedSample):
-                    sample = self.transform.prepare(sample)
-                    self._keep(index, sample)
+        if self.cache_bytes:
+            sample = self._prepared.get(index) or self._prepare(index)
             if not isinstance(sample, SkippedSample):
                 sample = to_tensor_sample(self.transform.augment(sample))
+        else:
+            sample = self.base.get(index, self.transform)
         if isinstance(sample, SkippedSample):  # on_error="skip": recorded in the run's log too
             log.warning("skipped %s: %s", sample.path, sample.reason)
         return sample
 
-    def _keep(self, index: int, sample: dict) -> None:
+    def _prepare(self, index: int) -> dict | SkippedSample:
+        """Eye ``index`` decoded and prepared, kept while the budget allows."""
+        sample = self.base.load(index)
+        if isinstance(sample, SkippedSample):
+            return sample
+        sample = self.transform.prepare(sample)
         size = sample["image"].nbytes + sum(m.nbytes for m in sample["masks"].values())
         if self._cached_bytes + size <= self.cache_bytes:
             self._prepared[index] = sample
             self._cached_bytes += size
+        return sample
 
     def labels(self) -> np.ndarray:
         return np.array([self.base.records[i].label for i in self.indices], np.float32)
@@ -209,8 +215,7 @@ class FundusDataModule(L.LightningDataModule):
         self.augment = dict(augment or {})
         self.mean, self.std = tuple(mean), tuple(std)
         self.balanced_sampling = balanced_sampling
-        if cache_mb < 0:
-            raise ConfigError("data.cache_mb", f"must be >= 0 (0 turns the cache off), got {cache_mb}")
+        cache_bytes(cache_mb)  # checked now, not at setup
         self.cache_mb = cache_mb
         self.used_published_splits = False
         self.base: FundusDataset | None = None
