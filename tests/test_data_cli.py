@@ -20,7 +20,7 @@ from xmed.data.phantom.writer import LABEL_COLUMNS, write_phantom_dataset
 from xmed.errors import ConfigError, DatasetError
 from xmed.findings import FINDINGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from xmed.cli.common import CONFIG_DIR as CONFIGS  # the configs the installed package reads
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from xmed.models import DataConfig, FundusClassifier, export_model, load_model, 
 from xmed.models.classifier import TARGETS, apply_intervention
 from xmed.models.module import FundusModule, masked_bce, masked_l1
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from xmed.cli.common import CONFIG_DIR as CONFIGS  # the configs the installed package reads
 TINY = "test_resnet.r160_in1k"
 BACKBONES = {"cnn": TINY, "vit": "test_vit", "efficientnet": "test_efficientnet", "convnext": "test_convnext"}
 SIZE = 64

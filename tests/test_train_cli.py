@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from xmed.cli.common import CONFIG_DIR as CONFIGS  # the configs the installed package reads
 METRIC_KEYS = ("auroc", "pauroc_90", "sens_at_95spec", "sensitivity", "specificity", "accuracy", "brier", "ece",
                "finding_auroc", "finding_hamming", "vcdr_mae", "n", "ci")
 
@@ -112,6 +112,19 @@ def test_train_model_card(run):
         digest = re.search(rf"`{re.escape(rel)}` sha256 `([0-9a-f]{{64}})`", card)
         assert digest, rel
         assert digest.group(1) == hashlib.sha256((out / rel).read_bytes()).hexdigest()
+
+
+def test_train_log_and_card_say_which_precision_and_why(run):
+    from xmed.runtime import choose_precision
+
+    out, _, _ = run
+    expected = choose_precision("cpu")  # what this machine gets from `precision: auto`
+    card = (out / "model_card.md").read_text()
+    compute = card.split("## Compute", 1)[1].split("\n## ", 1)[0]
+    assert f"- **precision**: {expected.value} ({expected.reason})" in compute
+    assert "- **channels_last**: True (oneDNN convolutions" in compute
+    assert "- **loader workers**: 0 (set in the config)" in compute
+    assert "- **cpu kernels**: " in compute and "- **torch threads**: " in compute
 
 
 def test_eval_on_the_exported_model_gives_the_same_auroc(run, tmp_path):

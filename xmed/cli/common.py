@@ -1,8 +1,13 @@
-"""What the Hydra commands share: config location, prediction, evaluation reports.
+"""What the Hydra commands share: config location, trainer set-up, prediction, evaluation reports.
+
+The configs ship inside the package (``xmed/configs``) and every command reads them from there
+(``pkg://xmed.configs``), so an installed wheel needs no source tree. A user's own config folder
+joins them through Hydra's search path: ``xmed-train 'hydra.searchpath=[file:///my/configs]'
+experiment=mine`` (its groups extend and override the shipped ones), or ``--config-dir /my/configs``.
 
 Example:
-    >>> CONFIG_DIR.name
-    'configs'
+    >>> CONFIG_PACKAGE, (CONFIG_DIR / "train.yaml").is_file()
+    ('pkg://xmed.configs', True)
 """
 
 from __future__ import annotations
@@ -11,18 +16,52 @@ import csv
 import json
 import logging
 import math
-import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from xmed.errors import ConfigError, XmedError
 from xmed.findings import FINDINGS, VCDR
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(os.environ.get("XMED_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+CONFIG_PACKAGE = "pkg://xmed.configs"
+CONFIG_DIR = Path(str(resources.files("xmed.configs")))
+
+
+def instantiate_group(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose failures name the config group (``data``, ``model``…)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, XmedError):
+            raise cause from None
+        raise ConfigError(group, str(cause or err)) from None
+
+
+def build_trainer(trainer_cfg: DictConfig, auto_precision=None, **kwargs: Any):
+    """The Lightning ``Trainer`` of a ``trainer`` config group, its ``precision: auto`` resolved
+    for this machine (:func:`xmed.runtime.choose_precision`) or to ``auto_precision`` (a
+    :class:`~xmed.runtime.Choice`) when given; returns ``(trainer, precision choice)`` and logs the
+    choice and its reason."""
+    from xmed.runtime import choose_precision, is_auto
+
+    if auto_precision is not None and is_auto(trainer_cfg.get("precision")):
+        precision = auto_precision
+    else:
+        precision = choose_precision(trainer_cfg.get("accelerator"), trainer_cfg.get("precision"))
+    log.info("precision %s", precision)
+    node = OmegaConf.to_container(trainer_cfg, resolve=True)
+    node["precision"] = precision.value
+    return instantiate_group(OmegaConf.create(node), "trainer", **kwargs), precision
 
 
 @torch.inference_mode()

@@ -16,8 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xmed.cli.common import CONFIG_DIR, evaluate_model, evaluation_artefacts
-from xmed.cli.train import _report, instantiate_group
+from xmed.cli.common import CONFIG_PACKAGE, evaluate_model, evaluation_artefacts, instantiate_group
+from xmed.cli.train import _report
 
 
 def datamodule_for_model(data_cfg: DictConfig, model):
@@ -49,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg).get("auroc")
 

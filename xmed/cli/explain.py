@@ -42,14 +42,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from xmed.cli.common import CONFIG_DIR
+from xmed.cli.common import CONFIG_PACKAGE, build_trainer, instantiate_group
 from xmed.cli.eval import datamodule_for_model
-from xmed.cli.train import instantiate_group
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS, VCDR, finding_index
+from xmed.runtime import Choice
 
 log = logging.getLogger("xmed.explain")
 
+# what `trainer.precision: auto` means here: maps and edits are gradients, which bf16 would coarsen
+FULL_PRECISION = Choice("32-true", "explanations are computed in full precision")
 LOCALISATION = ("pointing_game", "energy_pointing_game", "map_auroc", "map_auprc")
 FAITHFULNESS = ("deletion", "insertion", "road_morf", "road_lerf")
 
@@ -507,14 +509,14 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("n", f"no eyes to explain in split {cfg.split!r}"
                                + (f" with label {cfg.label}" if cfg.get("label") is not None else ""))
     loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples,
-                        num_workers=cfg.data.num_workers)
+                        num_workers=datamodule.num_workers)
     explainer_cfg = OmegaConf.to_container(cfg.explainer, resolve=True)
     explainers = build_explainers(model, explainer_cfg)
     metrics = build_metrics(list(cfg.metrics), cfg.faithfulness)
     overlay_ids = {view.base.records[i].id for i in view.indices[:int(cfg.overlays)]}
     module = ExplainModule(model, explainers, cfg.target, metrics, out_dir, overlay_ids)
-    trainer = instantiate_group(cfg.trainer, "trainer", inference_mode=False, logger=False,
-                                enable_checkpointing=False, default_root_dir=str(out_dir))
+    trainer, _ = build_trainer(cfg.trainer, auto_precision=FULL_PRECISION, inference_mode=False, logger=False,
+                               enable_checkpointing=False, default_root_dir=str(out_dir))
     batches = trainer.predict(module, dataloaders=loader)
     records = [r for batch in batches or [] for r in batch]
     parts = out_dir / "parts"
@@ -652,7 +654,7 @@ def _safe(eye_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(eye_id))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="explain")
+@hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="explain")
 def main(cfg: DictConfig) -> None:
     explain_run(cfg)
 

@@ -23,24 +23,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xmed.cli.common import CONFIG_DIR, evaluate_model, evaluation_artefacts, sha256
-from xmed.errors import ConfigError, XmedError
+from xmed.cli.common import (CONFIG_PACKAGE, build_trainer, evaluate_model, evaluation_artefacts, instantiate_group,
+                              sha256)
+from xmed.errors import ConfigError
 
 log = logging.getLogger("xmed.train")
-
-
-def instantiate_group(node: DictConfig, group: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` whose failures name the config group (``data``, ``model``…)."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, XmedError):
-            raise cause from None
-        raise ConfigError(group, str(cause or err)) from None
 
 
 def data_summary(datamodule) -> dict[str, Any]:
@@ -98,7 +85,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate_group(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    trainer, precision = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log.info("loader workers %s", datamodule.num_workers_choice)
 
     trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
     if not trainer.is_global_zero or not cfg.get("test", True):
@@ -126,13 +114,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                       **({"mask head": list(model.mask_names)} if model.mask_names else {}),
                       **({"initialised from": str(cfg.init_from)} if cfg.get("init_from") else {}),
                       "parameters": sum(p.numel() for p in model.parameters())},
-        files=files,
+        files=files, compute=compute_summary(trainer, module, datamodule, precision),
     )
     (out_dir / "model_card.md").write_text(card)
     artefacts = {"checkpoint": checkpoint} if checkpoint else {}
     artefacts.update({"model": model_dir, **evaluation_artefacts(out_dir), "model card": out_dir / "model_card.md"})
     _report(out_dir, metrics, artefacts)
     return metrics
+
+
+def compute_summary(trainer, module, datamodule, precision) -> dict[str, str]:
+    """How the run used the machine, each machine-dependent choice with its reason (model card)."""
+    from xmed.runtime import machine_summary
+
+    devices = f"{trainer.num_devices} x {trainer.strategy.root_device.type}"
+    if trainer.world_size > 1:
+        devices += f", {trainer.world_size} processes ({type(trainer.strategy).__name__})"
+    compute = {"devices": devices, "precision": str(precision)}
+    if getattr(module, "channels_last_choice", None) is not None:
+        compute["channels_last"] = str(module.channels_last_choice)
+    compute["torch.compile"] = str(bool(module.hparams.get("compile", False)))
+    compute["loader workers"] = str(datamodule.num_workers_choice)
+    compute.update({k: str(v) for k, v in machine_summary().items()})
+    return compute
 
 
 def initialise_from(module, path: str | Path, task: str = "classifier") -> None:
@@ -217,7 +221,7 @@ def _report(out_dir: Path, metrics: dict[str, Any], artefacts: dict[str, Path]) 
     print("\n".join(lines))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return metrics.get("auroc")

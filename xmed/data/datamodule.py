@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_wor
 from xmed.data.datasets import FundusDataset, SkippedSample, collate_samples, get_dataset, to_tensor_sample
 from xmed.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from xmed.errors import ConfigError
+from xmed.runtime import choose_num_workers
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -166,7 +167,9 @@ class FundusDataModule(L.LightningDataModule):
         root: the data set folder (None for ``phantom_render``).
         dataset_options: extra arguments of the data set class (e.g. ``partition``, ``n``).
         image_size: side of the square network input.
-        batch_size, num_workers, pin_memory: loader settings.
+        batch_size, pin_memory: loader settings.
+        num_workers: loader worker processes, or ``"auto"``: one per available core, at most 8
+            (:func:`xmed.runtime.choose_num_workers`; the choice is kept in :attr:`num_workers_choice`).
         splits: train/val/test fractions used when the data set publishes no split.
         use_published_splits: follow the published split when there is one.
         seed: split and augmentation seed.
@@ -186,7 +189,7 @@ class FundusDataModule(L.LightningDataModule):
         dataset_options: dict[str, Any] | None = None,
         image_size: int = 256,
         batch_size: int = 32,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = 0,
         pin_memory: bool = False,
         splits: Sequence[float] = (0.7, 0.15, 0.15),
         use_published_splits: bool = True,
@@ -208,7 +211,8 @@ class FundusDataModule(L.LightningDataModule):
         self.dataset_name, self.root = dataset, root
         self.dataset_options = dict(dataset_options or {})
         self.image_size, self.batch_size = image_size, batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers_choice = choose_num_workers(num_workers)
+        self.num_workers, self.pin_memory = self.num_workers_choice.value, pin_memory
         self.split_fractions, self.use_published_splits = tuple(splits), use_published_splits
         self.seed, self.on_error = seed, on_error
         self.preprocess = dict(preprocess or {})

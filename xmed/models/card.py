@@ -1,8 +1,8 @@
 """Model cards: Markdown with YAML front matter, in the style of Hugging Face cards.
 
-The text lives in ``model_cards/template.md`` (``$name`` placeholders); this module fills it
-from plain dicts (metrics, data summary, config), so it depends on nothing but the standard
-library and PyYAML.
+The text lives in ``model_card.md`` beside this module, shipped in the package (``$name``
+placeholders); this module fills it from plain dicts (metrics, data summary, config, compute), so
+it depends on nothing but the standard library and PyYAML.
 
 Example:
     >>> text = render_model_card(title="demo", metrics={"auroc": 0.9, "ci": {"auroc": [0.85, 0.94]}},
@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "template.md"
+TEMPLATE = Path(__file__).with_name("model_card.md")
 
 METRIC_LABELS = {
     "auroc": "AUROC",
@@ -68,8 +68,9 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
                       config_yaml: str, architecture: Mapping[str, Any] | None = None,
                       files: Mapping[str, str] | None = None, explanation_checks: str | None = None,
                       limitations: list[str] | None = None, summary: str = "",
-                      template: Path = TEMPLATE) -> str:
-    """Fill the card template. ``files`` maps file names to sha256 digests."""
+                      compute: Mapping[str, Any] | None = None, template: Path = TEMPLATE) -> str:
+    """Fill the card template. ``files`` maps file names to sha256 digests; ``compute`` the
+    devices, precision and other machine-dependent settings of the run, with their reasons."""
     architecture = dict(architecture or {})
     front = {
         "library_name": "xmed",
@@ -124,6 +125,7 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
         summary=summary or f"A glaucoma screening model trained with xmed on `{data.get('dataset', 'unknown')}`.",
         data_section="\n".join(data_lines),
         architecture_section="\n".join(arch_lines),
+        compute_section="\n".join(f"- **{k}**: {v}" for k, v in (compute or {}).items()) or "- not recorded",
         config_yaml=config_yaml.strip(),
         metrics_section="\n\n".join([metrics_table(metrics), threshold, *extra, "\n".join(finding_rows)]),
         explanation_section=explanation_checks or NO_EXPLANATION_CHECKS,

@@ -25,6 +25,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from xmed.errors import ConfigError
 from xmed.models.classifier import FundusClassifier
+from xmed.runtime import Choice, choose_channels_last, is_auto
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class FundusModule(L.LightningModule):
             split), ``"sampler"`` (balanced sampling, set on the data module) or ``"none"``.
         cbm_training: ``"joint"`` or ``"sequential"`` (concept-bottleneck mode only).
         sequential_epochs: epochs of concept training before the diagnosis head (sequential).
-        channels_last: NHWC memory format (faster convolutions on GPUs and recent CPUs).
+        channels_last: NHWC memory format, or ``"auto"``: chosen for the device the trainer runs on
+            (:func:`xmed.runtime.choose_channels_last`; the choice is kept in :attr:`channels_last_choice`).
         compile: ``torch.compile`` the forward pass used in training.
         adversarial_training: None, or :class:`~xmed.models.robust.AdversarialTraining` settings
             (``method`` pgd | trades, ``epsilon``, ``steps``, ``step_size``, ``beta``) for a model
@@ -96,7 +98,7 @@ class FundusModule(L.LightningModule):
         class_balance: Literal["pos_weight", "sampler", "none"] = "pos_weight",
         cbm_training: Literal["joint", "sequential"] = "joint",
         sequential_epochs: int = 0,
-        channels_last: bool = False,
+        channels_last: bool | Literal["auto"] = False,
         compile: bool = False,
         adversarial_training: Mapping[str, Any] | None = None,
     ):
@@ -131,6 +133,7 @@ class FundusModule(L.LightningModule):
         self.loss_weights = weights
         self.register_buffer("pos_weight", torch.tensor(1.0), persistent=False)
         self._forward = self.model
+        self.channels_last_choice = None if is_auto(channels_last) else Choice(bool(channels_last), "set in the config")
         self.val_auroc = BinaryAUROC()
 
     # ------------------------------------------------------------------ set-up
@@ -144,7 +147,10 @@ class FundusModule(L.LightningModule):
                 if pos > 0:
                     self.pos_weight.fill_(neg / pos)
                     log.info("diagnosis loss positive weight %.3f (%d negatives / %d positives)", neg / pos, neg, pos)
-        if hp.channels_last:
+        if self.channels_last_choice is None:
+            self.channels_last_choice = choose_channels_last(self.trainer.strategy.root_device.type)
+            log.info("channels_last %s", self.channels_last_choice)
+        if self.channels_last_choice.value:
             self.model.to(memory_format=torch.channels_last)
         if hp.compile and self._forward is self.model:
             # the compiled wrapper is kept apart so that state dicts keep plain parameter names
@@ -158,7 +164,8 @@ class FundusModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def _images(self, batch: Mapping[str, Any]) -> Tensor:
         x = batch["image"]
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+        channels_last = self.channels_last_choice is not None and self.channels_last_choice.value
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def _losses(self, out: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
         losses = {

@@ -1,0 +1,110 @@
+"""Machine-dependent settings chosen at run time (``xmed.runtime``): precision, memory format, workers.
+
+The CPU is mocked where torch asks it: the kernels torch runs (``get_cpu_capability``) and the
+instructions the CPU has (``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from xmed.cli.common import CONFIG_DIR
+from xmed.runtime import choose_channels_last, choose_num_workers, choose_precision, cpu_bf16_support
+
+
+def mock_cpu(monkeypatch, kernels: str, bf16: bool, amx: bool = False) -> None:
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_cpu_without_native_bf16_trains_in_fp32(monkeypatch):
+    mock_cpu(monkeypatch, "AVX2", bf16=False)
+    choice = choose_precision("cpu")
+    assert choice.value == "32-true"
+    assert "AVX2" in choice.reason and "emulated" in choice.reason
+
+
+def test_avx512_cpu_without_bf16_units_trains_in_fp32(monkeypatch):
+    mock_cpu(monkeypatch, "AVX512", bf16=False, amx=False)
+    assert choose_precision("auto").value == "32-true"
+    assert "neither AVX512-BF16 nor AMX" in choose_precision("auto").reason
+
+
+@pytest.mark.parametrize("bf16, amx, units", [(True, False, "AVX512-BF16"), (True, True, "AMX, AVX512-BF16")])
+def test_cpu_with_native_bf16_trains_in_bf16(monkeypatch, bf16, amx, units):
+    mock_cpu(monkeypatch, "AVX512", bf16=bf16, amx=amx)
+    choice = choose_precision("cpu")
+    assert (choice.value, choice.reason) == ("bf16-mixed", f"the CPU runs bf16 natively ({units})")
+
+
+def test_a_capped_onednn_isa_means_fp32(monkeypatch):
+    mock_cpu(monkeypatch, "AVX512", bf16=True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    choice = choose_precision("cpu")
+    assert choice.value == "32-true" and "ONEDNN_MAX_CPU_ISA=AVX2" in choice.reason
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
+    assert choose_precision("cpu").value == "bf16-mixed"
+
+
+def test_a_precision_in_the_config_wins(monkeypatch):
+    mock_cpu(monkeypatch, "AVX2", bf16=False)
+    assert choose_precision("cpu", requested="bf16-mixed").value == "bf16-mixed"
+    assert choose_precision("cpu", requested=32).value == "32"
+
+
+def test_capped_instruction_sets_are_seen_by_the_real_probe():
+    """The slow path a user's AVX2 machine takes, reproduced on any x86 CPU by capping torch and oneDNN."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    code = "from xmed.runtime import choose_precision; c = choose_precision('cpu'); print(c.value); print(c.reason)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    value, reason = out.stdout.splitlines()[:2]
+    assert value == "32-true", out.stdout
+    assert "(no AVX-512)" in reason or "ONEDNN_MAX_CPU_ISA" in reason or "not known to be fast" in reason
+
+
+def test_channels_last_and_workers(monkeypatch):
+    assert choose_channels_last("cuda").value is True
+    assert choose_channels_last("cpu", requested=False).value is False
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert choose_channels_last("cpu").value is False
+    assert choose_num_workers("auto", cpus=2).value == 2
+    assert choose_num_workers("auto", cpus=64).value == 8
+    assert choose_num_workers(3).value == 3
+
+
+@pytest.mark.parametrize("bad", ["many", -1])
+def test_bad_worker_count_names_the_key(bad):
+    from xmed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        choose_num_workers(bad)
+
+
+def test_no_shipped_config_fixes_a_reduced_precision():
+    """Reduced precision is a property of the machine: configs say `auto` (or full precision)."""
+    found = {}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "precision":
+                    found[path] = value
+                walk(value, path)
+
+    files = sorted(CONFIG_DIR.rglob("*.yaml"))
+    assert len(files) > 40
+    for file in files:
+        walk(yaml.safe_load(file.read_text()), file.relative_to(CONFIG_DIR).as_posix())
+    assert found.pop("trainer/default.yaml") == "auto"
+    assert all(str(v) in ("auto", "32-true", "32") for v in found.values()), found

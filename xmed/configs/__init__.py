@@ -1,0 +1,1 @@
+"""Hydra configs of the xmed commands, shipped inside the package (read through ``pkg://xmed.configs``)."""

@@ -1,0 +1,179 @@
+"""Settings that depend on the machine, chosen when a run starts: never assumed by a config.
+
+A config says ``auto`` for the numeric precision (``trainer.precision``), the memory format
+(``model.channels_last``) and the loader workers (``data.num_workers``); the functions here
+decide from the device the run will use and return a :class:`Choice` — the value and the reason,
+which the run log and the model card repeat. A value set in the config wins.
+
+Why by hand: Lightning's ``precision`` has no automatic choice, and torch only says what the
+hardware has, not whether torch and oneDNN are allowed to use it (``ATEN_CPU_CAPABILITY``,
+``ONEDNN_MAX_CPU_ISA``). bf16 autocast on a CPU without native bf16 was measured ~20x slower than
+fp32 per training step (``benchmarks/machine_choices.py``), so it is chosen only where it is native.
+
+Example:
+    >>> choose_precision("cpu", cpu_bf16=(False, "torch uses AVX2 kernels")).value
+    '32-true'
+    >>> choose_precision("cpu", cpu_bf16=(True, "AVX512-BF16")).value
+    'bf16-mixed'
+    >>> choose_precision("cpu", requested="16-mixed").reason
+    'set in the config'
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+AUTO = "auto"
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that still allow its native bf16 kernels
+_ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+                     "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512",
+                     "AVX10_2_512_AMX_2", "ALL", "DEFAULT"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A machine-dependent setting: its value and why it was chosen."""
+
+    value: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.value} ({self.reason})"
+
+
+def is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.lower() == AUTO
+
+
+def cpu_bf16_support() -> tuple[bool, str]:
+    """Whether bf16 autocast runs at native speed on this CPU, and why (not).
+
+    Native means: torch runs its AVX-512 kernels (``ATEN_CPU_CAPABILITY`` may cap them), the CPU
+    has AVX512-BF16 or AMX, and oneDNN is not capped below them (``ONEDNN_MAX_CPU_ISA``).
+    """
+    import torch
+
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return False, f"bf16 autocast is not known to be fast on {machine} CPUs"
+    capability = torch.backends.cpu.get_cpu_capability()  # honours ATEN_CPU_CAPABILITY
+    if not capability.upper().startswith("AVX512"):
+        return False, f"torch runs {capability} kernels on this CPU (no AVX-512), where bf16 is emulated"
+    units = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+             if getattr(torch.cpu, probe, lambda: False)()]
+    if not units:
+        return False, "the CPU has neither AVX512-BF16 nor AMX, so bf16 is emulated"
+    for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        isa = os.environ.get(variable, "").strip().upper()
+        if isa and isa not in _ONEDNN_BF16_ISAS:
+            return False, f"{variable}={isa} keeps oneDNN from its bf16 kernels"
+    return True, f"the CPU runs bf16 natively ({', '.join(units)})"
+
+
+def device_type(accelerator: str | None) -> str:
+    """The torch device type a Lightning ``accelerator`` setting will run on (``cpu``, ``cuda``, ``mps``)."""
+    import torch
+
+    accelerator = (accelerator or AUTO).lower()
+    if accelerator in ("cuda", "gpu", AUTO) and torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if accelerator in ("mps", "gpu", AUTO) and mps is not None and mps.is_available():
+        return "mps"
+    return "cpu" if accelerator in ("cpu", "gpu", AUTO) else accelerator
+
+
+def choose_precision(accelerator: str | None = AUTO, requested: str | int | None = AUTO,
+                     cpu_bf16: tuple[bool, str] | None = None) -> Choice:
+    """Lightning ``precision`` for training on ``accelerator``: bf16-mixed where the device runs
+    bf16 natively, 16-mixed on older GPUs with tensor cores, 32-true elsewhere.
+
+    ``cpu_bf16`` replaces the probe of :func:`cpu_bf16_support` (tests pass a fixed answer).
+    """
+    if requested is not None and not is_auto(requested):
+        return Choice(str(requested), "set in the config")
+    kind = device_type(accelerator)
+    if kind == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name()
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return Choice("bf16-mixed", f"{name} runs bf16 natively")
+        if torch.cuda.get_device_capability() >= (7, 0):
+            return Choice("16-mixed", f"{name} has fp16 tensor cores but no native bf16")
+        return Choice("32-true", f"{name} has no tensor cores")
+    if kind == "cpu":
+        native, why = cpu_bf16 if cpu_bf16 is not None else cpu_bf16_support()
+        return Choice("bf16-mixed" if native else "32-true", why)
+    return Choice("32-true", f"no reduced precision is chosen automatically on {kind}")
+
+
+def choose_channels_last(device: str, requested: bool | str = AUTO) -> Choice:
+    """NHWC memory format for convolutions on ``device`` (a torch device type)."""
+    if not is_auto(requested):
+        return Choice(bool(requested), "set in the config")
+    if device == "cuda":
+        return Choice(True, "cuDNN convolutions run fastest on NHWC tensors")
+    if device == "cpu":
+        import torch
+
+        if torch.backends.mkldnn.is_available():
+            return Choice(True, "oneDNN convolutions run faster on NHWC tensors, with or without AVX-512")
+        return Choice(False, "this torch has no oneDNN")
+    return Choice(False, f"not chosen automatically on {device}")
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def choose_num_workers(requested: int | str = AUTO, cpus: int | None = None, limit: int = 8) -> Choice:
+    """DataLoader worker processes: one per available core, at most ``limit`` (each holds its own
+    prepared-eye cache, so more workers cost memory)."""
+    if not is_auto(requested):
+        try:
+            value = int(requested)
+        except (TypeError, ValueError):
+            from xmed.errors import ConfigError
+
+            raise ConfigError("data.num_workers", f"must be a whole number or 'auto', got {requested!r}") from None
+        if value < 0:
+            from xmed.errors import ConfigError
+
+            raise ConfigError("data.num_workers", f"must be 0 or more, got {value}")
+        return Choice(value, "set in the config")
+    cpus = cpus or available_cpus()
+    return Choice(min(cpus, limit), f"{cpus} CPU core(s) available to this process")
+
+
+def machine_summary() -> dict[str, Any]:
+    """What a run's results depend on: CPU model and kernels, threads, GPU, torch and CUDA versions."""
+    import torch
+
+    summary = {"cpu": cpu_model(), "cpu kernels": torch.backends.cpu.get_cpu_capability(),
+               "cpu cores available": available_cpus(), "torch threads": torch.get_num_threads(),
+               "torch": torch.__version__}
+    if torch.cuda.is_available():
+        summary.update({"gpu": torch.cuda.get_device_name(), "gpus visible": torch.cuda.device_count(),
+                        "cuda": torch.version.cuda})
+    return summary
+
+
+def cpu_model() -> str:
+    """The CPU's model name, e.g. ``AMD EPYC 9R14``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
