@@ -20,33 +20,12 @@ import json
 import shlex
 import statistics
 import sys
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from timing import add_run_arguments, alternate, device_name, paired_ratios, prepare_device
+from timing import add_run_arguments, alternate, device_name, paired_ratios, prepare_device, training_step
 
 STRIDES = (32, 16, 8)
-
-
-def training_step(model, images: torch.Tensor, labels: dict[str, torch.Tensor], device: torch.device,
-                  bf16: bool) -> Callable[[], float]:
-    """One optimiser step of ``model`` on the batch, as a closure returning the loss."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(images)
-        loss = (F.binary_cross_entropy_with_logits(out["logits"].float(), labels["glaucoma"])
-                + F.binary_cross_entropy_with_logits(out["finding_logits"].float(), labels["findings"])
-                + F.l1_loss(out["vcdr"].float(), labels["vcdr"]))
-        loss.backward()
-        optimizer.step()
-        return float(loss)
-
-    return step
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
+import torch.nn.functional as F
 
 from xmed.explain.base import synchronize
 
@@ -78,3 +79,22 @@ def prepare_device(parser, args) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     return device
+
+
+def training_step(model, images: torch.Tensor, labels: dict[str, torch.Tensor], device: torch.device,
+                  bf16: bool) -> Callable[[], float]:
+    """One optimiser step of ``model`` on the batch, as a closure returning the loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(images)
+        loss = (F.binary_cross_entropy_with_logits(out["logits"].float(), labels["glaucoma"])
+                + F.binary_cross_entropy_with_logits(out["finding_logits"].float(), labels["findings"])
+                + F.l1_loss(out["vcdr"].float(), labels["vcdr"]))
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    return step

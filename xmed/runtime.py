@@ -63,11 +63,11 @@ def cpu_bf16_support() -> tuple[bool, str]:
         return False, f"bf16 autocast is not known to be fast on {machine} CPUs"
     capability = torch.backends.cpu.get_cpu_capability()  # honours ATEN_CPU_CAPABILITY
     if not capability.upper().startswith("AVX512"):
-        return False, f"torch runs {capability} kernels on this CPU (no AVX-512), where bf16 is emulated"
+        return False, f"torch runs {capability} kernels on this CPU, without AVX-512: bf16 would be emulated"
     units = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
              if getattr(torch.cpu, probe, lambda: False)()]
     if not units:
-        return False, "the CPU has neither AVX512-BF16 nor AMX, so bf16 is emulated"
+        return False, "the CPU has neither AVX512-BF16 nor AMX: bf16 would be emulated"
     for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         isa = os.environ.get(variable, "").strip().upper()
         if isa and isa not in _ONEDNN_BF16_ISAS:
@@ -123,7 +123,8 @@ def choose_channels_last(device: str, requested: bool | str = AUTO) -> Choice:
         import torch
 
         if torch.backends.mkldnn.is_available():
-            return Choice(True, "oneDNN convolutions run faster on NHWC tensors, with or without AVX-512")
+            return Choice(True, "oneDNN convolutions run faster on NHWC tensors, with or without AVX-512 "
+                                "(benchmarks/machine_choices.py)")
         return Choice(False, "this torch has no oneDNN")
     return Choice(False, f"not chosen automatically on {device}")
 

@@ -133,7 +133,7 @@ def compute_summary(trainer, module, datamodule, precision) -> dict[str, str]:
     compute = {"devices": devices, "precision": str(precision)}
     if getattr(module, "channels_last_choice", None) is not None:
         compute["channels_last"] = str(module.channels_last_choice)
-    compute["torch.compile"] = str(bool(module.hparams.get("compile", False)))
+    compute["torch.compile"] = f"{bool(module.hparams.get('compile', False))} (set in the config)"
     compute["loader workers"] = str(datamodule.num_workers_choice)
     compute.update({k: str(v) for k, v in machine_summary().items()})
     return compute

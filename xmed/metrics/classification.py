@@ -28,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+# torchmetrics is imported inside the functions that use it: `import torchmetrics` loads its audio
+# and image packages (and torchvision's model zoo), seconds that `import xmed.metrics` need not cost.
 import logging
 import math
 from dataclasses import dataclass
@@ -36,15 +38,6 @@ from typing import Any, Callable, Literal, Sequence, Union
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.functional import mean_absolute_error, mean_squared_error
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_auroc,
-    binary_calibration_error,
-    binary_recall,
-    binary_sensitivity_at_specificity,
-    binary_specificity,
-)
 
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
@@ -255,6 +248,8 @@ def auroc(prob: ArrayLike, label: ArrayLike, max_fpr: float | None = None) -> fl
     p, y = _labelled(prob, label)
     if not _both_classes(y):
         return None
+    from torchmetrics.functional.classification import binary_auroc
+
     return _float(binary_auroc(p, y, max_fpr=max_fpr))
 
 
@@ -281,6 +276,8 @@ def sens_at_spec(prob: ArrayLike, label: ArrayLike, spec: float = _SPEC) -> floa
     p, y = _labelled(prob, label)
     if not _both_classes(y):
         return None
+    from torchmetrics.functional.classification import binary_sensitivity_at_specificity
+
     sensitivity, _ = binary_sensitivity_at_specificity(p, y, min_specificity=float(spec))
     return _float(sensitivity)
 
@@ -363,6 +360,8 @@ def operating_point(prob: ArrayLike, label: ArrayLike, threshold: float) -> dict
         >>> operating_point([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.4)
         {'sensitivity': 0.5, 'specificity': 0.5, 'accuracy': 0.5}
     """
+    from torchmetrics.functional.classification import binary_accuracy, binary_recall, binary_specificity
+
     p, y = _labelled(prob, label)
     pred = (p >= threshold).long()
     n_pos = int(y.sum())
@@ -387,6 +386,8 @@ def brier(prob: ArrayLike, label: ArrayLike) -> float | None:
         >>> brier([0.0, 0.5], [0, 1])
         0.125
     """
+    from torchmetrics.functional import mean_squared_error
+
     p, y = _labelled(prob, label)
     return _float(mean_squared_error(p, y.double())) if y.numel() else None
 
@@ -412,6 +413,8 @@ def ece(prob: ArrayLike, label: ArrayLike, n_bins: int = _ECE_BINS) -> float | N
     p, y = _labelled(prob, label)
     if not y.numel():
         return None
+    from torchmetrics.functional.classification import binary_calibration_error
+
     return _float(binary_calibration_error(p, y, n_bins=n_bins, norm="l1"))
 
 
@@ -508,6 +511,8 @@ def vcdr_mae(vcdr_pred: ArrayLike, vcdr_true: ArrayLike) -> float | None:
     known = ~true.isnan()
     if not bool(known.any()):
         return None
+    from torchmetrics.functional import mean_absolute_error
+
     return _float(mean_absolute_error(pred[known], true[known]))
 
 

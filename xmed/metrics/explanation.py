@@ -39,13 +39,6 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    multilabel_auroc,
-    multilabel_average_precision,
-)
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from xmed.errors import ConfigError
 from xmed.explain.baselines import BASELINES, Baseline, make_baseline
@@ -310,8 +303,8 @@ class _PixelRanking(ExplanationMetric):
 
     category: Category = "localisation"
     direction: Direction = "higher"
-    _binary: Callable[..., Tensor]
-    _multilabel: Callable[..., Tensor]
+    _binary: str          # torchmetrics.functional.classification names, imported on first use
+    _multilabel: str
 
     def __call__(self, maps: Tensor, masks: Tensor) -> Tensor:
         maps = _maps(maps)
@@ -325,13 +318,16 @@ class _PixelRanking(ExplanationMetric):
             # which would tie large map values in float32; the scaling keeps the ranking exact.
             scores, _ = _min_max(maps[valid])
             scores, targets = scores.flatten(1), labels[valid].long()
+            # imported here: `import torchmetrics` loads its audio and image packages (seconds)
+            from torchmetrics.functional import classification
+
             if scores.shape[0] == 1:
-                per_image = type(self)._binary(scores[0], targets[0])
+                per_image = getattr(classification, self._binary)(scores[0], targets[0])
             else:
                 # One label per image: torchmetrics' multilabel form with average=None gives one
                 # AUROC / AP per image, each exactly its binary (and scikit-learn's) computation.
-                per_image = type(self)._multilabel(scores.T, targets.T, num_labels=scores.shape[0],
-                                                   average=None)
+                per_image = getattr(classification, self._multilabel)(scores.T, targets.T,
+                                                                      num_labels=scores.shape[0], average=None)
             out[valid] = per_image.reshape(-1).to(out.dtype)
         return out
 
@@ -349,8 +345,7 @@ class MapAUROC(_PixelRanking):
     """
 
     name = "map_auroc"
-    _binary = staticmethod(binary_auroc)
-    _multilabel = staticmethod(multilabel_auroc)
+    _binary, _multilabel = "binary_auroc", "multilabel_auroc"
 
 
 class MapAUPRC(_PixelRanking):
@@ -366,8 +361,7 @@ class MapAUPRC(_PixelRanking):
     """
 
     name = "map_auprc"
-    _binary = staticmethod(binary_average_precision)
-    _multilabel = staticmethod(multilabel_average_precision)
+    _binary, _multilabel = "binary_average_precision", "multilabel_average_precision"
 
 
 # --------------------------------------------------------------------------------------------
@@ -851,6 +845,8 @@ class ModelParameterRandomisation(ExplanationMetric):
                 raise ConfigError("maps",
                                   f"SSIM needs maps of at least 3×3 pixels, got {tuple(a.shape[2:])}")
             kernel = min(11, side if side % 2 else side - 1)     # the usual 11×11 window, or smaller
+            from torchmetrics.functional.image import structural_similarity_index_measure
+
             out = structural_similarity_index_measure(sa, sb, kernel_size=kernel, data_range=1.0,
                                                       reduction="none")
         return _nan_unless(valid, out.to(_result_dtype(a)))

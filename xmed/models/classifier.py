@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
-import timm
 import torch
 from torch import Tensor, nn
 
@@ -235,6 +234,8 @@ class FundusClassifier(nn.Module):
 def create_backbone(name: str, pretrained: bool, checkpoint_path: str | None, input_size: int,
                     kwargs: dict[str, Any]) -> nn.Module:
     """A timm model without classifier (``num_classes=0``), weights from the hub or a file."""
+    import timm  # here, not at the top: `import xmed.explain` must not pay for timm's model zoo
+
     if not timm.is_model(name):
         raise ConfigError("model.net.backbone", f"unknown timm model {name!r}")
     kwargs = dict(kwargs)

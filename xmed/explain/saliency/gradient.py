@@ -23,9 +23,6 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from captum.attr import GuidedBackprop, InputXGradient as CaptumInputXGradient
-from captum.attr import IntegratedGradients as CaptumIntegratedGradients
-from captum.attr import NoiseTunnel, Saliency
 from torch import Tensor, nn
 
 from xmed.errors import ConfigError
@@ -56,6 +53,8 @@ class IntegratedGradients(Explainer):
         self.internal_batch_size, self.channel_reduce = internal_batch_size, channel_reduce
 
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
+        from captum.attr import IntegratedGradients as CaptumIntegratedGradients  # captum loads on first use
+
         forward, captum_target = captum_forward(self.model, fix_target(self.model, images, target))
         attributions = CaptumIntegratedGradients(forward).attribute(
             images, baselines=make_baseline(images, self.baseline, self.model), target=captum_target,
@@ -85,6 +84,8 @@ class SmoothGrad(Explainer):
         self.channel_reduce, self.seed = channel_reduce, seed
 
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
+        from captum.attr import NoiseTunnel, Saliency
+
         forward, captum_target = captum_forward(self.model, fix_target(self.model, images, target))
         stdev = self.noise_level * float(images.max() - images.min())
         with _seeded(self.seed, images.device):
@@ -113,6 +114,8 @@ class InputXGradient(Explainer):
         self.channel_reduce = channel_reduce
 
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
+        from captum.attr import InputXGradient as CaptumInputXGradient
+
         forward, captum_target = captum_forward(self.model, target)
         with torch.enable_grad():
             attributions = CaptumInputXGradient(forward).attribute(images.detach().requires_grad_(True),
@@ -134,6 +137,8 @@ class GuidedGradCAM(Explainer):
         self.channel_reduce = channel_reduce
 
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
+        from captum.attr import GuidedBackprop
+
         target = fix_target(self.model, images, target)
         cam = self.gradcam.attribute(images, target)
         if not any(isinstance(m, nn.ReLU) for m in self.model.modules()):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from captum.attr import Occlusion as CaptumOcclusion
 from torch import Tensor, nn
 
 from xmed.errors import ConfigError
@@ -45,6 +44,8 @@ class Occlusion(Explainer):
         self.window, self.stride, self.baseline, self.batch_size = window, stride, baseline, batch_size
 
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
+        from captum.attr import Occlusion as CaptumOcclusion  # captum loads on first use
+
         forward, captum_target = captum_forward(self.model, fix_target(self.model, images, target))
         b, c, h, w = images.shape
         window = self.window or max(min(h, w) // 8, 1)
