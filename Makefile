@@ -39,6 +39,8 @@ bench: venv
 	$(BIN)/python benchmarks/counterfactual_speed.py
 	$(BIN)/python benchmarks/backbone_stride.py
 	$(BIN)/python benchmarks/loader_cache.py
+	$(BIN)/python benchmarks/machine_choices.py
+	$(BIN)/python benchmarks/import_time.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -4,7 +4,8 @@ The reference phantom model uses ``backbone_kwargs: {output_stride: 16}`` so tha
 16×16 grid at 256 px (``configs/experiment/phantom.yaml`` says why). This measures what that costs
 per training step, side by side in one process: the same ``FundusClassifier`` backbone built with
 each ``output_stride`` (same weights — dilation changes no parameter), one batch of
-``torch.randn`` images, and one step = forward (bf16 autocast on CPU unless ``--fp32``) + the three
+``torch.randn`` images, and one step = forward (in the precision ``xmed.runtime`` chooses for the
+device — bf16 autocast only where it is native — unless ``--fp32``) + the three
 heads' losses + backward + AdamW step. The variants alternate (32, 16, 8, 32, ...), so a noisy,
 shared machine slows all of them alike; ratios are against stride 32 (ratio of medians, and the
 median of the per-round ratios as a check).
@@ -42,6 +43,9 @@ def main() -> None:
 
     from xmed.findings import FINDINGS
     from xmed.models import FundusClassifier
+    from xmed.runtime import choose_precision
+
+    bf16 = not args.fp32 and choose_precision(device.type).value == "bf16-mixed"
 
     generator = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.batch, 3, args.input_size, args.input_size, generator=generator).to(device)
@@ -58,7 +62,7 @@ def main() -> None:
         model.load_state_dict(plain.state_dict())       # dilation changes no weight
         with torch.no_grad():
             grids[stride] = tuple(model.backbone.forward_features(images[:1]).shape[-2:])
-        variants[f"stride_{stride}"] = training_step(model, images, labels, device, bf16=not args.fp32)
+        variants[f"stride_{stride}"] = training_step(model, images, labels, device, bf16=bf16)
     times, _ = alternate(variants, args.repeats, device, "step")
 
     base = times["stride_32"]
@@ -69,7 +73,7 @@ def main() -> None:
         "device": args.device, "device_name": device_name(device), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "settings": {"backbone": args.backbone, "input_size": args.input_size, "batch": args.batch,
-                     "precision": "fp32" if args.fp32 else "bf16 autocast", "repeats": args.repeats,
+                     "precision": "bf16 autocast" if bf16 else "fp32", "repeats": args.repeats,
                      "seed": args.seed},
         "feature_grid": {f"stride_{s}": list(g) for s, g in grids.items()},
         "seconds_per_step": {name: [round(t, 4) for t in v] for name, v in times.items()},

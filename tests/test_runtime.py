@@ -45,7 +45,7 @@ def test_avx512_cpu_without_bf16_units_trains_in_fp32(monkeypatch):
 def test_cpu_with_native_bf16_trains_in_bf16(monkeypatch, bf16, amx, units):
     mock_cpu(monkeypatch, "AVX512", bf16=bf16, amx=amx)
     choice = choose_precision("cpu")
-    assert (choice.value, choice.reason) == ("bf16-mixed", f"the CPU runs bf16 natively ({units})")
+    assert (choice.value, choice.reason) == ("bf16-mixed", f"the CPU runs bf16 natively: {units}")
 
 
 def test_a_capped_onednn_isa_means_fp32(monkeypatch):

@@ -72,7 +72,7 @@ def cpu_bf16_support() -> tuple[bool, str]:
         isa = os.environ.get(variable, "").strip().upper()
         if isa and isa not in _ONEDNN_BF16_ISAS:
             return False, f"{variable}={isa} keeps oneDNN from its bf16 kernels"
-    return True, f"the CPU runs bf16 natively ({', '.join(units)})"
+    return True, f"the CPU runs bf16 natively: {', '.join(units)}"
 
 
 def device_type(accelerator: str | None) -> str:
@@ -123,8 +123,8 @@ def choose_channels_last(device: str, requested: bool | str = AUTO) -> Choice:
         import torch
 
         if torch.backends.mkldnn.is_available():
-            return Choice(True, "oneDNN convolutions run faster on NHWC tensors, with or without AVX-512 "
-                                "(benchmarks/machine_choices.py)")
+            return Choice(True, "oneDNN convolutions run faster on NHWC tensors, with or without AVX-512, "
+                                "as benchmarks/machine_choices.py measures")
         return Choice(False, "this torch has no oneDNN")
     return Choice(False, f"not chosen automatically on {device}")
 

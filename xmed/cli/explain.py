@@ -1,6 +1,6 @@
 """``xmed-explain``: saliency maps of a trained model, scored per method.
 
-Explains the first ``n`` eyes of a split with one or several explainers (``configs/explainer/``),
+Explains the first ``n`` eyes of a split with one or several explainers (the ``explainer`` config group),
 through Lightning's predict loop (so ``trainer=ddp`` spreads the work over GPUs), and writes::
 
     <run>/metrics.json          {method: {metric: mean over eyes, ...}, ...}

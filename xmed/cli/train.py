@@ -10,7 +10,8 @@ Examples::
     xmed-train model=efficientnet_b0 trainer.max_epochs=30 paths.output_dir=runs/effb0
     xmed-train -m model=resnet18,convnext_nano
     xmed-train trainer=ddp_cpu                  # two processes on the CPU
-    xmed-train ckpt_path=runs/effb0/checkpoints/last.ckpt   # resume
+    xmed-train ckpt_path=runs/effb0/checkpoints/last.ckpt   # resume (read weights-only; local files unless
+                                                           # allow_remote_checkpoint=true)
     xmed-train init_from=runs/effb0/model 'model.adversarial_training={method: pgd, epsilon: 4.0}'  # fine-tune
 """
 
@@ -88,7 +89,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer, precision = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log.info("loader workers %s", datamodule.num_workers_choice)
 
-    trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
+    resume = resume_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("allow_remote_checkpoint")), out_dir)
+    # weights_only=True again: Lightning must not unpickle what the check above refused
+    trainer.fit(module, datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     if not trainer.is_global_zero or not cfg.get("test", True):
         return {}
     if cfg.get("task_type", "classifier") == "autoencoder":
@@ -121,6 +124,61 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     artefacts.update({"model": model_dir, **evaluation_artefacts(out_dir), "model card": out_dir / "model_card.md"})
     _report(out_dir, metrics, artefacts)
     return metrics
+
+
+def resume_checkpoint(ckpt_path: str | Path | None, allow_remote: bool, run_dir: Path) -> Path | None:
+    """The local checkpoint a run resumes from (``ckpt_path=…``), checked to hold only tensors and
+    plain containers (:func:`xmed.models.export.read_checkpoint`): a pickled object in it never
+    runs, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says. A remote address (``https://…``,
+    ``s3://…``) is refused unless ``allow_remote_checkpoint=true``; it is then downloaded into
+    ``<run>/resume/`` and checked like a local file.
+
+    Example::
+
+        resume_checkpoint("runs/a/checkpoints/last.ckpt", allow_remote=False, run_dir=Path("runs/b"))
+    """
+    from urllib.parse import urlparse
+
+    from xmed.models.export import read_checkpoint
+
+    if not ckpt_path:
+        return None
+    text = str(ckpt_path)
+    address = urlparse(text)
+    if "://" in text and address.scheme != "file":
+        if not allow_remote:
+            raise ConfigError("ckpt_path", f"{text} is a remote address; a run resumes from a local file unless "
+                                           "allow_remote_checkpoint=true (it is then downloaded and read weights-only)")
+        local = download_checkpoint(text, run_dir / "resume" / (Path(address.path).name or "remote.ckpt"))
+    else:
+        local = Path(address.path if address.scheme == "file" else text)
+    read_checkpoint(local)
+    log.info("resuming from %s", local)
+    return local
+
+
+def download_checkpoint(address: str, destination: Path) -> Path:
+    """Copy a remote checkpoint to ``destination`` (staged, renamed when complete); nothing is loaded."""
+    import shutil
+    import urllib.request
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staged = destination.with_name(destination.name + ".part")
+    try:
+        if address.startswith(("http://", "https://")):
+            source = urllib.request.urlopen(address, timeout=60)  # noqa: S310 (the scheme is checked above)
+        else:  # s3://, gs://, ... through fsspec, which Lightning already depends on
+            from lightning.fabric.utilities.cloud_io import get_filesystem
+
+            source = get_filesystem(address).open(address, "rb")
+        with source, open(staged, "wb") as out:
+            shutil.copyfileobj(source, out)
+    except (OSError, ValueError, ImportError) as err:
+        staged.unlink(missing_ok=True)
+        raise ConfigError("ckpt_path", f"cannot download {address}: {err}") from None
+    staged.replace(destination)
+    log.info("downloaded %s to %s", address, destination)
+    return destination
 
 
 def compute_summary(trainer, module, datamodule, precision) -> dict[str, str]:

@@ -126,11 +126,32 @@ def _read_folder(path: Path, format: str, what: str) -> tuple[Mapping[str, Any],
     return config["model"], state
 
 
-def _read_lightning(path: Path) -> tuple[Mapping[str, Any], dict[str, torch.Tensor]]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Lightning checkpoint read with ``weights_only=True``: tensors and plain containers only,
+    whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says (an explicit ``weights_only`` wins over it),
+    so a pickled object in the file never runs. Raises :class:`CheckpointError` naming the file.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "x.ckpt"
+        >>> torch.save({"epoch": 3, "state_dict": {"w": torch.zeros(1)}}, path)
+        >>> read_checkpoint(path)["epoch"]
+        3
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/unpickling errors of every kind, incl. refused globals
         raise CheckpointError(path, f"not a weights-only checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(path, f"not a Lightning checkpoint (holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def _read_lightning(path: Path) -> tuple[Mapping[str, Any], dict[str, torch.Tensor]]:
+    checkpoint = read_checkpoint(path)
     try:
         config = checkpoint["hyper_parameters"]["net_config"]
         state = checkpoint["state_dict"]

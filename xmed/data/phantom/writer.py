@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -142,7 +143,9 @@ def write_phantom_dataset(
             rows.append(_render_and_write(job))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawned, not forked: a child forked from a process whose thread pools (torch's OpenMP,
+        # OpenCV's) have run can deadlock on a lock held by a thread that does not exist in it
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for row in pool.map(_render_and_write, jobs, chunksize=8):
                 rows.append(row)
                 bar.update()
