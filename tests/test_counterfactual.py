@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import xmed.explain.counterfactual as cf_module
-from xmed.errors import ConfigError
+from xmed.errors import ConfigError, InputError
 from xmed.explain.counterfactual import COUNTERFACTUALS, AdversarialExplainer, Counterfactual, counterfactual
 from xmed.explain.counterfactual.adversarial import apgd_checkpoints, gaussian_blur, total_variation
 from xmed.findings import FINDINGS
@@ -289,7 +289,7 @@ def test_bad_arguments_raise_config_errors():
         AdversarialExplainer(model, epsilon=-1.0)
     with pytest.raises(ConfigError, match="method"):
         counterfactual(model, images, method="nope", target=0)
-    with pytest.raises(ConfigError, match="images"):
+    with pytest.raises(InputError, match=r"images: must be a B×C×H×W batch, got shape \(3, 32, 32\)"):
         AdversarialExplainer(model)(images[0], 0)
     with pytest.raises(ConfigError, match="target"):
         AdversarialExplainer(model)(images, "glaucoma")  # a string target needs named heads

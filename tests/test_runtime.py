@@ -73,6 +73,19 @@ def test_capped_instruction_sets_are_seen_by_the_real_probe():
     assert "without AVX-512" in reason or "ONEDNN_MAX_CPU_ISA" in reason or "not known to be fast" in reason
 
 
+@pytest.mark.parametrize("bf16, capability, expected", [(True, (9, 0), "bf16-mixed"), (False, (7, 5), "16-mixed"),
+                                                        (False, (6, 1), "32-true")])
+def test_gpu_precision_follows_what_the_gpu_runs_natively(monkeypatch, bf16, capability, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    for accelerator in ("gpu", "cuda", "auto"):
+        choice = choose_precision(accelerator)
+        assert choice.value == expected and choice.reason.startswith("Test GPU")
+    assert choose_precision("cpu", cpu_bf16=(False, "no")).value == "32-true"  # a CPU run on a GPU machine
+
+
 def test_channels_last_and_workers(monkeypatch):
     assert choose_channels_last("cuda").value is True
     assert choose_channels_last("cpu", requested=False).value is False

@@ -47,6 +47,19 @@ class CheckpointError(PathError):
     message = "cannot load model {path}: {reason}"
 
 
+class InputError(XmedError, ValueError):
+    """An argument given to a model, an explainer or a metric is not what it takes; ``name`` says
+    which argument, ``reason`` what is wrong and what to pass instead."""
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        self.reason = reason
+        super().__init__(f"{name}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.name, self.reason))
+
+
 class ConfigError(XmedError, ValueError):
     """A configuration key has a wrong or missing value; ``key`` names it."""
 

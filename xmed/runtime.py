@@ -102,7 +102,11 @@ def choose_precision(accelerator: str | None = AUTO, requested: str | int | None
         import torch
 
         name = torch.cuda.get_device_name()
-        if torch.cuda.is_bf16_supported(including_emulation=False):
+        try:
+            native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.5 has no emulation to leave out
+            native_bf16 = torch.cuda.is_bf16_supported()
+        if native_bf16:
             return Choice("bf16-mixed", f"{name} runs bf16 natively")
         if torch.cuda.get_device_capability() >= (7, 0):
             return Choice("16-mixed", f"{name} has fp16 tensor cores but no native bf16")

@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from xmed.errors import ConfigError
+from xmed.errors import ConfigError, InputError
 from xmed.explain.targets import Target
 
 ChannelReduce = Literal["sum", "abs_sum", "max_abs"]
@@ -84,9 +84,7 @@ class Explainer(ModelMethod):
     def __call__(self, images: Tensor, target: Target | None = None) -> Explanation:
         """Explain ``target`` (None: ``"glaucoma"`` on models with named heads, else each image's
         predicted class) for a B×C×H×W batch."""
-        if not isinstance(images, Tensor) or images.ndim != 4:
-            raise ConfigError("images", f"must be a B×C×H×W tensor, got {getattr(images, 'shape', type(images))}")
-        images = images.to(self.device)
+        images = check_images(images, self.model).to(self.device)
         synchronize(images.device)
         start = time.perf_counter()
         maps = self.attribute(images, target)
@@ -123,6 +121,46 @@ def describe_target(target: Target | None) -> str:
     if isinstance(target, Tensor):
         return "class per image"
     return getattr(target, "__name__", "callable")
+
+
+def check_images(images: Any, model: nn.Module | None = None, name: str = "images") -> Tensor:
+    """``images`` if it is what explainers, counterfactuals and rationales take — a non-empty
+    B×C×H×W floating tensor of finite values, in the model's dtype — else :class:`InputError`
+    saying what is wrong and what to pass instead (one message for every entry point).
+
+    Example:
+        >>> check_images(torch.zeros(2, 3, 8, 8)).shape
+        torch.Size([2, 3, 8, 8])
+        >>> check_images(torch.zeros(8, 8, 3, dtype=torch.uint8))
+        Traceback (most recent call last):
+        ...
+        xmed.errors.InputError: images: must be a B×C×H×W batch, got shape (8, 8, 3) — one H×W×C photograph? prepare it for the model: model.prepare(image)
+    """
+    prepare = "prepare it for the model: model.prepare(image)"
+    if not isinstance(images, Tensor):
+        raise InputError(name, f"must be a torch tensor (B×C×H×W, float, normalised as the model expects), "
+                               f"got {type(images).__module__}.{type(images).__name__}; {prepare}")
+    shape = tuple(images.shape)
+    if images.ndim != 4:
+        hint = " — one H×W×C photograph? " + prepare if images.ndim == 3 and shape[-1] in (1, 3) else ""
+        raise InputError(name, f"must be a B×C×H×W batch, got shape {shape}{hint}")
+    if shape[0] == 0:
+        raise InputError(name, "is an empty batch (B = 0)")
+    if shape[1] not in (1, 3) and shape[-1] in (1, 3):
+        raise InputError(name, f"shape {shape} looks channels-last (B×H×W×C); pass images.permute(0, 3, 1, 2)")
+    if not images.is_floating_point():
+        raise InputError(name, f"must be floating point, normalised as the model expects, got {images.dtype} "
+                               f"(raw 0-255 pixels?); {prepare}")
+    parameter = next(iter(model.parameters()), None) if model is not None else None
+    if parameter is not None and images.dtype != parameter.dtype:
+        raise InputError(name, f"are {images.dtype} but the model computes in {parameter.dtype}; "
+                               f"pass images.to({parameter.dtype})")
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise InputError(name, f"image(s) {bad[:10]} of the batch hold NaN or infinite values: "
+                               f"no explanation or decision can be read from them")
+    return images
 
 
 def synchronize(device: torch.device) -> None:

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xmed.errors import ConfigError
+from xmed.errors import ConfigError, InputError
+from xmed.explain.base import check_images
 from xmed.findings import FINDING_NAMES, FINDINGS, VCDR
 
 SHORT_NAMES = {
@@ -75,9 +76,20 @@ class Rationale:
     heatmaps: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """Strict JSON: a value that is not finite becomes None (``json.dumps(..., allow_nan=False)`` works)."""
         out = asdict(self)
         out.pop("heatmaps")
-        return out
+        return _finite_or_none(out)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def concept_contributions(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
@@ -124,9 +136,13 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float = 0.5,
         min_change: smallest change of a finding probability (or of the vCDR, in its own units
             times 4) that the counterfactual summary mentions.
     """
-    images = images.to(next(model.parameters()).device)
+    images = check_images(images, model).to(next(model.parameters()).device)
     parts = concept_contributions(model, images)
     probability = torch.sigmoid(parts["logit"])
+    undecided = (~torch.isfinite(probability)).nonzero().flatten().tolist()
+    if undecided:  # finite images, non-finite output: never read as a decision
+        raise InputError("images", f"the model's output for image(s) {undecided[:10]} of the batch is not finite: "
+                                   "no decision and no rationale can be stated")
     changes = _counterfactual_changes(model, images, probability, threshold, counterfactual,
                                       counterfactual_options or {}, min_change)
     maps = _heatmaps(model, images, parts["finding_prob"]) if heatmaps else [{} for _ in range(len(images))]

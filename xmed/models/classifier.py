@@ -59,6 +59,14 @@ class DataConfig:
                 raise ConfigError(f"model.net.data_config.{key}", f"unknown key; known: {', '.join(sorted(known))}")
         out = cls(**config)
         out.mean, out.std = tuple(out.mean), tuple(out.std)
+        for key, values, lowest in (("mean", out.mean, -math.inf), ("std", out.std, 0.0)):
+            try:
+                numbers = [float(v) for v in values]
+            except (TypeError, ValueError):
+                numbers = []
+            if len(numbers) != 3 or not all(math.isfinite(v) and v > lowest for v in numbers):
+                need = "three finite numbers" + (" above 0 (images are divided by it)" if key == "std" else "")
+                raise ConfigError(f"model.net.data_config.{key}", f"must be {need}, got {list(values)}")
         return out
 
     def preprocess(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from xmed.errors import CheckpointError
+from xmed.errors import CheckpointError, ConfigError
 from xmed.findings import FINDINGS
 from xmed.models.classifier import FundusClassifier
 
@@ -91,12 +91,21 @@ def load_weights_only(path: str | os.PathLike, build: Callable[[Mapping[str, Any
     path = Path(path)
     if path.is_dir():
         config, state = _read_folder(path, format, what)
-        model = build(config, path / CONFIG)
+        source = path / CONFIG
     elif path.is_file():
         config, state = _read_lightning(path)
-        model = build(config, path)
+        source = path
     else:
         raise CheckpointError(path, "no such file or folder")
+    try:
+        model = build(config, source)
+    except ConfigError as err:  # the file's own settings are at fault, not the user's config
+        raise CheckpointError(source, f"{err.key.removeprefix('model.net.')}: {err.reason}") from None
+    broken = {name: int((~torch.isfinite(t)).sum()) for name, t in state.items()
+              if t.is_floating_point() and not bool(torch.isfinite(t).all())}
+    if broken:  # such a model would turn every photograph into NaN: refuse it here, naming the file
+        raise CheckpointError(path, f"{sum(broken.values())} weights are NaN or infinite, in "
+                                    f"{', '.join(list(broken)[:3])}{' …' if len(broken) > 3 else ''}")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # tensors of the wrong shape (strict=False still checks shapes)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from xmed.errors import ConfigError
 from xmed.explain.base import (
     ModelMethod,
+    check_images,
     describe_target,
     make_module_callable,
     synchronize,
@@ -150,9 +151,7 @@ class CounterfactualExplainer(ModelMethod):
                  fov_mask: Tensor | None = None) -> Counterfactual:
         """Move ``target`` of a B×C×H×W batch in ``direction``; ``fov_mask`` (B×1×H×W or B×H×W
         bool) says where edits are allowed (None: the method's default)."""
-        if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
-            raise ConfigError("images", f"must be a floating B×C×H×W tensor, got "
-                                        f"{getattr(images, 'shape', type(images))}")
+        images = check_images(images, self.model)
         if direction not in DIRECTIONS:
             raise ConfigError("direction", f"must be 'decrease' or 'increase', got {direction!r}")
         images = images.detach().to(self.device)
