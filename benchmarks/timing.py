@@ -4,7 +4,6 @@ device's name. Run a benchmark as ``python benchmarks/<name>.py``; this module i
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -53,15 +52,11 @@ def paired_ratios(num: list[float], den: list[float], scale: float = 1.0) -> dic
 
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model."""
+    from xmed.runtime import cpu_model
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    return cpu_model()
 
 
 def add_run_arguments(parser) -> None:

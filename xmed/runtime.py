@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xmed.errors import ConfigError
+
 AUTO = "auto"
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that still allow its native bf16 kernels
@@ -148,13 +150,9 @@ def choose_num_workers(requested: int | str = AUTO, cpus: int | None = None, lim
         try:
             value = int(requested)
         except (TypeError, ValueError):
-            from xmed.errors import ConfigError
-
-            raise ConfigError("data.num_workers", f"must be a whole number or 'auto', got {requested!r}") from None
+            value = -1
         if value < 0:
-            from xmed.errors import ConfigError
-
-            raise ConfigError("data.num_workers", f"must be 0 or more, got {value}")
+            raise ConfigError("data.num_workers", f"must be a whole number, 0 or more, or 'auto'; got {requested!r}")
         return Choice(value, "set in the config")
     cpus = cpus or available_cpus()
     return Choice(min(cpus, limit), f"{cpus} CPU core(s) available to this process")

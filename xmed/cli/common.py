@@ -3,7 +3,7 @@
 The configs ship inside the package (``xmed/configs``) and every command reads them from there
 (``pkg://xmed.configs``), so an installed wheel needs no source tree. A user's own config folder
 joins them through Hydra's search path: ``xmed-train 'hydra.searchpath=[file:///my/configs]'
-experiment=mine`` (its groups extend and override the shipped ones), or ``--config-dir /my/configs``.
+experiment=mine`` (its groups and files sit beside the shipped ones, which are found first).
 
 Example:
     >>> CONFIG_PACKAGE, (CONFIG_DIR / "train.yaml").is_file()
