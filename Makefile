@@ -17,14 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # render the phantom -> train phantom_smoke -> evaluate the exported model -> explain it -> model card
+# (each step replaces what an earlier `make demo` wrote into $(OUT): --overwrite / overwrite=true)
 # (the explanations of the diagnosis are scored on glaucomatous eyes, label=1: a healthy eye has no
 # evidence for glaucoma to point at)
 demo: venv
-	$(BIN)/xmed-data phantom --out $(OUT)/data/phantom_smoke --n 3000 --size 256 --seed 0
+	$(BIN)/xmed-data phantom --out $(OUT)/data/phantom_smoke --n 3000 --size 256 --seed 0 --overwrite
 	$(BIN)/xmed-data inspect --dataset phantom --root $(OUT)/data/phantom_smoke --no-decode
-	$(BIN)/xmed-train experiment=phantom_smoke paths.data_dir=$(OUT)/data paths.output_dir=$(OUT)/train
-	$(BIN)/xmed-eval ckpt_path=$(OUT)/train/model data=phantom data.root=$(OUT)/data/phantom_smoke paths.output_dir=$(OUT)/eval
-	$(BIN)/xmed-explain ckpt_path=$(OUT)/train/model data.root=$(OUT)/data/phantom_smoke 'explainer=[gradcam,integrated_gradients,rise]' n=8 label=1 paths.output_dir=$(OUT)/explain model_card=$(OUT)/train/model_card.md
+	$(BIN)/xmed-train experiment=phantom_smoke paths.data_dir=$(OUT)/data paths.output_dir=$(OUT)/train overwrite=true
+	$(BIN)/xmed-eval ckpt_path=$(OUT)/train/model data=phantom data.root=$(OUT)/data/phantom_smoke paths.output_dir=$(OUT)/eval overwrite=true
+	$(BIN)/xmed-explain ckpt_path=$(OUT)/train/model data.root=$(OUT)/data/phantom_smoke 'explainer=[gradcam,integrated_gradients,rise]' n=8 label=1 paths.output_dir=$(OUT)/explain overwrite=true model_card=$(OUT)/train/model_card.md
 	@echo "demo outputs are in $(abspath $(OUT)): data/ (phantom), train/ (checkpoints, model, metrics, model_card.md), eval/, explain/ (saliency maps, overlays, scores)"
 
 test: venv

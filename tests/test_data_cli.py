@@ -223,7 +223,7 @@ def test_prepared_cache_stays_within_its_budget():
 def test_bad_datamodule_values_name_the_key():
     with pytest.raises(ConfigError, match="data.image_size"):
         FundusDataModule(image_size=4)
-    with pytest.raises(ConfigError, match="data.name"):
+    with pytest.raises(ConfigError, match="data.dataset"):
         FundusDataModule(dataset="refugee", root=".").setup()
 
 

@@ -70,3 +70,13 @@ class ConfigError(XmedError, ValueError):
 
     def __reduce__(self):
         return (type(self), (self.key, self.reason))
+
+
+class QualityWarning(UserWarning):
+    """An image failed the image-quality gate (:mod:`xmed.data.quality`): the model's output for
+    it is flagged and is not to be relied on."""
+
+
+class SecurityWarning(UserWarning):
+    """A setting leaves patient data less protected than it should be, e.g. DICOM pseudonyms salted
+    with xmed's public default salt (set ``XMED_DICOM_SALT``)."""

@@ -101,3 +101,91 @@ def test_an_impossible_data_config_is_refused_naming_the_file(model, tmp_path, k
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=rf"config.json: data_config.{key}: must be three finite numbers"):
         load_model(folder)
+
+
+# ------------------------------------------------------------------- raw photographs: model.prepare
+def photograph(size: int = 64) -> np.ndarray:
+    from xmed.data import render_phantom
+
+    return render_phantom(5, size).image
+
+
+def with_nan() -> list[np.ndarray]:
+    bad = photograph().astype(np.float32) / 255
+    bad[3, 4, 1] = math.nan
+    return [photograph(), bad]
+
+
+def with_inf() -> list[np.ndarray]:
+    bad = photograph().astype(np.float64) / 255
+    bad[0, 0, 0] = math.inf
+    return [bad]
+
+
+BAD_PHOTOGRAPHS = [  # (images given to prepare, the text the InputError("images", ...) must hold)
+    pytest.param(lambda: photograph().astype(np.uint16) * 257, "image 0 has uint16 pixels, whose bit depth",
+                 id="uint16"),
+    pytest.param(lambda: [photograph(), photograph().astype(np.float32)],
+                 "image 1 has float pixels in [0, 255]; float pixels must lie in [0, 1]", id="float-0-255"),
+    pytest.param(with_nan, "image 1 holds 1 NaN or infinite pixel values", id="float-with-nan"),
+    pytest.param(with_inf, "image 0 holds 1 NaN or infinite pixel values", id="float-with-inf"),
+    pytest.param(lambda: photograph().astype(np.int64), "image 0 has int64 pixels; pass uint8", id="int64"),
+    pytest.param(lambda: photograph() > 128, "image 0 has bool pixels", id="bool"),
+    pytest.param(lambda: np.zeros((1, 1, 3), np.uint8), "image 0 is 1×1 pixels; a fundus photograph needs at least 32",
+                 id="one-pixel"),
+    pytest.param(lambda: [photograph(), photograph(), photograph()[:31]], "image 2 is 64×31 pixels", id="too-small"),
+    pytest.param(lambda: photograph().transpose(2, 0, 1), "image 0 has shape (3, 64, 64), which looks channels-first",
+                 id="channels-first"),
+    pytest.param(lambda: np.zeros((64, 64, 2), np.uint8), "image 0 has shape (64, 64, 2); pass an H×W×3", id="two-channels"),
+    pytest.param(lambda: np.zeros(64, np.uint8), "image 0 has shape (64,)", id="1-d-array"),
+    pytest.param(lambda: np.stack([photograph()] * 2).transpose(0, 3, 1, 2),
+                 "a 4-D array must hold N×H×W×3 photographs, got shape (2, 3, 64, 64)", id="4-d-channels-first-batch"),
+    pytest.param(lambda: np.zeros((0, 64, 64, 3), np.uint8), "is an empty array (N = 0)", id="empty-4-d-array"),
+    pytest.param(lambda: [], "is an empty list", id="empty-list"),
+    pytest.param(lambda: [photograph(), "eye.png"], "image 1 is a builtins.str, not a numpy array; pass an H×W×3 uint8 "
+                 "RGB photograph (or float in [0, 1]) (read the file first: xmed.data.read_image(path))",
+                 id="path-instead-of-pixels"),
+    pytest.param(lambda: torch.zeros(64, 64, 3), "image 0 is a torch.Tensor, not a numpy array", id="torch-tensor"),
+]
+
+
+@pytest.mark.parametrize("make, message", BAD_PHOTOGRAPHS)
+def test_prepare_refuses_what_is_no_photograph_naming_the_image(model, make, message):
+    with pytest.raises(InputError) as err:
+        model.prepare(make())
+    assert err.value.name == "images" and message in str(err.value), str(err.value)
+
+
+def gray(image: np.ndarray) -> np.ndarray:
+    return image.mean(axis=2).round().astype(np.uint8)
+
+
+CONVERTED = [  # (images given to prepare, the uint8 H×W×3 photographs they mean)
+    pytest.param(lambda p: p.astype(np.float32) / 255, lambda p: p, id="float32-in-0-1"),
+    pytest.param(lambda p: p / 255.0, lambda p: p, id="float64-in-0-1"),
+    pytest.param(lambda p: gray(p), lambda p: np.repeat(gray(p)[..., None], 3, axis=2), id="grayscale-h-w"),
+    pytest.param(lambda p: gray(p)[..., None], lambda p: np.repeat(gray(p)[..., None], 3, axis=2), id="grayscale-h-w-1"),
+    pytest.param(lambda p: np.dstack([p, np.full(p.shape[:2], 255, np.uint8)]), lambda p: p, id="rgba-opaque"),
+    pytest.param(lambda p: np.dstack([p, np.zeros(p.shape[:2], np.uint8)]), np.zeros_like, id="rgba-transparent-is-black"),
+    pytest.param(lambda p: np.stack([p, p]), lambda p: [p, p], id="n-h-w-3-array"),
+]
+
+
+@pytest.mark.parametrize("given, meant", CONVERTED)
+def test_prepare_converts_explicitly_what_it_documents(model, given, meant):
+    import warnings
+
+    from xmed.errors import QualityWarning
+
+    p = photograph()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QualityWarning)   # grey and black are flagged, not refused
+        assert torch.equal(model.prepare(given(p)), model.prepare(meant(p)))
+
+
+def test_the_same_photograph_gets_the_same_probability_in_every_accepted_form(model):
+    """Float pixels in [0, 1] were once read as if 0-255 (another probability for the same eye)."""
+    p = photograph()
+    with torch.no_grad():
+        probs = [torch.sigmoid(model(model.prepare(x))["logits"]).item() for x in (p, p / 255.0, p.astype(np.float16) / 255)]
+    assert probs[0] == probs[1] == probs[2]

@@ -64,17 +64,31 @@ def build_trainer(trainer_cfg: DictConfig, auto_precision=None, **kwargs: Any):
     return instantiate_group(OmegaConf.create(node), "trainer", **kwargs), precision
 
 
+#: The ``status`` of an eye whose model output (diagnosis, findings or vCDR) is NaN or infinite:
+#: it gets no prediction and is left out of the metrics.
+NON_FINITE = "non-finite output"
+
+
 @torch.inference_mode()
 def predict(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
             intervene_with_truth: bool = False) -> dict[str, Any]:
     """Run ``model`` over a loader of Sample batches; numpy arrays of predictions and truth.
 
+    Each eye also gets a ``quality`` (its image-quality flags joined by ``;``, empty when its image
+    passed: :mod:`xmed.data.quality`, judged on the prepared batch with the model's data config; a
+    :class:`~xmed.errors.QualityWarning` names the flagged eyes) and a ``status``: :data:`NON_FINITE`
+    when any of its outputs is NaN or infinite (each of its predictions is then NaN), else empty.
+
     ``intervene_with_truth`` (concept-bottleneck models) replaces the predicted findings and vCDR
     with the known true values (unknown ones stay predicted) before the diagnosis.
     """
+    from xmed.data.quality import assess_prepared, warn_flagged
+
     model.eval().to(device)
+    data_config = getattr(model, "data_config", None)
     keys = ("prob", "finding_prob", "vcdr_pred", "label", "finding_label", "vcdr_true")
-    parts: dict[str, list] = {k: [] for k in (*keys, "id", "eye")}
+    parts: dict[str, list] = {k: [] for k in (*keys, "id", "eye", "status")}
+    qualities = []
     for batch in loader:
         if batch.get("size", 1) == 0:
             continue
@@ -82,23 +96,69 @@ def predict(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
         if intervene_with_truth:
             intervene = {code: batch["findings"][:, j] for j, code in enumerate(FINDINGS)}
             intervene[VCDR] = batch["vcdr"]
+        if data_config is not None:
+            qualities += assess_prepared(batch["image"], data_config)
         out = model(batch["image"].to(device), intervene=intervene)
-        parts["prob"].append(torch.sigmoid(out["logits"]).float().cpu())
-        parts["finding_prob"].append(torch.sigmoid(out["finding_logits"]).float().cpu())
-        parts["vcdr_pred"].append(out["vcdr"].float().cpu())
+        logits, finding_logits, vcdr = (out[k].float().cpu() for k in ("logits", "finding_logits", "vcdr"))
+        finite = finite_outputs(out).cpu()
+        parts["prob"].append(torch.sigmoid(logits).masked_fill(~finite, math.nan))
+        parts["finding_prob"].append(torch.sigmoid(finding_logits).masked_fill(~finite[:, None], math.nan))
+        parts["vcdr_pred"].append(vcdr.masked_fill(~finite, math.nan))
+        parts["status"].extend("" if ok else NON_FINITE for ok in finite.tolist())
         parts["label"].append(batch["label"])
         parts["finding_label"].append(batch["findings"])
         parts["vcdr_true"].append(batch["vcdr"])
         parts["id"].extend(batch["meta"]["id"])
         parts["eye"].extend(batch["meta"]["eye"])
     out = {k: torch.cat(parts[k]).numpy() if parts[k] else np.zeros(0) for k in keys}
-    out["id"], out["eye"] = parts["id"], parts["eye"]
+    out["id"], out["eye"], out["status"] = parts["id"], parts["eye"], parts["status"]
+    out["quality"] = [str(q) for q in qualities] if data_config is not None else [""] * len(parts["id"])
+    warn_flagged(qualities, parts["id"])
+    failed = [eye_id for eye_id, status in zip(parts["id"], parts["status"]) if status]
+    if failed:
+        log.warning("%d of %d eyes have a non-finite model output and are not scored: %s",
+                    len(failed), len(parts["id"]), ", ".join(failed[:10]) + (" …" if len(failed) > 10 else ""))
     return out
 
 
+def finite_outputs(out: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """B bool: which eyes of a model output have a finite diagnosis logit, finding logits and vCDR.
+    The logits, not the probabilities, are checked: sigmoid(inf) = 1 would pass as a certain diagnosis.
+
+    Example:
+        >>> finite_outputs({"logits": torch.tensor([0.0, math.inf]), "finding_logits": torch.zeros(2, 10),
+        ...                 "vcdr": torch.zeros(2)}).tolist()
+        [True, False]
+    """
+    finite = torch.isfinite(out["logits"]) & torch.isfinite(out["vcdr"])
+    return finite & torch.isfinite(out["finding_logits"]).flatten(1).all(dim=1)
+
+
+def scored(arrays: Mapping[str, Any]) -> dict[str, Any]:
+    """The eyes of :func:`predict`'s output whose outputs are finite (``status`` empty), every
+    array and list cut to them.
+
+    Example:
+        >>> arrays = {"prob": np.array([0.2, np.nan]), "id": ["a", "b"], "status": ["", NON_FINITE]}
+        >>> scored(arrays)["id"], scored(arrays)["prob"].tolist()
+        (['a'], [0.2])
+    """
+    keep = np.array([not status for status in arrays["status"]], dtype=bool)
+    return {k: v[keep] if isinstance(v, np.ndarray) else [x for x, kept in zip(v, keep) if kept]
+            for k, v in arrays.items()}
+
+
+def failed_eyes(arrays: Mapping[str, Any], split: str) -> list[dict[str, str]]:
+    """``[{split, id, eye, reason}]`` of the eyes of :func:`predict`'s output that were not scored."""
+    return [{"split": split, "id": eye_id, "eye": eye, "reason": status}
+            for eye_id, eye, status in zip(arrays["id"], arrays["eye"], arrays["status"]) if status]
+
+
 def to_predictions(arrays: Mapping[str, Any]):
+    """The :class:`~xmed.metrics.Predictions` of the scored eyes (those with a finite output)."""
     from xmed.metrics import Predictions
 
+    arrays = scored(arrays) if "status" in arrays else arrays
     return Predictions(**{k: arrays[k] for k in ("prob", "label", "finding_prob", "finding_label",
                                                   "vcdr_pred", "vcdr_true")})
 
@@ -116,7 +176,12 @@ def oracle_auroc(dataset, arrays: Mapping[str, Any]) -> float | None:
 def evaluate_model(model, datamodule, out_dir: Path, *, threshold_rule: str = "youden",
                    n_bootstrap: int = 1000, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Predict val and test, score the test split with the threshold chosen on val, and
-    write ``metrics.json``, ``predictions.csv`` and the plots into ``out_dir``."""
+    write ``metrics.json``, ``predictions.csv`` and the plots into ``out_dir``.
+
+    An eye with a non-finite output is scored nowhere (neither the threshold nor any metric);
+    ``metrics.json`` lists it under ``failed`` and counts it per split under ``excluded``, and
+    counts the eyes flagged by the image-quality gate under ``quality_flagged`` (they are scored).
+    """
     from xmed.metrics import evaluate_predictions
     from xmed.viz.plots import plot_calibration, plot_finding_auroc, plot_roc
 
@@ -125,22 +190,26 @@ def evaluate_model(model, datamodule, out_dir: Path, *, threshold_rule: str = "y
     test = predict(model, datamodule.test_dataloader(), device)
     metrics = evaluate_predictions(to_predictions(val), to_predictions(test), threshold_rule=threshold_rule,
                                    n_bootstrap=n_bootstrap, seed=seed)
-    metrics["oracle_auroc"] = oracle_auroc(datamodule.base, test)
+    metrics["failed"] = failed_eyes(val, "val") + failed_eyes(test, "test")
+    metrics["excluded"] = {split: sum(e["split"] == split for e in metrics["failed"]) for split in ("val", "test")}
+    metrics["quality_flagged"] = {"val": sum(map(bool, val["quality"])), "test": sum(map(bool, test["quality"]))}
+    test_scored = scored(test)
+    metrics["oracle_auroc"] = oracle_auroc(datamodule.base, test_scored)
     if getattr(model, "mode", None) == "concept_bottleneck":
         true_concepts = predict(model, datamodule.test_dataloader(), device, intervene_with_truth=True)
-        scored = evaluate_predictions(to_predictions(val), to_predictions(true_concepts),
-                                      threshold_rule=threshold_rule, n_bootstrap=0, seed=seed)
+        with_truth = evaluate_predictions(to_predictions(val), to_predictions(true_concepts),
+                                          threshold_rule=threshold_rule, n_bootstrap=0, seed=seed)
         metrics["intervention"] = {"auroc_predicted_concepts": metrics["auroc"],
-                                   "auroc_true_concepts": scored["auroc"]}
+                                   "auroc_true_concepts": with_truth["auroc"]}
     metrics["skipped"] = datamodule.skipped
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     write_predictions_csv(out_dir / "predictions.csv", test, metrics["threshold"])
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
-    labelled = ~np.isnan(test["label"])
-    if labelled.any() and len(set(test["label"][labelled])) == 2:
-        plot_roc(test["prob"][labelled], test["label"][labelled], plots / "roc.png")
-        plot_calibration(test["prob"][labelled], test["label"][labelled], plots / "calibration.png")
+    labelled = ~np.isnan(test_scored["label"])
+    if labelled.any() and len(set(test_scored["label"][labelled])) == 2:
+        plot_roc(test_scored["prob"][labelled], test_scored["label"][labelled], plots / "roc.png")
+        plot_calibration(test_scored["prob"][labelled], test_scored["label"][labelled], plots / "calibration.png")
     plot_finding_auroc(metrics["finding_auroc"], plots / "finding_auroc.png")
     return metrics
 
@@ -152,19 +221,30 @@ def evaluation_artefacts(out_dir: Path) -> dict[str, Path]:
 
 
 def write_predictions_csv(path: Path, arrays: Mapping[str, Any], threshold: float | None) -> None:
+    """One row per eye of :func:`predict`'s output: truth, predictions, the decision at
+    ``threshold``, then ``quality`` (the image-quality flags, ``;``-joined; empty when the image
+    passed) and ``status`` (:data:`NON_FINITE` for an eye whose output was not finite: its
+    predictions and decision are left empty)."""
     columns = ["id", "eye", "label", "prob", "pred", "vcdr_true", "vcdr_pred",
-               *(f"p_{c}" for c in FINDINGS), *FINDINGS]
+               *(f"p_{c}" for c in FINDINGS), *FINDINGS, "quality", "status"]
+    n = len(arrays["id"])
+    quality, status = arrays.get("quality", [""] * n), arrays.get("status", [""] * n)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         for i, eye_id in enumerate(arrays["id"]):
-            prob = float(arrays["prob"][i])
-            pred = "" if threshold is None else int(prob >= threshold)
-            row = [eye_id, arrays["eye"][i], _cell(arrays["label"][i]), f"{prob:.6f}", pred,
-                   _cell(arrays["vcdr_true"][i]), f"{float(arrays['vcdr_pred'][i]):.4f}"]
-            row += [f"{float(p):.6f}" for p in arrays["finding_prob"][i]]
+            if status[i]:
+                prob = pred = vcdr_pred = ""
+                finding_probs = [""] * len(FINDINGS)
+            else:
+                prob = float(arrays["prob"][i])
+                pred = "" if threshold is None else int(prob >= threshold)
+                prob, vcdr_pred = f"{prob:.6f}", f"{float(arrays['vcdr_pred'][i]):.4f}"
+                finding_probs = [f"{float(p):.6f}" for p in arrays["finding_prob"][i]]
+            row = [eye_id, arrays["eye"][i], _cell(arrays["label"][i]), prob, pred,
+                   _cell(arrays["vcdr_true"][i]), vcdr_pred, *finding_probs]
             row += [_cell(v) for v in arrays["finding_label"][i]]
-            writer.writerow(row)
+            writer.writerow(row + [quality[i], status[i]])
 
 
 def _cell(value) -> str:

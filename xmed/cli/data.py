@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from xmed.errors import XmedError
+from xmed.errors import ConfigError, XmedError
 
 
 def _phantom(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def _phantom(args: argparse.Namespace) -> int:
     summary = write_phantom_dataset(
         args.out, n=args.n, size=args.size, seed=args.seed, prevalence=args.prevalence,
         shortcut=args.shortcut, image_format=args.format, workers=args.workers,
-        progress=not args.quiet,
+        progress=not args.quiet, overwrite=args.overwrite,
     )
     out = Path(args.out).resolve()
     print(f"wrote {summary['n']} eyes ({summary['n_positive']} glaucoma) at {summary['size']} px "
@@ -42,8 +42,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from xmed.data.datasets import get_dataset
     from xmed.data.inspect import format_report, inspect_dataset
 
-    options = json.loads(args.options) if args.options else {}
-    dataset = get_dataset(args.dataset, args.root, on_error="skip", **options)
+    dataset = get_dataset(args.dataset, args.root, on_error="skip", **(args.options or {}))
     report = inspect_dataset(dataset, decode=not args.no_decode, progress=not args.json)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -72,6 +71,43 @@ def _sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def json_object(text: str) -> dict:
+    """An argument given as a JSON object; anything else is an argparse error naming the argument,
+    and for bad JSON the position.
+
+    Example:
+        >>> json_object('{"split": "test"}')
+        {'split': 'test'}
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): "
+                                         f"{text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"split\": \"test\"}}', got {text!r}")
+    return value
+
+
+def at_least(minimum: int):
+    """An argparse ``type``: a whole number, at least ``minimum``.
+
+    Example:
+        >>> at_least(1)("3")
+        3
+    """
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xmed-data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,14 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--n", type=int, default=1000, help="number of eyes")
     p.add_argument("--size", type=int, default=512, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--prevalence", type=float, default=0.3, help="P(glaucoma)")
     p.add_argument("--shortcut", type=float, nargs="?", const=0.9, default=None,
                    help="draw a marker correlated with the label in the training split "
                         "(strength in [0, 1]; 0.9 when given without a value)")
     p.add_argument("--format", choices=("png", "jpg"), default="png")
-    p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    p.add_argument("--workers", type=at_least(0), default=0, help="processes (0: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier data set in --out "
+                   "(otherwise a non-empty --out is refused)")
     p.set_defaults(run=_phantom)
 
     p = sub.add_parser("inspect", help="count a data set and list unreadable or skipped files")
@@ -95,18 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, help="data set folder (not needed for phantom_render)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-decode", action="store_true", help="read labels only, do not decode images")
-    p.add_argument("--options", help="extra data set arguments as JSON, e.g. '{\"split\": \"test\"}'")
+    p.add_argument("--options", type=json_object,
+                   help="extra data set arguments as JSON, e.g. '{\"split\": \"test\"}'")
     p.set_defaults(run=_inspect)
 
     p = sub.add_parser("sheet", help="draw a contact sheet of phantom renders")
     p.add_argument("--out", type=Path, default=Path("docs/phantom_contact_sheet.png"))
-    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--n", type=at_least(1), default=16)
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--columns", type=int, default=4)
-    p.add_argument("--thumb", type=int, default=0, help="resize the sheet to this width (0: full size)")
+    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--columns", type=at_least(1), default=4)
+    p.add_argument("--thumb", type=at_least(0), default=0, help="resize the sheet to this width (0: full size)")
     p.set_defaults(run=_sheet)
     return parser
+
+
+#: the argument behind each data config key :func:`~xmed.data.get_dataset` names
+CONFIG_ARGUMENTS = {"data.dataset": "dataset", "data.root": "root", "data.dataset_options": "options"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except XmedError as err:
-        print(f"xmed-data: error: {err}", file=sys.stderr)
+        print(f"xmed-data: error: {in_command_line_words(err, args)}", file=sys.stderr)
         return 2
+
+
+def in_command_line_words(err: XmedError, args: argparse.Namespace) -> str:
+    """The message of ``err``, a config key that stands for one of the command's arguments named as
+    that argument (``--n`` for the phantom writer's ``n``, ``--root`` for ``data.root``).
+
+    Example:
+        >>> in_command_line_words(ConfigError("n", "must be at least 1, got 0"), argparse.Namespace(n=0))
+        'argument --n: must be at least 1, got 0'
+    """
+    if isinstance(err, ConfigError):
+        dest = CONFIG_ARGUMENTS.get(err.key, err.key)
+        if dest in vars(args):
+            return f"argument --{dest.replace('_', '-')}: {err.reason}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ Writes ``metrics.json``, ``predictions.csv`` and ``plots/`` into the run folder:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from xmed.cli.entry import command
 from xmed.cli.common import CONFIG_PACKAGE, evaluate_model, evaluation_artefacts, instantiate_group
 from xmed.cli.train import _report
 
@@ -35,11 +35,10 @@ log = logging.getLogger("xmed.eval")
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from hydra.core.hydra_config import HydraConfig
-
+    from xmed.cli.rundir import command_folder
     from xmed.models.export import load_model
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
+    out_dir = command_folder(cfg)
     model = load_model(cfg.ckpt_path, device=cfg.device)
     datamodule = datamodule_for_model(cfg.data, model)
     metrics = evaluate_model(model, datamodule, out_dir, threshold_rule=cfg.threshold_rule,
@@ -50,6 +49,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="eval")
+@command
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg).get("auroc")
 

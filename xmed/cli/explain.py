@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,8 +43,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from xmed.cli.common import CONFIG_PACKAGE, build_trainer, instantiate_group
+from xmed.cli.entry import command
+from xmed.cli.common import CONFIG_PACKAGE, build_trainer
 from xmed.cli.eval import datamodule_for_model
+from xmed.cli.rundir import command_folder
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS, VCDR, finding_index
 from xmed.runtime import Choice
@@ -156,6 +159,7 @@ class ExplainModule(L.LightningModule):
         if batch.get("size", 1) == 0:
             return []
         images, ids = batch["image"], list(batch["meta"]["id"])
+        per_eye = self._eye_columns(images, ids)
         truth = ground_truth(batch, self.target)
         edit_truth = (ground_truth(batch, self.target, edit=True)
                       if any(isinstance(e, CounterfactualRun) for e in self.explainers.values()) else None)
@@ -170,7 +174,7 @@ class ExplainModule(L.LightningModule):
                 records += self._counterfactuals(name, explainer, images, ids, edit_truth)
                 continue
             if isinstance(explainer, RationaleRun):
-                self._rationales(name, explainer, images, ids)
+                self._rationales(name, explainer, images, ids, per_eye)
                 continue
             with torch.enable_grad():
                 explanation = explainer(images, self.target)
@@ -193,7 +197,20 @@ class ExplainModule(L.LightningModule):
                 record.update({k: _number(v[i]) for k, v in scores.items()})
                 records.append(record)
             self._write_maps(name, ids, maps, images, truth)
-        return records
+        return [_with_eye_columns(record, per_eye[record["id"]]) for record in records]
+
+    def _eye_columns(self, images: Tensor, ids: list[str]) -> dict[str, dict[str, str]]:
+        """``{id: {"quality": flags joined by ";", "status": NON_FINITE or ""}}`` of the batch's
+        eyes, as ``predictions.csv`` has them (flagged eyes are warned about)."""
+        from xmed.cli.common import NON_FINITE, finite_outputs
+        from xmed.data.quality import assess_prepared, warn_flagged
+
+        qualities = assess_prepared(images, self.model.data_config)
+        warn_flagged(qualities, ids)
+        with torch.no_grad():
+            finite = finite_outputs(self.model(images)).tolist()
+        return {eye_id: {"quality": str(quality), "status": "" if ok else NON_FINITE}
+                for eye_id, quality, ok in zip(ids, qualities, finite)}
 
     def _counterfactuals(self, name: str, run: CounterfactualRun, images: Tensor, ids: list[str],
                          truth: Tensor | None) -> list[dict[str, Any]]:
@@ -231,17 +248,25 @@ class ExplainModule(L.LightningModule):
             difference = overlay(frames[0], cf.difference[i, 0].float().cpu().numpy())
             folder = self.out_dir / "counterfactuals" / method
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.concatenate([*frames, difference], axis=1)).save(folder / f"{_safe(eye_id)}_strip.png")
+            Image.fromarray(np.concatenate([*frames, difference], axis=1)).save(folder / f"{eye_file_stem(eye_id)}_strip.png")
             gif = [Image.fromarray(f) for f in frames + frames[-2:0:-1]]   # there and back
-            gif[0].save(folder / f"{_safe(eye_id)}.gif", save_all=True, append_images=gif[1:], duration=250, loop=0)
+            gif[0].save(folder / f"{eye_file_stem(eye_id)}.gif", save_all=True, append_images=gif[1:], duration=250, loop=0)
 
-    def _rationales(self, name: str, run: RationaleRun, images: Tensor, ids: list[str]) -> None:
+    def _rationales(self, name: str, run: RationaleRun, images: Tensor, ids: list[str],
+                    per_eye: Mapping[str, Mapping[str, str]]) -> None:
+        from xmed.errors import QualityWarning
         from xmed.explain.rationale import rationale
 
         folder = self.out_dir / name
         folder.mkdir(parents=True, exist_ok=True)
-        for eye_id, r in zip(ids, rationale(self.model, images, heatmaps=False, **run.options)):
-            (folder / f"{_safe(eye_id)}.json").write_text(json.dumps({"id": eye_id, **r.to_dict()}, indent=2))
+        decided = [i for i, eye_id in enumerate(ids) if not per_eye[eye_id]["status"]]
+        with warnings.catch_warnings():  # already warned about, by eye id (_eye_columns)
+            warnings.simplefilter("ignore", QualityWarning)
+            explained = rationale(self.model, images[decided], heatmaps=False, **run.options) if decided else []
+        contents = {ids[i]: r.to_dict() for i, r in zip(decided, explained)}
+        for eye_id in ids:  # an eye without a finite output has no decision to explain: its file gives its status
+            content = contents.get(eye_id, per_eye[eye_id])
+            (folder / f"{eye_file_stem(eye_id)}.json").write_text(json.dumps({"id": eye_id, **content}, indent=2))
 
     def _write_maps(self, method: str, ids: list[str], maps: Tensor, images: Tensor, truth: Tensor | None) -> None:
         from PIL import Image
@@ -253,11 +278,11 @@ class ExplainModule(L.LightningModule):
         dc = self.model.data_config
         for i, eye_id in enumerate(ids):
             saliency = maps[i, 0].cpu().numpy()
-            np.save(map_dir / f"{_safe(eye_id)}.npy", saliency.astype(np.float32))
+            np.save(map_dir / f"{eye_file_stem(eye_id)}.npy", saliency.astype(np.float32))
             if eye_id in self.overlay_ids:
                 photo = to_uint8_image(images[i], dc.mean, dc.std)
                 outline = truth[i, 0].cpu().numpy() if truth is not None else None
-                path = self.out_dir / "overlays" / method / f"{_safe(eye_id)}.png"
+                path = self.out_dir / "overlays" / method / f"{eye_file_stem(eye_id)}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(overlay(photo, saliency, outline=outline)).save(path)
 
@@ -286,7 +311,7 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, di
     summary: dict[str, dict[str, Any]] = {}
     for method in methods:
         rows = [r for r in records if r["method"] == method]
-        keys = [k for k in rows[0] if k not in ("id", "method")] if rows else []
+        keys = [k for k in rows[0] if k not in ("id", "method", *EYE_COLUMNS)] if rows else []
         entry: dict[str, Any] = {"n": len(rows)}
         for key in keys:
             values = [r[key] for r in rows if r.get(key) is not None]
@@ -483,7 +508,6 @@ def _mean_defined(values: Tensor) -> float | None:
 
 def explain_run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``xmed-explain`` for a composed config; returns the summary written to metrics.json."""
-    from hydra.core.hydra_config import HydraConfig
     from torch.utils.data import DataLoader
 
     from xmed.data.datamodule import SplitView
@@ -491,8 +515,7 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     from xmed.models.classifier import TARGETS
     from xmed.models.export import load_model
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = command_folder(cfg)
     if cfg.target not in TARGETS:
         raise ConfigError("target", f"unknown target {cfg.target!r}; use one of {', '.join(TARGETS)}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -617,7 +640,7 @@ def update_model_card(card: Path, table: str, cfg: DictConfig) -> None:
 
 
 def _write_per_image(path: Path, records: list[dict[str, Any]]) -> None:
-    columns = ["id", "method"]
+    columns = ["id", "method", *EYE_COLUMNS]
     for record in records:
         columns += [k for k in record if k not in columns]
     with open(path, "w", newline="") as fh:
@@ -636,7 +659,7 @@ def _comparison_sheet(out_dir: Path, methods: list[str], ids: list[str]) -> None
     tiles, captions = [], []
     for eye_id in ids:
         for method in methods:
-            path = out_dir / "overlays" / method / f"{_safe(eye_id)}.png"
+            path = out_dir / "overlays" / method / f"{eye_file_stem(eye_id)}.png"
             if path.is_file():
                 tiles.append(np.asarray(Image.open(path).convert("RGB")))
                 captions.append(method)
@@ -645,16 +668,54 @@ def _comparison_sheet(out_dir: Path, methods: list[str], ids: list[str]) -> None
             out_dir / "overlays" / "comparison.png")
 
 
+#: What every per-image record says of its eye besides the scores: the image-quality flags (``;``-joined,
+#: empty when the image passed) and the status (``non-finite output`` when the model's output for
+#: the eye is NaN or infinite: its scores are then left empty).
+EYE_COLUMNS = ("quality", "status")
+
+
+def _with_eye_columns(record: dict[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
+    """``record`` with its eye's :data:`EYE_COLUMNS`; every score emptied when the eye failed."""
+    if columns["status"]:
+        record = {k: v if k in ("id", "method", "seconds") else None for k, v in record.items()}
+    return {**record, **columns}
+
+
 def _number(value: Tensor) -> float | None:
     value = float(value)
     return None if math.isnan(value) else round(value, 6)
 
 
-def _safe(eye_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(eye_id))
+def eye_file_stem(eye_id: str) -> str:
+    """The file name (without suffix) of an eye's outputs, distinct for distinct ids: an id that is
+    already a plain file name is kept; any other (``images/a/b``, ``a b``) has its other characters
+    replaced (and a very long one shortened) and a short hash of the whole id appended, so
+    ``images/a_b`` and ``images/a/b`` never write the same file.
+
+    Example:
+        >>> eye_file_stem("g0001"), eye_file_stem("images/a_b"), eye_file_stem("images/a/b")
+        ('g0001', 'images_a_b-e2d12e3254', 'images_a_b-469f7e75ba')
+    """
+    import hashlib
+
+    eye_id = str(eye_id)
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", eye_id)
+    if (plain == eye_id and len(eye_id) <= MAX_STEM and not HASHED_STEM.fullmatch(eye_id)
+            and eye_id.strip(".")):
+        return eye_id
+    return f"{plain[:MAX_STEM]}-{hashlib.sha256(eye_id.encode()).hexdigest()[:10]}"
+
+
+#: file names stay well under the 255 bytes file systems allow, with room for a suffix
+MAX_STEM = 120
+
+
+#: the shape of a hashed stem; a plain id of this shape is hashed too, so it cannot meet one
+HASHED_STEM = re.compile(r".*-[0-9a-f]{10}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="explain")
+@command
 def main(cfg: DictConfig) -> None:
     explain_run(cfg)
 

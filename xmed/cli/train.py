@@ -24,9 +24,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from xmed.cli.entry import command
 from xmed.cli.common import (CONFIG_PACKAGE, build_trainer, evaluate_model, evaluation_artefacts, instantiate_group,
                               sha256)
 from xmed.errors import ConfigError
+from xmed.models.card import scoring_notes
+from xmed.cli.rundir import command_folder
+from xmed.runs import write_text_atomic
 
 log = logging.getLogger("xmed.train")
 
@@ -63,13 +67,11 @@ def training_data_config(cfg: DictConfig) -> DictConfig:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then (rank 0) export the best checkpoint, evaluate it and write the model card."""
     import lightning as L
-    from hydra.core.hydra_config import HydraConfig
 
     from xmed.models.card import render_model_card
     from xmed.models.export import WEIGHTS, export_model, load_model
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = command_folder(cfg, resume_key="ckpt_path")
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate_group(training_data_config(cfg), "data")
@@ -90,8 +92,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("loader workers %s", datamodule.num_workers_choice)
 
     resume = resume_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("allow_remote_checkpoint")), out_dir)
+    if resume:
+        for logger in loggers:  # the history up to the checkpoint stays, the lost part after it goes
+            if hasattr(logger, "resume_from_step"):
+                logger.resume_from_step(resume[1])
     # weights_only=True again: Lightning must not unpickle what the check above refused
-    trainer.fit(module, datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+    trainer.fit(module, datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
     if not trainer.is_global_zero or not cfg.get("test", True):
         return {}
     if cfg.get("task_type", "classifier") == "autoencoder":
@@ -119,19 +125,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                       "parameters": sum(p.numel() for p in model.parameters())},
         files=files, compute=compute_summary(trainer, module, datamodule, precision),
     )
-    (out_dir / "model_card.md").write_text(card)
+    write_text_atomic(out_dir / "model_card.md", card)
     artefacts = {"checkpoint": checkpoint} if checkpoint else {}
     artefacts.update({"model": model_dir, **evaluation_artefacts(out_dir), "model card": out_dir / "model_card.md"})
     _report(out_dir, metrics, artefacts)
     return metrics
 
 
-def resume_checkpoint(ckpt_path: str | Path | None, allow_remote: bool, run_dir: Path) -> Path | None:
-    """The local checkpoint a run resumes from (``ckpt_path=…``), checked to hold only tensors and
-    plain containers (:func:`xmed.models.export.read_checkpoint`): a pickled object in it never
-    runs, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says. A remote address (``https://…``,
-    ``s3://…``) is refused unless ``allow_remote_checkpoint=true``; it is then downloaded into
-    ``<run>/resume/`` and checked like a local file.
+def resume_checkpoint(ckpt_path: str | Path | None, allow_remote: bool, run_dir: Path) -> tuple[Path, int] | None:
+    """The local checkpoint a run resumes from (``ckpt_path=…``) and its global step, checked to hold
+    only tensors and plain containers (:func:`xmed.models.export.read_checkpoint`): a pickled object
+    in it never runs, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says. ``last`` is the run's own
+    ``checkpoints/last.ckpt``. A remote address (``https://…``, ``s3://…``) is refused unless
+    ``allow_remote_checkpoint=true``; it is then downloaded into ``<run>/resume/`` and checked like a
+    local file.
 
     Example::
 
@@ -139,22 +146,27 @@ def resume_checkpoint(ckpt_path: str | Path | None, allow_remote: bool, run_dir:
     """
     from urllib.parse import urlparse
 
+    from xmed.cli.rundir import RESUME_LAST
     from xmed.models.export import read_checkpoint
 
     if not ckpt_path:
         return None
     text = str(ckpt_path)
     address = urlparse(text)
-    if "://" in text and address.scheme != "file":
+    if text == RESUME_LAST:
+        local = run_dir / "checkpoints" / "last.ckpt"
+        if not local.is_file():
+            raise ConfigError("ckpt_path", f"ckpt_path=last resumes from {local}, which does not exist")
+    elif "://" in text and address.scheme != "file":
         if not allow_remote:
             raise ConfigError("ckpt_path", f"{text} is a remote address; a run resumes from a local file unless "
                                            "allow_remote_checkpoint=true (it is then downloaded and read weights-only)")
         local = download_checkpoint(text, run_dir / "resume" / (Path(address.path).name or "remote.ckpt"))
     else:
         local = Path(address.path if address.scheme == "file" else text)
-    read_checkpoint(local)
-    log.info("resuming from %s", local)
-    return local
+    step = int(read_checkpoint(local).get("global_step", 0))
+    log.info("resuming from %s (step %d)", local, step)
+    return local, step
 
 
 def download_checkpoint(address: str, destination: Path) -> Path:
@@ -242,7 +254,7 @@ def _finish_autoencoder(trainer, module, datamodule, out_dir: Path) -> dict[str,
     errors = torch.cat(errors) if errors else torch.zeros(0)
     metrics = {"reconstruction_l1": round(float(errors.mean()), 6) if len(errors) else None, "n": len(errors),
                "dataset": datamodule.dataset_name}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     print(f"test reconstruction L1 (input space) {metrics['reconstruction_l1']} over {metrics['n']} images")
     print(f"run folder      {out_dir.resolve()}")
     for name, path in (("checkpoint", checkpoint), ("autoencoder", folder), ("metrics", out_dir / "metrics.json")):
@@ -255,7 +267,7 @@ def _best_checkpoint(trainer) -> Path | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     for cb in trainer.callbacks:
-        if isinstance(cb, ModelCheckpoint):
+        if isinstance(cb, ModelCheckpoint) and not getattr(cb, "every_epoch", False):
             path = cb.best_model_path or cb.last_model_path
             if path:
                 return Path(path)
@@ -274,12 +286,14 @@ def _report(out_dir: Path, metrics: dict[str, Any], artefacts: dict[str, Path]) 
     ]
     if metrics.get("oracle_auroc") is not None:
         lines.append(f"phantom oracle AUROC on the same eyes {fmt('oracle_auroc')}")
+    lines += scoring_notes(metrics)
     lines.append(f"run folder      {out_dir.resolve()}")
     lines += [f"  {name:<13} {path.resolve()}" for name, path in artefacts.items()]
     print("\n".join(lines))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="train")
+@command
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return metrics.get("auroc")

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from xmed.data.datasets import FundusDataset, SkippedSample, collate_samples, get_dataset, to_tensor_sample
+from xmed.data.sampling import EpochSampler, SeededIndex
 from xmed.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from xmed.errors import ConfigError
 from xmed.runtime import choose_num_workers
@@ -123,7 +124,11 @@ class SplitView(Dataset):
         """How many eyes this process holds prepared."""
         return len(self._prepared)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int | SeededIndex):
+        if isinstance(i, SeededIndex):  # the training sampler's: this sample's augmentations are seeded
+            if hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(i.seed)
+            i = i.index
         index = self.indices[i]
         if self.cache_bytes:
             sample = self._prepared.get(index) or self._prepare(index)
@@ -131,9 +136,7 @@ class SplitView(Dataset):
                 sample = to_tensor_sample(self.transform.augment(sample))
         else:
             sample = self.base.get(index, self.transform)
-        if isinstance(sample, SkippedSample):  # on_error="skip": recorded in the run's log too
-            log.warning("skipped %s: %s", sample.path, sample.reason)
-        return sample
+        return sample  # a SkippedSample is reported by the batch (and logged by the data module)
 
     def _prepare(self, index: int) -> dict | SkippedSample:
         """Eye ``index`` decoded and prepared, kept while the budget allows."""
@@ -149,6 +152,32 @@ class SplitView(Dataset):
 
     def labels(self) -> np.ndarray:
         return np.array([self.base.records[i].label for i in self.indices], np.float32)
+
+
+class SkipRecordingLoader(DataLoader):
+    """A DataLoader that hands each batch's ``"skipped"`` list to ``record_skips`` as the batch
+    reaches the main process, so that samples skipped inside loader worker processes are
+    known there too.
+
+    Example:
+        >>> from xmed.data.datasets import SkippedSample, collate_samples
+        >>> seen = []
+        >>> loader = SkipRecordingLoader([SkippedSample("eye.png", "zero-byte file")], batch_size=1,
+        ...                              collate_fn=collate_samples, record_skips=seen.extend)
+        >>> [batch["size"] for batch in loader], seen
+        ([0], [{'path': 'eye.png', 'reason': 'zero-byte file'}])
+    """
+
+    def __init__(self, *args: Any, record_skips: Callable[[list[dict]], Any] | None = None,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.record_skips = record_skips
+
+    def __iter__(self) -> Iterator:
+        for batch in super().__iter__():
+            if self.record_skips is not None and batch.get("skipped"):
+                self.record_skips(batch["skipped"])
+            yield batch
 
 
 def _seed_worker_transform(worker_id: int) -> None:
@@ -176,7 +205,7 @@ class FundusDataModule(L.LightningDataModule):
         preprocess: :class:`~xmed.data.preprocess.FundusPreprocess` fields (FOV crop, disc crop, contrast).
         augment: extra arguments of :func:`~xmed.data.transforms.build_transforms` for training
             (``hflip``, ``vflip``, ``rotate``, ``color``, ``scale``).
-        on_error: ``"raise"`` or ``"skip"`` (skipped files are logged and listed in
+        on_error: ``"raise"`` or ``"skip"`` (skipped files are logged once and listed in
             :attr:`skipped`; skipped samples arrive in each batch's ``"skipped"`` list).
         cache_mb: memory per process (each loader worker has its own) for keeping the train and
             val eyes prepared between epochs (see :class:`SplitView`); 0 turns the cache off.
@@ -224,6 +253,7 @@ class FundusDataModule(L.LightningDataModule):
         self.used_published_splits = False
         self.base: FundusDataset | None = None
         self.splits: dict[str, SplitView] = {}
+        self._decode_skips: dict[tuple[str, str], dict[str, str]] = {}
 
     def data_config(self) -> dict[str, Any]:
         """What a model trained on these loaders must do to a raw photograph (it carries this)."""
@@ -267,7 +297,12 @@ class FundusDataModule(L.LightningDataModule):
         set publishes none), or None when it has no complete published split."""
         records = self.base.records
         published = [r.split for r in records]
-        if not (self.use_published_splits and all(s in SPLITS for s in published)):
+        if not (self.use_published_splits and any(published)):
+            return None
+        if not all(s in SPLITS for s in published):
+            log.warning("data set %s gives a published split for %d of %d eyes only; drawing the "
+                        "splits instead", self.dataset_name, sum(s in SPLITS for s in published),
+                        len(published))
             return None
         out = {s: [i for i, p in enumerate(published) if p == s] for s in SPLITS}
         if out["train"] and not out["val"]:  # carve validation out of the published train split
@@ -278,27 +313,54 @@ class FundusDataModule(L.LightningDataModule):
                                  (f_train / (f_train + f_val), f_val / (f_train + f_val), 0.0), self.seed)
             out["train"] = [train[i] for i in part["train"]]
             out["val"] = [train[i] for i in part["val"]]
-        return out if all(out.values()) else None
+        if not all(out.values()):
+            log.warning("the published split of data set %s leaves %s empty; drawing the splits "
+                        "instead", self.dataset_name, ", ".join(s for s in SPLITS if not out[s]))
+            return None
+        return out
 
     @property
     def skipped(self) -> list[dict[str, str]]:
-        return [s.as_dict() for s in self.base.skipped] if self.base is not None else []
+        """Every file left out so far, each once, as ``{"path", "reason"}``: label rows and
+        missing images found when listing, then the samples that loaders (in this process or
+        in their workers) reported as unreadable — one left out in several epochs counts once.
+
+        Example:
+            >>> dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 8, "size": 32},
+            ...                       image_size=32)
+            >>> dm.setup(); dm.skipped
+            []
+        """
+        if self.base is None:
+            return []
+        listed = {(s.path, s.reason): s.as_dict() for s in self.base.skipped}
+        return list({**listed, **self._decode_skips}.values())
+
+    def _record_skips(self, skips: list[dict[str, str]]) -> None:
+        """Keep (and log, the first time) the skipped samples a batch reports."""
+        for skip in skips:
+            key = (skip["path"], skip["reason"])
+            if key not in self._decode_skips:
+                self._decode_skips[key] = {"path": skip["path"], "reason": skip["reason"]}
+                log.warning("skipped %s: %s", *key)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.splits:
             self.setup()
-        generator = torch.Generator().manual_seed(self.seed)
         sampler = None
-        if shuffle and self.balanced_sampling:
-            sampler = WeightedRandomSampler(balanced_weights(self.splits[split].labels()),
-                                            num_samples=len(self.splits[split]), generator=generator)
-            shuffle = False
-        return DataLoader(
-            self.splits[split], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
+        if shuffle:  # order and augmentations from (seed, epoch): a resumed run replays the same epochs
+            trainer = self.trainer
+            sampler = EpochSampler(
+                len(self.splits[split]), self.seed,
+                weights=balanced_weights(self.splits[split].labels()) if self.balanced_sampling else None,
+                num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
+        return SkipRecordingLoader(
+            self.splits[split], batch_size=self.batch_size, sampler=sampler,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             collate_fn=collate_samples, worker_init_fn=_seed_worker_transform,
-            persistent_workers=self.num_workers > 0, generator=generator,
+            persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
+            record_skips=self._record_skips,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from xmed.errors import ImageReadError
+from xmed.errors import ImageReadError, SecurityWarning
 
 __all__ = [
     "DEFAULT_DICOM_SALT",
@@ -491,4 +492,22 @@ def dicom_pseudonym(value: str, salt: str | None = None) -> str:
     """
     if salt is None:
         salt = os.environ.get(DICOM_SALT_ENV) or DEFAULT_DICOM_SALT
+    if salt == DEFAULT_DICOM_SALT:
+        _warn_public_salt()
     return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:16]
+
+
+_public_salt_warned = False
+
+
+def _warn_public_salt() -> None:
+    """Warn (and log) once per process that pseudonyms use the public default salt."""
+    global _public_salt_warned
+    if _public_salt_warned:
+        return
+    _public_salt_warned = True
+    message = (f"DICOM pseudonyms are salted with xmed's public default salt, so anyone can recompute them "
+               f"from the instance and patient IDs; set the environment variable {DICOM_SALT_ENV} to your "
+               f"site's own secret")
+    logging.getLogger(__name__).warning(message)
+    warnings.warn(message, SecurityWarning, stacklevel=3)

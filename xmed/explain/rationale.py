@@ -3,6 +3,8 @@
 ``xmed.rationale(model, images)`` returns one :class:`Rationale` per eye: the diagnosis
 probability, each finding's probability and its contribution to the decision, the vCDR, what a
 counterfactual edit toward the other class changed, per-finding heatmaps, and one short sentence.
+An eye that fails the image-quality gate (:mod:`xmed.data.quality`) carries its flags, and its
+sentence starts by saying that the decision is not to be relied on.
 
 Contributions are in logit units and add up to the diagnosis logit:
 ``logit = bias + Σ finding contributions + vCDR contribution + unexplained``.
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +39,9 @@ from torch import Tensor, nn
 from xmed.errors import ConfigError, InputError
 from xmed.explain.base import check_images
 from xmed.findings import FINDING_NAMES, FINDINGS, VCDR
+
+if TYPE_CHECKING:
+    from xmed.data.quality import Quality
 
 SHORT_NAMES = {
     "ANRS": "superior rim thinning", "ANRI": "inferior rim thinning",
@@ -59,7 +64,8 @@ class FindingEvidence:
 @dataclass
 class Rationale:
     """Why the model decided for one eye (``to_dict()`` is JSON-serialisable; heatmaps are not
-    part of it — they are tensors kept on the model's device)."""
+    part of it — they are tensors kept on the model's device). ``quality``: the image-quality
+    flags of the eye (:mod:`xmed.data.quality`), empty when its image passed."""
 
     probability: float
     logit: float
@@ -74,6 +80,7 @@ class Rationale:
     counterfactual: dict[str, Any] | None
     sentence: str
     heatmaps: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    quality: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Strict JSON: a value that is not finite becomes None (``json.dumps(..., allow_nan=False)`` works)."""
@@ -136,6 +143,8 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float = 0.5,
         min_change: smallest change of a finding probability (or of the vCDR, in its own units
             times 4) that the counterfactual summary mentions.
     """
+    from xmed.data.quality import warn_flagged
+
     images = check_images(images, model).to(next(model.parameters()).device)
     parts = concept_contributions(model, images)
     probability = torch.sigmoid(parts["logit"])
@@ -143,6 +152,8 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float = 0.5,
     if undecided:  # finite images, non-finite output: never read as a decision
         raise InputError("images", f"the model's output for image(s) {undecided[:10]} of the batch is not finite: "
                                    "no decision and no rationale can be stated")
+    qualities = _qualities(model, images)
+    warn_flagged(qualities)
     changes = _counterfactual_changes(model, images, probability, threshold, counterfactual,
                                       counterfactual_options or {}, min_change)
     maps = _heatmaps(model, images, parts["finding_prob"]) if heatmaps else [{} for _ in range(len(images))]
@@ -156,14 +167,26 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float = 0.5,
                       decision=decision, vcdr=_round(parts["vcdr_value"][i]), findings=findings,
                       vcdr_contribution=_round(parts["vcdr"][i]), bias=_round(parts["bias"]),
                       unexplained=_round(parts["unexplained"][i]), contributions_exact=bool(parts["exact"]),
-                      counterfactual=changes[i], sentence="", heatmaps=maps[i])
+                      counterfactual=changes[i], sentence="", heatmaps=maps[i], quality=list(qualities[i].flags))
         r.sentence = sentence(r)
         out.append(r)
     return out
 
 
+def _qualities(model: nn.Module, images: Tensor) -> list[Quality]:
+    """The image quality of each prepared image, judged with the model's data config (a model
+    without one: not judged, no flags)."""
+    from xmed.data.quality import Quality, assess_prepared
+
+    data_config = getattr(model, "data_config", None)
+    if data_config is None:
+        return [Quality(judged=()) for _ in range(images.shape[0])]
+    return assess_prepared(images, data_config)
+
+
 def sentence(r: Rationale) -> str:
-    """One short sentence in clinical language.
+    """One short sentence in clinical language (after a warning when the image failed the
+    image-quality gate).
 
     Example:
         >>> f = [FindingEvidence("LC", "large cup", 0.9, 1.2), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
@@ -177,6 +200,13 @@ def sentence(r: Rationale) -> str:
         >>> f = [FindingEvidence("LC", "large cup", 0.02, -1.4), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
         >>> sentence(Rationale(0.04, -3.2, 0.5, "no referable glaucoma", 0.39, f, -0.3, -1.4, 0.0, True, None, ""))
         'No referable glaucoma (p = 0.04), mainly from no large cup and the vCDR of 0.39.'
+
+    An image that failed the quality gate is said so first:
+
+        >>> r = Rationale(0.99, 4.6, 0.5, "referable glaucoma", 0.5, f, 0.0, 4.6, 0.0, True, None, "",
+        ...               quality=["nearly_uniform"])
+        >>> sentence(r)
+        'The image failed the quality check (a nearly uniform image): do not rely on this decision. Referable glaucoma (p = 0.99).'
     """
     toward_glaucoma = r.decision == "referable glaucoma"
     terms = [(f.contribution, _with_article(SHORT_NAMES[f.code]) if f.probability >= 0.5 else f"no {SHORT_NAMES[f.code]}")
@@ -194,7 +224,13 @@ def sentence(r: Rationale) -> str:
             label = "the vCDR" if change["code"] == VCDR else SHORT_NAMES[change["code"]]
             moves.append(f"{verb} {label} {change['from']:.2f} → {change['to']:.2f}")
         text += f"; toward {r.counterfactual['toward']} the edit " + " and ".join(moves)
-    return text + "."
+    text += "."
+    if r.quality:
+        from xmed.data.quality import Quality
+
+        text = (f"The image failed the quality check ({Quality(tuple(r.quality)).describe()}): "
+                f"do not rely on this decision. {text}")
+    return text
 
 
 def _with_article(phrase: str) -> str:

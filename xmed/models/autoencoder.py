@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from xmed.errors import CheckpointError, ConfigError
 from xmed.models.classifier import DataConfig
-from xmed.models.export import load_weights_only, save_folder
+from xmed.models.export import checked_config, load_weights_only, save_folder
 
 FORMAT = "xmed-autoencoder-1"
 LOSSES: tuple[str, ...] = ("l1", "mse")
@@ -179,12 +179,10 @@ def export_autoencoder(model: FundusAutoencoder, folder: str | os.PathLike) -> P
 def autoencoder_from_config(config: Mapping[str, Any], source: str | os.PathLike = "config") -> FundusAutoencoder:
     """Rebuild an (untrained) autoencoder from ``export_config()`` output; a config that is not
     one raises :class:`~xmed.errors.CheckpointError` naming ``source``."""
-    known = {"input_size", "channels", "latent_channels", "data_config"}
-    if not isinstance(config, Mapping) or not set(config) <= known:
-        keys = sorted(config) if isinstance(config, Mapping) else type(config).__name__
-        raise CheckpointError(source, f"not an xmed autoencoder config (keys {keys})")
+    config = checked_config(config, ("input_size", "channels", "latent_channels"), ("data_config",), source,
+                            "autoencoder")
     try:
-        return FundusAutoencoder(**dict(config))
+        return FundusAutoencoder(**config)
     except (ConfigError, TypeError) as err:
         raise CheckpointError(source, f"bad autoencoder config: {err}") from None
 

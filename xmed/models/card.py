@@ -106,6 +106,7 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
         extra.append(f"Concept bottleneck: AUROC {_fmt(iv['auroc_predicted_concepts'])} from the predicted "
                      f"findings and vCDR, {_fmt(iv['auroc_true_concepts'])} when the true ones are given "
                      f"(test-time intervention).")
+    extra += scoring_notes(metrics)
     finding_rows = ["| finding | AUROC |", "|---|---|"] + [
         f"| {code} | {_fmt(v)} |" for code, v in (metrics.get("finding_auroc") or {}).items()]
     threshold = (f"Threshold {_fmt(metrics.get('threshold'))} chosen on the validation split "
@@ -132,3 +133,23 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
         limitations_section="\n".join(f"- {line}" for line in limitations),
         files_section="\n".join(files_lines),
     )
+
+
+def scoring_notes(metrics: Mapping[str, Any]) -> list[str]:
+    """Sentences on the test eyes not scored (a non-finite model output) and those that failed the
+    image-quality check (scored, flagged); none when every eye was clean.
+
+    Example:
+        >>> scoring_notes({"excluded": {"test": 1}, "quality_flagged": {"test": 0}})
+        ['1 test eye was not scored: the model gave a non-finite output (`failed` in metrics.json).']
+    """
+    notes = []
+    excluded = (metrics.get("excluded") or {}).get("test", 0)
+    flagged = (metrics.get("quality_flagged") or {}).get("test", 0)
+    if excluded:
+        notes.append(f"{excluded} test eye{'s were' if excluded > 1 else ' was'} not scored: the model gave a "
+                     "non-finite output (`failed` in metrics.json).")
+    if flagged:
+        notes.append(f"{flagged} test eye{'s' if flagged > 1 else ''} failed the image-quality check and "
+                     f"{'were' if flagged > 1 else 'was'} scored all the same (`quality` column of predictions.csv).")
+    return notes

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from xmed.errors import ConfigError
+from xmed.errors import ConfigError, InputError
 from xmed.findings import FINDINGS, VCDR, finding_index
 
 Mode = Literal["multitask", "concept_bottleneck"]
@@ -214,22 +214,34 @@ class FundusClassifier(nn.Module):
         return concepts * self.glaucoma_head.weight[0]
 
     def prepare(self, images: Sequence[np.ndarray] | np.ndarray) -> Tensor:
-        """Raw H×W×3 uint8 photographs -> the normalised batch this model expects (on its device).
+        """Raw photographs -> the normalised batch this model expects (on its device).
+
+        ``images`` is one photograph or several (a list, or an N×H×W×3 array). A photograph is an
+        ``H×W×3`` uint8 RGB array at least 32 px on its shorter side; float pixels in [0, 1],
+        grayscale and RGBA arrays are converted explicitly, as :func:`xmed.data.read_image` converts
+        files (:func:`xmed.data.quality.as_photograph`). Anything else — uint16 or other integer
+        pixels, NaN, floats outside [0, 1], channels-first or tiny arrays, non-arrays, an empty
+        list — raises :class:`~xmed.errors.InputError` (``images``) naming the image's index and
+        what to pass instead. Each photograph goes through the image-quality gate
+        (:mod:`xmed.data.quality`); one that fails it is named in a
+        :class:`~xmed.errors.QualityWarning`.
 
         Example:
+            >>> from xmed.data import render_phantom
             >>> model = FundusClassifier("test_resnet.r160_in1k", input_size=64)
-            >>> tuple(model.prepare(np.zeros((100, 120, 3), np.uint8)).shape)
+            >>> tuple(model.prepare(render_phantom(seed=0, size=128).image).shape)
             (1, 3, 64, 64)
         """
+        from xmed.data.quality import as_photograph, assess_quality, warn_flagged
         from xmed.data.transforms import build_transforms
 
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            images = [images]
+        photos = [as_photograph(image, index) for index, image in enumerate(_photograph_list(images))]
         dc = self.data_config
+        warn_flagged([assess_quality(photo, mean=dc.mean, std=dc.std) for photo in photos])
         transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess())
         batch = []
-        for image in images:
-            sample = transform({"image": image, "masks": {}, "findings": np.full(len(FINDINGS), np.nan, np.float32),
+        for photo in photos:
+            sample = transform({"image": photo, "masks": {}, "findings": np.full(len(FINDINGS), np.nan, np.float32),
                                 "label": math.nan, "vcdr": math.nan, "meta": {"eye": ""}})
             batch.append(torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1))
         return torch.stack(batch).to(next(self.parameters()).device)
@@ -237,6 +249,23 @@ class FundusClassifier(nn.Module):
     def export_config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model (weights aside), JSON-able."""
         return {**self.config, "data_config": self.data_config.as_dict(), "findings": list(FINDINGS)}
+
+
+def _photograph_list(images: Any) -> list[Any]:
+    """The items :meth:`FundusClassifier.prepare` takes one by one: a list's, an N×H×W×C array's,
+    else ``images`` itself as the only one (each is checked by ``as_photograph``)."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InputError("images", "is an empty list; pass one photograph or a list of them")
+        return list(images)
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        if images.shape[-1] not in (1, 3, 4):
+            raise InputError("images", f"a 4-D array must hold N×H×W×3 photographs, got shape {tuple(images.shape)}; "
+                                       "channels-first? pass images.transpose(0, 2, 3, 1)")
+        if images.shape[0] == 0:
+            raise InputError("images", "is an empty array (N = 0); pass at least one photograph")
+        return list(images)
+    return [images]
 
 
 def create_backbone(name: str, pretrained: bool, checkpoint_path: str | None, input_size: int,

@@ -43,33 +43,71 @@ def export_model(model: FundusClassifier, folder: str | os.PathLike,
 def save_folder(model: nn.Module, folder: str | os.PathLike, format: str,
                 extra: Mapping[str, Any] | None = None) -> Path:
     """``folder/model.safetensors`` + ``folder/config.json`` (``{"format", "xmed_version",
-    "model": model.export_config(), **extra}``); the writer behind every xmed export."""
+    "model": model.export_config(), **extra}``); the writer behind every xmed export. The folder is
+    written beside its place and renamed into it when complete (an older one is replaced)."""
     from safetensors.torch import save_file
 
     from xmed import __version__
 
+    from xmed.runs import staged_folder
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": format})
     config = {"format": format, "xmed_version": __version__, "model": model.export_config(), **(extra or {})}
-    (folder / CONFIG).write_text(json.dumps(config, indent=2))
+    with staged_folder(folder) as staged:  # replaced whole: never new weights beside an old config
+        save_file(state, str(staged / WEIGHTS), metadata={"format": format})
+        (staged / CONFIG).write_text(json.dumps(config, indent=2))
     return folder
 
 
-def model_from_config(config: Mapping[str, Any]) -> FundusClassifier:
-    """Rebuild an (untrained) model from ``export_config()`` output, without hub downloads."""
-    config = dict(config)
+#: the keys of a model's config (``FundusClassifier.export_config()``): required, then optional
+MODEL_KEYS = ("backbone",), ("mode", "input_size", "drop_rate", "data_config", "backbone_kwargs", "mask_head",
+                             "findings")
+
+
+def checked_config(config: Any, required: tuple[str, ...], optional: tuple[str, ...],
+                   source: str | os.PathLike, what: str) -> dict[str, Any]:
+    """``config`` as a dict, once it is a mapping holding every key of ``required`` and none beyond
+    ``required`` and ``optional``; otherwise :class:`CheckpointError` naming ``source`` and the key.
+
+    Example:
+        >>> checked_config({"colour": 1}, ("backbone",), (), "m/config.json", "model")
+        Traceback (most recent call last):
+        ...
+        xmed.errors.CheckpointError: cannot load model m/config.json: not an xmed model config: missing key 'backbone'
+    """
+    if not isinstance(config, Mapping):
+        raise CheckpointError(source, f"not an xmed {what} config: a {type(config).__name__}, "
+                                      "not a mapping of settings")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise CheckpointError(source, f"not an xmed {what} config: missing key {missing[0]!r}")
+    unknown = sorted(set(config) - {*required, *optional})
+    if unknown:
+        raise CheckpointError(source, f"not an xmed {what} config: unknown key {unknown[0]!r} "
+                                      f"(known: {', '.join([*required, *optional])})")
+    return dict(config)
+
+
+def model_from_config(config: Mapping[str, Any], source: str | os.PathLike = "config") -> FundusClassifier:
+    """Rebuild an (untrained) model from ``export_config()`` output, without hub downloads; a
+    config that is not one raises :class:`CheckpointError` naming ``source`` (its file)."""
+    config = checked_config(config, *MODEL_KEYS, source, "model")
     findings = config.pop("findings", list(FINDINGS))
     if list(findings) != list(FINDINGS):
-        raise CheckpointError("config", f"model was trained on findings {findings}, this xmed knows {list(FINDINGS)}")
-    return FundusClassifier(
-        backbone=config["backbone"], mode=config.get("mode", "multitask"),
-        input_size=config.get("input_size"), drop_rate=config.get("drop_rate", 0.0),
-        data_config=config.get("data_config"), backbone_kwargs=config.get("backbone_kwargs"),
-        mask_head=config.get("mask_head"),
-        pretrained=False,
-    )
+        raise CheckpointError(source, f"model was trained on findings {findings}, this xmed knows {list(FINDINGS)}")
+    try:
+        return FundusClassifier(
+            backbone=config["backbone"], mode=config.get("mode", "multitask"),
+            input_size=config.get("input_size"), drop_rate=config.get("drop_rate", 0.0),
+            data_config=config.get("data_config"), backbone_kwargs=config.get("backbone_kwargs"),
+            mask_head=config.get("mask_head"),
+            pretrained=False,
+        )
+    except ConfigError:
+        raise  # load_weights_only names the file beside the key
+    except (TypeError, ValueError) as err:  # e.g. "input_size": "large"
+        raise CheckpointError(source, f"bad model config: {err}") from None
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> FundusClassifier:
@@ -78,7 +116,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     Never unpickles arbitrary objects: safetensors for folders, ``torch.load(weights_only=True)``
     for ``.ckpt`` files. Raises :class:`~xmed.errors.CheckpointError` naming the path.
     """
-    return load_weights_only(path, lambda config, _source: model_from_config(config), FORMAT, "model", device)
+    return load_weights_only(path, model_from_config, FORMAT, "model", device)
 
 
 def load_weights_only(path: str | os.PathLike, build: Callable[[Mapping[str, Any], Path], nn.Module],

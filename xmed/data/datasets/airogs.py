@@ -32,10 +32,12 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar, Sequence
 
-from xmed.data.datasets.base import FundusDataset, Record, read_csv_rows
+from xmed.data.datasets.base import FundusDataset, Record, TableRow, read_csv_rows
 from xmed.data.datasets.common import (
-    RG_NRG, binary_label, index_numbered_folders, missing_in_folders,
+    RG_NRG, index_numbered_folders, label_cell, missing_in_folders,
 )
+
+COLUMNS = {"id": "challenge_id", "label": "class"}
 
 
 class AirogsDataset(FundusDataset):
@@ -61,20 +63,16 @@ class AirogsDataset(FundusDataset):
         super().__init__(root, **kwargs)
 
     def load_records(self) -> list[Record]:
-        csv_path = self.root / self.labels_file
-        rows = read_csv_rows(csv_path, ["challenge_id", "class"])
+        rows = read_csv_rows(self.root / self.labels_file, list(COLUMNS.values()),
+                             on_bad_row=self.skip_or_raise)
         images, folders = index_numbered_folders(self.root, self.folders)
-        records = []
-        for row in rows:
+
+        def record(row: TableRow) -> Record:
             eye_id = row["challenge_id"]
-            label = binary_label(row["class"], RG_NRG)
-            if label is None:
-                self.skip_or_raise(csv_path, f"column 'class', row {eye_id!r}: unknown class "
-                                             f"value {row['class']!r} (expected RG or NRG)")
-                continue
+            label = label_cell(row, "class", RG_NRG, "RG or NRG", eye_id)
             if eye_id not in images:
-                missing_in_folders(self, eye_id, csv_path, folders)
-                continue
-            records.append(Record(id=eye_id, image_path=images[eye_id], label=label,
-                                  source=self.name))
-        return records
+                raise missing_in_folders(self.root, eye_id, row, folders)
+            return Record(id=eye_id, image_path=images[eye_id], label=label, source=self.name,
+                          origin=row.origin(COLUMNS))
+
+        return self.records_from_rows(rows, record)

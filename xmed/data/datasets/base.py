@@ -15,12 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Literal, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +33,42 @@ from xmed.findings import FINDINGS
 
 OnError = Literal["raise", "skip"]
 NAN = float("nan")
+#: the published splits a record may belong to
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: the eyes a record may be, as harmonised
+EYES: tuple[str, ...] = ("OD", "OS")
+
+
+def cell_location(row: int | None, row_id: str | None = None, column: str | None = None) -> str:
+    """How errors point at a cell: ``row 3 (id 'b'), column 'vcdr'`` (parts left out when unknown).
+
+    Example:
+        >>> cell_location(3, "b", "vcdr")
+        "row 3 (id 'b'), column 'vcdr'"
+    """
+    parts = [f"row {row}" if row is not None else ""]
+    if row_id is not None:
+        parts[0] = f"{parts[0]} (id {row_id!r})" if parts[0] else f"id {row_id!r}"
+    if column is not None:
+        parts.append(f"column {column!r}")
+    return ", ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a record was listed: a row of a label table, and the column each field came from.
+
+    ``row`` is numbered as a spreadsheet or a text editor shows it (the header of a plain CSV
+    is row 1; title rows above a workbook's header count too). ``columns`` maps a record field
+    (``"id"``, ``"image"``, ``"label"``, ``"vcdr"``, ``"split"``, ``"eye"``, ``"patient"`` or a
+    finding code) to its column; one mapping is shared by every row of a table. A ``"split"``
+    or ``"patient"`` entry means the table gives every eye one, so an empty cell is an error
+    (an empty eye is only unknown).
+    """
+
+    file: Path
+    row: int
+    columns: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,7 +78,9 @@ class Record:
     ``findings`` has one float per code of :data:`xmed.FINDINGS` (NaN where unknown);
     ``label`` is 0/1 or NaN when ungraded; ``patient`` groups eyes of one person for
     patient-level splits (None when the data set does not say); ``split`` is the published
-    split when there is one; ``mask_paths`` maps mask names to files.
+    split when there is one; ``source`` is the data set's name; ``origin`` is the label-table
+    row the record was read from (None for records listed from folders); ``mask_paths`` maps
+    mask names to files.
     """
 
     id: str
@@ -53,6 +93,7 @@ class Record:
     split: str | None = None
     source: str = ""
     mask_paths: dict[str, Path] = field(default_factory=dict)
+    origin: Origin | None = None
 
     def __post_init__(self):
         self.image_path = Path(self.image_path)
@@ -103,38 +144,344 @@ def require_file(path: str | os.PathLike, what: str = "label file") -> Path:
     return path
 
 
-def read_csv_rows(
-    path: str | os.PathLike, required: Sequence[str], delimiter: str | None = None
-) -> list[dict[str, str]]:
-    """Read a CSV into dicts, checking that every ``required`` column is present.
+_GRADE_CELLS = {"0": 0.0, "1": 1.0, "": NAN}
 
-    The delimiter is sniffed (comma or semicolon) unless given. A missing column raises
-    :class:`DatasetError` naming the column and the file.
+
+class TableRow(dict):
+    """One row of a label table: its cells by column name, plus the ``file`` and the ``row``
+    number (as a spreadsheet or text editor shows it) that errors name.
+
+    Example:
+        >>> row = TableRow({"vcdr": "0.4"}, "labels.csv", 3)
+        >>> row.number("vcdr"), row.where("vcdr", row_id="a")
+        (0.4, "row 3 (id 'a'), column 'vcdr'")
     """
-    path = require_file(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        text = f.read()
+
+    def __init__(self, cells: Mapping[str, Any], file: str | os.PathLike, row: int):
+        super().__init__(cells)
+        self.file, self.row = Path(file), row
+
+    def where(self, column: str | None = None, row_id: str | None = None) -> str:
+        return cell_location(self.row, row_id, column)
+
+    def number(self, column: str, row_id: str | None = None) -> float:
+        """The cell as a float (empty -> NaN); garbage raises :class:`DatasetError` naming it."""
+        return parse_float(self.get(column, ""), self.file, column, self.row, row_id)
+
+    def grade(self, column: str, row_id: str | None = None) -> float:
+        """The cell as a finding grade (0, 1 or NaN), checked before it is stored in float32
+        (where 1e-300 would pass for 0); anything else raises naming the cell."""
+        cell = self.get(column, "")
+        if cell in _GRADE_CELLS:  # the common case, read fast (JustRAIGS has three million)
+            return _GRADE_CELLS[cell]
+        value = self.number(column, row_id)
+        problem = grade_problem(value)
+        if problem is not None:
+            raise DatasetError(self.file, f"{self.where(column, row_id)}: {problem}")
+        return value
+
+    def origin(self, columns: Mapping[str, str]) -> Origin:
+        return Origin(self.file, self.row, columns)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut short for messages (a label cell can hold anything)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text label file: UTF-8 (with or without a BOM), or UTF-16 with its BOM.
+
+    Any other encoding raises :class:`DatasetError` naming the file and the first byte that
+    is not UTF-8, rather than guessing (a wrong guess silently renames files and classes).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(path, f"cannot read the file: {err.strerror or err}") from None
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    try:
+        return data.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(path, f"not {'UTF-16' if utf16 else 'UTF-8'} text (byte "
+                                 f"{data[err.start]:#04x} at offset {err.start}); save the table "
+                                 "as UTF-8 (e.g. Excel's 'CSV UTF-8')") from None
+
+
+def read_csv_cells(
+    path: str | os.PathLike, delimiter: str | None = None
+) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV as ``(row number, stripped cells)``.
+
+    The delimiter is the most frequent of comma, semicolon and tab in the first non-blank line
+    unless given; quoted cells may span lines (the row number is the line the row starts on).
+    """
+    text = read_text(path)
     if delimiter is None:
-        first = text.splitlines()[0] if text else ""
-        delimiter = ";" if first.count(";") > first.count(",") else ","
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    missing = [c for c in required if c not in columns]
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        delimiter = max((",", ";", "\t"), key=first.count)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows, line = [], 0
+    try:
+        for cells in reader:
+            start, line = line + 1, reader.line_num
+            cells = [c.strip() for c in cells]
+            if any(cells):
+                rows.append((start, cells))
+    except csv.Error as err:
+        raise DatasetError(path, f"row {line + 1}: cannot read as CSV ({err})") from None
+    return rows
+
+
+def check_header(
+    path: Path, header: Sequence[str], required: Sequence[str], also: Sequence[str] = (),
+    header_row: int = 1,
+) -> None:
+    """Raise :class:`DatasetError` naming the file when a ``required`` column is missing or a
+    column the reader uses (``required`` or ``also``) appears more than once."""
+    missing = [c for c in required if c not in header]
     if missing:
         raise DatasetError(path, f"missing column(s) {', '.join(repr(c) for c in missing)}; "
-                                 f"found {columns}")
-    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+                                 f"found {[c for c in header if c]}")
+    twice = [c for c in dict.fromkeys((*required, *also)) if c and list(header).count(c) > 1]
+    if twice:
+        raise DatasetError(path, f"row {header_row} (the header): column(s) "
+                                 f"{', '.join(repr(c) for c in twice)} appear more than once; "
+                                 "keep one of each")
 
 
-def parse_float(value: Any, path: str | os.PathLike, column: str, row_id: str) -> float:
-    """A float from a label cell; empty cells become NaN, garbage raises naming file/column/row."""
+RowReport = Callable[[Path, str], None]
+
+
+def raise_dataset_error(path: Path, reason: str) -> None:
+    """The strict :data:`RowReport`: a bad row is a :class:`DatasetError`."""
+    raise DatasetError(path, reason)
+
+
+def read_csv_rows(
+    path: str | os.PathLike,
+    required: Sequence[str],
+    delimiter: str | None = None,
+    also: Sequence[str] = (),
+    on_bad_row: RowReport = raise_dataset_error,
+) -> list[TableRow]:
+    """Read a CSV with a header into :class:`TableRow` dicts, checking its columns.
+
+    ``required`` columns must be present; ``also`` names columns read when present. A
+    missing or repeated column raises :class:`DatasetError` naming it and the file. A row with
+    more non-empty cells than the header has columns is passed to ``on_bad_row(path, reason)``
+    (e.g. :meth:`FundusDataset.skip_or_raise`) and left out; missing trailing cells are empty.
+    The delimiter is sniffed (comma, semicolon or tab) unless given; see :func:`read_text`
+    for the encodings read.
+
+    Example:
+        >>> import tempfile; folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "labels.csv").write_text("image;label\\na.png;1\\n")
+        >>> rows = read_csv_rows(folder / "labels.csv", ["image", "label"])
+        >>> rows[0], rows[0].row
+        ({'image': 'a.png', 'label': '1'}, 2)
+    """
+    path = require_file(path)
+    rows = read_csv_cells(path, delimiter)
+    header_row, header = rows[0] if rows else (1, [])
+    check_header(path, header, required, also, header_row)
+    out = []
+    for row, cells in rows[1:]:
+        if any(cells[len(header):]):
+            on_bad_row(path, f"row {row} has {len(cells)} cells but the header (row {header_row}) "
+                             f"has {len(header)} columns; quote cells that hold the delimiter")
+            continue
+        out.append(TableRow({name: cells[j] if j < len(cells) else ""
+                             for j, name in enumerate(header) if name}, path, row))
+    return out
+
+
+def parse_float(
+    value: Any, path: str | os.PathLike, column: str, row: int | None = None,
+    row_id: str | None = None,
+) -> float:
+    """A float from a label cell; empty cells become NaN, garbage raises naming file/row/column."""
     if value is None or (isinstance(value, str) and value.strip() in ("", "nan", "NaN", "NA")):
         return NAN
     try:
         return float(value)
-    except (TypeError, ValueError):
-        raise DatasetError(path, f"column {column!r}, row {row_id!r}: "
-                                 f"cannot read {value!r} as a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise DatasetError(path, f"{cell_location(row, row_id, column)}: "
+                                 f"cannot read {show(value)} as a number") from None
+
+
+def label_problem(value: float) -> str | None:
+    """Why ``value`` cannot be a diagnosis label, or None when it can (0, 1, NaN = ungraded)."""
+    if math.isnan(value) or value in (0.0, 1.0):
+        return None
+    return f"{value:g} is not a diagnosis label (0, 1, or empty for ungraded)"
+
+
+def grade_problem(value: float) -> str | None:
+    """Why ``value`` cannot be a finding grade, or None when it can (0, 1, NaN = unknown)."""
+    if math.isnan(value) or value in (0.0, 1.0):
+        return None
+    return f"{value:g} is not a finding grade (0, 1, or empty for unknown)"
+
+
+def ratio_problem(value: float) -> str | None:
+    """Why ``value`` cannot be a vertical cup-to-disc ratio, or None (``[0, 1]`` or NaN)."""
+    if math.isnan(value) or 0.0 <= value <= 1.0:
+        return None
+    return f"{value:g} is outside [0, 1] (a cup-to-disc ratio; leave the cell empty when unknown)"
+
+
+def file_exists(path: Path) -> bool:
+    """``path.is_file()``, False (not an exception) for a name the system cannot look up
+    (too long, say) — label cells can hold anything."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------- record checks
+def record_problems(
+    records: Sequence[Record], root: str | os.PathLike, allow_outside_root: bool = False
+) -> dict[int, tuple[str, str]]:
+    """The first problem of each record that cannot be used, by index: ``(path, reason)``.
+
+    Checked, in this order: a non-empty id; image and mask paths that a label table gave
+    inside ``root`` (compared after resolving ``..``, not symlinks; not checked with
+    ``allow_outside_root``, nor for files found by listing folders); the label,
+    vCDR and finding values; the split and eye (a reader keeps the published text when it
+    cannot harmonise it); a patient wherever the table gives every eye one; then duplicates
+    among the records that passed: one id (compared ignoring case and surrounding spaces) or
+    one image file listed twice. Duplicates that disagree on the label are all reported (no
+    one can tell which is right); otherwise every listing after the first is.
+
+    ``path`` is the label file when the record came from a table (the reason then starts with
+    its row, id and column), else the image.
+
+    Example:
+        >>> a = Record("a", "/data/a.png", label=1.0); b = Record("A ", "/data/b.png", label=0.0)
+        >>> record_problems([a, b], "/data")[1][1]
+        "id 'A ', label: 0 here but 1 at id 'a' for the same id; fix or remove one of them"
+    """
+    root_abs = os.path.join(os.path.abspath(root), "")  # with a trailing separator
+    grades = (np.stack([r.findings for r in records]) if records
+              else np.zeros((0, len(FINDINGS)), np.float32))
+    bad_grades = ~(np.isnan(grades) | (grades == 0) | (grades == 1))
+    problems: dict[int, tuple[str, str]] = {}
+    for i, record in enumerate(records):
+        problem = _value_problem(record, root_abs, allow_outside_root, bad_grades[i])
+        if problem is not None:
+            problems[i] = _locate(record, *problem)
+    for key in (_same_id, _same_image):
+        sound = [i for i in range(len(records)) if i not in problems]
+        problems.update(_duplicate_problems(records, sound, key))
+    return problems
+
+
+def _value_problem(
+    record: Record, root: str, allow_outside_root: bool, bad_grades: np.ndarray
+) -> tuple[str, str] | None:
+    """``(field, problem)`` for the first field of ``record`` that cannot be used, or None."""
+    columns = record.origin.columns if record.origin is not None else {}
+    if not record.id.strip():
+        return "id", "empty id"
+    if record.origin is not None and not allow_outside_root:  # paths a table gave
+        for name, path in (("image", record.image_path), *record.mask_paths.items()):
+            resolved = os.path.abspath(path)
+            if not resolved.startswith(root):
+                return name, (f"{show(resolved, 200)} is outside the data set root "
+                              f"{os.path.dirname(root)}; move it into the root or pass "
+                              "allow_outside_root=True")
+    for name, problem in (("label", label_problem(record.label)),
+                          ("vcdr", ratio_problem(record.vcdr))):
+        if problem is not None:
+            return name, problem
+    if bad_grades.any():
+        code = FINDINGS[int(np.argmax(bad_grades))]
+        return code, grade_problem(float(record.findings[FINDINGS.index(code)]))
+    if record.split is None and "split" in columns:
+        return "split", ("empty; every row needs a split (train, val or test), else the "
+                         "published split is lost for every eye")
+    for name, value, accepted in (("split", record.split, SPLITS), ("eye", record.eye, EYES)):
+        if value is not None and value not in accepted:
+            return name, f"unknown {name} {show(value)}; accepted: {_spellings(name)}"
+    if "patient" in columns and not record.patient:
+        return "patient", ("empty; every row needs one (both eyes of a person share it, so that "
+                           "a patient-level split keeps them together)")
+    return None
+
+
+def _spellings(field_name: str) -> str:
+    """The published spellings read for a split or an eye, for messages."""
+    from xmed.data.datasets.common import accepted_spellings  # common builds on this module
+
+    return accepted_spellings(field_name)
+
+
+def _locate(record: Record, field_name: str, problem: str) -> tuple[str, str]:
+    """``(path, reason)`` naming the table, row, id and column of ``field_name`` in ``record``."""
+    origin = record.origin
+    if origin is None:
+        return str(record.image_path), f"{cell_location(None, record.id)}, {field_name}: {problem}"
+    column = origin.columns.get(field_name)
+    where = cell_location(origin.row, record.id, column)
+    return str(origin.file), f"{where}: {problem}" if column else f"{where}, {field_name}: {problem}"
+
+
+def _reference(record: Record, seen_from: Record) -> str:
+    """How a message in ``seen_from``'s table points at ``record``: its row (and its file when
+    it is another one), or its image when it was listed from a folder."""
+    origin = record.origin
+    if origin is None:
+        return cell_location(None, record.id) if seen_from.origin is None else str(record.image_path)
+    where = cell_location(origin.row, record.id)
+    if seen_from.origin is None or seen_from.origin.file != origin.file:
+        return f"{origin.file.name} {where}"
+    return where
+
+
+def _same_id(record: Record) -> tuple[str, str]:
+    return "id", record.id.strip().casefold()
+
+
+def _same_image(record: Record) -> tuple[str, str]:
+    return "image", os.path.abspath(record.image_path)
+
+
+def _duplicate_problems(
+    records: Sequence[Record], indices: Iterable[int], key: Callable[[Record], tuple[str, str]]
+) -> dict[int, tuple[str, str]]:
+    groups: dict[str, list[int]] = {}
+    for i in indices:
+        groups.setdefault(key(records[i])[1], []).append(i)
+    problems = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        field_name = key(records[members[0]])[0]
+        what = "the same id" if field_name == "id" else "the same image file"
+        labels = {_label_text(records[i].label) for i in members}
+        if len(labels) > 1:
+            for i in members:
+                others = ", ".join(f"{_label_text(records[j].label)} at "
+                                   f"{_reference(records[j], records[i])}"
+                                   for j in members if j != i)
+                problems[i] = _locate(records[i], "label",
+                                      f"{_label_text(records[i].label)} here but {others} for "
+                                      f"{what}; fix or remove one of them")
+        else:
+            first = records[members[0]]
+            for i in members[1:]:
+                problems[i] = _locate(records[i], field_name,
+                                      f"{what} as {_reference(first, records[i])} "
+                                      "(listed twice); remove one of them")
+    return problems
+
+
+def _label_text(label: float) -> str:
+    return "ungraded" if math.isnan(label) else f"{label:g}"
 
 
 class FundusDataset(Dataset):
@@ -145,11 +492,21 @@ class FundusDataset(Dataset):
         split: keep only records of this published split (None keeps all).
         transform: callable ``(sample_dict) -> sample_dict`` applied to numpy samples
             (see :mod:`xmed.data.transforms`); None converts to tensors unchanged.
-        on_error: ``"raise"`` (default) or ``"skip"`` — skip and record unreadable files.
+        on_error: ``"raise"`` (default) or ``"skip"`` — skip and record unreadable files
+            and unusable label rows.
         load_masks: decode the mask files listed by the data set.
+        allow_outside_root: read images and masks that a label table places outside
+            ``root`` (``../``, an absolute path elsewhere); refused by default, so that a table
+            cannot point the reader at arbitrary files.
+
+    Every listing goes through :meth:`validate_records` (:func:`record_problems`): a bad
+    value, an unknown split or eye, a path outside the root or a duplicated eye or image
+    raises :class:`DatasetError` naming the label file, row, id and column, or with
+    ``on_error="skip"`` is left out and recorded in :attr:`skipped` with the same reason.
 
     Subclass contract: ``name`` (registry key), ``load_records(self) -> list[Record]`` using
-    ``self.root``; call :meth:`skip_or_raise` for problems found while listing.
+    ``self.root``; call :meth:`skip_or_raise` for problems found while listing; give records
+    read from a table their :class:`Origin` (:meth:`TableRow.origin`).
     """
 
     name: ClassVar[str] = ""
@@ -162,13 +519,15 @@ class FundusDataset(Dataset):
         transform: Callable[[dict], dict] | None = None,
         on_error: OnError = "raise",
         load_masks: bool = True,
+        allow_outside_root: bool = False,
     ):
         self.root = require_dir(root)
         self.on_error = check_on_error(on_error)
         self.transform = transform
         self.load_masks = load_masks
+        self.allow_outside_root = allow_outside_root
         self.skipped: list[Skip] = []
-        records = self.load_records()
+        records = self.validate_records(self.load_records())
         if split is not None:
             records = [r for r in records if r.split == split]
         self.records: list[Record] = self._drop_missing_images(records)
@@ -183,6 +542,29 @@ class FundusDataset(Dataset):
             self.skipped.append(Skip(str(path), reason))
         else:
             raise DatasetError(path, reason)
+
+    def records_from_rows(self, rows: Iterable[Any], make: Callable[[Any], Any]) -> list[Any]:
+        """``make(row)`` for each table row, in order; a :class:`DatasetError` that ``make``
+        raises for a row raises, or with ``on_error="skip"`` leaves that row out, recorded.
+        ``make`` may return a record, any value to collect, or None to leave the row out."""
+        out = []
+        for row in rows:
+            try:
+                value = make(row)
+            except DatasetError as err:
+                self.skip_or_raise(err.path, err.reason)
+                continue
+            if value is not None:
+                out.append(value)
+        return out
+
+    def validate_records(self, records: list[Record]) -> list[Record]:
+        """The records :func:`record_problems` finds sound; each other one raises (the first)
+        or, with ``on_error="skip"``, is recorded in :attr:`skipped` and left out."""
+        problems = record_problems(records, self.root, self.allow_outside_root)
+        for i in sorted(problems):
+            self.skip_or_raise(*problems[i])
+        return [r for i, r in enumerate(records) if i not in problems]
 
     # ----------------------------------------------------------------- Dataset API
     def __len__(self) -> int:
@@ -245,7 +627,7 @@ class FundusDataset(Dataset):
     def _drop_missing_images(self, records: list[Record]) -> list[Record]:
         kept = []
         for record in records:
-            if record.image_path.is_file():
+            if file_exists(record.image_path):
                 kept.append(record)
             else:
                 self.skip_or_raise(record.image_path, f"image listed for {record.id!r} is missing")

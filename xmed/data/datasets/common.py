@@ -7,6 +7,8 @@ Example:
     >>> from xmed.data.datasets.common import normalise_split, normalise_eye, binary_label
     >>> normalise_split("training_set"), normalise_split("Validation400"), normalise_eye("left")
     ('train', 'val', 'OS')
+    >>> published_split("trian")        # kept as published, so validation can name it
+    'trian'
     >>> binary_label("RG", {"RG": 1.0, "NRG": 0.0})
     1.0
 """
@@ -22,7 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from xmed.data.datasets.base import (
-    NAN, FundusDataset, Record, read_csv_rows, require_dir, require_file,
+    NAN, FundusDataset, Record, RowReport, TableRow, check_header, file_exists,
+    raise_dataset_error, read_csv_cells, read_csv_rows, require_dir, require_file, show,
 )
 from xmed.errors import DatasetError
 
@@ -69,6 +72,36 @@ def normalise_eye(value: Any) -> str | None:
     return _EYES.get(str(value).strip().lower())
 
 
+def published_split(value: Any) -> str | None:
+    """A split cell harmonised by :func:`normalise_split`; an empty cell is None, and text it
+    does not know is kept as published, for validation to report with its row and column."""
+    text = cell_str(value)
+    return (normalise_split(text) or text) if text else None
+
+
+def published_eye(value: Any) -> str | None:
+    """An eye cell harmonised by :func:`normalise_eye` (None when empty; unknown text kept)."""
+    text = cell_str(value)
+    return (normalise_eye(text) or text) if text else None
+
+
+def accepted_spellings(field_name: str) -> str:
+    """The spellings read for ``"split"`` or ``"eye"``, for messages.
+
+    Example:
+        >>> accepted_spellings("eye")
+        'OD (or r, right, re), OS (or l, left, le); case is ignored'
+    """
+    if field_name == "split":
+        table, note = _SPLITS, "case and separators are ignored"
+    else:
+        table = {eye: tuple(k for k, v in _EYES.items() if v == eye) for eye in ("OD", "OS")}
+        note = "case is ignored"
+    names = (f"{name} (or {', '.join(a for a in aliases if a != name.lower())})"
+             for name, aliases in table.items())
+    return f"{', '.join(names)}; {note}"
+
+
 def binary_label(value: Any, mapping: Mapping[Any, float]) -> float | None:
     """Map a published class value to 0/1/NaN; None when the value is not in ``mapping``.
 
@@ -109,14 +142,15 @@ def read_xlsx_rows(
     sheet: str | None = None,
     search_rows: int = 10,
     any_of: Sequence[str] = (),
-) -> list[dict[str, Any]]:
-    """Read an xlsx sheet into dicts keyed by its header, checking the required columns.
+) -> list[TableRow]:
+    """Read an xlsx sheet into :class:`TableRow` dicts keyed by its header, checking the
+    required columns.
 
     The header is the first row (within ``search_rows``) that holds every ``required`` column
     (and, when ``any_of`` is given, at least one of those), so title rows above it are
-    tolerated. Rows below it that are entirely empty are left out;
-    string cells are stripped, empty cells are ``""``. A missing column raises
-    :class:`DatasetError` naming the column and the file.
+    tolerated. Rows below it that are entirely empty are left out; each row keeps its sheet
+    row number; string cells are stripped, empty cells are ``""``. A missing column, or one
+    of those asked for appearing twice, raises :class:`DatasetError` naming it and the file.
     """
     path = require_file(path)
     rows = _xlsx_matrix(path, sheet)
@@ -136,13 +170,14 @@ def read_xlsx_rows(
             missing.append(" or ".join(repr(c) for c in any_of))
         raise DatasetError(path, f"missing column(s) {', '.join(missing)}; "
                                  f"found {[c for c in best if c]}")
+    check_header(path, header, required, any_of, header_row=header_index + 1)
     out = []
-    for row in rows[header_index + 1:]:
+    for i, row in enumerate(rows[header_index + 1:], start=header_index + 2):
         values = [_cell_value(c) for c in row]
         if all(v == "" for v in values):
             continue
-        out.append({name: (values[j] if j < len(values) else "")
-                    for j, name in enumerate(header) if name})
+        out.append(TableRow({name: (values[j] if j < len(values) else "")
+                             for j, name in enumerate(header) if name}, path, i))
     return out
 
 
@@ -153,23 +188,26 @@ def read_label_table(
     header: bool = True,
     names: Sequence[str] | None = None,
     any_of: Sequence[str] = (),
-) -> list[dict[str, Any]]:
+    on_bad_row: RowReport = raise_dataset_error,
+) -> list[TableRow]:
     """Read a CSV, xlsx or legacy xls label table into dicts.
 
     ``header=False`` with ``names`` reads a table whose first row is already data (REFUGE2's
     ``task1.xls``). ``any_of`` names alternative columns of which one must be present.
-    Missing columns and unreadable formats raise :class:`DatasetError` naming the file.
+    Missing columns and unreadable formats raise :class:`DatasetError` naming the file. Rows
+    are :class:`~xmed.data.datasets.base.TableRow` dicts that know their row number; a CSV row
+    with too many cells goes to ``on_bad_row`` (see :func:`read_csv_rows`).
     """
     path = require_file(path)
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xlsm"):
         if header:
             return read_xlsx_rows(path, required, any_of=any_of)
-        return _headerless(_xlsx_matrix(path), names or required, path)
+        return _headerless(enumerate(_xlsx_matrix(path), start=1), names or required, path)
     if suffix == ".xls":
         rows = _read_xls(path, required, header, names)
     elif header:
-        rows = read_csv_rows(path, required, delimiter=delimiter)
+        rows = read_csv_rows(path, required, delimiter=delimiter, on_bad_row=on_bad_row)
     else:
         rows = None
     if rows is not None:
@@ -177,11 +215,7 @@ def read_label_table(
             raise DatasetError(path, f"missing column {' or '.join(map(repr, any_of))}; "
                                      f"found {list(rows[0])}")
         return rows
-    import csv
-
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        matrix = list(csv.reader(f, delimiter=delimiter or ","))
-    return _headerless(matrix, names or required, path)
+    return _headerless(read_csv_cells(path, delimiter or ","), names or required, path)
 
 
 def _xlsx_matrix(path: Path, sheet: str | None = None) -> list[list[Any]]:
@@ -197,40 +231,41 @@ def _xlsx_matrix(path: Path, sheet: str | None = None) -> list[list[Any]]:
             raise DatasetError(path, f"no worksheet {sheet!r}; found {workbook.sheetnames}")
         worksheet = workbook[sheet] if sheet is not None else workbook.worksheets[0]
         return [list(r) for r in worksheet.iter_rows(values_only=True)]
+    except DatasetError:
+        raise
+    except Exception as err:  # read-only mode parses the sheet while iterating
+        raise DatasetError(path, f"cannot read the worksheet: {err}") from None
     finally:
         workbook.close()
 
 
-def _read_xls(path: Path, required, header, names) -> list[dict[str, Any]]:
+def _read_xls(path: Path, required, header, names) -> list[TableRow]:
     import xlrd
 
     try:
         sheet = xlrd.open_workbook(str(path)).sheet_by_index(0)
-    except xlrd.XLRDError as err:
+    except Exception as err:  # xlrd raises several types for a broken file
         raise DatasetError(path, f"cannot read as a legacy Excel (.xls) workbook: {err}") from None
-    matrix = [sheet.row_values(i) for i in range(sheet.nrows)]
+    matrix = list(enumerate((sheet.row_values(i) for i in range(sheet.nrows)), start=1))
     if not header:
         return _headerless(matrix, names or required, path)
-    if not matrix:
-        raise DatasetError(path, f"missing column(s) {', '.join(map(repr, required))}; found []")
-    head = [_cell_text(c) for c in matrix[0]]
-    missing = [c for c in required if c not in head]
-    if missing:
-        raise DatasetError(path, f"missing column(s) {', '.join(map(repr, missing))}; found {head}")
-    return [{h: _cell_value(v) for h, v in zip(head, row) if h} for row in matrix[1:]
-            if any(_cell_value(v) != "" for v in row)]
+    head = [_cell_text(c) for c in matrix[0][1]] if matrix else []
+    check_header(path, head, required)
+    return [TableRow({h: _cell_value(v) for h, v in zip(head, row) if h}, path, i)
+            for i, row in matrix[1:] if any(_cell_value(v) != "" for v in row)]
 
 
-def _headerless(matrix, names, path) -> list[dict[str, Any]]:
+def _headerless(numbered_rows, names, path) -> list[TableRow]:
+    """Rows of a table without a header, as ``(row number, cells)``, named by ``names``."""
     out = []
-    for i, row in enumerate(matrix):
+    for i, row in numbered_rows:
         values = [_cell_value(c) for c in row]
         if all(v == "" for v in values):
             continue
         if len(values) < len(names):
-            raise DatasetError(path, f"row {i + 1} has {len(values)} cell(s); "
+            raise DatasetError(path, f"row {i} has {len(values)} cell(s); "
                                      f"expected {len(names)} ({', '.join(names)})")
-        out.append(dict(zip(names, values)))
+        out.append(TableRow(dict(zip(names, values)), path, i))
     return out
 
 
@@ -389,38 +424,57 @@ def read_indexed_csv(
     label_column: str,
     image_dir: Path,
     mask_dir: Path,
-    extra_columns: tuple[str, ...] = (),
-) -> list[tuple[dict[str, str], Record]]:
+    extra_columns: Mapping[str, str] | None = None,
+) -> list[tuple[TableRow, Record]]:
     """Rows of a CSV listing one image per row with a 0/1 label, as ``(row, Record)`` pairs.
 
-    Shared by ORIGA and G1020 (same bundle, same mask convention); an unknown label value is
-    reported through :meth:`~FundusDataset.skip_or_raise`.
+    Shared by ORIGA and G1020 (same bundle, same mask convention); ``extra_columns`` maps
+    further record fields to their (required) columns, for the records' :class:`Origin`. An
+    empty file name or an unknown label value is reported through
+    :meth:`~FundusDataset.skip_or_raise`.
     """
-    rows = read_csv_rows(csv_path, [name_column, label_column, *extra_columns])
-    out = []
-    for i, row in enumerate(rows, start=1):
+    extra = dict(extra_columns or {})
+    columns = {"id": name_column, "image": name_column, "label": label_column, **extra}
+    rows = read_csv_rows(csv_path, [name_column, label_column, *extra.values()],
+                         on_bad_row=ds.skip_or_raise)
+
+    def pair(row: TableRow) -> tuple[TableRow, Record]:
         filename = row[name_column]
         if not filename:
-            ds.skip_or_raise(csv_path, f"data row {i}: empty {name_column!r}")
-            continue
-        label = binary_label(row[label_column], ZERO_ONE)
-        if label is None:
-            ds.skip_or_raise(csv_path, f"column {label_column!r}, row {filename!r}: unknown "
-                                       f"class value {row[label_column]!r} (expected 0 or 1)")
-            continue
-        stem = Path(filename).stem
+            raise DatasetError(csv_path, f"{row.where(name_column)}: empty file name")
+        label = label_cell(row, label_column, ZERO_ONE, "0 or 1", row_id=filename)
+        stem = Path(filename).stem or filename
         mask = mask_dir / f"{stem}.png"
-        out.append((row, Record(
-            id=stem, image_path=image_dir / filename, label=label, source=ds.name,
-            mask_paths={"disc_cup": mask} if mask.is_file() else {},
-        )))
-    return out
+        return row, Record(id=stem, image_path=image_dir / filename, label=label,
+                           source=ds.name, origin=row.origin(columns),
+                           mask_paths={"disc_cup": mask} if file_exists(mask) else {})
+
+    return ds.records_from_rows(rows, pair)
+
+
+def label_cell(
+    row: TableRow, column: str, mapping: Mapping[Any, float], expected: str,
+    row_id: str | None = None,
+) -> float:
+    """The diagnosis in ``row[column]`` through ``mapping`` (:func:`binary_label`); a value
+    the mapping does not know raises :class:`DatasetError` naming the file, row, id, column
+    and the ``expected`` values.
+
+    Example:
+        >>> label_cell(TableRow({"class": "RG"}, "labels.csv", 2), "class", RG_NRG, "RG or NRG")
+        1.0
+    """
+    label = binary_label(row.get(column), mapping)
+    if label is None:
+        raise DatasetError(row.file, f"{row.where(column, row_id)}: unknown class value "
+                                     f"{show(row.get(column))} (expected {expected})")
+    return label
 
 
 def missing_in_folders(
-    ds: FundusDataset, image_id: str, label_file: Path, folders: Sequence[str]
-) -> None:
-    """Report a label row whose image is in none of the numbered image folders."""
-    ds.skip_or_raise(ds.root / f"{image_id}.*",
-                     f"image listed for {image_id!r} in {label_file.name} is missing "
-                     f"(looked in {', '.join(f + '/' for f in folders)})")
+    root: Path, image_id: str, row: TableRow, folders: Sequence[str]
+) -> DatasetError:
+    """The error for a label row whose image is in none of the numbered image folders."""
+    return DatasetError(root / f"{image_id}.*",
+                        f"image listed for {image_id!r} at {row.file.name} row {row.row} is "
+                        f"missing (looked in {', '.join(f + '/' for f in folders)})")

@@ -43,10 +43,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from xmed.data.datasets.base import (
-    NAN, FundusDataset, Record, parse_float, read_csv_rows, require_file,
+    NAN, FundusDataset, Record, TableRow, read_csv_rows, require_file,
 )
 from xmed.data.datasets.common import (
-    binary_label, findings_vector, list_images, normalise_eye, normalise_split, relative_id,
+    findings_vector, label_cell, list_images, normalise_eye, normalise_split, published_eye,
+    published_split, relative_id,
 )
 from xmed.errors import DatasetError
 from xmed.findings import FINDINGS
@@ -75,8 +76,20 @@ class CsvDataset(FundusDataset):
         finding_columns: ``{code: column}``; None takes every column named by a finding code.
         image_dir: folder the image paths are relative to, relative to ``root``.
         labels: cell value -> 0/1/NaN (default :data:`LABEL_WORDS`).
-        delimiter: CSV delimiter (default: sniffed, comma or semicolon).
+        delimiter: CSV delimiter (default: sniffed, comma, semicolon or tab).
+        allow_outside_root: read images the CSV places outside ``root`` (``../x.png``, an
+            absolute path elsewhere). Off by default: such a row raises
+            :class:`~xmed.errors.DatasetError` naming the CSV and the row (or is skipped and
+            recorded with ``on_error="skip"``), so that a label table cannot point the reader at
+            arbitrary files. Paths are compared after resolving ``..`` but not symlinks: an
+            image folder linked into ``root`` is read as inside it.
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
+
+    Every row is checked (see :func:`~xmed.data.datasets.base.record_problems`): label 0, 1
+    or ungraded; vCDR in [0, 1]; findings 0/1; a split every row (when ``split_column`` is
+    given) that :func:`~xmed.data.datasets.common.normalise_split` knows; a known eye; a patient
+    every row (when ``patient_column`` is given); no id or image listed twice. The CSV is read
+    as UTF-8 (BOM or not) or UTF-16 with a BOM.
     """
 
     name: ClassVar[str] = "csv"
@@ -112,44 +125,55 @@ class CsvDataset(FundusDataset):
 
     def load_records(self) -> list[Record]:
         csv_path = Path(self.csv) if Path(self.csv).is_absolute() else self.root / self.csv
+        col = self.columns
         required = [self.image_column, *([self.label_column] if self.label_column else []),
-                    *(c for c in self.columns.values() if c),
-                    *(self.finding_columns or {}).values()]
-        rows = read_csv_rows(csv_path, required, delimiter=self.delimiter)
+                    *(c for c in col.values() if c), *(self.finding_columns or {}).values()]
+        rows = read_csv_rows(csv_path, required, delimiter=self.delimiter,
+                             also=FINDINGS if self.finding_columns is None else (),
+                             on_bad_row=self.skip_or_raise)
         findings_map = self.finding_columns
         if findings_map is None:
             header = rows[0].keys() if rows else ()
             findings_map = {code: code for code in FINDINGS if code in header}
-        col = self.columns
-        records = []
-        for i, row in enumerate(rows, start=1):
+        columns = {"id": col["id"] or self.image_column, "image": self.image_column,
+                   **({"label": self.label_column} if self.label_column else {}),
+                   **{name: c for name, c in col.items() if c and name != "id"}, **findings_map}
+
+        def record(row: TableRow) -> Record:
             image = row[self.image_column]
             if not image:
-                self.skip_or_raise(csv_path, f"data row {i}: empty {self.image_column!r}")
-                continue
-            row_id = row[col["id"]] if col["id"] else Path(image).with_suffix("").as_posix()
+                raise DatasetError(csv_path, f"{row.where(self.image_column)}: empty image path")
+            row_id = row[col["id"]] if col["id"] else id_from_path(image)
             label = NAN
             if self.label_column:
-                label = binary_label(row[self.label_column], self.label_words)
-                if label is None:
-                    self.skip_or_raise(csv_path, f"column {self.label_column!r}, row {row_id!r}: "
-                                                 f"unknown class value {row[self.label_column]!r}")
-                    continue
-            findings = findings_vector({code: parse_float(row[column], csv_path, column, row_id)
-                                        for code, column in findings_map.items()})
-            records.append(Record(
+                label = label_cell(row, self.label_column, self.label_words,
+                                   "0, 1 or a word such as glaucoma, normal, suspect", row_id)
+            return Record(
                 id=row_id,
                 image_path=self.root / self.image_dir / image,
                 label=label,
-                findings=findings,
-                vcdr=parse_float(row[col["vcdr"]], csv_path, col["vcdr"], row_id)
-                if col["vcdr"] else NAN,
-                eye=normalise_eye(row[col["eye"]]) if col["eye"] else None,
+                findings=findings_vector({code: row.grade(column, row_id)
+                                          for code, column in findings_map.items()}),
+                vcdr=row.number(col["vcdr"], row_id) if col["vcdr"] else NAN,
+                eye=published_eye(row[col["eye"]]) if col["eye"] else None,
                 patient=(row[col["patient"]] or None) if col["patient"] else None,
-                split=normalise_split(row[col["split"]]) if col["split"] else None,
+                split=published_split(row[col["split"]]) if col["split"] else None,
                 source=self.name,
-            ))
-        return records
+                origin=row.origin(columns),
+            )
+
+        return self.records_from_rows(rows, record)
+
+
+def id_from_path(listed: str) -> str:
+    """The default id of a listed image: its path without the extension (POSIX separators).
+
+    Example:
+        >>> id_from_path("sub/c.png"), id_from_path(".")
+        ('sub/c', '.')
+    """
+    path = Path(listed)
+    return (path.with_suffix("") if path.name else path).as_posix()
 
 
 class ImageFolderDataset(FundusDataset):
@@ -242,35 +266,41 @@ class DicomFolderDataset(FundusDataset):
             rel = path.relative_to(self.root).as_posix()
             key = rel if rel in labels else path.name
             seen.add(key)
-            label = labels.get(key, NAN)
-            records.append(Record(id=header["id"], image_path=path, label=label,
-                                  eye=header["eye"], patient=header["patient"],
-                                  source=self.name))
-        for key, label in labels.items():  # listed, but no such DICOM file: reported by the base
+            listed = labels.get(key)
+            records.append(Record(id=header["id"], image_path=path,
+                                  label=listed.label if listed else NAN,
+                                  eye=header["eye"], patient=header["patient"], source=self.name))
+        for key, listed in labels.items():  # listed, but no such DICOM file: reported by the base
             if key not in seen:
-                records.append(Record(id=Path(key).stem, image_path=self.root / key, label=label,
-                                      source=self.name))
+                records.append(listed)
         if not records and not self.skipped:
             raise DatasetError(self.root, "no DICOM files found")
         return records
 
-    def _read_labels(self) -> tuple[dict[str, float], Path | None]:
+    def _read_labels(self) -> tuple[dict[str, Record], Path | None]:
+        """``{listed file: record holding its label and row}`` from the label CSV; rows listing
+        one file twice are reported like any duplicated eye."""
         if self.labels_file is None:
             return {}, None
         csv_path = Path(self.labels_file)
         if not csv_path.is_absolute():
             csv_path = self.root / csv_path
         csv_path = require_file(csv_path)
-        labels: dict[str, float] = {}
-        for row in read_csv_rows(csv_path, [self.file_column, self.label_column]):
+        rows = read_csv_rows(csv_path, [self.file_column, self.label_column],
+                             on_bad_row=self.skip_or_raise)
+        columns = {"id": self.file_column, "image": self.file_column, "label": self.label_column}
+
+        def entry(row: TableRow) -> Record:
             key = row[self.file_column].replace("\\", "/")
-            label = binary_label(row[self.label_column], self.label_words)
-            if label is None:
-                self.skip_or_raise(csv_path, f"column {self.label_column!r}, row {key!r}: "
-                                             f"unknown class value {row[self.label_column]!r}")
-                continue
-            labels[key] = label
-        return labels, csv_path
+            if not key:
+                raise DatasetError(csv_path, f"{row.where(self.file_column)}: empty file name")
+            label = label_cell(row, self.label_column, self.label_words,
+                               "0, 1 or a word such as glaucoma, normal, suspect", key)
+            return Record(id=key, image_path=self.root / key, label=label, source=self.name,
+                          origin=row.origin(columns))
+
+        entries = self.validate_records(self.records_from_rows(rows, entry))
+        return {e.id: e for e in entries}, csv_path
 
     def _looks_like_dicom(self, path: Path) -> bool:
         if path.suffix.lower() in self.SUFFIXES:

@@ -47,9 +47,9 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from xmed.data.datasets.base import NAN, FundusDataset, Record, parse_float, read_csv_rows
+from xmed.data.datasets.base import NAN, FundusDataset, Record, TableRow, read_csv_rows
 from xmed.data.datasets.common import (
-    RG_NRG, PatientGroups, binary_label, findings_vector, index_numbered_folders,
+    RG_NRG, PatientGroups, findings_vector, index_numbered_folders, label_cell,
     missing_in_folders,
 )
 from xmed.findings import FINDINGS
@@ -58,6 +58,7 @@ GRADERS = ("G1", "G2", "G3")
 FINAL_LABELS = {**RG_NRG, "U": NAN}
 REQUIRED = ["Eye ID", "Final Label", "Fellow Eye ID", *(f"Label {g}" for g in GRADERS),
             *(f"{g} {code}" for g in GRADERS for code in FINDINGS)]
+COLUMNS = {"id": "Eye ID", "label": "Final Label"}
 
 
 def consensus_findings(grades: dict[str, dict[str, float]], g3_graded: bool) -> np.ndarray:
@@ -104,27 +105,24 @@ class JustRaigsDataset(FundusDataset):
 
     def load_records(self) -> list[Record]:
         csv_path: Path = self.root / self.labels_file
-        rows = read_csv_rows(csv_path, REQUIRED, delimiter=";")
+        rows = read_csv_rows(csv_path, REQUIRED, delimiter=";", on_bad_row=self.skip_or_raise)
         images, folders = index_numbered_folders(self.root, self.folders)
         groups = PatientGroups()
-        records = []
-        for row in rows:
+
+        def listed(row: TableRow) -> Record:
             eye_id = row["Eye ID"]
             groups.link(eye_id, row["Fellow Eye ID"])
-            label = binary_label(row["Final Label"], FINAL_LABELS)
-            if label is None:
-                self.skip_or_raise(csv_path, f"column 'Final Label', row {eye_id!r}: unknown "
-                                             f"class value {row['Final Label']!r} "
-                                             "(expected RG, NRG or U)")
-                continue
-            grades = {g: {code: parse_float(row[f"{g} {code}"], csv_path, f"{g} {code}", eye_id)
-                          for code in FINDINGS} for g in GRADERS}
+            label = label_cell(row, "Final Label", FINAL_LABELS, "RG, NRG or U", eye_id)
+            # every grade is checked, also those the consensus leaves unused
+            grades = {g: {code: row.grade(f"{g} {code}", eye_id) for code in FINDINGS}
+                      for g in GRADERS}
             findings = consensus_findings(grades, g3_graded=bool(row["Label G3"]))
             if eye_id not in images:
-                missing_in_folders(self, eye_id, csv_path, folders)
-                continue
-            records.append(Record(id=eye_id, image_path=images[eye_id], label=label,
-                                  findings=findings, source=self.name))
+                raise missing_in_folders(self.root, eye_id, row, folders)
+            return Record(id=eye_id, image_path=images[eye_id], label=label, findings=findings,
+                          source=self.name, origin=row.origin(COLUMNS))
+
+        records = self.records_from_rows(rows, listed)
         for record in records:  # after every row is linked, so the group does not depend on order
             record.patient = groups.group(record.id)
         return records

@@ -33,9 +33,10 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from xmed.data.datasets.base import FundusDataset, Record, parse_float
+from xmed.data.datasets.base import FundusDataset, Record
 from xmed.data.datasets.common import (
-    DISC_CUP_INDEX_LEVELS, normalise_eye, normalise_split, read_indexed_csv, read_level_mask,
+    DISC_CUP_INDEX_LEVELS, normalise_split, published_eye, published_split, read_indexed_csv,
+    read_level_mask,
 )
 
 class OrigaDataset(FundusDataset):
@@ -61,21 +62,23 @@ class OrigaDataset(FundusDataset):
         **kwargs: Any,
     ):
         self.labels_file, self.images, self.masks = labels, images, masks
-        self.set_splits = dict(set_splits or {"A": "train", "B": "test"})
+        self.set_splits = {k: normalise_split(v) or v
+                           for k, v in (set_splits or {"A": "train", "B": "test"}).items()}
         super().__init__(root, **kwargs)
 
     def load_records(self) -> list[Record]:
-        csv_path = self.root / self.labels_file
-        pairs = read_indexed_csv(self, csv_path, "Filename", "Glaucoma", self.root / self.images,
-                                 self.root / self.masks, extra_columns=("Eye", "ExpCDR", "Set"))
-        records = []
-        for row, record in pairs:
-            record.vcdr = parse_float(row["ExpCDR"], csv_path, "ExpCDR", row["Filename"])
-            record.eye = normalise_eye(row["Eye"])
-            published = row["Set"].strip()
-            record.split = self.set_splits.get(published, normalise_split(published))
-            records.append(record)
-        return records
+        pairs = read_indexed_csv(self, self.root / self.labels_file, "Filename", "Glaucoma",
+                                 self.root / self.images, self.root / self.masks,
+                                 extra_columns={"eye": "Eye", "vcdr": "ExpCDR", "split": "Set"})
+
+        def complete(pair) -> Record:
+            row, record = pair
+            record.vcdr = row.number("ExpCDR", record.id)
+            record.eye = published_eye(row["Eye"])
+            record.split = self.set_splits.get(row["Set"]) or published_split(row["Set"])
+            return record
+
+        return self.records_from_rows(pairs, complete)
 
     def decode_mask(self, name: str, path: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         return read_level_mask(path, shape, DISC_CUP_INDEX_LEVELS)

@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from xmed.data.datasets.base import FundusDataset, NAN, Record, require_file
-from xmed.data.datasets.common import binary_label, cell_str, read_xlsx_rows
+from xmed.data.datasets.base import FundusDataset, NAN, Record, TableRow, require_file
+from xmed.data.datasets.common import cell_str, label_cell, read_xlsx_rows
 from xmed.errors import DatasetError
 
 #: PAPILA's Diagnosis coding
@@ -87,25 +87,25 @@ class PapilaDataset(FundusDataset):
         for eye, workbook in workbooks.items():
             rows = read_xlsx_rows(workbook, ["Diagnosis"], any_of=ID_COLUMNS)
             id_column = next((c for c in ID_COLUMNS if rows and c in rows[0]), "ID")
-            for row in rows:
+            columns = {"id": id_column, "label": "Diagnosis"}
+
+            def record(row: TableRow, eye: str = eye) -> Record | None:
                 raw_id = cell_str(row[id_column])
                 if not raw_id:
-                    continue  # a sub-header or spacer row below the header, not a patient
+                    return None  # a sub-header or spacer row below the header, not a patient
                 digits = re.search(r"\d+", raw_id)
-                if digits is None:
-                    raise DatasetError(workbook, f"column {id_column!r}, row {raw_id!r}: cannot "
-                                                 "read a patient number")
+                if digits is None or len(digits.group().lstrip("0")) > 6:
+                    raise DatasetError(workbook, f"{row.where(id_column, raw_id)}: cannot read a "
+                                                 "patient number (such as #002)")
                 stem = f"RET{int(digits.group()):03d}{eye}"
-                label = binary_label(row["Diagnosis"], DIAGNOSIS)
-                if label is None:
-                    self.skip_or_raise(workbook, f"column 'Diagnosis', row {raw_id!r}: unknown "
-                                                 f"value {row['Diagnosis']!r} (expected 0, 1 or 2)")
-                    continue
-                records.append(Record(
+                label = label_cell(row, "Diagnosis", DIAGNOSIS, "0, 1 or 2", raw_id)
+                return Record(
                     id=stem, image_path=self.root / self.images / f"{stem}.jpg", label=label,
                     eye=eye, patient=patient_from_name(stem), source=self.name,
-                    mask_paths=self._contours(stem),
-                ))
+                    mask_paths=self._contours(stem), origin=row.origin(columns),
+                )
+
+            records.extend(self.records_from_rows(rows, record))
         return records
 
     def _contours(self, stem: str) -> dict[str, Path]:

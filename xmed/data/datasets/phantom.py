@@ -21,12 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from xmed.data.datasets.base import (
-    FundusDataset, Record, Skip, check_on_error, parse_float, read_csv_rows, require_file,
+    FundusDataset, Record, Skip, TableRow, check_on_error, read_csv_rows, require_file,
 )
+from xmed.data.datasets.common import published_eye, published_split
 from xmed.data.phantom import draw_phantom_cause, render_phantom
 from xmed.data.phantom.writer import LABEL_COLUMNS, assign_splits, eye_seeds
 from xmed.errors import DatasetError
 from xmed.findings import FINDINGS
+
+
+#: record field -> labels.csv column (every eye has a split)
+COLUMNS = {"id": "id", "image": "image", "label": "label", "vcdr": "vcdr", "eye": "eye",
+           "split": "split", **{code: code for code in FINDINGS}}
 
 
 def _with_known_absent_masks(sample: dict) -> dict:
@@ -50,30 +56,32 @@ class PhantomDataset(FundusDataset):
     def load_records(self) -> list[Record]:
         require_file(self.root / "phantom.json", "phantom.json")
         labels_csv = self.root / "labels.csv"
-        rows = read_csv_rows(labels_csv, required=[c for c in LABEL_COLUMNS if c not in ("seed", "shortcut")])
-        records = []
+        rows = read_csv_rows(labels_csv, required=[c for c in LABEL_COLUMNS if c not in ("seed", "shortcut")],
+                             on_bad_row=self.skip_or_raise)
         self.oracle: dict[str, float] = {}   # id -> true P(glaucoma | findings, vCDR)
-        for row in rows:
+
+        def record(row: TableRow) -> Record:
             rid = row["id"]
-            self.oracle[rid] = parse_float(row["oracle"], labels_csv, "oracle", rid)
-            label = parse_float(row["label"], labels_csv, "label", rid)
-            if label not in (0.0, 1.0):
-                self.skip_or_raise(labels_csv, f"row {rid!r}: label must be 0 or 1, got {row['label']!r}")
-                continue
+            label = row.number("label", rid)
+            if label not in (0.0, 1.0):   # the phantom grades every eye
+                raise DatasetError(labels_csv, f"{row.where('label', rid)}: must be 0 or 1, got {row['label']!r}")
+            self.oracle[rid] = row.number("oracle", rid)
             mask_dir = self.root / "masks" / rid
-            mask_paths = {p.stem: p for p in sorted(mask_dir.glob("*.png"))} if mask_dir.is_dir() else {}
-            records.append(Record(
+            mask_paths = {p.stem: p for p in sorted(mask_dir.glob("*.png"))} if rid and mask_dir.is_dir() else {}
+            return Record(
                 id=rid,
                 image_path=self.root / row["image"],
                 label=label,
-                findings=np.array([parse_float(row[c], labels_csv, c, rid) for c in FINDINGS], np.float32),
-                vcdr=parse_float(row["vcdr"], labels_csv, "vcdr", rid),
-                eye=row["eye"] or None,
-                split=row["split"] or None,
+                findings=np.array([row.grade(c, rid) for c in FINDINGS], np.float32),
+                vcdr=row.number("vcdr", rid),
+                eye=published_eye(row["eye"]),
+                split=published_split(row["split"]),
                 source=self.name,
                 mask_paths=mask_paths,
-            ))
-        return records
+                origin=row.origin(COLUMNS),
+            )
+
+        return self.records_from_rows(rows, record)
 
     def load_sample(self, record: Record) -> dict:
         sample = super().load_sample(record)

@@ -45,9 +45,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from xmed.data.datasets.base import FundusDataset, Record, require_file
+from xmed.data.datasets.base import FundusDataset, Origin, Record, TableRow, require_file
 from xmed.data.datasets.common import (
-    ZERO_ONE, binary_label, cell_str, index_by_stem, list_images, read_label_table,
+    ZERO_ONE, cell_str, index_by_stem, label_cell, list_images, read_label_table,
     read_level_mask,
 )
 from xmed.errors import DatasetError
@@ -130,12 +130,13 @@ def read_refuge_part(
         masks = index_by_stem(p for p in list_images(base / part.masks, recursive=True)
                               if p.suffix.lower() in MASK_SUFFIXES and image_dir not in p.parents)
 
-    def record(image_path: Path, label: float) -> Record:
-        stem = image_path.stem
+    def record(image_path: Path, label: float, origin: Origin | None = None) -> Record:
+        stem = image_path.stem or image_path.name
         mask = masks.get(stem)
         return Record(
             id=f"{id_prefix}{stem}", image_path=image_path, label=label, split=part.split,
             source=ds.name, mask_paths={"disc_cup": mask} if mask is not None else {},
+            origin=origin,
         )
 
     records = []
@@ -150,21 +151,20 @@ def read_refuge_part(
 
     label_file = require_file(base / part.labels)
     if part.header:
-        rows = read_label_table(label_file, [part.name_column], any_of=part.label_columns)
+        rows = read_label_table(label_file, [part.name_column], any_of=part.label_columns,
+                                on_bad_row=ds.skip_or_raise)
     else:
         rows = read_label_table(label_file, [part.name_column, part.label_columns[0]],
                                 header=False)
     column = next((c for c in part.label_columns if rows and c in rows[0]),
                   part.label_columns[0])
-    for i, row in enumerate(rows, start=1):
+    columns = {"id": part.name_column, "image": part.name_column, "label": column}
+
+    def listed(row: TableRow) -> Record:
         name = cell_str(row[part.name_column])
         if not name:
-            ds.skip_or_raise(label_file, f"data row {i}: empty {part.name_column!r}")
-            continue
-        label = binary_label(row.get(column), ZERO_ONE)
-        if label is None:
-            ds.skip_or_raise(label_file, f"column {column!r}, row {name!r}: unknown class value "
-                                         f"{row.get(column)!r} (expected 0 or 1)")
-            continue
-        records.append(record(image_dir / name, label))
-    return records
+            raise DatasetError(label_file, f"{row.where(part.name_column)}: empty file name")
+        label = label_cell(row, column, ZERO_ONE, "0 or 1", name)
+        return record(image_dir / name, label, row.origin(columns))
+
+    return ds.records_from_rows(rows, listed)

@@ -39,11 +39,16 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from xmed.data.datasets.base import FundusDataset, NAN, Record, parse_float, read_csv_rows
-from xmed.data.datasets.common import binary_label, normalise_eye
+from xmed.data.datasets.base import (
+    FundusDataset, NAN, Record, TableRow, file_exists, read_csv_rows,
+)
+from xmed.data.datasets.common import label_cell, published_eye
 
 TYPES = {0: 0.0, 1: 1.0, -1: NAN}
 MASK_COLUMNS = {"disc": "fundus_od_seg", "cup": "fundus_oc_seg"}
+#: record field -> column; ``patient_id`` is read too but is empty where a source publishes none
+COLUMNS = {"id": "names", "label": "types", "image": "fundus", "eye": "eye", "vcdr": "vcdr",
+           **MASK_COLUMNS}
 
 
 class SmdgDataset(FundusDataset):
@@ -66,43 +71,42 @@ class SmdgDataset(FundusDataset):
         super().__init__(root, **kwargs)
 
     def load_records(self) -> list[Record]:
-        csv_path = self.root / self.metadata
-        rows = read_csv_rows(csv_path, ["names", "types", "fundus"], delimiter=",")
-        records = []
-        for row in rows:
+        rows = read_csv_rows(self.root / self.metadata, ["names", "types", "fundus"], delimiter=",",
+                             also=("eye", "vcdr", "patient_id", *MASK_COLUMNS.values()),
+                             on_bad_row=self.skip_or_raise)
+
+        def record(row: TableRow) -> Record:
             name = row["names"]
-            label = binary_label(row["types"], TYPES)
-            if label is None:
-                self.skip_or_raise(csv_path, f"column 'types', row {name!r}: unknown value "
-                                             f"{row['types']!r} (expected 1, 0 or -1)")
-                continue
+            label = label_cell(row, "types", TYPES, "1, 0 or -1", name)
             masks = {}
             for mask_name, column in MASK_COLUMNS.items():
                 value = row.get(column, "")
                 if value.startswith("/") or value.lower().endswith(".png"):
                     path = self._resolve(value)
-                    if path.is_file():
+                    if file_exists(path):
                         masks[mask_name] = path
             patient = row.get("patient_id", "")
-            records.append(Record(
+            return Record(
                 id=name,
                 image_path=self._resolve(row["fundus"] or f"/full-fundus/{name}.png"),
                 label=label,
-                vcdr=parse_float(row.get("vcdr", ""), csv_path, "vcdr", name),
-                eye=normalise_eye(row.get("eye")),
+                vcdr=row.number("vcdr", name),
+                eye=published_eye(row.get("eye")),
                 patient=f"{source_of(name)}/{patient}" if patient else None,
                 source=self.name,
                 mask_paths=masks,
-            ))
-        return records
+                origin=row.origin(COLUMNS),
+            )
+
+        return self.records_from_rows(rows, record)
 
     def _resolve(self, listed: str) -> Path:
         """A CSV path (``/full-fundus/x.png``) under root, or under Kaggle's doubled folder."""
         relative = Path(listed.lstrip("/\\"))
         path = self.root / relative
-        if not path.is_file() and len(relative.parts) > 1:
+        if not file_exists(path) and len(relative.parts) > 1:
             doubled = self.root / relative.parts[0] / relative
-            if doubled.is_file():
+            if file_exists(doubled):
                 return doubled
         return path
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from xmed.data.phantom import PhantomOptions, draw_phantom_cause, render_phantom
 from xmed.errors import ConfigError
+from xmed.runs import claim_run_folder, staged_folder
 from xmed.findings import FINDINGS
 
 LABEL_COLUMNS = ["id", "image", "eye", "label", "vcdr", "oracle", *FINDINGS, "split", "seed", "shortcut"]
@@ -104,6 +105,7 @@ def write_phantom_dataset(
     image_format: str = "png",
     workers: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
     **options,
 ) -> dict:
     """Render ``n`` eyes into ``out`` (see module docstring); returns the ``phantom.json`` dict.
@@ -111,6 +113,9 @@ def write_phantom_dataset(
     Args:
         shortcut: marker strength in the training split (None: no marker anywhere).
         workers: processes (0: one per CPU core). Output is identical for any number.
+        overwrite: replace an earlier data set in ``out`` (otherwise a non-empty ``out`` is refused).
+            The set is written beside ``out`` and renamed into place when complete, so a killed
+            run never leaves images that do not match ``labels.csv``.
         **options: further :class:`~xmed.data.phantom.PhantomOptions` fields.
     """
     if n < 1:
@@ -118,12 +123,19 @@ def write_phantom_dataset(
     if image_format not in ("png", "jpg"):
         raise ConfigError("image_format", f"must be 'png' or 'jpg', got {image_format!r}")
     base = PhantomOptions.from_kwargs(prevalence=prevalence, shortcut=shortcut, **options)
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
+    out = claim_run_folder(out, overwrite=overwrite, key="out", holds="a data set")
+    with staged_folder(out) as staged:
+        summary = _write(staged, base, n, size, seed, shortcut, splits, image_format, workers,
+                         f"rendering phantom -> {out}" if progress else None)
+    return summary
 
+
+def _write(out: Path, base: PhantomOptions, n: int, size: int, seed: int, shortcut: float | None,
+           splits: Sequence[float], image_format: str, workers: int, progress: str | None) -> dict:
+    (out / "images").mkdir()
+    (out / "masks").mkdir()
     seeds = eye_seeds(seed, n)
-    causes = [draw_phantom_cause(s, prevalence=prevalence)[0] for s in seeds]
+    causes = [draw_phantom_cause(s, prevalence=base.prevalence)[0] for s in seeds]
     split_of = assign_splits([c.label for c in causes], splits, seed)
     jobs = []
     for i, (s, split) in enumerate(zip(seeds, split_of)):
@@ -137,7 +149,7 @@ def write_phantom_dataset(
     rows = []
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, desc=f"rendering phantom -> {out}", unit="eye", disable=not progress)
+    bar = tqdm(total=n, desc=progress, unit="eye", disable=progress is None)
     if workers == 1:
         for job in jobs:
             rows.append(_render_and_write(job))

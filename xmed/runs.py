@@ -1,0 +1,123 @@
+"""Run folders that are never silently mixed: one run per folder, complete files or none.
+
+Every command that writes a folder (``xmed-train``, ``xmed-eval``, ``xmed-explain``, ``xmed-data
+phantom``) checks it first with :func:`claim_run_folder`: a folder that already holds results is
+refused unless the user asks to resume the run in it or to overwrite it. Files and folders are
+written complete or not at all (:func:`write_text_atomic`, :func:`staged_folder`), so a run killed
+part-way never leaves a half-written model next to an old one (:mod:`xmed.models.checkpointing` does
+the same for Lightning's checkpoints and metric history).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> run = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> claim_run_folder(run) == run
+    True
+    >>> write_text_atomic(run / "metrics.json", "{}")
+    >>> claim_run_folder(run)
+    Traceback (most recent call last):
+    ...
+    xmed.errors.ConfigError: config key 'paths.output_dir': ... already holds a run (metrics.json); ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from xmed.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: What a run folder may hold before a run starts: Hydra's copy of the config and its log file,
+#: which Hydra writes before the command runs (also all a run that failed on its config leaves).
+LAUNCHER_FILES = (".hydra",)
+LAUNCHER_SUFFIXES = (".log",)
+#: Files that mark a folder as written by xmed; ``overwrite`` empties only such folders.
+RUN_MARKERS = (".hydra", "checkpoints", "model", "metrics.json", "labels.csv", "phantom.json", "per_image.csv",
+               "predictions.csv", "autoencoder", "train.log", "eval.log", "explain.log")
+
+
+def run_contents(folder: Path) -> list[str]:
+    """Names in ``folder`` that belong to a run (everything but the launcher's own files)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name not in LAUNCHER_FILES and not (p.is_file() and p.suffix in LAUNCHER_SUFFIXES))
+
+
+def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+                     key: str = "paths.output_dir", holds: str = "a run") -> Path:
+    """Make ``folder`` ready for a new run, or refuse: a folder that already holds a run is kept
+    as it is unless ``resume`` (the run continues there and appends to its history) or
+    ``overwrite`` (its contents are deleted first — only if it looks like an xmed output folder,
+    never an arbitrary one). Raises :class:`~xmed.errors.ConfigError` naming ``key``; ``holds``
+    says what the folder is for, in that message.
+
+    Example::
+
+        claim_run_folder("runs/a", overwrite=True)    # start afresh in runs/a
+    """
+    if not isinstance(overwrite, bool):  # "overwrite=maybe" must never read as true
+        raise ConfigError("overwrite", f"expected true or false, got {overwrite!r}")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(key, f"{folder} is a file, not a folder")
+    held = run_contents(folder)
+    if held and not resume:
+        if not overwrite:
+            shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+            advice = "resume the run in it, " if holds == "a run" else ""
+            raise ConfigError(key, f"{folder} already holds {holds} ({shown}); choose a new folder, {advice}"
+                                   "or pass overwrite=true to delete it first")
+        if not any((folder / marker).exists() for marker in RUN_MARKERS):
+            raise ConfigError(key, f"{folder} is not empty and does not look like an xmed output folder; "
+                                   "overwrite=true deletes only xmed output folders: choose an empty folder")
+        for name in held:
+            path = folder / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        log.info("overwrite=true: emptied %s", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place: readers see the old
+    file or the complete new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        staged.write_text(text)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``folder`` to write into; when the block ends without error it
+    replaces ``folder`` in one rename (an older ``folder`` is removed just before), otherwise it is
+    deleted. A run killed inside the block leaves only a ``.<name>.*.part`` folder beside it.
+
+    Example::
+
+        with staged_folder(run / "model") as tmp:
+            save_everything(tmp)
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.part")
+    staged.mkdir()
+    try:
+        yield staged
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staged, folder)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged)
