@@ -252,6 +252,16 @@ def test_when_every_eye_fails_nothing_is_scored(phantom, tmp_path):
     assert {r["status"] for r in rows.values()} == {"non-finite output"} and {r["prob"] for r in rows.values()} == {""}
 
 
+def test_an_empty_test_split_is_named_not_crashed_on(phantom, tmp_path):
+    from xmed.errors import DatasetError
+
+    empty = FundusDataModule(dataset="phantom_render", dataset_options={"n": 48, "size": 48}, image_size=48)
+    empty.setup()
+    empty.splits["test"].indices = []
+    with pytest.raises(DatasetError, match=r"phantom_render: the test split holds no eye to evaluate \(0 files"):
+        evaluate(tiny_model(phantom), empty, tmp_path)
+
+
 def test_explain_records_carry_quality_and_failure(phantom, monkeypatch, tmp_path):
     from xmed.cli.explain import ExplainModule, RationaleRun, _write_per_image, build_metrics, summarise
     from xmed.data.datasets.base import collate_samples

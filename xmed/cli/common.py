@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from xmed.errors import ConfigError, XmedError
+from xmed.errors import ConfigError, DatasetError, XmedError
 from xmed.findings import FINDINGS, VCDR
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,9 @@ def evaluate_model(model, datamodule, out_dir: Path, *, threshold_rule: str = "y
     out_dir.mkdir(parents=True, exist_ok=True)
     val = predict(model, datamodule.val_dataloader(), device)
     test = predict(model, datamodule.test_dataloader(), device)
+    if not test["id"]:
+        raise DatasetError(datamodule.root or datamodule.dataset_name,
+                           f"the test split holds no eye to evaluate ({len(datamodule.skipped)} files skipped)")
     metrics = evaluate_predictions(to_predictions(val), to_predictions(test), threshold_rule=threshold_rule,
                                    n_bootstrap=n_bootstrap, seed=seed)
     metrics["failed"] = failed_eyes(val, "val") + failed_eyes(test, "test")

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import os
+import reprlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -175,7 +177,9 @@ def read_dicom(
 
     Raises:
         ImageReadError: not a DICOM file, no pixel data, truncated pixel data, a transfer
-            syntax that cannot be decoded here (named by UID), or pixels that are not an image.
+            syntax that cannot be decoded here (named by UID), a header attribute that cannot be
+            read as its VR says or is not one whole number (named with its tag), or pixels that
+            are not an image.
 
     Example:
         >>> image, meta = read_dicom("OP0001.dcm", salt="site-secret")   # doctest: +SKIP
@@ -186,10 +190,14 @@ def read_dicom(
 
     path = _check_file(path)
     ds = _dcmread(path)
-    if "PixelData" not in ds:
+    pixel_data = _dicom_value(path, ds, "PixelData")
+    if not pixel_data:
         raise ImageReadError(path, _missing_pixel_data_reason(path, ds))
+    if not isinstance(pixel_data, bytes):
+        raise ImageReadError(path, f"Pixel Data (7FE0,0010) has VR {ds['PixelData'].VR}, not the "
+                                   "OB or OW of pixel bytes")
     file_meta = getattr(ds, "file_meta", None)
-    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    syntax = _dicom_value(path, file_meta, "TransferSyntaxUID") if file_meta is not None else None
     if not syntax:
         raise ImageReadError(path, "no Transfer Syntax UID (0002,0010) in the file meta")
     syntax = UID(str(syntax))
@@ -200,7 +208,7 @@ def read_dicom(
         _check_native_length(path, ds, geometry)
     pixels, photometric = _decode_first_frame(path, ds, syntax, decoder)
     image = _dicom_pixels_to_rgb(path, ds, pixels, photometric)
-    return image, _deidentified_meta(ds, syntax, geometry, salt)
+    return image, _deidentified_meta(path, ds, syntax, geometry, salt)
 
 
 # ------------------------------------------------------------------------------- file checks
@@ -349,9 +357,37 @@ def _dcmread(path: Path):
         raise ImageReadError(path, f"{kind} DICOM file ({type(err).__name__}: {err})") from err
 
 
+def _dicom_value(path: Path, ds, keyword: str) -> Any:
+    """``ds.get(keyword)``; pydicom converts elements on first access, so a value that lies about
+    its VR (wrong length, a broken sequence, ...) fails here, and the error names the attribute."""
+    try:
+        return ds.get(keyword)
+    except Exception as err:
+        raise ImageReadError(path, f"unreadable {_attribute_label(keyword)} "
+                                   f"({type(err).__name__}: {err})") from err
+
+
+def _whole_number(path: Path, keyword: str, value: Any) -> int:
+    """``value`` of the attribute ``keyword`` as an int; several values, text or bytes are refused."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ImageReadError(path, f"{_attribute_label(keyword)} is {reprlib.repr(value)}, not "
+                                   "one whole number") from None
+
+
+def _attribute_label(keyword: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.tag import Tag
+
+    return f"{keyword} {Tag(tag_for_keyword(keyword))}"
+
+
 def _missing_pixel_data_reason(path: Path, ds) -> str:
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         return "floating-point pixel data is not supported"
+    if "PixelData" in ds:
+        return "the Pixel Data (7FE0,0010) element is empty"
     # pydicom drops a Pixel Data element whose encapsulated items run past the end of the file
     if _PIXEL_DATA_TAG in path.read_bytes():
         return "truncated pixel data (the file ends inside the Pixel Data element)"
@@ -362,17 +398,18 @@ def _pixel_geometry(path: Path, ds) -> dict[str, Any]:
     """The Image Pixel attributes needed to decode, checked for presence."""
     needed = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored",
               "PhotometricInterpretation")
-    missing = [name for name in needed if ds.get(name) in (None, "")]
+    values = {name: _dicom_value(path, ds, name) for name in needed}
+    missing = [name for name, value in values.items() if value in (None, "")]
     if missing:
         raise ImageReadError(path, f"Image Pixel attribute(s) missing: {', '.join(missing)}")
-    frames = ds.get("NumberOfFrames")
+    frames = _dicom_value(path, ds, "NumberOfFrames")
     geometry = {
-        "rows": int(ds.Rows),
-        "columns": int(ds.Columns),
-        "samples": int(ds.SamplesPerPixel),
-        "bits_allocated": int(ds.BitsAllocated),
-        "n_frames": int(frames) if frames not in (None, "") else 1,
-        "photometric": str(ds.PhotometricInterpretation),
+        "rows": _whole_number(path, "Rows", values["Rows"]),
+        "columns": _whole_number(path, "Columns", values["Columns"]),
+        "samples": _whole_number(path, "SamplesPerPixel", values["SamplesPerPixel"]),
+        "bits_allocated": _whole_number(path, "BitsAllocated", values["BitsAllocated"]),
+        "n_frames": _whole_number(path, "NumberOfFrames", frames) if frames not in (None, "") else 1,
+        "photometric": str(values["PhotometricInterpretation"]),
     }
     if geometry["samples"] not in (1, 3):
         raise ImageReadError(path, f"{geometry['samples']} samples per pixel (expected 1 or 3)")
@@ -434,14 +471,15 @@ def _decode_first_frame(path: Path, ds, syntax, decoder) -> tuple[np.ndarray, st
 def _dicom_pixels_to_rgb(path: Path, ds, pixels: np.ndarray, photometric: str) -> np.ndarray:
     bits = int(ds.BitsStored)
     if int(ds.get("PixelRepresentation", 0) or 0) == 1:
-        pixels = pixels.astype(np.int64) + (1 << (bits - 1))  # signed range onto 0..2**bits-1
+        # signed range onto 0..2**bits-1; in uint64 (wrapping) so that 64-bit samples fit
+        pixels = pixels.astype(np.int64).astype(np.uint64) + np.uint64(1 << (bits - 1))
     if pixels.size:
         bits = max(bits, int(pixels.max()).bit_length())
     if photometric == "RGB" and pixels.ndim == 3 and pixels.shape[-1] == 3:
         return _to_uint8(pixels, bits)
     if photometric in ("MONOCHROME1", "MONOCHROME2") and pixels.ndim == 2:
         if photometric == "MONOCHROME1":  # 0 is white
-            pixels = ((1 << bits) - 1) - pixels.astype(np.int64)
+            pixels = np.uint64((1 << bits) - 1) - pixels.astype(np.uint64)
         return _gray_to_rgb(_to_uint8(pixels, bits))
     if photometric == "PALETTE COLOR" and pixels.ndim == 2:
         from pydicom.pixels import apply_color_lut
@@ -457,17 +495,23 @@ def _dicom_pixels_to_rgb(path: Path, ds, pixels: np.ndarray, photometric: str) -
                                f"pixel array shape {pixels.shape}")
 
 
-def _deidentified_meta(ds, syntax, geometry: dict[str, Any], salt: str | None) -> dict[str, Any]:
+def _deidentified_meta(path: Path, ds, syntax, geometry: dict[str, Any],
+                       salt: str | None) -> dict[str, Any]:
     """Whitelisted, non-identifying attributes only (see :func:`read_dicom`)."""
     file_meta = getattr(ds, "file_meta", None)
-    instance = ds.get("SOPInstanceUID") or (file_meta.get("MediaStorageSOPInstanceUID")
-                                           if file_meta is not None else None)
+
+    def value(keyword: str, file_meta_keyword: str | None = None) -> Any:
+        found = _dicom_value(path, ds, keyword)
+        if not found and file_meta_keyword and file_meta is not None:
+            found = _dicom_value(path, file_meta, file_meta_keyword)
+        return found
+
+    instance = value("SOPInstanceUID", "MediaStorageSOPInstanceUID")
     if not instance:
         instance = hashlib.sha256(bytes(ds.PixelData)).hexdigest()
-    sop_class = ds.get("SOPClassUID") or (file_meta.get("MediaStorageSOPClassUID")
-                                         if file_meta is not None else None)
-    laterality = ds.get("ImageLaterality") or ds.get("Laterality") or ""
-    modality = ds.get("Modality")
+    sop_class = value("SOPClassUID", "MediaStorageSOPClassUID")
+    laterality = value("ImageLaterality") or value("Laterality") or ""
+    modality = value("Modality")
     return {
         "id": dicom_pseudonym(str(instance), salt),
         "eye": _LATERALITY_TO_EYE.get(str(laterality).strip().upper()),

@@ -25,6 +25,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from xmed.errors import ConfigError
 from xmed.models.classifier import FundusClassifier
+from xmed.data.sampling import seed_epoch
 from xmed.runtime import Choice, choose_channels_last, is_auto
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,9 @@ class FundusModule(L.LightningModule):
         return w
 
     def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "seed"):  # a resumed run draws as the whole one
+            seed_epoch(datamodule.seed, self.current_epoch, self.global_rank)
         # ">=" (not "=="): a run resumed after the concept phase must start frozen too
         if self.hparams.cbm_training == "sequential" and self.current_epoch >= self.hparams.sequential_epochs:
             for name, param in self.model.named_parameters():
@@ -203,10 +207,8 @@ class FundusModule(L.LightningModule):
                 log.info("sequential concept bottleneck: concepts frozen, training the diagnosis head")
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
-        if batch.get("size", 1) == 0:
+        if batch.get("size", 1) == 0:  # every file of the batch skipped (the data module logs each once)
             return None
-        for skip in batch.get("skipped", []):
-            log.warning("skipped %s: %s", skip["path"], skip["reason"])
         images = self._images(batch)
         if self.adversarial is not None and self.adversarial.method == "pgd":
             images = self.adversarial.perturb(self.model, images, batch["label"], self.pos_weight)
