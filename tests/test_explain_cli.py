@@ -53,6 +53,7 @@ def test_metrics_json_has_one_entry_per_method(run):
     written = json.loads((out / "metrics.json").read_text())
     assert written == result and written["n"] == 4 and written["target"] == "glaucoma"
     assert set(written["methods"]) == {"gradcam", "rise"}
+    assert written["failed"] == [] and written["quality_flagged"] == []   # phantom eyes, a finite model
     for method, entry in written["methods"].items():
         assert entry["n"] == 4 and entry["seconds"] > 0
         for key in ("pointing_game", "energy_pointing_game", "map_auroc", "map_auprc"):

@@ -66,6 +66,11 @@ def test_train_writes_every_artefact(run):
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["model"]["backbone"] == "test_resnet.r160_in1k"
     assert config["model"]["data_config"]["input_size"] == 48 and config["dataset"] == "phantom_render"
+    # every validation photograph of the phantom passes every image-quality check: the model keeps them all
+    assert config["model"]["data_config"]["quality_checks"] == ["no_field_of_view", "nearly_uniform",
+                                                               "out_of_distribution"]
+    assert ("- **Image-quality checks**: no_field_of_view (0% of validation eyes fail it), nearly_uniform (0% "
+            in (out / "model_card.md").read_text())
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"roc.png", "calibration.png", "finding_auroc.png"}
 
 

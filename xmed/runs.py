@@ -77,10 +77,13 @@ def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, resu
         if not any((folder / marker).exists() for marker in RUN_MARKERS):
             raise ConfigError(key, f"{folder} is not empty and does not look like an xmed output folder; "
                                    "overwrite=true deletes only xmed output folders: choose an empty folder")
-        for name in held:
-            path = folder / name
+    if not resume and folder.is_dir():
+        # the earlier run's files, or the config and log of a run that never started (it failed on
+        # its config): the new run's log and config must be its own
+        for path in folder.iterdir():
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        log.info("overwrite=true: emptied %s", folder)
+        if held:
+            log.info("overwrite=true: emptied %s", folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

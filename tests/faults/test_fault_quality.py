@@ -290,3 +290,60 @@ def test_explain_records_carry_quality_and_failure(phantom, monkeypatch, tmp_pat
     assert failed_json == {"id": failing_id, "quality": "", "status": "non-finite output"}
     white_json = json.loads((tmp_path / "rationale" / f"{white_id}.json").read_text())
     assert white_json["quality"] == list(ALL) and white_json["sentence"].startswith("The image failed the quality check")
+
+
+# ------------------------------------------------------------------------- a gate fitted to the model
+def borderless(images: torch.Tensor) -> torch.Tensor:
+    """Prepared eyes cropped inside their field of view and resized back: a disc-centred data set."""
+    side = images.shape[-1]
+    inner = images[..., side // 4: side - side // 4, side // 4: side - side // 4]
+    return torch.nn.functional.interpolate(inner, size=(side, side), mode="bilinear", align_corners=False)
+
+
+def validation_batches(dm, crop: bool = False):
+    for batch in dm.val_dataloader():
+        yield borderless(batch["image"]) if crop else batch["image"]
+
+
+@pytest.mark.parametrize("crop, kept, off", [
+    pytest.param(False, CHECKS, (), id="fundus-photographs-keep-every-check"),
+    pytest.param(True, ("nearly_uniform", "out_of_distribution"), FOV, id="disc-crops-turn-the-fov-check-off"),
+])
+def test_a_model_is_held_to_the_checks_its_own_photographs_pass(phantom, crop, kept, off):
+    from xmed.data.quality import calibrate_checks
+    from xmed.models.classifier import DataConfig
+
+    dc = DataConfig.from_dict(phantom.data_config())
+    checks, failing = calibrate_checks(validation_batches(phantom, crop), dc)
+    assert checks == kept and set(failing) == set(CHECKS)
+    assert all(failing[c] > 0.05 for c in off) and all(failing[c] <= 0.05 for c in kept)
+
+
+def test_a_check_the_model_is_not_held_to_flags_nothing(phantom):
+    from xmed.models.classifier import DataConfig
+
+    held = DataConfig.from_dict({**phantom.data_config(), "quality_checks": ["nearly_uniform"]})
+    crops = borderless(next(iter(phantom.val_dataloader()))["image"])
+    assert prepared_checks(held) == ("nearly_uniform",)
+    assert {str(q) for q in assess_prepared(crops, held)} == {""}
+    every = DataConfig.from_dict(phantom.data_config())
+    assert {str(q) for q in assess_prepared(crops, every)} == {"no_field_of_view"}
+
+
+def test_the_checks_travel_with_the_exported_model(phantom, tmp_path):
+    from xmed.models.export import export_model, load_model
+
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=48,
+                             data_config={**phantom.data_config(), "quality_checks": ["nearly_uniform"]})
+    assert load_model(export_model(model, tmp_path / "m")).data_config.quality_checks == ("nearly_uniform",)
+    with pytest.warns(QualityWarning, match=r"image 0 \(nearly_uniform\)$"):
+        model.prepare(WHITE)   # held to nearly_uniform alone: the other two flags are not raised
+
+
+def test_an_unknown_quality_check_in_a_data_config_is_named(phantom):
+    from xmed.errors import ConfigError
+    from xmed.models.classifier import DataConfig
+
+    with pytest.raises(ConfigError, match=r"quality_checks.*unknown check\(s\) \['sharpness'\]") as err:
+        DataConfig.from_dict({**phantom.data_config(), "quality_checks": ["sharpness"]})
+    assert err.value.key == "model.net.data_config.quality_checks"

@@ -128,7 +128,7 @@ def test_a_folder_with_only_the_launchers_files_is_free(tmp_path):
     (failed / ".hydra").mkdir(parents=True)
     (failed / "train.log").write_text("error: config key 'data.dataset': unknown data set")
     assert claim_run_folder(failed) == failed
-    assert sorted(p.name for p in failed.iterdir()) == [".hydra", "train.log"]
+    assert list(failed.iterdir()) == []   # the new run's config and log are its own
 
 
 def test_overwrite_replaces_the_earlier_run_entirely(first_run, tmp_path):
@@ -136,8 +136,10 @@ def test_overwrite_replaces_the_earlier_run_entirely(first_run, tmp_path):
     stale = earlier / "checkpoints" / "epoch_099.ckpt"
     stale.write_bytes(b"from an older run")
     (earlier / "plots" / "old_plot.png").write_bytes(b"old")
+    (earlier / "train.log").write_text("the earlier run's log\n")
     train(earlier, "overwrite=true", epochs=1)
     assert not stale.exists() and not (earlier / "plots" / "old_plot.png").exists()
+    assert not (earlier / "train.log").exists()
     assert sorted(p.name for p in (earlier / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     assert torch.load(earlier / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
@@ -337,3 +339,16 @@ def test_each_job_of_a_sweep_has_its_own_folder(tmp_path):
         assert digest and digest.group(2) == hashlib.sha256((folder / "checkpoints" / digest.group(1)).read_bytes()
                                                             ).hexdigest()
         assert f"lr: {lr}" in (folder / ".hydra" / "config.yaml").read_text()
+
+
+def test_a_run_that_failed_on_its_config_leaves_only_its_log_and_is_rerun_cleanly(tmp_path):
+    out = tmp_path / "run"
+    failed = run_command("xmed-train", *train_overrides(out, "data.dataset=no_such_set", epochs=1))
+    assert failed.returncode == 1 and "error: config key 'data.dataset'" in failed.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".hydra", "train.log"]   # no empty csv/ or checkpoints/
+    assert "unknown data set 'no_such_set'" in (out / "train.log").read_text()
+    rerun = run_command("xmed-train", *train_overrides(out, epochs=1))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    log = (out / "train.log").read_text()
+    assert "no_such_set" not in log and "precision" in log
+    assert "no_such_set" not in (out / ".hydra" / "overrides.yaml").read_text()

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmed.errors import ConfigError, DatasetError, XmedError
 from xmed.findings import FINDINGS, VCDR
+from xmed.runs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def evaluate_model(model, datamodule, out_dir: Path, *, threshold_rule: str = "y
         metrics["intervention"] = {"auroc_predicted_concepts": metrics["auroc"],
                                    "auroc_true_concepts": with_truth["auroc"]}
     metrics["skipped"] = datamodule.skipped
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
     write_predictions_csv(out_dir / "predictions.csv", test, metrics["threshold"])
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)

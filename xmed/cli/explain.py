@@ -47,6 +47,7 @@ from xmed.cli.entry import command
 from xmed.cli.common import CONFIG_PACKAGE, build_trainer
 from xmed.cli.eval import datamodule_for_model
 from xmed.cli.rundir import command_folder
+from xmed.runs import write_text_atomic
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS, VCDR, finding_index
 from xmed.runtime import Choice
@@ -562,13 +563,16 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
         for name, result in randomisation_check(model, explainer_cfg, images, cfg.target,
                                                 list(cfg.randomisation.skip)).items():
             summary[name].update(result)
+    eyes = {r["id"]: r for r in records}  # one record per eye and method; the eye columns agree
     result = {"target": cfg.target, "split": cfg.split, "n": len(view), "ckpt_path": str(cfg.ckpt_path),
+              "failed": sorted(i for i, r in eyes.items() if r.get("status")),
+              "quality_flagged": sorted(i for i, r in eyes.items() if r.get("quality")),
               "methods": summary}
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, allow_nan=False))
     table = comparison_table(summary, cfg.target)
     if cfg.get("compare_run"):
         table += "\n\n" + run_comparison(summary, Path(cfg.compare_run), out_dir, records)
-    (out_dir / "comparison.md").write_text(table + "\n")
+    write_text_atomic(out_dir / "comparison.md", table + "\n")
     _write_per_image(out_dir / "per_image.csv", records)
     _comparison_sheet(out_dir, [m for m in methods if (out_dir / "overlays" / m).is_dir()], sorted(overlay_ids))
     if cfg.model_card:
@@ -635,7 +639,7 @@ def update_model_card(card: Path, table: str, cfg: DictConfig) -> None:
     else:
         body = f"{body}\n\n{subsection}"
     section = f"{heading}\n\n{body.strip()}\n"
-    card.write_text(text[:found.start()] + section + text[found.end():])
+    write_text_atomic(card, text[:found.start()] + section + text[found.end():])
     print(f"model card      {card.resolve()} (explanation checks: {title[4:]})")
 
 

@@ -52,6 +52,31 @@ def data_summary(datamodule) -> dict[str, Any]:
     }
 
 
+def quality_gate(datamodule, data_config: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, float]]:
+    """The image-quality checks the trained model will hold its inputs to — those its validation
+    photographs pass (:func:`xmed.data.quality.calibrate_checks`) — and the share of them failing
+    each check; logged, a dropped check with its reason."""
+    from xmed.data.quality import calibrate_checks
+    from xmed.models.classifier import DataConfig
+
+    batches = (batch["image"] for batch in datamodule.val_dataloader() if batch.get("size", 1))
+    checks, failing = calibrate_checks(batches, DataConfig.from_dict(data_config))
+    for check, share in failing.items():
+        if check not in checks:
+            log.warning("image-quality check %s is off for this model: %.0f%% of its validation photographs fail it",
+                        check, 100 * share)
+    log.info("image-quality checks %s", ", ".join(checks) or "none")
+    return checks, failing
+
+
+def describe_gate(checks: tuple[str, ...], failing: dict[str, float]) -> str:
+    """The model card's line on the quality gate, e.g. ``nearly_uniform (0% of validation eyes fail
+    it); off: no_field_of_view (100% fail it)``."""
+    on = ", ".join(f"{c} ({100 * failing.get(c, 0):.0f}% of validation eyes fail it)" for c in checks) or "none"
+    off = [f"{c} ({100 * share:.0f}% fail it)" for c, share in failing.items() if c not in checks]
+    return on + (f"; off: {', '.join(off)}" if off else "")
+
+
 def training_data_config(cfg: DictConfig) -> DictConfig:
     """``cfg.data``, set not to decode pixel masks unless a mask head trains on them (decoding
     them is a third of the loading time of a 256 px phantom eye); a ``load_masks`` the user set
@@ -75,8 +100,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate_group(training_data_config(cfg), "data")
+    datamodule.setup("fit")  # the data set and its label tables are checked before any log or checkpoint is written
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg["net"]["data_config"] = datamodule.data_config()
+    gate = None
+    if cfg.get("task_type", "classifier") == "classifier":
+        gate = quality_gate(datamodule, model_cfg["net"]["data_config"])
+        model_cfg["net"]["data_config"]["quality_checks"] = list(gate[0])
     if model_cfg.get("class_balance") == "sampler":
         datamodule.balanced_sampling = True
     module = instantiate_group(model_cfg, "model")
@@ -115,7 +145,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     card = render_model_card(
         title=f"{model.config['backbone']} on {datamodule.dataset_name}"
               + (f" ({', '.join(cfg.tags)})" if cfg.get("tags") else ""),
-        metrics=metrics, data=data_summary(datamodule), config_yaml=OmegaConf.to_yaml(cfg, resolve=False),
+        metrics=metrics, data={**data_summary(datamodule), **({"quality_checks": describe_gate(*gate)} if gate else {})},
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=False),
         architecture={"backbone": model.config["backbone"], "mode": model.mode,
                       "input_size": model.data_config.input_size,
                       **({"backbone options": dict(model.config["backbone_kwargs"])}

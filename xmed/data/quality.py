@@ -8,7 +8,9 @@ gate is a few cheap measurements of the image, each a named flag:
   most 15 % of that circle is darker than 30 % of its median brightness (the threshold
   ``find_fov`` itself uses to tell a border from a fundus) and at most 25 % of the rest of the
   image is brighter than that. A photograph cropped inside its field of view (a disc-centred
-  crop) has no border and is flagged.
+  crop) has no border and is flagged — unless the model was trained on such photographs: a model
+  is held only to the checks its validation photographs pass (:func:`calibrate_checks`, run by
+  ``xmed-train`` and kept in the model's data config as ``quality_checks``).
 * ``nearly_uniform`` — inside the field of view (or the circle inscribed in the image when
   there is none; its inner 90 %, away from the edge that resizing blends with the border), the
   interquartile range of every colour channel is below 4 grey levels (0–255): a blank, capped or
@@ -268,18 +270,47 @@ def prepared_checks(data_config: Any) -> tuple[str, ...]:
     :class:`~xmed.models.classifier.DataConfig`): a disc-centred crop (``crop_disc``) has no field
     of view by design, nor has an input below :data:`MIN_SIDE` one that can be found; contrast
     normalisation (``clahe``, ``graham``) blackens the border outside the field of view it found
-    and changes the colour, so only ``nearly_uniform`` is judged there.
+    and changes the colour, so only ``nearly_uniform`` is judged there. Of those, only the ones
+    the model is held to (``data_config.quality_checks``, when it says) are made.
 
     Example:
         >>> from types import SimpleNamespace
         >>> prepared_checks(SimpleNamespace(crop_disc=0.5, contrast=None))
         ('nearly_uniform', 'out_of_distribution')
     """
+    held_to = getattr(data_config, "quality_checks", None) or CHECKS
     if getattr(data_config, "contrast", None):
-        return (NEARLY_UNIFORM,)
-    if getattr(data_config, "crop_disc", None) or getattr(data_config, "input_size", MIN_SIDE) < MIN_SIDE:
-        return (NEARLY_UNIFORM, OUT_OF_DISTRIBUTION)
-    return CHECKS
+        possible = (NEARLY_UNIFORM,)
+    elif getattr(data_config, "crop_disc", None) or getattr(data_config, "input_size", MIN_SIDE) < MIN_SIDE:
+        possible = (NEARLY_UNIFORM, OUT_OF_DISTRIBUTION)
+    else:
+        possible = CHECKS
+    return tuple(c for c in possible if c in held_to)
+
+
+def calibrate_checks(batches: Iterable[Tensor], data_config: Any, *, limit: int = 256,
+                     max_failing: float = 0.05) -> tuple[tuple[str, ...], dict[str, float]]:
+    """The checks a model is to hold its inputs to: of those :func:`prepared_checks` allows, each
+    that at most ``max_failing`` of its own validation photographs (the first ``limit`` eyes of
+    ``batches``, prepared batches as the model sees them) fail. A data set of disc-centred crops
+    has no dark border around a field of view: a check every one of its eyes fails would flag
+    every eye a clinician sends, and say nothing. Returns ``(checks, share of eyes failing each)``.
+
+    Example::
+
+        checks, failing = calibrate_checks((b["image"] for b in datamodule.val_dataloader()), data_config)
+    """
+    possible = prepared_checks(data_config)
+    qualities: list[Quality] = []
+    for images in batches:
+        qualities += assess_prepared(images, data_config)
+        if len(qualities) >= limit:
+            break
+    qualities = qualities[:limit]
+    if not qualities:
+        return possible, {}
+    failing = {c: round(sum(c in q.flags for q in qualities) / len(qualities), 4) for c in possible}
+    return tuple(c for c in possible if failing[c] <= max_failing), failing
 
 
 def assess_prepared(images: Tensor, data_config: Any) -> list[Quality]:

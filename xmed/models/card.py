@@ -91,7 +91,8 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
     data_lines = [f"- **Data set**: `{data.get('dataset', 'unknown')}`" + (f" at `{data['root']}`" if data.get("root") else "")]
     for key, label in (("splits", "Splits (eyes)"), ("prevalence", "Glaucoma prevalence per split"),
                        ("split_rule", "Split rule"), ("image_size", "Input size (px)"),
-                       ("preprocess", "Preprocessing"), ("skipped", "Skipped files")):
+                       ("preprocess", "Preprocessing"), ("skipped", "Skipped files"),
+                       ("quality_checks", "Image-quality checks")):
         if key in data:
             data_lines.append(f"- **{label}**: {data[key]}")
     arch_lines = [f"- **{k}**: `{v}`" for k, v in architecture.items()] or ["- not recorded"]

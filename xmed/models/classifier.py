@@ -50,6 +50,9 @@ class DataConfig:
     margin: float = 0.02
     contrast: str | None = None
     crop_disc: float | None = None
+    #: the image-quality checks this model's inputs are held to: those its validation photographs
+    #: pass (chosen when it trains: :func:`xmed.data.quality.calibrate_checks`); None: every check
+    quality_checks: tuple[str, ...] | None = None
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "DataConfig":
@@ -59,6 +62,14 @@ class DataConfig:
                 raise ConfigError(f"model.net.data_config.{key}", f"unknown key; known: {', '.join(sorted(known))}")
         out = cls(**config)
         out.mean, out.std = tuple(out.mean), tuple(out.std)
+        if out.quality_checks is not None:
+            from xmed.data.quality import CHECKS
+
+            out.quality_checks = tuple(out.quality_checks)
+            unknown = [c for c in out.quality_checks if c not in CHECKS]
+            if unknown:
+                raise ConfigError("model.net.data_config.quality_checks",
+                                  f"unknown check(s) {unknown}; known: {', '.join(CHECKS)}")
         for key, values, lowest in (("mean", out.mean, -math.inf), ("std", out.std, 0.0)):
             try:
                 numbers = [float(v) for v in values]
@@ -79,6 +90,8 @@ class DataConfig:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.quality_checks is not None:
+            d["quality_checks"] = list(self.quality_checks)
         return d
 
 
@@ -232,12 +245,13 @@ class FundusClassifier(nn.Module):
             >>> tuple(model.prepare(render_phantom(seed=0, size=128).image).shape)
             (1, 3, 64, 64)
         """
-        from xmed.data.quality import as_photograph, assess_quality, warn_flagged
+        from xmed.data.quality import CHECKS, as_photograph, assess_quality, warn_flagged
         from xmed.data.transforms import build_transforms
 
         photos = [as_photograph(image, index) for index, image in enumerate(_photograph_list(images))]
         dc = self.data_config
-        warn_flagged([assess_quality(photo, mean=dc.mean, std=dc.std) for photo in photos])
+        warn_flagged([assess_quality(photo, mean=dc.mean, std=dc.std, checks=dc.quality_checks or CHECKS)
+                      for photo in photos])
         transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess())
         batch = []
         for photo in photos:
