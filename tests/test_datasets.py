@@ -349,6 +349,7 @@ BUILDERS = {
                         "split_column": "split", "image_dir": "images"}),
     "image_folder": (build_image_folder, {}),
     "dicom_folder": (build_dicom, {"labels": "labels.csv"}),
+    "photo_folder": (build_image_folder, {}),   # the same files, read without labels
 }
 
 
@@ -529,6 +530,16 @@ def test_csv_dataset(tmp_path):
     assert a.findings[dh] == 1 and np.isnan(a.findings[lc]) and b.findings[lc] == 1
     assert np.isnan(np.delete(a.findings, [dh, lc])).all()
     assert ds.has_patient_ids and ds.groups() == ["p1", "p1", "p2"]
+
+
+def test_photo_folder_lists_every_photograph_without_labels(tmp_path):
+    ds = make("photo_folder", tmp_path)
+    assert [r.id for r in ds.records] == ["test/Glaucoma/z", "train/glaucoma/x", "train/normal/y"]
+    assert all(math.isnan(r.label) and r.split is None for r in ds.records)
+    assert ds[0]["image"].shape[0] == 3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no photographs found"):
+        dataset_class("photo_folder")(tmp_path / "empty")
 
 
 def test_image_folder(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import pydoc
+
 import timm
 import torch
 import torchvision
@@ -226,3 +229,19 @@ def test_every_method_runs_on_a_fundus_classifier_target():
     for method in EXPLAINERS:
         maps = xmed.explain(model, images, method, target="RNFLDI", **light.get(method, {})).maps
         assert maps.shape == (1, 1, 64, 64) and torch.isfinite(maps).all(), method
+
+
+@pytest.mark.parametrize(("package_name", "function_name", "parameters"), [
+    pytest.param("explain", "explain", ["model", "images", "method", "target", "options"], id="xmed.explain"),
+    pytest.param("counterfactual", "counterfactual",
+                 ["model", "images", "method", "target", "direction", "fov_mask", "options"], id="xmed.counterfactual"),
+])
+def test_callable_package_shows_the_function_signature_and_docstring(package_name, function_name, parameters):
+    package = getattr(xmed, package_name)
+    function = getattr(package, function_name)
+    assert list(inspect.signature(package).parameters) == parameters
+    assert inspect.signature(package) == inspect.signature(function)
+    page = pydoc.render_doc(package, renderer=pydoc.plaintext)
+    description = page[page.index("DESCRIPTION"):page.index("PACKAGE CONTENTS")]  # the package's own text
+    assert f"Calling the package: {function_name}{inspect.signature(function)}" in description
+    assert all(line.strip() in description for line in inspect.getdoc(function).splitlines())

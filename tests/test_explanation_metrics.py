@@ -241,6 +241,32 @@ def test_imputation_reproduces_ramp_constant_and_direct_solution():
     assert 0.05 < (noisy - out)[~kept].std().item() < 0.15
 
 
+def fundus_and_cam_hole(size: int, removed_fraction: float, most_relevant: bool):
+    """skimage's fundus photograph at ``size`` px and the pixels ROAD removes for a CAM-like blob."""
+    from skimage import data
+
+    image = torch.from_numpy(data.retina()).permute(2, 0, 1)[None].double() / 255
+    image = torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    cam = torch.exp(-((xx - 0.3) ** 2 + (yy + 0.1) ** 2) / 0.5).flatten()
+    order = torch.argsort(cam, descending=most_relevant, stable=True)
+    removed = torch.zeros(size * size, dtype=torch.bool)
+    removed[order[:round(removed_fraction * size * size)]] = True
+    return image.float(), removed.view(1, 1, size, size)
+
+
+@pytest.mark.parametrize("most_relevant", [
+    pytest.param(True, id="morf-one-blob-over-90-percent"),
+    pytest.param(False, id="lerf-ring-around-the-kept-peak"),
+])
+def test_default_imputation_matches_direct_solve_on_a_large_hole(most_relevant):
+    image, removed = fundus_and_cam_hole(128, 0.9, most_relevant)
+    out = noisy_linear_imputation(image, removed, noise=0.0)
+    ref = direct_imputation(image[0].double().numpy(), removed[0, 0].numpy())
+    error = np.abs(out[0].double().numpy() - ref)[:, removed[0, 0].numpy()]
+    assert error.max() < 0.01
+
+
 def test_road_morf_below_lerf_and_reproducible():
     g = torch.Generator().manual_seed(5)
     images = torch.zeros(2, 1, 16, 16)

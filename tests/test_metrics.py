@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 
 import matplotlib
@@ -14,6 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import brier_score_loss, mean_absolute_error, roc_auc_score, roc_curve  # noqa: E402
 
 from xmed.errors import ConfigError  # noqa: E402
@@ -40,7 +44,7 @@ from xmed.metrics.classification import _roc_metrics, _weighted_roc  # noqa: E40
 from xmed.viz.plots import plot_calibration, plot_finding_auroc, plot_roc  # noqa: E402
 
 NAN = float("nan")
-KEYS = {"auroc", "pauroc_90", "sens_at_95spec", "sensitivity", "specificity", "accuracy",
+KEYS = {"auroc", "pauroc_90", "sens_at_95spec", "sens_at_95spec_justraigs", "sensitivity", "specificity", "accuracy",
         "threshold", "threshold_rule", "brier", "ece", "finding_auroc", "finding_auroc_mean",
         "finding_hamming", "vcdr_mae", "n", "n_positive", "ci"}
 
@@ -67,9 +71,28 @@ def make_split(n: int, seed: int) -> Predictions:
 
 
 def sklearn_sens_at_spec(y: np.ndarray, p: np.ndarray, spec: float = 0.95) -> float:
-    """JustRAIGS' rule on scikit-learn's ROC: the largest TPR with FPR <= 1 - spec."""
+    """AIROGS' rule on scikit-learn's ROC: the largest TPR with FPR <= 1 - spec."""
     fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
     return float(tpr[fpr <= round(1 - spec, 12)].max())
+
+
+def airogs_reference(y: np.ndarray, p: np.ndarray, spec: float = 0.95) -> float:
+    """AIROGS' evaluation code: the last (highest-TPR) point with specificity >= spec - eps."""
+    fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
+    return float(tpr[(1 - fpr) >= spec - sys.float_info.epsilon][-1])
+
+
+def justraigs_reference(y: np.ndarray, p: np.ndarray, spec: float = 0.95) -> float:
+    """JustRAIGS' evaluation code (unrounded): the first point of the default curve with FPR >= 1 - spec."""
+    fpr, tpr, _ = roc_curve(y, p)
+    return float(tpr[np.argmax(fpr >= (1 - spec))])
+
+
+def reference_ece(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
+    """ECE from scikit-learn's calibration_curve, weighting each non-empty bin by its eyes."""
+    frac_pos, mean_prob = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+    counts = np.bincount(np.searchsorted(np.linspace(0, 1, n_bins + 1)[1:-1], p), minlength=n_bins)
+    return float(np.sum(counts[counts > 0] * np.abs(frac_pos - mean_prob)) / p.size)
 
 
 # ---------------------------------------------------------------------------- against sklearn
@@ -101,6 +124,32 @@ def test_sens_at_spec_counts_fpr_of_exactly_5_percent():
     assert sens_at_spec(p, y) == sklearn_sens_at_spec(y, p) == 0.25
 
 
+
+def test_sens_at_spec_rules_of_the_two_challenges_differ_on_tied_scores():
+    y = np.r_[np.ones(5), np.zeros(30)]
+    p = np.r_[0.9, 0.8, 0.8, 0.8, 0.3, 0.8, 0.8, np.full(28, 0.1)]
+    assert (airogs_reference(y, p), justraigs_reference(y, p)) == (0.2, 0.8)
+    assert sens_at_spec(p, y) == sens_at_spec(p, y, rule="airogs") == 0.2
+    assert sens_at_spec(p, y, rule="justraigs") == 0.8
+    out = evaluate_predictions(Predictions(p, y), Predictions(p, y), n_bootstrap=0)
+    assert (out["sens_at_95spec"], out["sens_at_95spec_justraigs"]) == (0.2, 0.8)
+    with pytest.raises(ConfigError) as err:
+        sens_at_spec(p, y, rule="refuge")  # type: ignore[arg-type]
+    assert err.value.key == "rule"
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 120), levels=st.integers(1, 12),
+       spec=st.sampled_from([0.95, 0.9, 0.8, 0.5]))
+def test_sens_at_spec_equals_each_challenge_reference_exactly(seed, n, levels, spec):
+    # few distinct scores: many ties, and ROC points collinear with their neighbours
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(float)
+    y[:2] = [0, 1]
+    p = np.round(np.clip(0.3 + 0.3 * y + 0.3 * rng.standard_normal(n), 0, 1) * levels) / levels
+    assert sens_at_spec(p, y, spec, "airogs") == airogs_reference(y, p, spec)
+    assert sens_at_spec(p, y, spec, "justraigs") == justraigs_reference(y, p, spec)
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_vectorised_roc_metrics_equal_sklearn(tied):
     y, p = scores(250, 7, tied)
@@ -124,6 +173,31 @@ def test_brier_mae_equal_sklearn_and_ece_by_hand():
     assert ece([0.05, 0.3, 0.32, 0.9], [0, 0, 1, 1]) == pytest.approx(0.1325, abs=1e-12)
     assert ece([0.05, 0.3, 0.32, 0.9], [0, 0, 1, 1], n_bins=1) == pytest.approx(abs(0.5 - 1.57 / 4))
 
+
+
+@pytest.mark.parametrize(("prob", "label", "n_bins", "expected"), [
+    pytest.param([1.0, 0.95], [0, 1], 15, 0.475, id="p-1.0-joins-the-last-bin"),
+    pytest.param([1.0, 1.0, 1.0], [1, 1, 0], 15, 1 / 3, id="all-p-1.0"),
+    pytest.param([0.0, 0.0], [0, 1], 4, 0.5, id="p-0.0-in-the-first-bin"),
+    # 0.25 closes [0, 0.25] and 0.5 closes (0.25, 0.5]: bins {0.1, 0.25} and {0.5, 0.3}
+    pytest.param([0.1, 0.25, 0.5, 0.3], [0, 1, 1, 0], 4, (abs(0.5 - 0.175) + abs(0.5 - 0.4)) / 2,
+                 id="p-on-an-inner-edge-joins-the-lower-bin"),
+    pytest.param([0.75, 0.76], [1, 1], 4, (0.25 + 0.24) / 2, id="p-on-the-last-inner-edge"),
+])
+def test_ece_bins_are_right_closed_like_calibration_curve(prob, label, n_bins, expected):
+    assert ece(prob, label, n_bins=n_bins) == pytest.approx(expected, abs=1e-12)
+    assert ece(prob, label, n_bins=n_bins) == pytest.approx(
+        reference_ece(np.array(prob), np.array(label), n_bins), abs=1e-12)
+
+
+@pytest.mark.parametrize("n_bins", [1, 10, 15])
+def test_ece_equals_calibration_curve_on_tied_and_untied_scores(n_bins):
+    for tied in (False, True):
+        y, p = scores(300, n_bins, tied)
+        p[:5] = [0.0, 1.0, 1.0, 0.2, 0.8]
+        assert ece(p, y, n_bins=n_bins) == pytest.approx(reference_ece(p, y, n_bins), abs=1e-12)
+    with pytest.raises(ConfigError):
+        ece(p, y, n_bins=0)
 
 def test_finding_auroc_over_known_eyes_equals_sklearn():
     split = make_split(300, 3)

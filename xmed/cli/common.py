@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from xmed.errors import ConfigError, DatasetError, XmedError
-from xmed.findings import FINDINGS, VCDR
+from xmed.findings import FINDINGS
 from xmed.runs import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -65,56 +65,33 @@ def build_trainer(trainer_cfg: DictConfig, auto_precision=None, **kwargs: Any):
     return instantiate_group(OmegaConf.create(node), "trainer", **kwargs), precision
 
 
-#: The ``status`` of an eye whose model output (diagnosis, findings or vCDR) is NaN or infinite:
-#: it gets no prediction and is left out of the metrics.
-NON_FINITE = "non-finite output"
-
-
-@torch.inference_mode()
 def predict(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
             intervene_with_truth: bool = False) -> dict[str, Any]:
-    """Run ``model`` over a loader of Sample batches; numpy arrays of predictions and truth.
-
-    Each eye also gets a ``quality`` (its image-quality flags joined by ``;``, empty when its image
-    passed: :mod:`xmed.data.quality`, judged on the prepared batch with the model's data config; a
-    :class:`~xmed.errors.QualityWarning` names the flagged eyes) and a ``status``: :data:`NON_FINITE`
-    when any of its outputs is NaN or infinite (each of its predictions is then NaN), else empty.
-
-    ``intervene_with_truth`` (concept-bottleneck models) replaces the predicted findings and vCDR
-    with the known true values (unknown ones stay predicted) before the diagnosis.
+    """Run ``model`` over a loader of Sample batches (:func:`xmed.inference.score_batch` on each);
+    numpy arrays of predictions and truth, and per eye its ``quality`` and ``status``
+    (:data:`~xmed.inference.NON_FINITE` when its output is not finite: its predictions are NaN).
+    A :class:`~xmed.errors.QualityWarning` names the flagged eyes.
     """
-    from xmed.data.quality import assess_prepared, warn_flagged
+    from xmed.data.quality import Quality, warn_flagged
+    from xmed.inference import score_batch
 
     model.eval().to(device)
-    data_config = getattr(model, "data_config", None)
     keys = ("prob", "finding_prob", "vcdr_pred", "label", "finding_label", "vcdr_true")
-    parts: dict[str, list] = {k: [] for k in (*keys, "id", "eye", "status")}
-    qualities = []
+    parts: dict[str, list] = {k: [] for k in (*keys, "id", "eye", "status", "quality")}
     for batch in loader:
         if batch.get("size", 1) == 0:
             continue
-        intervene = None
-        if intervene_with_truth:
-            intervene = {code: batch["findings"][:, j] for j, code in enumerate(FINDINGS)}
-            intervene[VCDR] = batch["vcdr"]
-        if data_config is not None:
-            qualities += assess_prepared(batch["image"], data_config)
-        out = model(batch["image"].to(device), intervene=intervene)
-        logits, finding_logits, vcdr = (out[k].float().cpu() for k in ("logits", "finding_logits", "vcdr"))
-        finite = finite_outputs(out).cpu()
-        parts["prob"].append(torch.sigmoid(logits).masked_fill(~finite, math.nan))
-        parts["finding_prob"].append(torch.sigmoid(finding_logits).masked_fill(~finite[:, None], math.nan))
-        parts["vcdr_pred"].append(vcdr.masked_fill(~finite, math.nan))
-        parts["status"].extend("" if ok else NON_FINITE for ok in finite.tolist())
+        scores = score_batch(model, batch, intervene_with_truth)
+        for key in ("prob", "finding_prob", "vcdr_pred"):
+            parts[key].append(scores[key])
+        for key in ("id", "eye", "status", "quality"):
+            parts[key].extend(scores[key])
         parts["label"].append(batch["label"])
         parts["finding_label"].append(batch["findings"])
         parts["vcdr_true"].append(batch["vcdr"])
-        parts["id"].extend(batch["meta"]["id"])
-        parts["eye"].extend(batch["meta"]["eye"])
     out = {k: torch.cat(parts[k]).numpy() if parts[k] else np.zeros(0) for k in keys}
-    out["id"], out["eye"], out["status"] = parts["id"], parts["eye"], parts["status"]
-    out["quality"] = [str(q) for q in qualities] if data_config is not None else [""] * len(parts["id"])
-    warn_flagged(qualities, parts["id"])
+    out.update({k: parts[k] for k in ("id", "eye", "status", "quality")})
+    warn_flagged([Quality(tuple(q.split(";")) if q else ()) for q in parts["quality"]], parts["id"])
     failed = [eye_id for eye_id, status in zip(parts["id"], parts["status"]) if status]
     if failed:
         log.warning("%d of %d eyes have a non-finite model output and are not scored: %s",
@@ -122,25 +99,12 @@ def predict(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
     return out
 
 
-def finite_outputs(out: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """B bool: which eyes of a model output have a finite diagnosis logit, finding logits and vCDR.
-    The logits, not the probabilities, are checked: sigmoid(inf) = 1 would pass as a certain diagnosis.
-
-    Example:
-        >>> finite_outputs({"logits": torch.tensor([0.0, math.inf]), "finding_logits": torch.zeros(2, 10),
-        ...                 "vcdr": torch.zeros(2)}).tolist()
-        [True, False]
-    """
-    finite = torch.isfinite(out["logits"]) & torch.isfinite(out["vcdr"])
-    return finite & torch.isfinite(out["finding_logits"]).flatten(1).all(dim=1)
-
-
 def scored(arrays: Mapping[str, Any]) -> dict[str, Any]:
     """The eyes of :func:`predict`'s output whose outputs are finite (``status`` empty), every
     array and list cut to them.
 
     Example:
-        >>> arrays = {"prob": np.array([0.2, np.nan]), "id": ["a", "b"], "status": ["", NON_FINITE]}
+        >>> arrays = {"prob": np.array([0.2, np.nan]), "id": ["a", "b"], "status": ["", "non-finite output"]}
         >>> scored(arrays)["id"], scored(arrays)["prob"].tolist()
         (['a'], [0.2])
     """
@@ -227,7 +191,7 @@ def evaluation_artefacts(out_dir: Path) -> dict[str, Path]:
 def write_predictions_csv(path: Path, arrays: Mapping[str, Any], threshold: float | None) -> None:
     """One row per eye of :func:`predict`'s output: truth, predictions, the decision at
     ``threshold``, then ``quality`` (the image-quality flags, ``;``-joined; empty when the image
-    passed) and ``status`` (:data:`NON_FINITE` for an eye whose output was not finite: its
+    passed) and ``status`` (:data:`~xmed.inference.NON_FINITE` for an eye whose output was not finite: its
     predictions and decision are left empty)."""
     columns = ["id", "eye", "label", "prob", "pred", "vcdr_true", "vcdr_pred",
                *(f"p_{c}" for c in FINDINGS), *FINDINGS, "quality", "status"]

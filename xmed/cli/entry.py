@@ -113,6 +113,11 @@ CONFIG_RULES: dict[str, Rule] = {
     "allow_remote_checkpoint": BOOLEAN,
     "n_bootstrap": integer(minimum=0),
     "threshold_rule": one_of(*THRESHOLD_RULES),
+    # xmed-predict
+    "threshold": PROBABILITY | one_of(None),
+    "format": one_of("auto", "photos", "dicom"),
+    "on_error": one_of("raise", "skip"),
+    "num_workers": integer(minimum=0) | one_of("auto"),
     # xmed-explain
     "n": integer(minimum=1),
     "batch_size": integer(minimum=1),

@@ -203,7 +203,7 @@ class ExplainModule(L.LightningModule):
     def _eye_columns(self, images: Tensor, ids: list[str]) -> dict[str, dict[str, str]]:
         """``{id: {"quality": flags joined by ";", "status": NON_FINITE or ""}}`` of the batch's
         eyes, as ``predictions.csv`` has them (flagged eyes are warned about)."""
-        from xmed.cli.common import NON_FINITE, finite_outputs
+        from xmed.inference import NON_FINITE, finite_outputs
         from xmed.data.quality import assess_prepared, warn_flagged
 
         qualities = assess_prepared(images, self.model.data_config)

@@ -128,6 +128,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 logger.resume_from_step(resume[1])
     # weights_only=True again: Lightning must not unpickle what the check above refused
     trainer.fit(module, datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
+    if trainer.is_global_zero:  # plots/learning_curve.png, from the CSV log where the run keeps one
+        from lightning.pytorch.loggers import CSVLogger
+
+        from xmed.viz.plots import plot_learning_curve
+        csv_log = next((Path(lg.log_dir) / "metrics.csv" for lg in loggers if isinstance(lg, CSVLogger)), None)
+        plot_learning_curve(csv_log, out_dir / "plots" / "learning_curve.png")
     if not trainer.is_global_zero or not cfg.get("test", True):
         return {}
     if cfg.get("task_type", "classifier") == "autoencoder":
@@ -135,10 +141,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = _best_checkpoint(trainer)
     model = load_model(checkpoint) if checkpoint else module.model.eval()
-    model_dir = export_model(model, out_dir / "model", extra={
-        "dataset": datamodule.dataset_name, "checkpoint": checkpoint.name if checkpoint else None})
     metrics = evaluate_model(model, datamodule, out_dir, threshold_rule=cfg.threshold_rule,
                              n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    model.threshold = metrics["threshold"]  # the operating point chosen on validation travels with the model
+    model_dir = export_model(model, out_dir / "model", extra={
+        "dataset": datamodule.dataset_name, "checkpoint": checkpoint.name if checkpoint else None})
     files = {f"model/{WEIGHTS}": sha256(model_dir / WEIGHTS)}
     if checkpoint:
         files[f"checkpoints/{checkpoint.name}"] = sha256(checkpoint)

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import operator
 import os
@@ -252,7 +253,9 @@ def _load_pil(path: Path, max_pixels: int) -> Image.Image:
         # here only, without touching the global limit.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            # decoded from memory: a decoder that fails part-way (libtiff on a damaged TIFF) can
+            # leave no file descriptor of ours open
+            with Image.open(io.BytesIO(path.read_bytes())) as image:
                 _check_pixel_count(path, *image.size, max_pixels)
                 image.load()  # decode now, so that truncation fails here and not later
                 return ImageOps.exif_transpose(image)

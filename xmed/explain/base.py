@@ -16,7 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+import textwrap
 import time
 import types
 from dataclasses import dataclass
@@ -171,13 +174,21 @@ def synchronize(device: torch.device) -> None:
 
 def make_module_callable(module_name: str, function: Callable[..., Any]) -> None:
     """Let ``package(...)`` call ``function`` while the package's classes stay its attributes
-    (``xmed.explain(model, x)`` and ``xmed.explain.GradCAM``)."""
+    (``xmed.explain(model, x)`` and ``xmed.explain.GradCAM``). ``inspect.signature(package)`` is
+    the function's, and ``help(package)`` shows the function's docstring after the package's."""
+    signature = inspect.signature(function)
 
     class _CallableModule(types.ModuleType):
+        __signature__ = signature  # inspect reads it from the class: a module instance is the callable
+
+        @functools.wraps(function)
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             return function(*args, **kwargs)
 
-    sys.modules[module_name].__class__ = _CallableModule
+    module = sys.modules[module_name]
+    module.__class__ = _CallableModule
+    module.__doc__ = (f"{(module.__doc__ or '').rstrip()}\n\nCalling the package: {function.__name__}{signature}\n\n"
+                      f"{textwrap.indent(inspect.getdoc(function) or '', '    ')}\n")
 
 
 EXPLAINERS: dict[str, type[Explainer]] = {}

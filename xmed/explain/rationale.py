@@ -130,13 +130,15 @@ def concept_contributions(model: nn.Module, images: Tensor) -> dict[str, Tensor]
                 "exact": False}
 
 
-def rationale(model: nn.Module, images: Tensor, *, threshold: float = 0.5,
+def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = None,
               counterfactual: str | None = "adversarial", heatmaps: bool = True,
               counterfactual_options: dict[str, Any] | None = None, min_change: float = 0.15) -> list[Rationale]:
     """One :class:`Rationale` per eye of a B×3×H×W batch (already prepared for ``model``).
 
     Args:
-        threshold: probability from which the decision reads "referable glaucoma".
+        threshold: probability from which the decision reads "referable glaucoma"; None: the
+            model's operating threshold (``model.threshold``, chosen on validation when it was
+            trained), or 0.5 for a model that carries none.
         counterfactual: a method of :mod:`xmed.explain.counterfactual` that edits each eye toward
             the other decision and reports what changed; None skips it.
         heatmaps: Grad-CAM maps for the diagnosis and for every finding predicted present.
@@ -146,6 +148,9 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float = 0.5,
     from xmed.data.quality import warn_flagged
 
     images = check_images(images, model).to(next(model.parameters()).device)
+    if threshold is None:
+        threshold = getattr(model, "threshold", None)
+        threshold = 0.5 if threshold is None else threshold
     parts = concept_contributions(model, images)
     probability = torch.sigmoid(parts["logit"])
     undecided = (~torch.isfinite(probability)).nonzero().flatten().tolist()

@@ -1,8 +1,9 @@
 """Diagnosis, finding and vCDR metrics for glaucoma screening, with bootstrap confidence intervals.
 
 The screening metrics follow the two public glaucoma challenges: AIROGS (AUROC, the standardized
-partial AUROC over 90-100 % specificity) and JustRAIGS (sensitivity at >= 95 % specificity, the
-Hamming loss of the ten glaucomatous features over referable eyes). Everything works on plain
+partial AUROC over 90-100 % specificity, sensitivity at >= 95 % specificity) and JustRAIGS
+(sensitivity at 95 % specificity by its own rule, the Hamming loss of the ten glaucomatous
+features over referable eyes). Everything works on plain
 tensors or arrays -- no Lightning, no data sets -- so another project can score its own model.
 
 Conventions:
@@ -13,9 +14,10 @@ Conventions:
   scikit-learn and torchmetrics' ROC; torchmetrics' *stat-score* metrics use ``>``, so hard
   predictions are made here and handed to torchmetrics already binarised).
 * A metric that is undefined on the given eyes (one class only, no eye left) is ``None``, never NaN.
-* torchmetrics computes ROC-based metrics and sensitivity/specificity/accuracy in float32 whatever
-  the input dtype; those values are rounded to 6 decimals (a perfect AUROC reads 1.0, not
-  0.99999994). Brier, ECE, MAE, the bootstrap and the threshold rules run in float64.
+* torchmetrics computes AUROC and sensitivity/specificity/accuracy in float32 whatever the input
+  dtype; those values are rounded to 6 decimals (a perfect AUROC reads 1.0, not 0.99999994).
+  Sensitivity at specificity, Brier, ECE, MAE, the bootstrap and the threshold rules run in
+  float64.
 * :data:`DIRECTION` says, Quantus style, whether higher or lower is better for each metric.
 
 Example:
@@ -32,6 +34,7 @@ from __future__ import annotations
 # and image packages (and torchvision's model zoo), seconds that `import xmed.metrics` need not cost.
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence, Union
 
@@ -45,6 +48,7 @@ from xmed.findings import FINDINGS
 __all__ = [
     "ArrayLike", "ThresholdRule", "THRESHOLD_RULES", "DIRECTION", "CI_METRICS",
     "Predictions", "BootstrapCI",
+    "SensAtSpecRule", "SENS_AT_SPEC_RULES",
     "auroc", "sens_at_spec", "choose_threshold", "operating_point", "brier", "ece",
     "finding_auroc", "finding_hamming", "vcdr_mae",
     "resample_indices", "bootstrap_ci", "bootstrap_predictions", "evaluate_predictions",
@@ -55,12 +59,15 @@ log = logging.getLogger(__name__)
 ArrayLike = Union[Tensor, np.ndarray, Sequence[float]]
 ThresholdRule = Literal["youden", "spec95"]
 THRESHOLD_RULES: tuple[str, ...] = ("youden", "spec95")
+SensAtSpecRule = Literal["airogs", "justraigs"]
+SENS_AT_SPEC_RULES: tuple[str, ...] = ("airogs", "justraigs")
 
 #: Whether a higher or a lower value is better, per metric key of :func:`evaluate_predictions`.
 DIRECTION: dict[str, Literal["higher", "lower"]] = {
     "auroc": "higher",
     "pauroc_90": "higher",
     "sens_at_95spec": "higher",
+    "sens_at_95spec_justraigs": "higher",
     "sensitivity": "higher",
     "specificity": "higher",
     "accuracy": "higher",
@@ -79,7 +86,7 @@ CI_METRICS: tuple[str, ...] = (
 )
 
 _MAX_FPR = 0.1          # AIROGS' partial AUROC: 90-100 % specificity
-_SPEC = 0.95            # JustRAIGS' operating point
+_SPEC = 0.95            # the operating point of both challenges
 _ECE_BINS = 15
 _FLOAT32_DECIMALS = 6
 _CHUNK_ELEMENTS = 1_000_000  # resamples x eyes held at once by the vectorised bootstrap
@@ -253,33 +260,67 @@ def auroc(prob: ArrayLike, label: ArrayLike, max_fpr: float | None = None) -> fl
     return _float(binary_auroc(p, y, max_fpr=max_fpr))
 
 
-def sens_at_spec(prob: ArrayLike, label: ArrayLike, spec: float = _SPEC) -> float | None:
-    """Sensitivity at the ROC operating point with specificity >= ``spec`` (JustRAIGS' rule).
+def sens_at_spec(prob: ArrayLike, label: ArrayLike, spec: float = _SPEC,
+                 rule: SensAtSpecRule = "airogs") -> float | None:
+    """Sensitivity at a specificity of ``spec``, by the rule of one of the glaucoma challenges.
 
-    That is the largest TPR over all thresholds whose FPR is <= ``1 - spec``; ties in the scores
-    collapse into one ROC point, as in scikit-learn's ``roc_curve``. Computed with torchmetrics
-    ``binary_sensitivity_at_specificity``, which implements exactly this (checked against
-    ``roc_curve`` on tied and untied scores in the tests).
+    Both rules read scikit-learn's ``roc_curve`` (one point per distinct score, ties collapse)
+    and give exactly the challenges' evaluation code's values (unrounded), computed here from
+    exact TP/FP counts:
+
+    * ``"airogs"`` (AIROGS): the highest sensitivity among the ROC points with specificity >=
+      ``spec`` (FPR <= ``1 - spec``), on the full curve (``drop_intermediate=False``). This is
+      the ``sens_at_95spec`` of :func:`evaluate_predictions`.
+    * ``"justraigs"`` (JustRAIGS): the sensitivity at the *first* point, from the strict end,
+      whose FPR reaches ``1 - spec`` (``tpr[argmax(fpr >= 1 - spec)]``) on the curve with
+      scikit-learn's default ``drop_intermediate=True``; so the specificity there is at most
+      ``spec``, and with tied scores the point can lie well past it. The
+      ``sens_at_95spec_justraigs`` of :func:`evaluate_predictions`.
 
     Args:
         prob: ``B`` probabilities of glaucoma.
         label: ``B`` labels 0 / 1 / NaN (NaN eyes are left out).
-        spec: the minimum specificity.
+        spec: the specificity of the operating point.
+        rule: ``"airogs"`` or ``"justraigs"``.
 
     Returns:
         The sensitivity, or ``None`` when the labelled eyes hold one class only.
 
+    Raises:
+        ConfigError: for an unknown rule.
+
     Example:
-        >>> sens_at_spec([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
-        0.5
+        >>> prob = [0.9, 0.8, 0.8, 0.8, 0.3] + [0.8, 0.8] + [0.1] * 28   # 5 glaucoma, 30 normal eyes
+        >>> label = [1] * 5 + [0] * 30
+        >>> sens_at_spec(prob, label), sens_at_spec(prob, label, rule="justraigs")
+        (0.2, 0.8)
     """
+    if rule not in SENS_AT_SPEC_RULES:
+        raise ConfigError("rule", f"unknown sensitivity-at-specificity rule {rule!r}; "
+                                  f"known: {', '.join(SENS_AT_SPEC_RULES)}")
     p, y = _labelled(prob, label)
     if not _both_classes(y):
         return None
-    from torchmetrics.functional.classification import binary_sensitivity_at_specificity
+    _, tp, fp, n_pos, n_neg = _exact_roc(p, y)
+    tpr, fpr = tp.double() / n_pos, fp.double() / n_neg
+    if rule == "airogs":
+        # AIROGS' test, float for float: specificity >= spec - machine epsilon
+        allowed = (1 - fpr) >= spec - sys.float_info.epsilon
+        return float(tpr[allowed].max())
+    kept = torch.cat([torch.tensor([True]), _roc_points_kept(tp[1:], fp[1:])])
+    reached = kept & (fpr >= 1 - spec)
+    return float(tpr[int(torch.nonzero(reached)[0])])
 
-    sensitivity, _ = binary_sensitivity_at_specificity(p, y, min_specificity=float(spec))
-    return _float(sensitivity)
+
+def _roc_points_kept(tp: Tensor, fp: Tensor) -> Tensor:
+    """The points of one ROC curve (one per distinct score, descending) that scikit-learn's
+    ``roc_curve(drop_intermediate=True)`` keeps: the ends, and every point that is not the
+    midpoint of its two neighbours (zero second difference of both counts)."""
+    keep = torch.ones_like(tp, dtype=torch.bool)
+    if tp.numel() > 2:
+        bend = (tp[2:] - 2 * tp[1:-1] + tp[:-2] != 0) | (fp[2:] - 2 * fp[1:-1] + fp[:-2] != 0)
+        keep[1:-1] = bend
+    return keep
 
 
 def _exact_roc(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, int, int]:
@@ -392,11 +433,19 @@ def brier(prob: ArrayLike, label: ArrayLike) -> float | None:
     return _float(mean_squared_error(p, y.double())) if y.numel() else None
 
 
-def ece(prob: ArrayLike, label: ArrayLike, n_bins: int = _ECE_BINS) -> float | None:
-    """Expected calibration error, torchmetrics ``binary_calibration_error`` (equal-width bins, l1).
+def _ece_bins(p: Tensor, n_bins: int) -> Tensor:
+    """The bin of each probability: ``[0, 1/n]``, then ``(k/n, (k+1)/n]`` (scikit-learn's edges)."""
+    edges = torch.from_numpy(np.linspace(0.0, 1.0, n_bins + 1))
+    return torch.bucketize(p, edges[1:-1], right=False)
 
-    ECE = sum over bins of (eyes in bin / eyes) * |fraction positive - mean probability|, with bins
-    ``[k/n, (k+1)/n)``.
+
+def ece(prob: ArrayLike, label: ArrayLike, n_bins: int = _ECE_BINS) -> float | None:
+    """Expected calibration error with ``n_bins`` equal-width bins (l1), as in Guo et al. 2017.
+
+    ECE = sum over bins of (eyes in bin / eyes) * |fraction positive - mean probability|. The bins
+    are those of Guo et al. and of scikit-learn's ``calibration_curve``: ``(k/n, (k+1)/n]``, the
+    first one ``[0, 1/n]``, so a probability on an edge joins the lower bin and p = 1.0 joins the
+    last bin (torchmetrics' ``binary_calibration_error`` instead gives p = 1.0 a bin of its own).
 
     Args:
         prob: ``B`` probabilities of glaucoma.
@@ -409,13 +458,19 @@ def ece(prob: ArrayLike, label: ArrayLike, n_bins: int = _ECE_BINS) -> float | N
     Example:
         >>> round(ece([0.05, 0.3, 0.32, 0.9], [0, 0, 1, 1]), 4)
         0.1325
+        >>> round(ece([1.0, 0.95], [0, 1]), 4)                 # one bin: |0.5 - 0.975|
+        0.475
     """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ConfigError("n_bins", f"must be an int >= 1, got {n_bins!r}")
     p, y = _labelled(prob, label)
     if not y.numel():
         return None
-    from torchmetrics.functional.classification import binary_calibration_error
-
-    return _float(binary_calibration_error(p, y, n_bins=n_bins, norm="l1"))
+    bins = _ece_bins(p, n_bins)
+    count = torch.bincount(bins, minlength=n_bins).double()
+    gap = (torch.bincount(bins, y.double(), minlength=n_bins)
+           - torch.bincount(bins, p, minlength=n_bins)).abs()
+    return float(gap.sum() / count.sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -671,10 +726,7 @@ def _bootstrap_chunk(test: Predictions, threshold: float | None, w: Tensor) -> d
         out["auroc"], out["pauroc_90"], out["sens_at_95spec"] = _roc_metrics(
             *_weighted_roc(p, y, wl), _MAX_FPR, _SPEC)
         out["brier"] = _weighted_mean(wl, (p - y) ** 2)
-        # ECE exactly as torchmetrics bins it: bucketize(right=True) over linspace(0, 1, n + 1)
-        edges = torch.linspace(0, 1, _ECE_BINS + 1, dtype=torch.float64)
-        bins = torch.bucketize(p, edges, right=True) - 1
-        onehot = torch.nn.functional.one_hot(bins, _ECE_BINS + 1).double()
+        onehot = torch.nn.functional.one_hot(_ece_bins(p, _ECE_BINS), _ECE_BINS).double()
         gap = (wl @ (onehot * y[:, None]) - wl @ (onehot * p[:, None])).abs().sum(1)
         total = wl.sum(1)
         out["ece"] = torch.where(total > 0, gap / total.clamp(min=1e-300), math.nan)
@@ -771,9 +823,11 @@ def evaluate_predictions(val: Predictions, test: Predictions, *,
 
     Returns:
         A JSON-able dict (``json.dumps(..., allow_nan=False)`` works) with exactly the keys
-        ``auroc, pauroc_90, sens_at_95spec, sensitivity, specificity, accuracy, threshold,
-        threshold_rule, brier, ece, finding_auroc, finding_auroc_mean, finding_hamming, vcdr_mae,
-        n, n_positive, ci``. Undefined values are ``None``: e.g. AUROC with one class in the test
+        ``auroc, pauroc_90, sens_at_95spec, sens_at_95spec_justraigs, sensitivity, specificity,
+        accuracy, threshold, threshold_rule, brier, ece, finding_auroc, finding_auroc_mean,
+        finding_hamming, vcdr_mae, n, n_positive, ci``. ``sens_at_95spec`` is AIROGS' rule and
+        ``sens_at_95spec_justraigs`` JustRAIGS' (see :func:`sens_at_spec`; the latter has no
+        bootstrap interval). Undefined values are ``None``: e.g. AUROC with one class in the test
         split, or the threshold (and sensitivity/specificity/accuracy) when the validation split
         has one class (logged as a warning). ``ci`` maps each of :data:`CI_METRICS` to
         ``[low, high]`` (95 % percentile bootstrap) or ``None``; how many resamples each interval
@@ -810,7 +864,8 @@ def evaluate_predictions(val: Predictions, test: Predictions, *,
     return {
         "auroc": auroc(test.prob, test.label),
         "pauroc_90": auroc(test.prob, test.label, max_fpr=_MAX_FPR),
-        "sens_at_95spec": sens_at_spec(test.prob, test.label, _SPEC),
+        "sens_at_95spec": sens_at_spec(test.prob, test.label, _SPEC, "airogs"),
+        "sens_at_95spec_justraigs": sens_at_spec(test.prob, test.label, _SPEC, "justraigs"),
         "sensitivity": point["sensitivity"],
         "specificity": point["specificity"],
         "accuracy": point["accuracy"],

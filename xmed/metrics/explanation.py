@@ -482,17 +482,18 @@ def noisy_linear_imputation(images: Tensor, removed: Tensor, *, noise: float = 0
     applied to the removed pixels only, started from the solution of the same problem on a 2×
     coarser grid (cascadic multigrid). Conjugate
     gradients need far fewer sweeps than Jacobi or Gauss-Seidel iterations for wide holes (about
-    the hole's width instead of its square); ``n_iter=4 * max(H, W)`` matches a sparse direct
-    solver to ~1e-7 even when 90 % of a 224×224 image is one hole.
+    the hole's width instead of its square). With the defaults the imputed values are within
+    1e-3 of a sparse direct solve, far below the noise, also when 90 % of the image is one hole
+    (the removed region of a CAM-like map); a smaller ``rtol`` gets closer.
 
     Args:
         images: ``B×C×H×W``.
         removed: ``B×1×H×W`` or ``B×H×W`` bool, True where a pixel is imputed.
         noise: std of the Gaussian noise added to the imputed pixels.
         n_iter: at most this many conjugate gradient iterations at full resolution (``None``:
-            ``max(32, max(H, W) // 2)``, after the coarser levels; images under 48 px are solved
-            directly with ``4 * max(H, W)``); a system stops changing once converged, and the loop
-            ends when all have.
+            ``4 * max(H, W)`` at every level, a cap that ``rtol`` normally ends the loop before);
+            a system stops changing once converged, and the loop ends when all have. A cap far
+            below ``max(H, W)`` stops early on wide holes.
         rtol: convergence: residual norm below ``rtol`` times the right-hand side's.
         generator: for the noise: one generator, or one per image (on the images' device).
 
@@ -555,8 +556,8 @@ def _solve_imputation(x: Tensor, m: Tensor, n_iter: int | None, rtol: float) -> 
     Cascadic: the same problem on a 2× coarser grid (known values averaged per block; a block is
     removed when most of it is) is solved first, recursively, and its upsampled solution starts
     the conjugate gradients here. The coarse levels remove the smooth error components that
-    conjugate gradients resolve slowest, so each level needs only ``n_iter`` iterations
-    (``None``: ``max(32, max(H, W) // 2)`` at the finest level).
+    conjugate gradients resolve slowest, so each level converges in fewer iterations; the coarser
+    levels always use the default cap ``4 * max(H, W)``, ``n_iter`` caps the finest one.
     """
     h, w = x.shape[-2:]
     kept = 1 - m
@@ -571,7 +572,10 @@ def _solve_imputation(x: Tensor, m: Tensor, n_iter: int | None, rtol: float) -> 
     else:
         guess = m * _pyramid_fill(known, kept)
     if n_iter is None:
-        n_iter = max(32, max(h, w) // 2) if min(h, w) >= 2 * _COARSEST else 4 * max(h, w)
+        # a safety cap, not the stopping rule (rtol is): conjugate gradients need about as many
+        # iterations as a hole is wide even from the coarse start, so a cap below the image size
+        # stops them early on large contiguous holes (90 % of the image in one blob)
+        n_iter = 4 * max(h, w)
     weight = _neighbours(torch.ones(1, 1, h, w, device=x.device, dtype=x.dtype))
 
     def system(v: Tensor) -> Tensor:             # A v on the removed pixels: W_i v_i - sum_j w_ij v_j

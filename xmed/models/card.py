@@ -24,7 +24,8 @@ TEMPLATE = Path(__file__).with_name("model_card.md")
 METRIC_LABELS = {
     "auroc": "AUROC",
     "pauroc_90": "partial AUROC, FPR ≤ 0.1 (standardised)",
-    "sens_at_95spec": "sensitivity at 95% specificity",
+    "sens_at_95spec": "sensitivity at 95% specificity (AIROGS rule)",
+    "sens_at_95spec_justraigs": "sensitivity at 95% specificity (JustRAIGS rule)",
     "sensitivity": "sensitivity (at the validation threshold)",
     "specificity": "specificity (at the validation threshold)",
     "accuracy": "accuracy (at the validation threshold)",

@@ -117,6 +117,9 @@ class FundusClassifier(nn.Module):
             feature map by a 1×1 convolution — dense auxiliary supervision that teaches the
             features *where* each finding lies, for data sets that publish masks (the phantom
             does for all of them). None: no mask head.
+        threshold: the operating threshold on P(glaucoma) — chosen on the validation split when
+            ``xmed-train`` exports the model — from which a decision reads "referable glaucoma"
+            (``xmed-predict``, :func:`xmed.rationale`); None: not chosen yet.
 
     Output of ``forward``: ``{"logits": B, "finding_logits": B×10, "vcdr": B}`` (``vcdr`` in
     [0, 1]); in concept-bottleneck mode also ``"concepts"``: B×11, the finding probabilities and
@@ -136,6 +139,7 @@ class FundusClassifier(nn.Module):
         data_config: DataConfig | Mapping[str, Any] | None = None,
         backbone_kwargs: Mapping[str, Any] | None = None,
         mask_head: Sequence[str] | None = None,
+        threshold: float | None = None,
     ):
         super().__init__()
         if mode not in ("multitask", "concept_bottleneck"):
@@ -154,6 +158,7 @@ class FundusClassifier(nn.Module):
             "mask_head": list(mask_head) if mask_head else None,
         }
         self.mode = mode
+        self.threshold = check_threshold(threshold)
         self.backbone = create_backbone(backbone, pretrained, checkpoint_path,
                                         self.data_config.input_size, backbone_kwargs)
         width = self.backbone.num_features
@@ -262,7 +267,8 @@ class FundusClassifier(nn.Module):
 
     def export_config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model (weights aside), JSON-able."""
-        return {**self.config, "data_config": self.data_config.as_dict(), "findings": list(FINDINGS)}
+        return {**self.config, "data_config": self.data_config.as_dict(), "findings": list(FINDINGS),
+                "threshold": self.threshold}
 
 
 def _photograph_list(images: Any) -> list[Any]:
@@ -280,6 +286,20 @@ def _photograph_list(images: Any) -> list[Any]:
             raise InputError("images", "is an empty array (N = 0); pass at least one photograph")
         return list(images)
     return [images]
+
+
+def check_threshold(threshold: Any) -> float | None:
+    """``threshold`` as a float in [0, 1], or None; anything else raises :class:`ConfigError`.
+
+    Example:
+        >>> check_threshold(0.42), check_threshold(None)
+        (0.42, None)
+    """
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ConfigError("model.net.threshold", f"must be a probability in [0, 1], got {threshold!r}")
+    return float(threshold)
 
 
 def create_backbone(name: str, pretrained: bool, checkpoint_path: str | None, input_size: int,

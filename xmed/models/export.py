@@ -62,7 +62,7 @@ def save_folder(model: nn.Module, folder: str | os.PathLike, format: str,
 
 #: the keys of a model's config (``FundusClassifier.export_config()``): required, then optional
 MODEL_KEYS = ("backbone",), ("mode", "input_size", "drop_rate", "data_config", "backbone_kwargs", "mask_head",
-                             "findings")
+                             "findings", "threshold")
 
 
 def checked_config(config: Any, required: tuple[str, ...], optional: tuple[str, ...],
@@ -101,7 +101,7 @@ def model_from_config(config: Mapping[str, Any], source: str | os.PathLike = "co
             backbone=config["backbone"], mode=config.get("mode", "multitask"),
             input_size=config.get("input_size"), drop_rate=config.get("drop_rate", 0.0),
             data_config=config.get("data_config"), backbone_kwargs=config.get("backbone_kwargs"),
-            mask_head=config.get("mask_head"),
+            mask_head=config.get("mask_head"), threshold=config.get("threshold"),
             pretrained=False,
         )
     except ConfigError:

@@ -1,4 +1,4 @@
-"""Evaluation plots: ROC curve, reliability diagram, per-finding AUROC.
+"""Evaluation plots: ROC curve, reliability diagram, per-finding AUROC; a run's learning curve.
 
 Figures are drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figure``, never
 ``pyplot``): nothing is shown, no global backend is switched, no figure is left registered with
@@ -13,7 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import logging
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Mapping
 
@@ -24,7 +27,9 @@ from torchmetrics.functional.classification import binary_roc
 
 from xmed.metrics.classification import ArrayLike, _labelled, auroc, ece
 
-__all__ = ["plot_roc", "plot_calibration", "plot_finding_auroc"]
+__all__ = ["plot_roc", "plot_calibration", "plot_finding_auroc", "plot_learning_curve", "read_learning_curve"]
+
+log = logging.getLogger(__name__)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -173,3 +178,81 @@ def plot_finding_auroc(finding_auroc: Mapping[str, float | None], path: str | os
     ax.set(xlim=(0, 1.12), xlabel="AUROC (dashed: chance)", title="AUROC per finding")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+#: The columns of a Lightning CSV log the learning curve reads (the validation panel shows the first present).
+TRAIN_LOSS = "train/loss"
+VALIDATION_METRICS = ("val/auroc", "val/loss")
+
+
+def read_learning_curve(metrics_csv: str | os.PathLike) -> dict[str, dict[int, float]]:
+    """Per-epoch values of a Lightning CSV log (``<run>/csv/metrics.csv``): ``train/loss`` is the
+    mean of its rows in each epoch (it is logged per step), a validation metric the epoch's last
+    value. Only the columns present in the log appear; empty cells are skipped.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "metrics.csv")
+        >>> _ = open(path, "w").write("epoch,step,train/loss,val/auroc\\n0,1,2.0,\\n0,3,1.0,\\n0,3,,0.6\\n")
+        >>> read_learning_curve(path)
+        {'train/loss': {0: 1.5}, 'val/auroc': {0: 0.6}}
+    """
+    train_losses: dict[int, list[float]] = defaultdict(list)
+    with open(metrics_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in VALIDATION_METRICS if c in (reader.fieldnames or ())]
+        validation: dict[str, dict[int, float]] = {c: {} for c in columns}
+        has_train_loss = TRAIN_LOSS in (reader.fieldnames or ())
+        for row in reader:
+            if not row.get("epoch"):  # learning-rate rows carry a step but no epoch
+                continue
+            epoch = int(float(row["epoch"]))
+            if has_train_loss and row.get(TRAIN_LOSS):
+                train_losses[epoch].append(float(row[TRAIN_LOSS]))
+            for column in columns:
+                if row.get(column):
+                    validation[column][epoch] = float(row[column])
+    curve = {TRAIN_LOSS: {e: sum(v) / len(v) for e, v in sorted(train_losses.items())}} if has_train_loss else {}
+    curve.update({c: dict(sorted(values.items())) for c, values in validation.items()})
+    return curve
+
+
+def plot_learning_curve(metrics_csv: str | os.PathLike | None, out_png: str | os.PathLike) -> list[int]:
+    """Training loss and validation AUROC (``val/loss`` where the log has no AUROC, as for the
+    autoencoder) by epoch, side by side, from a run's CSV log (:func:`read_learning_curve`).
+
+    Without a CSV log (``metrics_csv`` None or missing: the run used another logger) nothing is
+    written and the skip is logged.
+
+    Returns:
+        The epochs plotted (sorted; those with a training loss or a validation value).
+
+    Example:
+        >>> import tempfile, os
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = open(os.path.join(folder, "metrics.csv"), "w").write(
+        ...     "epoch,step,train/loss,val/loss\\n0,1,2.0,\\n0,1,,1.5\\n1,3,1.0,\\n1,3,,0.9\\n")
+        >>> plot_learning_curve(os.path.join(folder, "metrics.csv"), os.path.join(folder, "curve.png"))
+        [0, 1]
+        >>> plot_learning_curve(None, os.path.join(folder, "none.png"))
+        []
+    """
+    if metrics_csv is None or not Path(metrics_csv).is_file():
+        log.info("no learning curve: the run kept no CSV log (logger=csv writes csv/metrics.csv)")
+        return []
+    curve = read_learning_curve(metrics_csv)
+    validation = next((c for c in VALIDATION_METRICS if curve.get(c)), VALIDATION_METRICS[0])
+    fig = _figure(9, 3.2)
+    for index, (column, title) in enumerate(((TRAIN_LOSS, "training loss (epoch mean)"),
+                                            (validation, f"validation {validation.split('/')[1]}"))):
+        ax = fig.add_subplot(1, 2, index + 1)
+        values = curve.get(column, {})
+        if values:
+            ax.plot(list(values), list(values.values()), marker="o", color=f"C{index}")
+        else:
+            ax.text(0.5, 0.5, f"{column} not logged", ha="center", va="center", transform=ax.transAxes, color="0.3")
+        ax.set(xlabel="epoch", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    _save(fig, out_png)
+    return sorted(set(curve.get(TRAIN_LOSS, {})) | set(curve.get(validation, {})))

@@ -38,6 +38,7 @@ DATASETS: dict[str, str] = {
     "csv": "generic:CsvDataset",
     "image_folder": "generic:ImageFolderDataset",
     "dicom_folder": "generic:DicomFolderDataset",
+    "photo_folder": "generic:PhotoFolderDataset",
 }
 
 

@@ -46,7 +46,7 @@ from xmed.data.datasets.base import (
     NAN, FundusDataset, Record, TableRow, read_csv_rows, require_file,
 )
 from xmed.data.datasets.common import (
-    findings_vector, label_cell, list_images, normalise_eye, normalise_split, published_eye,
+    IMAGE_EXTENSIONS, findings_vector, label_cell, list_images, normalise_eye, normalise_split, published_eye,
     published_split, relative_id,
 )
 from xmed.errors import DatasetError
@@ -217,6 +217,32 @@ class ImageFolderDataset(FundusDataset):
         if not records and not self.skipped:
             raise DatasetError(self.root, "no images found in class folders "
                                           "(e.g. glaucoma/, normal/)")
+        return records
+
+
+class PhotoFolderDataset(FundusDataset):
+    """Every photograph below a folder (searched recursively), without labels: what a clinic
+    hands over to be screened (``xmed-predict input=<folder>``). The id is the path relative to
+    ``root`` without its extension; labels, findings and vCDR are unknown (NaN).
+
+    Args:
+        root: the folder to search.
+        **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
+
+    Example:
+        >>> ds = PhotoFolderDataset("/data/clinic_2026_11")           # doctest: +SKIP
+        >>> ds.records[0].id                                          # doctest: +SKIP
+        'monday/eye_0001'
+    """
+
+    name: ClassVar[str] = "photo_folder"
+
+    def load_records(self) -> list[Record]:
+        records = [Record(id=relative_id(path, self.root), image_path=path, source=self.name)
+                   for path in list_images(self.root, recursive=True)]
+        if not records:
+            raise DatasetError(self.root, "no photographs found (looked for "
+                                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}, in every subfolder)")
         return records
 
 
