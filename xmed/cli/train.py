@@ -142,7 +142,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = _best_checkpoint(trainer)
     model = load_model(checkpoint) if checkpoint else module.model.eval()
     metrics = evaluate_model(model, datamodule, out_dir, threshold_rule=cfg.threshold_rule,
-                             n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+                             n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
+                             device=trainer.strategy.root_device)  # where it trained (rank 0's GPU), not the CPU
     model.threshold = metrics["threshold"]  # the operating point chosen on validation travels with the model
     model_dir = export_model(model, out_dir / "model", extra={
         "dataset": datamodule.dataset_name, "checkpoint": checkpoint.name if checkpoint else None})
