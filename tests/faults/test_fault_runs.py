@@ -7,6 +7,7 @@ a sweep has its own folder.
 from __future__ import annotations
 
 import csv
+import json
 import hashlib
 import os
 import re
@@ -339,6 +340,28 @@ def test_each_job_of_a_sweep_has_its_own_folder(tmp_path):
         assert digest and digest.group(2) == hashlib.sha256((folder / "checkpoints" / digest.group(1)).read_bytes()
                                                             ).hexdigest()
         assert f"lr: {lr}" in (folder / ".hydra" / "config.yaml").read_text()
+    with open(sweep / "summary.csv", newline="") as fh:
+        summary = list(csv.DictReader(fh))
+    assert [(r["job"], r["model.lr"]) for r in summary] == [("0", "0.001"), ("1", "0.003")]   # only what was swept
+    for row in summary:
+        auroc = json.loads((sweep / row["job"] / "metrics.json").read_text())["auroc"]
+        assert row["auroc"] == ("" if auroc is None else f"{auroc:.4f}")
+    assert (sweep / "summary.md").read_text().startswith("| job | model.lr | auroc |")
+
+
+def test_a_sweep_summary_lists_what_differs_and_the_figures(tmp_path):
+    from xmed.cli.rundir import write_sweep_summary
+
+    for job, (lr, auroc) in enumerate([("1e-3", 0.81), ("3e-3", 0.7712345)]):
+        folder = tmp_path / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- model=resnet18\n- model.lr={lr}\n")
+        (folder / "metrics.json").write_text(json.dumps({"auroc": auroc, "vcdr_mae": None, "n": 40}))
+    (tmp_path / "not_a_job").mkdir()
+    assert write_sweep_summary(tmp_path) == tmp_path / "summary.md"
+    assert (tmp_path / "summary.md").read_text().splitlines() == [
+        "| job | model.lr | auroc | n |", "|---|---|---|---|", "| 0 | 1e-3 | 0.8100 | 40 |", "| 1 | 3e-3 | 0.7712 | 40 |"]
+    assert write_sweep_summary(tmp_path / "not_a_job") is None
 
 
 def test_a_run_that_failed_on_its_config_leaves_only_its_log_and_is_rerun_cleanly(tmp_path):

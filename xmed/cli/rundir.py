@@ -1,4 +1,5 @@
-"""The Hydra callback that claims a command's run folder before anything is written into it.
+"""The Hydra callbacks of run folders: claiming one before anything is written into it, and
+summarising a sweep's jobs when they have run.
 
 Hydra creates the run folder and writes ``.hydra/`` and the log file before the command runs, so
 the check that the folder holds no earlier run (:func:`xmed.runs.claim_run_folder`) runs as a
@@ -90,3 +91,62 @@ def command_folder(cfg: DictConfig, resume_key: str | None = None) -> Path:
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
     return out_dir
+
+
+#: The figures a sweep's summary shows for each job, where its metrics.json has them.
+HEADLINE = ("auroc", "sens_at_95spec", "finding_auroc_mean", "vcdr_mae", "reconstruction_l1", "n")
+
+
+def write_sweep_summary(folder: str | Path) -> Path | None:
+    """``summary.md`` and ``summary.csv`` in a sweep's folder: one row per job (``<folder>/<N>``)
+    with the overrides that differ between the jobs and the job's headline figures; None when the
+    folder holds no job.
+
+    Example::
+
+        write_sweep_summary("logs/train/runs/2026-11-29_10-00-00")
+    """
+    import csv
+    import json
+
+    import yaml
+
+    folder = Path(folder)
+    jobs = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)) \
+        if folder.is_dir() else []
+    if not jobs:
+        return None
+    rows = []
+    for job in jobs:
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        settings = dict(o.split("=", 1) for o in overrides or [] if "=" in o)
+        metrics_file = job / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        rows.append((job.name, settings, metrics))
+    swept = [key for key in dict.fromkeys(k for _, settings, _ in rows for k in settings)
+             if len({settings.get(key) for _, settings, _ in rows}) > 1]
+    figures = [key for key in HEADLINE if any(isinstance(m.get(key), (int, float)) for _, _, m in rows)]
+    header = ["job", *swept, *figures]
+    table = [[name, *(settings.get(k, "") for k in swept),
+              *(_figure(metrics.get(k)) for k in figures)] for name, settings, metrics in rows]
+    with open(folder / "summary.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *table])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table]
+    (folder / "summary.md").write_text("\n".join(lines) + "\n")
+    print(f"sweep summary   {(folder / 'summary.md').resolve()}")
+    return folder / "summary.md"
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class SweepSummaryCallback(Callback):
+    """Writes :func:`write_sweep_summary` when every job of a sweep (``-m``) has run."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        write_sweep_summary(str(OmegaConf.select(config, "hydra.sweep.dir")))
