@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmed.cli.entry import command
 from xmed.cli.common import CONFIG_PACKAGE, evaluate_model, evaluation_artefacts, instantiate_group
-from xmed.cli.train import _report
+from xmed.cli.train import report_run
 
 
 def datamodule_for_model(data_cfg: DictConfig, model):
@@ -44,7 +44,7 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics = evaluate_model(model, datamodule, out_dir, threshold_rule=cfg.threshold_rule,
                              n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, device=cfg.device)
     print(f"evaluated {cfg.ckpt_path} on {datamodule.dataset_name} (test split, {metrics['n']} eyes)")
-    _report(out_dir, metrics, evaluation_artefacts(out_dir))
+    report_run(out_dir, metrics, evaluation_artefacts(out_dir))
     return metrics
 
 

@@ -167,7 +167,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_text_atomic(out_dir / "model_card.md", card)
     artefacts = {"checkpoint": checkpoint} if checkpoint else {}
     artefacts.update({"model": model_dir, **evaluation_artefacts(out_dir), "model card": out_dir / "model_card.md"})
-    _report(out_dir, metrics, artefacts)
+    report_run(out_dir, metrics, artefacts)
     return metrics
 
 
@@ -313,7 +313,7 @@ def _best_checkpoint(trainer) -> Path | None:
     return None
 
 
-def _report(out_dir: Path, metrics: dict[str, Any], artefacts: dict[str, Path]) -> None:
+def report_run(out_dir: Path, metrics: dict[str, Any], artefacts: dict[str, Path]) -> None:
     """Print the headline figures and where every output went."""
     def fmt(key):
         value = metrics.get(key)

@@ -282,18 +282,18 @@ def _pil_to_rgb(path: Path, image: Image.Image) -> np.ndarray:
     if mode == "RGB":
         return np.array(image)
     if mode in ("1", "L"):
-        return _gray_to_rgb(np.array(image.convert("L")))
+        return gray_to_rgb(np.array(image.convert("L")))
     if mode in ("LA", "La"):
         gray_alpha = np.array(image.convert("LA"))
-        return _gray_to_rgb(_onto_black(gray_alpha[..., :1], gray_alpha[..., 1])[..., 0])
+        return gray_to_rgb(onto_black(gray_alpha[..., :1], gray_alpha[..., 1])[..., 0])
     if mode in ("RGBA", "RGBa"):
         rgba = np.array(image.convert("RGBA"))
-        return _onto_black(rgba[..., :3], rgba[..., 3])
+        return onto_black(rgba[..., :3], rgba[..., 3])
     if mode == "I" or mode.startswith("I;16"):
         values = np.array(image)
         if values.size and values.min() < 0:
             raise ImageReadError(path, f"negative values in a {mode} image are not supported")
-        return _gray_to_rgb(_to_uint8(values, _pil_bit_depth(image)))
+        return gray_to_rgb(_to_uint8(values, _pil_bit_depth(image)))
     if mode in ("CMYK", "YCbCr", "RGBX", "LAB", "HSV"):
         return np.array(image.convert("RGB"))
     raise ImageReadError(path, f"unsupported image mode {mode!r} (e.g. floating point)")
@@ -326,11 +326,12 @@ def _to_uint8(values: np.ndarray, bits: int) -> np.ndarray:
     return ((values * 255 + top // 2) // top).astype(np.uint8)
 
 
-def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """An H×W gray image as H×W×3 (the value repeated in every channel)."""
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
-def _onto_black(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def onto_black(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Composite ``color`` (H×W×C uint8) with ``alpha`` (H×W uint8) onto black, rounding."""
     weighted = color.astype(np.uint32) * alpha[..., None].astype(np.uint32)
     return ((weighted + 127) // 255).astype(np.uint8)
@@ -483,7 +484,7 @@ def _dicom_pixels_to_rgb(path: Path, ds, pixels: np.ndarray, photometric: str) -
     if photometric in ("MONOCHROME1", "MONOCHROME2") and pixels.ndim == 2:
         if photometric == "MONOCHROME1":  # 0 is white
             pixels = np.uint64((1 << bits) - 1) - pixels.astype(np.uint64)
-        return _gray_to_rgb(_to_uint8(pixels, bits))
+        return gray_to_rgb(_to_uint8(pixels, bits))
     if photometric == "PALETTE COLOR" and pixels.ndim == 2:
         from pydicom.pixels import apply_color_lut
 

@@ -169,13 +169,13 @@ def as_photograph(image: Any, index: int | None = None, name: str = "images") ->
         raise refuse(f"has {image.dtype} pixels; pass uint8 (0-255) or float in [0, 1] "
                      f"(e.g. image.astype(np.uint8) if its values are 0-255)")
     if image.ndim == 2 or shape[2] == 1:
-        from xmed.data.io import _gray_to_rgb
+        from xmed.data.io import gray_to_rgb
 
-        return _gray_to_rgb(image.reshape(shape[:2]))
+        return gray_to_rgb(image.reshape(shape[:2]))
     if shape[2] == 4:
-        from xmed.data.io import _onto_black
+        from xmed.data.io import onto_black
 
-        return _onto_black(image[..., :3], image[..., 3])
+        return onto_black(image[..., :3], image[..., 3])
     return image
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xmed.checks import int_at_least
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
 
@@ -134,8 +135,13 @@ def _check_binary(y: Tensor, name: str) -> None:
         raise ValueError(f"{name}: labels must be 0, 1 or NaN (unknown), got e.g. {bad}")
 
 
-def _labelled(prob: ArrayLike, label: ArrayLike, name: str = "prob") -> tuple[Tensor, Tensor]:
-    """Probabilities and integer targets of the eyes whose label is known."""
+def labelled(prob: ArrayLike, label: ArrayLike, name: str = "prob") -> tuple[Tensor, Tensor]:
+    """Probabilities and integer targets of the eyes whose label is known (NaN: unknown).
+
+    Example:
+        >>> p, y = labelled([0.2, 0.9, 0.4], [0, float("nan"), 1]); p.tolist(), y.tolist()
+        ([0.2, 0.4], [0, 1])
+    """
     p, y = _vector(prob, name), _vector(label, "label")
     if p.shape != y.shape:
         raise ValueError(f"{name} has {p.numel()} values but label has {y.numel()}")
@@ -252,7 +258,7 @@ def auroc(prob: ArrayLike, label: ArrayLike, max_fpr: float | None = None) -> fl
         >>> auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
         0.75
     """
-    p, y = _labelled(prob, label)
+    p, y = labelled(prob, label)
     if not _both_classes(y):
         return None
     from torchmetrics.functional.classification import binary_auroc
@@ -298,7 +304,7 @@ def sens_at_spec(prob: ArrayLike, label: ArrayLike, spec: float = _SPEC,
     if rule not in SENS_AT_SPEC_RULES:
         raise ConfigError("rule", f"unknown sensitivity-at-specificity rule {rule!r}; "
                                   f"known: {', '.join(SENS_AT_SPEC_RULES)}")
-    p, y = _labelled(prob, label)
+    p, y = labelled(prob, label)
     if not _both_classes(y):
         return None
     _, tp, fp, n_pos, n_neg = _exact_roc(p, y)
@@ -368,7 +374,7 @@ def choose_threshold(prob: ArrayLike, label: ArrayLike, rule: ThresholdRule = "y
     """
     if rule not in THRESHOLD_RULES:
         raise ConfigError("threshold_rule", f"unknown rule {rule!r}; known: {', '.join(THRESHOLD_RULES)}")
-    p, y = _labelled(prob, label)
+    p, y = labelled(prob, label)
     if not _both_classes(y):
         raise ValueError(f"cannot choose a threshold: the {y.numel()} labelled validation eyes "
                          "hold one class only")
@@ -403,7 +409,7 @@ def operating_point(prob: ArrayLike, label: ArrayLike, threshold: float) -> dict
     """
     from torchmetrics.functional.classification import binary_accuracy, binary_recall, binary_specificity
 
-    p, y = _labelled(prob, label)
+    p, y = labelled(prob, label)
     pred = (p >= threshold).long()
     n_pos = int(y.sum())
     return {
@@ -429,7 +435,7 @@ def brier(prob: ArrayLike, label: ArrayLike) -> float | None:
     """
     from torchmetrics.functional import mean_squared_error
 
-    p, y = _labelled(prob, label)
+    p, y = labelled(prob, label)
     return _float(mean_squared_error(p, y.double())) if y.numel() else None
 
 
@@ -461,9 +467,8 @@ def ece(prob: ArrayLike, label: ArrayLike, n_bins: int = _ECE_BINS) -> float | N
         >>> round(ece([1.0, 0.95], [0, 1]), 4)                 # one bin: |0.5 - 0.975|
         0.475
     """
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ConfigError("n_bins", f"must be an int >= 1, got {n_bins!r}")
-    p, y = _labelled(prob, label)
+    int_at_least("n_bins", n_bins, 1)
+    p, y = labelled(prob, label)
     if not y.numel():
         return None
     bins = _ece_bins(p, n_bins)
@@ -842,7 +847,7 @@ def evaluate_predictions(val: Predictions, test: Predictions, *,
     if threshold_rule not in THRESHOLD_RULES:
         raise ConfigError("threshold_rule",
                           f"unknown rule {threshold_rule!r}; known: {', '.join(THRESHOLD_RULES)}")
-    _, val_y = _labelled(val.prob, val.label)
+    _, val_y = labelled(val.prob, val.label)
     if _both_classes(val_y):
         threshold: float | None = choose_threshold(val.prob, val.label, threshold_rule)
     else:
@@ -850,7 +855,7 @@ def evaluate_predictions(val: Predictions, test: Predictions, *,
         log.warning("no threshold: the %d labelled validation eyes hold one class only; "
                     "sensitivity, specificity and accuracy are None", val_y.numel())
 
-    _, y = _labelled(test.prob, test.label)
+    _, y = labelled(test.prob, test.label)
     point = (operating_point(test.prob, test.label, threshold) if threshold is not None
              else {"sensitivity": None, "specificity": None, "accuracy": None})
     if test.finding_prob is not None:

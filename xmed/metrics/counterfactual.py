@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from xmed.checks import non_negative
 from xmed.errors import ConfigError
-from xmed.metrics.explanation import ExplanationMetric, _nan_unless
+from xmed.metrics.explanation import ExplanationMetric, nan_unless
 
 if TYPE_CHECKING:
     from xmed.explain.counterfactual import Counterfactual
@@ -126,11 +127,6 @@ def _region(mask: Tensor | None, like: Tensor, key: str) -> Tensor | None:
     return mask.to(like.device)
 
 
-def _non_negative(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError(key, f"must be a non-negative number, got {value!r}")
-    return float(value)
-
 
 # --------------------------------------------------------------------------------------------
 # base class
@@ -186,7 +182,7 @@ class Validity(CounterfactualMetric):
         else:
             needed, done = first <= self.threshold, last > self.threshold
         valid = needed & ~torch.isnan(first) & ~torch.isnan(last)
-        return _nan_unless(valid, done.to(probability.dtype))
+        return nan_unless(valid, done.to(probability.dtype))
 
 
 def flip_rate(probability: Tensor, direction: Expected, threshold: float = 0.5) -> Tensor:
@@ -221,7 +217,7 @@ class _Proximity(CounterfactualMetric):
         count = weight.flatten(1).sum(1)
         value = self._reduce(delta, weight)
         finite = torch.isfinite(delta).flatten(1).all(1)
-        return _nan_unless(finite & (count > 0), value)
+        return nan_unless(finite & (count > 0), value)
 
 
 class ProximityL1(_Proximity):
@@ -280,7 +276,7 @@ class Sparsity(CounterfactualMetric):
     category: Category = "sparsity"
 
     def __init__(self, tolerance: float = 1 / 255, std: Sequence[float] | None = None):
-        self.tolerance = _non_negative("tolerance", tolerance)
+        self.tolerance = non_negative("tolerance", tolerance)
         self.std = None if std is None else tuple(float(s) for s in std)
 
     def __call__(self, original: Tensor, edited: Tensor, fov: Tensor | None = None) -> Tensor:
@@ -291,7 +287,7 @@ class Sparsity(CounterfactualMetric):
         count = region.sum(1)
         share = (changed & region).sum(1).to(delta.dtype) / count.clamp_min(1).to(delta.dtype)
         finite = torch.isfinite(delta).flatten(1).all(1)
-        return _nan_unless(finite & (count > 0), share)
+        return nan_unless(finite & (count > 0), share)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +335,7 @@ class EnergyInMask(CounterfactualMetric):
         inside = (per_pixel * masks).flatten(1).sum(1)
         total = per_pixel.flatten(1).sum(1)
         valid = torch.isfinite(change).flatten(1).all(1) & masks.flatten(1).any(1) & (total > 0)
-        return _nan_unless(valid, inside / torch.where(total > 0, total, torch.ones_like(total)))
+        return nan_unless(valid, inside / torch.where(total > 0, total, torch.ones_like(total)))
 
 
 class L1InMask(EnergyInMask):
@@ -382,7 +378,7 @@ def mask_coverage(masks: Tensor, fov: Tensor | None = None) -> Tensor:
     count = region.flatten(1).sum(1)
     inside = (masks & region).flatten(1).sum(1)
     share = inside.float() / count.clamp_min(1).float()
-    return _nan_unless((count > 0) & (inside > 0), share)
+    return nan_unless((count > 0) & (inside > 0), share)
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,7 +393,7 @@ class _VCDRPath(CounterfactualMetric):
 
     def __init__(self, expected: Expected = "decrease", tolerance: float = 0.0):
         self.expected = _expected("expected", expected)
-        self.tolerance = _non_negative("tolerance", tolerance)
+        self.tolerance = non_negative("tolerance", tolerance)
 
 
 class VCDRFalls(_VCDRPath):
@@ -419,7 +415,7 @@ class VCDRFalls(_VCDRPath):
         move = vcdr[-1] - vcdr[0]
         moved = move < -self.tolerance if self.expected == "decrease" else move > self.tolerance
         valid = torch.isfinite(vcdr).all(0) & (vcdr.shape[0] > 1)
-        return _nan_unless(valid, moved.to(vcdr.dtype))
+        return nan_unless(valid, moved.to(vcdr.dtype))
 
 
 class VCDRMonotonic(_VCDRPath):
@@ -439,7 +435,7 @@ class VCDRMonotonic(_VCDRPath):
             return torch.full((vcdr.shape[1],), math.nan, dtype=vcdr.dtype, device=vcdr.device)
         moves = vcdr[1:] - vcdr[:-1]
         ok = moves <= self.tolerance if self.expected == "decrease" else moves >= -self.tolerance
-        return _nan_unless(torch.isfinite(vcdr).all(0), ok.to(vcdr.dtype).mean(0))
+        return nan_unless(torch.isfinite(vcdr).all(0), ok.to(vcdr.dtype).mean(0))
 
 
 def vcdr_falls(vcdr: Tensor, expected: Expected = "decrease", tolerance: float = 0.0) -> Tensor:
@@ -461,7 +457,7 @@ def vcdr_monotonic_fraction(vcdr: Tensor, expected: Expected = "decrease", toler
         0.5
     """
     per_image = VCDRMonotonic(expected, tolerance)(vcdr)
-    return _nanmean(_nan_unless(~torch.isnan(per_image), (per_image == 1).to(per_image.dtype)))
+    return _nanmean(nan_unless(~torch.isnan(per_image), (per_image == 1).to(per_image.dtype)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,7 +495,7 @@ class ReconstructionError(CounterfactualMetric):
             raise ConfigError("autoencoder", f"must return a tensor shaped like its input {tuple(images.shape)}, "
                                              f"got {getattr(recon, 'shape', type(recon).__name__)}")
         error = (_float(recon.detach()) - _float(images.detach())).pow(2).flatten(1).mean(1)
-        return _nan_unless(torch.isfinite(error), error)
+        return nan_unless(torch.isfinite(error), error)
 
 
 def reconstruction_error(autoencoder: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
@@ -561,7 +557,7 @@ def evaluate_counterfactuals(counterfactual: Counterfactual, *, masks: Tensor | 
     if autoencoder is not None:
         out["reconstruction_error"] = ReconstructionError(autoencoder)(edited)
     edited_any = cf.steps.to(edited.device) > 0
-    out = {k: v if k == "mask_coverage" else _nan_unless(edited_any, v) for k, v in out.items()}
+    out = {k: v if k == "mask_coverage" else nan_unless(edited_any, v) for k, v in out.items()}
     b = edited.shape[0]
     out["seconds_per_image"] = torch.full((b,), seconds_per_image(cf), device=edited.device)
     return out

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xmed.checks import int_at_least
 from xmed.errors import ConfigError
 from xmed.explain.baselines import BASELINES, Baseline, make_baseline
 
@@ -115,7 +116,13 @@ def _finite(maps: Tensor) -> Tensor:
     return torch.isfinite(maps).flatten(1).all(1)
 
 
-def _nan_unless(valid: Tensor, values: Tensor) -> Tensor:
+def nan_unless(valid: Tensor, values: Tensor) -> Tensor:
+    """``values`` where ``valid``, NaN elsewhere (a score that is undefined for an image).
+
+    Example:
+        >>> nan_unless(torch.tensor([True, False]), torch.tensor([0.5, 0.7])).tolist()
+        [0.5, nan]
+    """
     return torch.where(valid, values, torch.full_like(values, math.nan))
 
 
@@ -130,14 +137,9 @@ def _as_scores(value: Any, n: int) -> Tensor:
     return value.detach()
 
 
-def _check_int(key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(key, f"must be an int >= {minimum}, got {value!r}")
-    return value
-
 
 def _check_batch_size(batch_size: int | None) -> int | None:
-    return None if batch_size is None else _check_int("batch_size", batch_size, 1)
+    return None if batch_size is None else int_at_least("batch_size", batch_size, 1)
 
 
 def _descending_order(maps: Tensor) -> Tensor:
@@ -180,7 +182,7 @@ def _spearman(a: Tensor, b: Tensor) -> Tensor:
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     scale = ((ra * ra).sum(1) * (rb * rb).sum(1)).sqrt()
     rho = (ra * rb).sum(1) / torch.where(varies, scale, torch.ones_like(scale))
-    return _nan_unless(varies, rho.clamp(-1.0, 1.0))
+    return nan_unless(varies, rho.clamp(-1.0, 1.0))
 
 
 def _min_max(maps: Tensor) -> tuple[Tensor, Tensor]:
@@ -255,7 +257,7 @@ class PointingGame(ExplanationMetric):
     category: Category = "localisation"
 
     def __init__(self, tolerance_px: int = 0):
-        self.tolerance_px = _check_int("tolerance_px", tolerance_px, 0)
+        self.tolerance_px = int_at_least("tolerance_px", tolerance_px, 0)
 
     def __call__(self, maps: Tensor, masks: Tensor) -> Tensor:
         maps = _maps(maps)
@@ -268,7 +270,7 @@ class PointingGame(ExplanationMetric):
         top, bottom = flat.max(1, keepdim=True).values, flat.min(1, keepdim=True).values
         hit = ((flat == top) & region.flatten(1)).any(1).to(_result_dtype(maps))
         valid = _finite(maps) & masks.flatten(1).any(1) & (top > bottom)[:, 0]
-        return _nan_unless(valid, hit)
+        return nan_unless(valid, hit)
 
 
 class EnergyPointingGame(ExplanationMetric):
@@ -295,7 +297,7 @@ class EnergyPointingGame(ExplanationMetric):
         total = positive.sum(1)
         valid = _finite(maps) & masks.flatten(1).any(1) & (total > 0)
         ratio = inside / torch.where(total > 0, total, torch.ones_like(total))
-        return _nan_unless(valid, ratio.to(_result_dtype(maps)))
+        return nan_unless(valid, ratio.to(_result_dtype(maps)))
 
 
 class _PixelRanking(ExplanationMetric):
@@ -375,7 +377,7 @@ class _Perturbation(ExplanationMetric):
     _insert: bool = False
 
     def __init__(self, n_steps: int = 20, baseline: Baseline = "blur", batch_size: int | None = None):
-        self.n_steps = _check_int("n_steps", n_steps, 1)
+        self.n_steps = int_at_least("n_steps", n_steps, 1)
         if baseline not in BASELINES:
             raise ConfigError("baseline", f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
         self.baseline = baseline
@@ -411,7 +413,7 @@ class _Perturbation(ExplanationMetric):
         scores = _run_in_chunks(forward, make, b * k, self.batch_size or 4 * b, images.device)
         scores = scores.view(b, k).to(_result_dtype(scores))
         fractions = (counts.double() / n_pixels).to(scores.dtype)
-        return fractions, _nan_unless(_finite(maps)[:, None], scores)
+        return fractions, nan_unless(_finite(maps)[:, None], scores)
 
     def __call__(self, forward: ForwardFn, images: Tensor, maps: Tensor) -> Tensor:
         """Trapezoid area under the score curve over the fractions 0..1, per image."""
@@ -667,7 +669,7 @@ class ROAD(ExplanationMetric):
             raise ConfigError("noise", f"must be >= 0, got {noise!r}")
         self.noise = float(noise)
         self.seed = int(seed)
-        self.n_iter = None if n_iter is None else _check_int("n_iter", n_iter, 0)
+        self.n_iter = None if n_iter is None else int_at_least("n_iter", n_iter, 0)
         self.batch_size = _check_batch_size(batch_size)
 
     def curve(self, forward: ForwardFn, images: Tensor, maps: Tensor) -> tuple[Tensor, Tensor]:
@@ -696,7 +698,7 @@ class ROAD(ExplanationMetric):
         scores = _run_in_chunks(forward, make, b * k, self.batch_size or 4 * b, device)
         scores = scores.view(b, k).to(_result_dtype(scores))
         fractions = torch.tensor(self.percentages, device=device, dtype=scores.dtype)
-        return fractions, _nan_unless(_finite(maps)[:, None], scores)
+        return fractions, nan_unless(_finite(maps)[:, None], scores)
 
     def __call__(self, forward: ForwardFn, images: Tensor, maps: Tensor) -> Tensor:
         """Mean score over the percentages, per image."""
@@ -853,7 +855,7 @@ class ModelParameterRandomisation(ExplanationMetric):
 
             out = structural_similarity_index_measure(sa, sb, kernel_size=kernel, data_range=1.0,
                                                       reduction="none")
-        return _nan_unless(valid, out.to(_result_dtype(a)))
+        return nan_unless(valid, out.to(_result_dtype(a)))
 
     def __call__(self, model: nn.Module, explain_fn: ExplainFn, images: Tensor) -> dict[str, Tensor]:
         """Similarity to the original maps after each cascading step.
@@ -926,7 +928,7 @@ class Sparseness(ExplanationMetric):
         i = torch.arange(1, n + 1, device=a.device, dtype=a.dtype)
         total = a.sum(1)
         gini = ((2 * i - n - 1) * a).sum(1) / (n * torch.where(total > 0, total, torch.ones_like(total)))
-        return _nan_unless(_finite(maps) & (total > 0), gini.to(_result_dtype(maps)))
+        return nan_unless(_finite(maps) & (total > 0), gini.to(_result_dtype(maps)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_roc
 
-from xmed.metrics.classification import ArrayLike, _labelled, auroc, ece
+from xmed.metrics.classification import ArrayLike, auroc, ece, labelled
 
 __all__ = ["plot_roc", "plot_calibration", "plot_finding_auroc", "plot_learning_curve", "read_learning_curve"]
 
@@ -72,7 +72,7 @@ def plot_roc(prob: ArrayLike, label: ArrayLike, path: str | os.PathLike, spec: f
         >>> p.suffix
         '.png'
     """
-    p, y = _labelled(prob, label)
+    p, y = labelled(prob, label)
     if y.numel() == 0 or int(y.sum()) in (0, y.numel()):
         raise ValueError(f"plot_roc: the {y.numel()} labelled eyes hold one class only; no ROC curve")
     fpr, tpr, _ = binary_roc(p, y)
@@ -117,7 +117,7 @@ def plot_calibration(prob: ArrayLike, label: ArrayLike, path: str | os.PathLike,
         >>> plot_calibration([0.2, 0.6, 0.4, 0.9], [0, 0, 1, 1], out).exists()
         True
     """
-    p, y = _labelled(prob, label)
+    p, y = labelled(prob, label)
     if y.numel() == 0:
         raise ValueError("plot_calibration: no labelled eyes")
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)

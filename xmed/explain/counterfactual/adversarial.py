@@ -75,6 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xmed.checks import int_at_least, non_negative, positive
 from xmed.errors import ConfigError
 from xmed.explain.counterfactual import (
     Counterfactual,
@@ -137,20 +138,20 @@ class AdversarialExplainer(CounterfactualExplainer):
                  pixel_range: tuple[float, float] | None = (0.0, 1.0), mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None, record_every: int = 10):
         super().__init__(model)
-        self.epsilon = None if epsilon is None else _positive("epsilon", epsilon)
-        self.relative_epsilon = _positive("relative_epsilon", relative_epsilon)
-        self.max_steps = _int_at_least("max_steps", max_steps, 1)
+        self.epsilon = None if epsilon is None else positive("epsilon", epsilon)
+        self.relative_epsilon = positive("relative_epsilon", relative_epsilon)
+        self.max_steps = int_at_least("max_steps", max_steps, 1)
         self.thresholds = direction_thresholds(threshold)
         self.early_stop = bool(early_stop)
-        self.step_size = _positive("step_size", step_size)
+        self.step_size = positive("step_size", step_size)
         if not 0.0 < float(momentum) <= 1.0:
             raise ConfigError("momentum", f"must be in (0, 1], got {momentum!r}")
         self.momentum = float(momentum)
         if not 0.0 <= float(rho) <= 1.0:
             raise ConfigError("rho", f"must be in [0, 1], got {rho!r}")
         self.rho = float(rho)
-        self.smooth = _non_negative("smooth", smooth)
-        self.tv_weight = _non_negative("tv_weight", tv_weight)
+        self.smooth = non_negative("smooth", smooth)
+        self.tv_weight = non_negative("tv_weight", tv_weight)
         self.fov_threshold = None if fov_threshold is None else float(fov_threshold)
         if pixel_range is not None and (len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]):
             raise ConfigError("pixel_range", f"must be (low, high) with low < high, or None, got {pixel_range!r}")
@@ -160,7 +161,7 @@ class AdversarialExplainer(CounterfactualExplainer):
         self.std = tuple(std) if std is not None else (tuple(config.std) if config is not None else None)
         if self.std is not None and min(self.std) <= 0:
             raise ConfigError("std", f"must be positive, got {self.std!r}")
-        self.record_every = _int_at_least("record_every", record_every, 1)
+        self.record_every = int_at_least("record_every", record_every, 1)
         self.checkpoints = apgd_checkpoints(self.max_steps)
 
     # ------------------------------------------------------------------ set-up
@@ -508,22 +509,7 @@ def apgd_checkpoints(n_steps: int) -> frozenset[int]:
     return frozenset(c for c in (math.ceil(round(p * n_steps, 9)) for p in fractions) if 0 < c <= n_steps)
 
 
-def _positive(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ConfigError(key, f"must be a positive number, got {value!r}")
-    return float(value)
 
-
-def _non_negative(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or not math.isfinite(value):
-        raise ConfigError(key, f"must be a non-negative number, got {value!r}")
-    return float(value)
-
-
-def _int_at_least(key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(key, f"must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 __all__ = ["DEFAULT_FOV_THRESHOLD", "DEFAULT_RELATIVE_EPSILON", "AdversarialExplainer", "apgd_checkpoints",

@@ -68,6 +68,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from xmed.checks import int_at_least, positive
 from xmed.errors import ConfigError
 from xmed.explain.counterfactual import (
     Counterfactual,
@@ -81,8 +82,6 @@ from xmed.explain.counterfactual import (
 from xmed.explain.counterfactual.adversarial import (
     DEFAULT_FOV_THRESHOLD,
     AdversarialExplainer,
-    _int_at_least,
-    _positive,
     recorded_heads,
     target_score,
 )
@@ -139,8 +138,8 @@ class LatentShiftExplainer(CounterfactualExplainer):
             raise ConfigError("autoencoder", f"needs encode(x) and decode(z) methods (a FundusAutoencoder), "
                                              f"got {type(autoencoder).__name__}")
         self.autoencoder = autoencoder
-        self.max_lambda = _positive("max_lambda", max_lambda)
-        self.n_lambdas = _int_at_least("n_lambdas", n_lambdas, 1)
+        self.max_lambda = positive("max_lambda", max_lambda)
+        self.n_lambdas = int_at_least("n_lambdas", n_lambdas, 1)
         self.thresholds = direction_thresholds(threshold)
         self.keep_detail = bool(keep_detail)
         self.normalize_gradient = bool(normalize_gradient)
