@@ -104,7 +104,9 @@ class Record:
 
 @dataclass
 class Skip:
-    """A file that was skipped, and why (what ``inspect`` and the training log report)."""
+    """A file that was skipped, and why: listed in ``dataset.skipped`` when it failed as the data
+    set was read (what ``inspect`` and the training log report), and returned by ``dataset[i]`` in
+    place of a sample when ``on_error="skip"`` and decoding it failed (:data:`SkippedSample`)."""
 
     path: str
     reason: str
@@ -113,12 +115,8 @@ class Skip:
         return {"path": self.path, "reason": self.reason}
 
 
-@dataclass
-class SkippedSample:
-    """Returned by ``dataset[i]`` in place of a sample when ``on_error="skip"`` and it failed."""
-
-    path: str
-    reason: str
+#: What ``dataset[i]`` returns for a file that failed to decode (``on_error="skip"``): a :class:`Skip`.
+SkippedSample = Skip
 
 
 def check_on_error(on_error: str) -> OnError:
