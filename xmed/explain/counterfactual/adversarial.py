@@ -93,6 +93,63 @@ DEFAULT_RELATIVE_EPSILON = 0.03
 DEFAULT_FOV_THRESHOLD = 0.05  # un-normalised brightness (max over RGB, 0..1) of the field of view
 
 
+class InputSpace:
+    """A model's input space as a counterfactual explainer edits it: the normalisation to undo for
+    pixel-space limits (``mean``/``std``: given, else the model's ``data_config``, else none) and
+    the default field of view (pixels whose un-normalised RGB maximum exceeds ``fov_threshold``;
+    None: the whole image).
+
+    Example:
+        >>> InputSpace(torch.nn.Identity(), fov_threshold=0.1, std=(0.5,)).std
+        (0.5,)
+    """
+
+    def __init__(self, model: nn.Module, fov_threshold: float | None = DEFAULT_FOV_THRESHOLD,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+        self.fov_threshold = None if fov_threshold is None else float(fov_threshold)
+        config = getattr(model, "data_config", None)
+        self.mean = tuple(mean) if mean is not None else (tuple(config.mean) if config is not None else None)
+        self.std = tuple(std) if std is not None else (tuple(config.std) if config is not None else None)
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError("std", f"must be positive, got {self.std!r}")
+
+    def channel(self, values: tuple[float, ...] | None, fill: float, images: Tensor, key: str) -> Tensor:
+        """``values`` (one per channel, or one for all; None: ``fill``) as a 1×C×1×1 tensor like ``images``."""
+        if values is None:
+            return torch.full((1, 1, 1, 1), fill, device=images.device, dtype=images.dtype)
+        if len(values) not in (1, images.shape[1]):
+            raise ConfigError(key, f"has {len(values)} values for images with {images.shape[1]} channels")
+        return torch.tensor(values, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+
+    def field_of_view(self, images: Tensor, fov_mask: Tensor | None = None) -> Tensor:
+        """B×1×H×W bool: where edits are allowed (``fov_mask`` checked, or the default).
+
+        Example:
+            >>> images = torch.zeros(1, 3, 2, 2)
+            >>> images[0, 0, 0, 0] = 1.0
+            >>> InputSpace(torch.nn.Identity()).field_of_view(images)[0, 0].tolist()
+            [[True, False], [False, False]]
+        """
+        b, _, h, w = images.shape
+        if fov_mask is not None:
+            if not isinstance(fov_mask, Tensor):
+                raise ConfigError("fov_mask", f"expected a tensor, got {type(fov_mask).__name__}")
+            mask = fov_mask[:, None] if fov_mask.ndim == 3 else fov_mask
+            if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != b or tuple(mask.shape[2:]) != (h, w):
+                raise ConfigError("fov_mask", f"expected B×1×H×W or B×H×W matching the images "
+                                              f"{tuple(images.shape)}, got {tuple(fov_mask.shape)}")
+            if mask.dtype != torch.bool:
+                if bool(((mask != 0) & (mask != 1)).any()):
+                    raise ConfigError("fov_mask", "must be bool or hold only 0 and 1")
+                mask = mask != 0
+            return mask.to(images.device)
+        if self.fov_threshold is None:
+            return torch.ones(b, 1, h, w, dtype=torch.bool, device=images.device)
+        mean = self.channel(self.mean, 0.0, images, "mean")
+        std = self.channel(self.std, 1.0, images, "std")
+        return (images * std + mean).amax(dim=1, keepdim=True) > self.fov_threshold
+
+
 @register_counterfactual
 class AdversarialExplainer(CounterfactualExplainer):
     """Adversarial explanations (Chang et al., 2021) with an APGD-style step schedule.
@@ -152,28 +209,18 @@ class AdversarialExplainer(CounterfactualExplainer):
         self.rho = float(rho)
         self.smooth = non_negative("smooth", smooth)
         self.tv_weight = non_negative("tv_weight", tv_weight)
-        self.fov_threshold = None if fov_threshold is None else float(fov_threshold)
+        self.space = InputSpace(model, fov_threshold, mean, std)
+        self.fov_threshold, self.mean, self.std = self.space.fov_threshold, self.space.mean, self.space.std
         if pixel_range is not None and (len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]):
             raise ConfigError("pixel_range", f"must be (low, high) with low < high, or None, got {pixel_range!r}")
         self.pixel_range = None if pixel_range is None else (float(pixel_range[0]), float(pixel_range[1]))
-        config = getattr(model, "data_config", None)
-        self.mean = tuple(mean) if mean is not None else (tuple(config.mean) if config is not None else None)
-        self.std = tuple(std) if std is not None else (tuple(config.std) if config is not None else None)
-        if self.std is not None and min(self.std) <= 0:
-            raise ConfigError("std", f"must be positive, got {self.std!r}")
         self.record_every = int_at_least("record_every", record_every, 1)
         self.checkpoints = apgd_checkpoints(self.max_steps)
 
     # ------------------------------------------------------------------ set-up
-    def _channel(self, values: tuple[float, ...] | None, fill: float, images: Tensor, key: str) -> Tensor:
-        if values is None:
-            return torch.full((1, 1, 1, 1), fill, device=images.device, dtype=images.dtype)
-        if len(values) not in (1, images.shape[1]):
-            raise ConfigError(key, f"has {len(values)} values for images with {images.shape[1]} channels")
-        return torch.tensor(values, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-
     def field_of_view(self, images: Tensor, fov_mask: Tensor | None = None) -> Tensor:
-        """B×1×H×W bool: where edits are allowed (``fov_mask`` checked, or the default).
+        """B×1×H×W bool: where edits are allowed (``fov_mask`` checked, or the default;
+        :meth:`InputSpace.field_of_view`).
 
         Example:
             >>> images = torch.zeros(1, 3, 2, 2)
@@ -181,24 +228,7 @@ class AdversarialExplainer(CounterfactualExplainer):
             >>> AdversarialExplainer(torch.nn.Identity()).field_of_view(images)[0, 0].tolist()
             [[True, False], [False, False]]
         """
-        b, _, h, w = images.shape
-        if fov_mask is not None:
-            if not isinstance(fov_mask, Tensor):
-                raise ConfigError("fov_mask", f"expected a tensor, got {type(fov_mask).__name__}")
-            mask = fov_mask[:, None] if fov_mask.ndim == 3 else fov_mask
-            if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != b or tuple(mask.shape[2:]) != (h, w):
-                raise ConfigError("fov_mask", f"expected B×1×H×W or B×H×W matching the images "
-                                              f"{tuple(images.shape)}, got {tuple(fov_mask.shape)}")
-            if mask.dtype != torch.bool:
-                if bool(((mask != 0) & (mask != 1)).any()):
-                    raise ConfigError("fov_mask", "must be bool or hold only 0 and 1")
-                mask = mask != 0
-            return mask.to(images.device)
-        if self.fov_threshold is None:
-            return torch.ones(b, 1, h, w, dtype=torch.bool, device=images.device)
-        mean = self._channel(self.mean, 0.0, images, "mean")
-        std = self._channel(self.std, 1.0, images, "std")
-        return (images * std + mean).amax(dim=1, keepdim=True) > self.fov_threshold
+        return self.space.field_of_view(images, fov_mask)
 
     def budget(self, images: Tensor, fov: Tensor) -> Tensor:
         """B L2 budgets in input space: ``epsilon``, or ``relative_epsilon`` × the FOV image norm."""
@@ -209,8 +239,8 @@ class AdversarialExplainer(CounterfactualExplainer):
     def _box(self, images: Tensor) -> tuple[Tensor, Tensor] | tuple[None, None]:
         if self.pixel_range is None:
             return None, None
-        mean = self._channel(self.mean, 0.0, images, "mean")
-        std = self._channel(self.std, 1.0, images, "std")
+        mean = self.space.channel(self.mean, 0.0, images, "mean")
+        std = self.space.channel(self.std, 1.0, images, "std")
         low = (self.pixel_range[0] - mean) / std
         high = (self.pixel_range[1] - mean) / std
         # never push a pixel further out than it already is (so the input itself is always allowed)
@@ -512,5 +542,5 @@ def apgd_checkpoints(n_steps: int) -> frozenset[int]:
 
 
 
-__all__ = ["DEFAULT_FOV_THRESHOLD", "DEFAULT_RELATIVE_EPSILON", "AdversarialExplainer", "apgd_checkpoints",
+__all__ = ["DEFAULT_FOV_THRESHOLD", "DEFAULT_RELATIVE_EPSILON", "AdversarialExplainer", "InputSpace", "apgd_checkpoints",
            "gaussian_blur", "recorded_heads", "target_score", "total_variation"]

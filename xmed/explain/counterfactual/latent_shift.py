@@ -81,7 +81,7 @@ from xmed.explain.counterfactual import (
 )
 from xmed.explain.counterfactual.adversarial import (
     DEFAULT_FOV_THRESHOLD,
-    AdversarialExplainer,
+    InputSpace,
     recorded_heads,
     target_score,
 )
@@ -144,7 +144,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
         self.keep_detail = bool(keep_detail)
         self.normalize_gradient = bool(normalize_gradient)
         # the field of view and the normalisation are read as the adversarial method reads them
-        self._space = AdversarialExplainer(model, fov_threshold=fov_threshold)
+        self._space = InputSpace(model, fov_threshold=fov_threshold)
         self.fov_threshold, self.mean, self.std = self._space.fov_threshold, self._space.mean, self._space.std
         _check_same_space(model, autoencoder)
 
