@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -54,13 +55,13 @@ def finite_outputs(out: Mapping[str, torch.Tensor]) -> torch.Tensor:
 def score_batch(model: torch.nn.Module, batch: Mapping[str, Any], intervene_with_truth: bool = False) -> dict[str, Any]:
     """The per-eye outputs of ``model`` on one Sample batch (on the model's device): CPU tensors
     ``prob`` (B), ``finding_prob`` (B×10), ``vcdr_pred`` (B) — NaN for an eye whose output is not
-    finite — and lists ``status`` (:data:`NON_FINITE` or empty), ``quality`` (the image-quality
-    flags, ``;``-joined: :mod:`xmed.data.quality`), ``id`` and ``eye``.
+    finite — and lists ``status`` (:data:`NON_FINITE` or empty), ``quality`` (each eye's
+    :class:`~xmed.data.quality.Quality`; ``str()`` joins its flags by ``;``), ``id`` and ``eye``.
 
     ``intervene_with_truth`` (concept-bottleneck models) replaces the predicted findings and vCDR
     with the batch's known values (unknown ones stay predicted) before the diagnosis.
     """
-    from xmed.data.quality import assess_prepared
+    from xmed.data.quality import Quality, assess_prepared
 
     images = batch["image"]
     intervene = None
@@ -68,7 +69,7 @@ def score_batch(model: torch.nn.Module, batch: Mapping[str, Any], intervene_with
         intervene = {code: batch["findings"][:, j] for j, code in enumerate(FINDINGS)}
         intervene[VCDR] = batch["vcdr"]
     data_config = getattr(model, "data_config", None)
-    quality = [str(q) for q in assess_prepared(images, data_config)] if data_config is not None else [""] * len(images)
+    quality = assess_prepared(images, data_config) if data_config is not None else [Quality()] * len(images)
     out = model(images.to(next(model.parameters()).device), intervene=intervene)
     logits, finding_logits, vcdr = (out[k].float().cpu() for k in ("logits", "finding_logits", "vcdr"))
     finite = finite_outputs(out).cpu()
@@ -106,7 +107,7 @@ def prediction_rows(scores: Mapping[str, Any]) -> list[dict[str, str]]:
         failed = bool(scores["status"][i])
         row = {"id": eye_id, "eye": scores["eye"][i], "prob": "" if failed else f"{float(scores['prob'][i]):.6f}",
                "vcdr": "" if failed else f"{float(scores['vcdr_pred'][i]):.4f}",
-               "quality": scores["quality"][i], "status": scores["status"][i]}
+               "quality": str(scores["quality"][i]), "status": scores["status"][i]}
         row.update({f"p_{code}": "" if failed else f"{float(p):.6f}"
                     for code, p in zip(FINDINGS, scores["finding_prob"][i].tolist())})
         rows.append(row)
@@ -162,9 +163,11 @@ class PredictionWriter(BasePredictionWriter):
                     rows.setdefault(row["id"], row)
         position = {eye_id: i for i, eye_id in enumerate(self.order)}
         ordered = sorted(rows.values(), key=lambda r: (position.get(r["id"], len(position)), r["id"]))
-        lines = [",".join(PREDICTION_COLUMNS)]
-        lines += [_csv_line([row.get(c, "") for c in PREDICTION_COLUMNS]) for row in ordered]
-        write_text_atomic(self.out_dir / "predictions.csv", "\n".join(lines) + "\n")
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=PREDICTION_COLUMNS, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(ordered)
+        write_text_atomic(self.out_dir / "predictions.csv", table.getvalue())
         for rank in range(trainer.world_size):
             self._part(rank).unlink()
         self._part(0).parent.rmdir()
@@ -177,11 +180,3 @@ class PredictionWriter(BasePredictionWriter):
             "quality_flagged": [r["id"] for r in ordered if r["quality"]],
             "threshold": self.threshold,
         }
-
-
-def _csv_line(cells: Sequence[str]) -> str:
-    import io
-
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(cells)
-    return buffer.getvalue()

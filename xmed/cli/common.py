@@ -72,7 +72,7 @@ def predict(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
     (:data:`~xmed.inference.NON_FINITE` when its output is not finite: its predictions are NaN).
     A :class:`~xmed.errors.QualityWarning` names the flagged eyes.
     """
-    from xmed.data.quality import Quality, warn_flagged
+    from xmed.data.quality import warn_flagged
     from xmed.inference import score_batch
 
     model.eval().to(device)
@@ -90,8 +90,9 @@ def predict(model: torch.nn.Module, loader, device: str | torch.device = "cpu",
         parts["finding_label"].append(batch["findings"])
         parts["vcdr_true"].append(batch["vcdr"])
     out = {k: torch.cat(parts[k]).numpy() if parts[k] else np.zeros(0) for k in keys}
-    out.update({k: parts[k] for k in ("id", "eye", "status", "quality")})
-    warn_flagged([Quality(tuple(q.split(";")) if q else ()) for q in parts["quality"]], parts["id"])
+    out.update({k: parts[k] for k in ("id", "eye", "status")})
+    out["quality"] = [str(q) for q in parts["quality"]]
+    warn_flagged(parts["quality"], parts["id"])
     failed = [eye_id for eye_id, status in zip(parts["id"], parts["status"]) if status]
     if failed:
         log.warning("%d of %d eyes have a non-finite model output and are not scored: %s",
@@ -186,6 +187,14 @@ def evaluation_artefacts(out_dir: Path) -> dict[str, Path]:
     """The files :func:`evaluate_model` writes, by name."""
     return {"metrics": out_dir / "metrics.json", "predictions": out_dir / "predictions.csv",
             "plots": out_dir / "plots"}
+
+
+def print_run_folder(out_dir: Path, artefacts: Mapping[str, Path | None]) -> None:
+    """Print where a command's outputs went: the run folder, then each named output (None: skipped)."""
+    print(f"run folder      {out_dir.resolve()}")
+    for name, path in artefacts.items():
+        if path is not None:
+            print(f"  {name:<15} {Path(path).resolve()}")
 
 
 def write_predictions_csv(path: Path, arrays: Mapping[str, Any], threshold: float | None) -> None:

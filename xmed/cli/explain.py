@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from xmed.cli.entry import command
-from xmed.cli.common import CONFIG_PACKAGE, build_trainer
+from xmed.cli.common import CONFIG_PACKAGE, build_trainer, print_run_folder
 from xmed.cli.eval import datamodule_for_model
 from xmed.cli.rundir import command_folder
 from xmed.runs import write_text_atomic
@@ -160,7 +160,7 @@ class ExplainModule(L.LightningModule):
         if batch.get("size", 1) == 0:
             return []
         images, ids = batch["image"], list(batch["meta"]["id"])
-        per_eye = self._eye_columns(images, ids)
+        per_eye = self._eye_columns(batch)
         truth = ground_truth(batch, self.target)
         edit_truth = (ground_truth(batch, self.target, edit=True)
                       if any(isinstance(e, CounterfactualRun) for e in self.explainers.values()) else None)
@@ -200,18 +200,16 @@ class ExplainModule(L.LightningModule):
             self._write_maps(name, ids, maps, images, truth)
         return [_with_eye_columns(record, per_eye[record["id"]]) for record in records]
 
-    def _eye_columns(self, images: Tensor, ids: list[str]) -> dict[str, dict[str, str]]:
+    def _eye_columns(self, batch: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         """``{id: {"quality": flags joined by ";", "status": NON_FINITE or ""}}`` of the batch's
-        eyes, as ``predictions.csv`` has them (flagged eyes are warned about)."""
-        from xmed.inference import NON_FINITE, finite_outputs
-        from xmed.data.quality import assess_prepared, warn_flagged
+        eyes, from the scoring step ``predictions.csv`` comes from (flagged eyes are warned about)."""
+        from xmed.data.quality import warn_flagged
+        from xmed.inference import score_batch
 
-        qualities = assess_prepared(images, self.model.data_config)
-        warn_flagged(qualities, ids)
-        with torch.no_grad():
-            finite = finite_outputs(self.model(images)).tolist()
-        return {eye_id: {"quality": str(quality), "status": "" if ok else NON_FINITE}
-                for eye_id, quality, ok in zip(ids, qualities, finite)}
+        scores = score_batch(self.model, batch)
+        warn_flagged(scores["quality"], scores["id"])
+        return {eye_id: {"quality": str(quality), "status": status}
+                for eye_id, quality, status in zip(scores["id"], scores["quality"], scores["status"])}
 
     def _counterfactuals(self, name: str, run: CounterfactualRun, images: Tensor, ids: list[str],
                          truth: Tensor | None) -> list[dict[str, Any]]:
@@ -578,9 +576,8 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.model_card:
         update_model_card(Path(cfg.model_card), table, cfg)
     print(table)
-    print(f"run folder      {out_dir.resolve()}")
-    for name in ("metrics.json", "comparison.md", "per_image.csv", "maps", "overlays"):
-        print(f"  {name:<13} {(out_dir / name).resolve()}")
+    print_run_folder(out_dir, {name: out_dir / name
+                               for name in ("metrics.json", "comparison.md", "per_image.csv", "maps", "overlays")})
     return result
 
 

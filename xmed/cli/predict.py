@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from xmed.cli.common import CONFIG_PACKAGE, build_trainer
+from xmed.cli.common import CONFIG_PACKAGE, build_trainer, print_run_folder
 from xmed.cli.entry import command
 from xmed.errors import ConfigError
 
@@ -95,9 +95,7 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
     print(f"screened {summary['n']} eyes: {summary['referable']} referable at P(glaucoma) >= {threshold:.3f}, "
           f"{len(summary['quality_flagged'])} failed the image-quality check, "
           f"{len(summary['failed']) + len(summary['unreadable'])} without a prediction")
-    print(f"run folder      {out_dir.resolve()}")
-    for name in ("predictions.csv", "summary.json"):
-        print(f"  {name:<15} {(out_dir / name).resolve()}")
+    print_run_folder(out_dir, {name: out_dir / name for name in ("predictions.csv", "summary.json")})
     return summary
 
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmed.cli.entry import command
 from xmed.cli.common import (CONFIG_PACKAGE, build_trainer, evaluate_model, evaluation_artefacts, instantiate_group,
-                              sha256)
+                              print_run_folder, sha256)
 from xmed.errors import ConfigError
 from xmed.models.card import scoring_notes
 from xmed.cli.rundir import command_folder
@@ -295,10 +295,7 @@ def _finish_autoencoder(trainer, module, datamodule, out_dir: Path) -> dict[str,
                "dataset": datamodule.dataset_name}
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     print(f"test reconstruction L1 (input space) {metrics['reconstruction_l1']} over {metrics['n']} images")
-    print(f"run folder      {out_dir.resolve()}")
-    for name, path in (("checkpoint", checkpoint), ("autoencoder", folder), ("metrics", out_dir / "metrics.json")):
-        if path:
-            print(f"  {name:<13} {Path(path).resolve()}")
+    print_run_folder(out_dir, {"checkpoint": checkpoint, "autoencoder": folder, "metrics": out_dir / "metrics.json"})
     return metrics
 
 
@@ -326,9 +323,8 @@ def report_run(out_dir: Path, metrics: dict[str, Any], artefacts: dict[str, Path
     if metrics.get("oracle_auroc") is not None:
         lines.append(f"phantom oracle AUROC on the same eyes {fmt('oracle_auroc')}")
     lines += scoring_notes(metrics)
-    lines.append(f"run folder      {out_dir.resolve()}")
-    lines += [f"  {name:<13} {path.resolve()}" for name, path in artefacts.items()]
     print("\n".join(lines))
+    print_run_folder(out_dir, artefacts)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="train")
