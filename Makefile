@@ -42,6 +42,7 @@ bench: venv
 	$(BIN)/python benchmarks/loader_cache.py
 	$(BIN)/python benchmarks/machine_choices.py
 	$(BIN)/python benchmarks/import_time.py
+	$(BIN)/python benchmarks/quality_gate.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
