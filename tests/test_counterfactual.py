@@ -17,14 +17,13 @@ import xmed.explain.counterfactual as cf_module
 from xmed.errors import ConfigError, InputError
 from xmed.explain.counterfactual import COUNTERFACTUALS, AdversarialExplainer, Counterfactual, counterfactual
 from xmed.explain.counterfactual.adversarial import apgd_checkpoints, gaussian_blur, total_variation
-from xmed.findings import FINDINGS
+from xmed.findings import FINDINGS, canonical_target
+from xmed.metrics import METRICS, Evidence, evaluate, score_direction
 from xmed.metrics.counterfactual import (
-    COUNTERFACTUAL_METRICS,
-    EnergyInMask,
+    ChangedFraction,
     L1InMask,
     ProximityL1,
     ProximityL2,
-    Sparsity,
     Validity,
     VCDRFalls,
     VCDRMonotonic,
@@ -83,7 +82,7 @@ def assert_path_is_the_models(model, cf, target: str) -> None:
     assert torch.allclose(cf.findings, torch.sigmoid(out["finding_logits"]).view(t, 2, -1), atol=1e-5)
     assert torch.allclose(cf.vcdr, out["vcdr"].view(t, 2), atol=1e-5)
     expected = {"glaucoma": torch.sigmoid(out["logits"]), "DH": torch.sigmoid(out["finding_logits"][:, 7]),
-                "vCDR": out["vcdr"]}[target].view(t, 2)
+                "vcdr": out["vcdr"]}[canonical_target(target)].view(t, 2)
     assert torch.allclose(cf.probability, expected, atol=1e-5)
 
 
@@ -324,7 +323,7 @@ def test_fundus_classifier_shapes_and_recorded_heads(fundus_model, target):
     assert cf.probability.shape == (t, 2) and cf.findings.shape == (t, 2, len(FINDINGS))
     assert cf.vcdr.shape == (t, 2) and cf.difference.shape == (2, 1, 48, 48)
     assert cf.steps.tolist() == [3, 3] and cf.reached.shape == (2,) and cf.reached.dtype == torch.bool
-    assert cf.target == target and cf.std == tuple(model.data_config.std)
+    assert cf.target == {"vCDR": "vcdr"}.get(target, target) and cf.std == tuple(model.data_config.std)
     # the recorded probabilities are the model's on the recorded frames
     assert_path_is_the_models(model, cf, target)
     assert bool((cf.probability[-1] < cf.probability[0]).all())  # moved the asked way
@@ -362,13 +361,13 @@ def test_validity_and_flip_rate():
     assert math.isnan(flip_rate(torch.tensor([[0.1], [0.0]]), "decrease").item())
 
 
-def test_proximity_and_sparsity_hand_computed():
+def test_proximity_and_changed_fraction_hand_computed():
     original = torch.zeros(2, 3, 2, 2)
     edited = original.clone()
     edited[0, 0, 0, 0] = 0.6      # one value moved by 0.6
     edited[0, 1, 1, 1] = -0.003   # below the tolerance of 1/255
     edited[1] = 0.1               # everything moved by 0.1
-    l1, l2, sp = ProximityL1()(original, edited), ProximityL2()(original, edited), Sparsity()(original, edited)
+    l1, l2, sp = ProximityL1()(original, edited), ProximityL2()(original, edited), ChangedFraction()(original, edited)
     assert l1.tolist() == pytest.approx([(0.6 + 0.003) / 12, 0.1])
     assert l2.tolist() == pytest.approx([math.sqrt((0.36 + 0.003 ** 2) / 12), 0.1])
     assert sp.tolist() == pytest.approx([0.25, 1.0])
@@ -377,7 +376,7 @@ def test_proximity_and_sparsity_hand_computed():
     # over a field of view; an empty one is undefined
     fov = torch.zeros(2, 2, 2, dtype=torch.bool)
     fov[0, 0, 0] = True
-    sp_fov = Sparsity()(original, edited, fov)
+    sp_fov = ChangedFraction()(original, edited, fov)
     assert sp_fov[0].item() == 1.0 and math.isnan(sp_fov[1].item())
     assert ProximityL1()(original, edited, fov)[0].item() == pytest.approx(0.2)
     assert math.isnan(ProximityL2()(original, edited, fov)[1].item())
@@ -431,10 +430,52 @@ def test_reconstruction_error_and_evaluate():
     cf = counterfactual(model, rand_images(2, seed=9), target=0, epsilon=3.0, max_steps=5)
     masks = torch.ones(2, SIZE, SIZE, dtype=torch.bool)
     out = evaluate_counterfactuals(cf, masks=masks, autoencoder=lambda x: x)
-    assert sorted(out) == ["energy_in_mask", "l1_in_mask", "mask_coverage", "proximity_l1", "proximity_l2",
-                           "reconstruction_error", "seconds_per_image", "sparsity", "validity"]
+    assert sorted(out) == ["changed_fraction", "energy_in_mask", "l1_in_mask", "mask_coverage", "proximity_l1",
+                           "proximity_l2", "reconstruction_error", "seconds_per_image", "validity"]
     assert out["validity"].tolist() == [1.0, 1.0] and out["energy_in_mask"].tolist() == [1.0, 1.0]
     assert out["reconstruction_error"].tolist() == [0.0, 0.0]
     assert all(v.shape == (2,) for v in out.values())
-    for name, cls in COUNTERFACTUAL_METRICS.items():
-        assert cls.name == name and cls.direction in ("higher", "lower")
+    counterfactual_metrics = {name: cls for name, cls in METRICS.items() if cls.category == "counterfactual"}
+    assert list(counterfactual_metrics) == ["validity", "proximity_l1", "proximity_l2", "changed_fraction",
+                                            "energy_in_mask", "l1_in_mask", "vcdr_falls", "vcdr_monotonic",
+                                            "reconstruction_error"]
+    for name, cls in counterfactual_metrics.items():
+        assert cls.name == name and cls.score_direction in ("higher", "lower")
+    # every key a table shows has its better side, but the chance level, which has none
+    assert {key: score_direction(key) for key in out} == {
+        "validity": "higher", "proximity_l1": "lower", "proximity_l2": "lower", "changed_fraction": "lower",
+        "energy_in_mask": "higher", "l1_in_mask": "higher", "mask_coverage": None, "reconstruction_error": "lower",
+        "seconds_per_image": "lower"}
+
+
+def test_counterfactual_metrics_score_one_evidence_as_evaluate_counterfactuals_does(fundus_model):
+    images = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(11))
+    cf = counterfactual(fundus_model, images, target="glaucoma", direction="decrease", max_steps=3,
+                        threshold=0.0, early_stop=False)
+    cf.steps[2] = 0                                    # as if the third eye had met the goal as given
+    goal = float(cf.probability[0].min()) - 1e-3        # every eye starts above it: validity is defined
+    masks = torch.zeros(3, 48, 48, dtype=torch.bool)
+    masks[:, 10:30, 12:40] = True
+    autoencoder = lambda x: 0.9 * x                     # noqa: E731
+    wrapped = evaluate_counterfactuals(cf, masks=masks, autoencoder=autoencoder, threshold=goal, tolerance=0.02)
+    evidence = Evidence(counterfactual=cf, masks=masks, autoencoder=autoencoder)
+    scored = evaluate(evidence, options={"validity": {"threshold": goal}, "changed_fraction": {"tolerance": 0.02}})
+    assert list(scored) == [k for k in wrapped if k not in ("mask_coverage", "seconds_per_image")]
+    assert "vcdr_falls" in scored and "reconstruction_error" in scored
+    for name, values in scored.items():
+        torch.testing.assert_close(values, wrapped[name], equal_nan=True)
+        assert math.isnan(values[2].item()), name       # an eye that was not edited has no edit to score
+        assert not math.isnan(values[0].item()), name
+    # score() fills in what the metric leaves to the counterfactual: its std, its direction, its goal
+    torch.testing.assert_close(scored["proximity_l1"][:2],
+                               ProximityL1(std=cf.std)(cf.original, cf.images, cf.fov)[:2])
+    torch.testing.assert_close(scored["vcdr_falls"][:2], VCDRFalls("decrease")(cf.vcdr)[:2])
+    assert ChangedFraction(tolerance=0.02).score(evidence)[:2].tolist() == scored["changed_fraction"][:2].tolist()
+    assert torch.equal(Validity(threshold=goal).score(evidence)[:2], scored["validity"][:2])
+    assert torch.equal(Validity().score(evidence)[:2], Validity(cf.threshold)(cf.probability, "decrease")[:2])
+    with pytest.raises(ConfigError, match="reconstruction_error needs autoencoder"):
+        evaluate(Evidence(counterfactual=cf), ["reconstruction_error"])
+    with pytest.raises(ConfigError, match="energy_in_mask needs masks"):
+        evaluate(Evidence(counterfactual=cf), ["energy_in_mask"])
+    no_vcdr = Evidence(counterfactual=Counterfactual(**{**vars(cf), "vcdr": None}))
+    assert "vcdr_falls" not in evaluate(no_vcdr)

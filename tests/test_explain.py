@@ -133,8 +133,11 @@ def test_targets_select_the_named_scalar():
     with torch.no_grad():
         out = model(images)
     assert torch.equal(select_target(out, "DH"), out["finding_logits"][:, 7])
-    assert torch.equal(select_target(out, "vCDR"), out["vcdr"])
+    for name in ("vcdr", "vCDR"):  # the vCDR in any case, never through a sigmoid
+        assert torch.equal(select_target(out, name), out["vcdr"])
+        assert torch.equal(select_target(out, name, as_probability=True), out["vcdr"])
     assert torch.equal(select_target(out, None), out["logits"])
+    assert xmed.explain(model, images, "input_x_gradient", target="vCDR").target == "vcdr"
     maps_dh = xmed.explain(model, images, "gradcam", target="DH").maps
     maps_g = xmed.explain(model, images, "gradcam", target="glaucoma").maps
     assert not torch.allclose(maps_dh, maps_g)

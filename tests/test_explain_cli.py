@@ -38,7 +38,7 @@ def overrides(out: Path, model: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run(exported, tmp_path_factory):
-    from xmed.cli.explain import explain_run
+    from xmed.pipeline.explanation import explain_run
 
     out = tmp_path_factory.mktemp("explain_run")
     card = out.parent / "card.md"
@@ -97,7 +97,7 @@ def test_comparison_table_goes_into_the_model_card(run):
 def test_model_card_keeps_one_subsection_per_run(tmp_path):
     from omegaconf import OmegaConf
 
-    from xmed.cli.explain import CARD_LEGEND, update_model_card
+    from xmed.pipeline.explanation_report import CARD_LEGEND, update_model_card
     from xmed.models.card import NO_EXPLANATION_CHECKS
 
     card = tmp_path / "card.md"
@@ -123,7 +123,7 @@ def test_model_card_keeps_one_subsection_per_run(tmp_path):
 
 
 def test_ground_truth_for_each_target():
-    from xmed.cli.explain import ground_truth
+    from xmed.pipeline.explanation import ground_truth
     from xmed.findings import FINDINGS
 
     b, size = 2, 8
@@ -158,7 +158,7 @@ def test_every_explainer_config_composes(exported, tmp_path):
 
 
 def test_bad_settings_name_the_key(exported, tmp_path):
-    from xmed.cli.explain import explain_run
+    from xmed.pipeline.explanation import explain_run
 
     with pytest.raises(ConfigError, match="metrics"):
         explain_run(compose("explain", overrides(tmp_path, exported, "metrics=[pointing_game,nonsense]")))
@@ -195,7 +195,7 @@ def test_ddp_cpu_explains_every_eye_once_and_matches_one_process(exported, tmp_p
 
 
 def test_counterfactuals_and_rationale_in_the_same_run(exported, tmp_path):
-    from xmed.cli.explain import explain_run
+    from xmed.pipeline.explanation import explain_run
     from xmed.findings import FINDINGS
 
     out = tmp_path / "cf"
@@ -226,7 +226,7 @@ def test_counterfactuals_and_rationale_in_the_same_run(exported, tmp_path):
 
 
 def test_goal_per_direction_from_the_command_line(exported):
-    from xmed.cli.explain import build_explainers
+    from xmed.pipeline.explanation import build_explainers
     from xmed.models import load_model
 
     cfg = compose("explain", overrides(Path("unused"), exported, "explainer=[adversarial]",
@@ -243,7 +243,7 @@ def test_goal_per_direction_from_the_command_line(exported):
 def test_run_comparison_puts_two_runs_side_by_side(tmp_path):
     from PIL import Image
 
-    from xmed.cli.explain import run_comparison
+    from xmed.pipeline.explanation_report import run_comparison
 
     earlier, now = tmp_path / "standard", tmp_path / "robust"
     earlier.mkdir()
@@ -268,7 +268,7 @@ def test_run_comparison_puts_two_runs_side_by_side(tmp_path):
 
 
 def test_run_comparison_pairs_the_eyes_both_runs_scored(tmp_path):
-    from xmed.cli.explain import run_comparison
+    from xmed.pipeline.explanation_report import run_comparison
 
     earlier = tmp_path / "standard"
     earlier.mkdir()
@@ -294,7 +294,7 @@ def test_run_comparison_pairs_the_eyes_both_runs_scored(tmp_path):
 
 
 def test_label_filter_explains_glaucomatous_eyes_only(exported, tmp_path):
-    from xmed.cli.explain import explain_run
+    from xmed.pipeline.explanation import explain_run
 
     out = tmp_path / "glaucomatous"
     result = explain_run(compose("explain", overrides(out, exported, "label=1", "n=2", "randomisation.n_images=0")))

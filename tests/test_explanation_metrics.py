@@ -19,8 +19,8 @@ from torchvision.transforms.functional import gaussian_blur
 
 import xmed.metrics
 from xmed.errors import ConfigError
+from xmed.metrics import METRICS, Evidence, Metric, create_metric, evaluate, register_metric, score_direction
 from xmed.metrics.explanation import (
-    EXPLANATION_METRICS,
     ROAD,
     Deletion,
     EnergyPointingGame,
@@ -30,13 +30,12 @@ from xmed.metrics.explanation import (
     ModelParameterRandomisation,
     PointingGame,
     Sparseness,
-    create_metric,
     evaluate_explanations,
     noisy_linear_imputation,
     randomisation_layers,
 )
 
-EXPECTED_DIRECTION = {
+EXPECTED_SCORE_DIRECTION = {
     "pointing_game": "higher", "energy_pointing_game": "higher", "map_auroc": "higher",
     "map_auprc": "higher", "deletion": "lower", "insertion": "higher", "road_morf": "lower",
     "road_lerf": "higher", "randomisation_spearman": "lower", "randomisation_ssim": "lower",
@@ -279,7 +278,7 @@ def test_road_morf_below_lerf_and_reproducible():
     assert fractions.tolist() == pytest.approx([0.1 * i for i in range(1, 10)])
     assert bool((lerf_curve == 16.0).all())      # the region is never removed, noise never reaches it
     assert bool((morf(region, images, maps) < 1.0).all())         # imputed from its zero surroundings
-    assert (morf.direction, lerf.direction, lerf.name) == ("lower", "higher", "road_lerf")
+    assert (morf.score_direction, lerf.score_direction, lerf.name) == ("lower", "higher", "road_lerf")
 
     noisy = ROAD("morf", percentages=(0.3, 0.6), noise=0.5, seed=1)
     a = noisy.curve(region, images, maps)[1]
@@ -388,16 +387,82 @@ def test_sparseness_gini():
     assert Sparseness()(x).item() == pytest.approx(gini, abs=1e-6)
 
 
-def test_registry_directions_categories():
-    assert set(EXPLANATION_METRICS) == set(EXPECTED_DIRECTION)
-    for name, cls in EXPLANATION_METRICS.items():
+def test_registry_score_directions_categories():
+    saliency = {name: cls for name, cls in METRICS.items() if cls.category != "counterfactual"}
+    assert set(saliency) == set(EXPECTED_SCORE_DIRECTION)
+    for name, cls in saliency.items():
         metric = create_metric(name)
         assert cls.name == metric.name == name
-        assert cls.direction == metric.direction == EXPECTED_DIRECTION[name]
+        assert cls.score_direction == metric.score_direction == score_direction(name) == EXPECTED_SCORE_DIRECTION[name]
         assert cls.category in ("localisation", "faithfulness", "randomisation", "complexity")
-    with pytest.raises(ConfigError):
+        assert not hasattr(metric, "direction")        # "direction" is a counterfactual's decrease/increase
+    with pytest.raises(ConfigError, match="unknown metric 'nope'; known: .*pointing_game"):
         create_metric("nope")
-    assert xmed.metrics.EXPLANATION_METRICS is EXPLANATION_METRICS
+    with pytest.raises(ConfigError, match="n_step.*the options of deletion: n_steps, baseline, batch_size"):
+        create_metric("deletion", n_step=4)
+    assert create_metric("deletion", n_steps=3, baseline="zero").n_steps == 3
+    assert create_metric("road_morf", percentages=(0.2, 0.4)).percentages == (0.2, 0.4)
+    assert xmed.metrics.METRICS is METRICS
+
+
+def test_register_metric_checks_what_a_metric_declares():
+    class Undeclared(Metric):
+        name = "undeclared_test_metric"
+        requires = ("maps",)
+
+    class UnknownEvidence(Metric):
+        name = "unknown_evidence_test_metric"
+        score_direction = "higher"
+        category = "complexity"
+        requires = ("heatmap",)
+
+    with pytest.raises(TypeError, match="score_direction must be one of higher, lower; category must be"):
+        register_metric(Undeclared)
+    with pytest.raises(TypeError, match="requires must name Evidence fields"):
+        register_metric(UnknownEvidence)
+    with pytest.raises(ValueError, match="'sparseness' is already taken by Sparseness"):
+        register_metric(type("Sparseness2", (Sparseness,), {}))
+    assert "undeclared_test_metric" not in METRICS and "unknown_evidence_test_metric" not in METRICS
+
+
+def test_every_metric_scores_one_evidence_like_its_own_call():
+    g = torch.Generator().manual_seed(12)
+    images = torch.rand(2, 3, 8, 8, generator=g)
+    maps = torch.randn(2, 1, 8, 8, generator=g)
+    masks = torch.rand(2, 8, 8, generator=g) < 0.4
+    net = tiny_net()
+    evidence = Evidence(maps=maps, masks=masks, forward=mean_forward, images=images, model=net,
+                        explain_fn=gradient_x_input)
+    options = {"deletion": {"n_steps": 4}, "insertion": {"n_steps": 4}, "road_morf": {"percentages": (0.5,)},
+               "road_lerf": {"percentages": (0.5,)}}
+    scores = evaluate(evidence, options=options)        # None: every metric whose evidence is given
+    assert list(scores) == list(EXPECTED_SCORE_DIRECTION)
+    assert all(v.shape == (2,) for v in scores.values())
+    torch.testing.assert_close(scores["pointing_game"], PointingGame()(maps, masks))
+    torch.testing.assert_close(scores["deletion"], Deletion(4)(mean_forward, images, maps))
+    torch.testing.assert_close(scores["road_lerf"], ROAD("lerf", (0.5,))(mean_forward, images, maps))
+    torch.testing.assert_close(scores["sparseness"], Sparseness()(maps))
+    cascade = ModelParameterRandomisation()(net, gradient_x_input, images)
+    torch.testing.assert_close(scores["randomisation_spearman"], list(cascade.values())[-1])
+    # built metrics go in as they are, by name in the result
+    built = evaluate(evidence, [PointingGame(tolerance_px=8), "map_auroc"])
+    assert built["pointing_game"].tolist() == [1.0, 1.0] and list(built) == ["pointing_game", "map_auroc"]
+
+
+def test_evaluate_names_the_missing_evidence_and_misplaced_options():
+    maps, masks = torch.rand(1, 1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool)
+    with pytest.raises(ConfigError, match="randomisation_ssim needs model and explain_fn and images"):
+        evaluate(Evidence(maps=maps), ["randomisation_ssim"])
+    with pytest.raises(ConfigError, match="validity needs counterfactual"):
+        evaluate(Evidence(maps=maps), ["validity"])
+    with pytest.raises(ConfigError, match="vcdr_falls needs counterfactual.vcdr"):
+        evaluate(Evidence(maps=maps), ["vcdr_falls"])
+    with pytest.raises(ConfigError, match="options for metrics that are not run: deletion"):
+        evaluate(Evidence(maps=maps, masks=masks), options={"deletion": {"n_steps": 2}})
+    with pytest.raises(ConfigError, match="pointing_game is given built"):
+        evaluate(Evidence(maps=maps, masks=masks), [PointingGame()], options={"pointing_game": {"tolerance_px": 1}})
+    with pytest.raises(ConfigError, match="named more than once: sparseness"):
+        evaluate(Evidence(maps=maps), ["sparseness", Sparseness()])
 
 
 def test_evaluate_explanations_runs_what_the_inputs_allow():
@@ -422,8 +487,9 @@ def test_evaluate_explanations_runs_what_the_inputs_allow():
         evaluate_explanations(maps, metrics=("nope",))
 
 
-def test_module_imports_neither_data_nor_lightning():
-    source = Path(xmed.metrics.explanation.__file__).read_text()
+@pytest.mark.parametrize("module", ["base", "classification", "explanation", "counterfactual"])
+def test_metric_modules_import_neither_data_nor_lightning(module):
+    source = (Path(xmed.metrics.__file__).parent / f"{module}.py").read_text()
     nodes = list(ast.walk(ast.parse(source)))
     imported = [a.name for node in nodes if isinstance(node, ast.Import) for a in node.names]
     imported += [node.module or "" for node in nodes if isinstance(node, ast.ImportFrom)]

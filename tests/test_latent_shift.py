@@ -265,12 +265,12 @@ def fundus_pair():
     return model, ae
 
 
-@pytest.mark.parametrize("target", ["glaucoma", "DH", "vCDR"])
+@pytest.mark.parametrize("target", ["glaucoma", "DH", "vcdr"])
 def test_fundus_classifier_shapes_and_recorded_heads(fundus_pair, target):
     model, ae = fundus_pair
     images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(10))
-    direction = "decrease" if target != "vCDR" else "increase"
-    cf = LatentShiftExplainer(model, ae, n_lambdas=3, threshold={"vCDR": 1.0}.get(target, 0.0))(
+    direction = "decrease" if target != "vcdr" else "increase"
+    cf = LatentShiftExplainer(model, ae, n_lambdas=3, threshold={"vcdr": 1.0}.get(target, 0.0))(
         images, target, direction)
     t = cf.frames.shape[0]
     assert 2 <= t <= 4 and cf.images.shape == (2, 3, SIZE, SIZE) and cf.frames.shape == (t, 2, 3, SIZE, SIZE)

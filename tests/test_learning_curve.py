@@ -74,7 +74,7 @@ def test_learning_curve_is_skipped_without_a_csv_log(tmp_path, caplog, metrics_c
 def test_a_training_run_with_the_csv_logger_writes_its_learning_curve(tmp_path):
     from test_train_cli import compose, tiny_overrides
 
-    from xmed.cli.train import train
+    from xmed.pipeline.training import train
 
     overrides = [o for o in tiny_overrides(tmp_path, epochs=2) if o != "logger=none"]
     train(compose("train", overrides + ["logger=csv", "trainer.log_every_n_steps=1", "test=false"]))

@@ -24,12 +24,13 @@ from xmed.errors import ConfigError  # noqa: E402
 from xmed.findings import FINDINGS  # noqa: E402
 from xmed.metrics import (  # noqa: E402
     CI_METRICS,
-    DIRECTION,
+    PREDICTION_SCORE_DIRECTIONS,
     Predictions,
     auroc,
     bootstrap_ci,
     bootstrap_predictions,
     brier,
+    calibration_bins,
     choose_threshold,
     ece,
     evaluate_predictions,
@@ -37,10 +38,11 @@ from xmed.metrics import (  # noqa: E402
     finding_hamming,
     operating_point,
     resample_indices,
+    score_direction,
     sens_at_spec,
     vcdr_mae,
 )
-from xmed.metrics.classification import _roc_metrics, _weighted_roc  # noqa: E402
+from xmed.metrics.classification import _justraigs_sens, _roc_metrics, _weighted_roc  # noqa: E402
 from xmed.viz.plots import plot_calibration, plot_finding_auroc, plot_roc  # noqa: E402
 
 NAN = float("nan")
@@ -316,17 +318,18 @@ def test_single_class_test_split_gives_none_and_valid_json():
         evaluate_predictions(val, test, threshold_rule="max_f1")
 
 
-def test_full_report_is_json_and_every_metric_has_a_direction():
+def test_full_report_is_json_and_every_metric_has_a_score_direction():
     out = evaluate_predictions(make_split(150, 10), make_split(150, 11), n_bootstrap=100, seed=3)
     assert set(out) == KEYS
     text = json.dumps(out, allow_nan=False)
     assert json.loads(text)["threshold_rule"] == "youden"
     for key, value in out.items():
         if key not in ("threshold", "threshold_rule", "n", "n_positive", "ci"):
-            assert DIRECTION[key] in ("higher", "lower"), key
+            assert PREDICTION_SCORE_DIRECTIONS[key] == score_direction(key) in ("higher", "lower"), key
     assert all(out["ci"][key] is not None for key in CI_METRICS)
-    assert DIRECTION["brier"] == DIRECTION["ece"] == DIRECTION["vcdr_mae"] == "lower"
-    assert DIRECTION["auroc"] == "higher"
+    assert score_direction("brier") == score_direction("ece") == score_direction("vcdr_mae") == "lower"
+    assert score_direction("auroc") == score_direction("sens_at_95spec_justraigs") == "higher"
+    assert score_direction("threshold") is None and score_direction("n") is None
 
 
 # ---------------------------------------------------------------------------- bootstrap
@@ -346,6 +349,7 @@ def test_vectorised_bootstrap_equals_the_plain_loop():
         "auroc": (lambda a, b: auroc(a, b), p, y),
         "pauroc_90": (lambda a, b: auroc(a, b, max_fpr=0.1), p, y),
         "sens_at_95spec": (sens_at_spec, p, y),
+        "sens_at_95spec_justraigs": (lambda a, b: sens_at_spec(a, b, rule="justraigs"), p, y),
         "sensitivity": (lambda a, b: operating_point(a, b, threshold)["sensitivity"], p, y),
         "specificity": (lambda a, b: operating_point(a, b, threshold)["specificity"], p, y),
         "accuracy": (lambda a, b: operating_point(a, b, threshold)["accuracy"], p, y),
@@ -362,6 +366,22 @@ def test_vectorised_bootstrap_equals_the_plain_loop():
         assert fast[key].n_dropped == slow.n_dropped, key
 
 
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 80), levels=st.integers(1, 10),
+       spec=st.sampled_from([0.95, 0.9, 0.8, 0.5]))
+def test_vectorised_justraigs_rule_equals_it_on_every_resample(seed, n, levels, spec):
+    # ties and scores that a resample does not hold: its own curve has fewer points than the data's
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(float)
+    y[:2] = [0, 1]
+    p = np.round(np.clip(0.3 + 0.3 * y + 0.3 * rng.standard_normal(n), 0, 1) * levels) / levels
+    idx = resample_indices(n, 20, seed % 1000)
+    w = torch.zeros(20, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(20, n, dtype=torch.float64))
+    fast = _justraigs_sens(*_weighted_roc(torch.tensor(p), torch.tensor(y), w), spec).tolist()
+    slow = [sens_at_spec(p[i], y[i], spec, "justraigs") for i in idx.numpy()]
+    assert [None if math.isnan(v) else v for v in fast] == slow
+
+
 def test_bootstrap_drops_and_counts_one_class_resamples():
     y = np.r_[np.zeros(14), 1.0]            # one positive in 15 eyes: many resamples miss it
     p = np.linspace(0.05, 0.95, 15)
@@ -369,7 +389,7 @@ def test_bootstrap_drops_and_counts_one_class_resamples():
     idx = resample_indices(15, 200, seed=0)
     missing = int((~(idx == 14).any(1)).sum())           # resamples without the positive eye
     assert 0 < missing < 200
-    for key in ("auroc", "pauroc_90", "sens_at_95spec", "sensitivity"):
+    for key in ("auroc", "pauroc_90", "sens_at_95spec", "sens_at_95spec_justraigs", "sensitivity"):
         assert ci[key].n_dropped == missing, key
     assert ci["brier"].n_dropped == 0 and ci["specificity"].n_dropped == 0
 
@@ -412,3 +432,29 @@ def test_plots_write_pngs_and_leave_no_figure_open(tmp_path):
     assert plt.get_fignums() == []
     with pytest.raises(ValueError, match="one class"):
         plot_roc([0.2, 0.3], [1, 1], tmp_path / "bad.png")
+
+
+def test_reliability_diagram_draws_the_bins_ece_uses(tmp_path, monkeypatch):
+    import xmed.viz.plots as plots
+
+    drawn = {}
+    save = plots._save
+
+    def keep_axes(fig, path):
+        ax = fig.axes[0]
+        line = ax.lines[1]                                 # mean probability vs observed fraction
+        drawn.update(conf=list(line.get_xdata()), frac=list(line.get_ydata()),
+                     counts=[int(t.get_text()) for t in ax.texts], title=ax.get_title())
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep_axes)
+    # 0.25, 0.5 and 0.75 lie on inner edges and join the lower bin; 1.0 joins the last one
+    prob, label = [0.1, 0.25, 0.5, 0.3, 1.0, 0.75, 0.76], [0, 1, 1, 0, 1, 1, 0]
+    plot_calibration(prob, label, tmp_path / "calibration.png", n_bins=4)
+    assert calibration_bins(torch.tensor(prob, dtype=torch.float64), 4).tolist() == [0, 0, 1, 1, 3, 2, 3]
+    assert drawn["conf"] == pytest.approx([0.175, 0.4, 0.75, 0.88], abs=1e-12)
+    assert drawn["frac"] == pytest.approx([0.5, 0.5, 1.0, 0.5], abs=1e-12)
+    assert drawn["counts"] == [2, 2, 1, 2]
+    gaps = sum(c * abs(f - m) for c, f, m in zip(drawn["counts"], drawn["frac"], drawn["conf"])) / len(prob)
+    assert ece(prob, label, n_bins=4) == pytest.approx(gaps, abs=1e-12) == pytest.approx(1.86 / 7, abs=1e-12)
+    assert f"ECE = {1.86 / 7:.3f} (4 bins, 7 eyes)" in drawn["title"]

@@ -74,23 +74,24 @@ def test_output_contract(family, mode):
         assert out["concepts"].shape == (3, 11)
     # the target strings select the right scalar of this very output
     assert torch.equal(target_scalar(out, "glaucoma"), out["logits"])
-    assert torch.equal(target_scalar(out, "vCDR"), out["vcdr"])
+    assert torch.equal(target_scalar(out, "vcdr"), out["vcdr"])
     assert torch.equal(target_scalar(out, "DH"), out["finding_logits"][:, 7])
 
 
 def test_target_scalar_every_target():
     out = {"logits": torch.tensor([-1.0, -2.0]), "finding_logits": torch.arange(20.0).view(2, 10),
            "vcdr": torch.tensor([0.3, 0.6])}
-    assert TARGETS == ("glaucoma", *FINDINGS, "vCDR")
+    assert TARGETS == ("glaucoma", *FINDINGS, "vcdr") and VCDR == "vcdr"
     assert target_scalar(out, "glaucoma").tolist() == [-1.0, -2.0]
-    assert target_scalar(out, "vCDR").tolist() == pytest.approx([0.3, 0.6])
+    for alias in ("vcdr", "vCDR", "VCDR"):  # the vCDR in any case
+        assert target_scalar(out, alias).tolist() == pytest.approx([0.3, 0.6]), alias
     for j, code in enumerate(("ANRS", "ANRI", "RNFLDS", "RNFLDI", "BCLVS", "BCLVI", "NVT", "DH", "LD", "LC")):
         assert target_scalar(out, code).tolist() == [float(j), float(10 + j)], code
     with pytest.raises(ConfigError, match="'glaucom'") as err:
         target_scalar(out, "glaucom")
     assert err.value.key == "target"
-    with pytest.raises(ConfigError, match="'vcdr'"):  # case matters: the name is "vCDR"
-        target_scalar(out, "vcdr")
+    with pytest.raises(ConfigError, match="'dh'; use one of glaucoma, ANRS"):  # finding codes are as written
+        target_scalar(out, "dh")
 
 
 def test_bad_constructor_arguments_name_the_key():
@@ -125,10 +126,10 @@ def test_cbm_logit_is_the_head_of_the_concepts(cbm):
     w, b = cbm.glaucoma_head.weight[0].detach(), cbm.glaucoma_head.bias.detach()
     by_hand = (concepts * w).sum(1) + b
     torch.testing.assert_close(out["logits"], by_hand, rtol=1e-12, atol=1e-12)
-    contributions = cbm.concept_contributions(out["concepts"]).detach()
-    assert contributions.shape == (3, 11)
-    torch.testing.assert_close(contributions.sum(1) + b, out["logits"], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(contributions[:, finding_index("DH")], w[7] * concepts[:, 7], rtol=0, atol=0)
+    terms = cbm.bottleneck_terms(out["concepts"]).detach()
+    assert terms.shape == (3, 11)
+    torch.testing.assert_close(terms.sum(1) + b, out["logits"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(terms[:, finding_index("DH")], w[7] * concepts[:, 7], rtol=0, atol=0)
 
 
 def test_cbm_intervention_scalar_and_masked_tensor(cbm):
@@ -137,6 +138,7 @@ def test_cbm_intervention_scalar_and_masked_tensor(cbm):
     with torch.no_grad():
         base = cbm(x)
         scalar = cbm(x, intervene={"DH": 1.0, VCDR: 0.4})
+        alias = cbm(x, intervene={"DH": 1.0, "vCDR": 0.4})
         masked = cbm(x, intervene={"LC": torch.tensor([0.0, math.nan, 1.0], dtype=torch.float64)})
     dh, lc, vc = finding_index("DH"), finding_index("LC"), len(FINDINGS)
     # scalar: the column is replaced for every eye, nothing else moves
@@ -148,6 +150,7 @@ def test_cbm_intervention_scalar_and_masked_tensor(cbm):
     torch.testing.assert_close(scalar["logits"] - base["logits"], delta, rtol=1e-9, atol=1e-12)
     # the backbone's own predictions are untouched by an intervention
     assert torch.equal(scalar["finding_logits"], base["finding_logits"])
+    assert torch.equal(alias["logits"], scalar["logits"])
     # tensor with NaN: NaN keeps the prediction, the others are replaced
     assert masked["concepts"][0, lc] == 0.0 and masked["concepts"][2, lc] == 1.0
     assert masked["concepts"][1, lc] == base["concepts"][1, lc]
@@ -171,11 +174,14 @@ def test_intervention_errors():
         multitask(x, intervene={"DH": 1.0})
     assert err.value.key == "intervene"
     with pytest.raises(ConfigError) as err:
-        multitask.concept_contributions(torch.zeros(2, 11))
+        multitask.bottleneck_terms(torch.zeros(2, 11))
     assert err.value.key == "model.net.mode"
     cbm = FundusClassifier(TINY, input_size=SIZE, mode="concept_bottleneck").eval()
     with pytest.raises(ConfigError, match="'HAEMORRHAGE'"):
         cbm(x, intervene={"HAEMORRHAGE": 1.0})
+    with pytest.raises(ConfigError, match="unknown concept 'glaucoma'") as err:  # a target, not a concept
+        cbm(x, intervene={"glaucoma": 1.0})
+    assert err.value.key == "intervene"
 
 
 # ---------------------------------------------------------------------------- masked losses
@@ -531,7 +537,7 @@ def test_unknown_override_key_fails_naming_it(compose):
 
 
 def test_bad_mode_is_a_config_error_naming_the_key(compose):
-    from xmed.cli.train import instantiate_group
+    from xmed.pipeline.instantiate import instantiate_group
 
     cfg = compose(["model=tiny_test", "model.net.mode=bad"])
     with pytest.raises(ConfigError) as err:

@@ -47,7 +47,7 @@ def clinic(tmp_path_factory) -> Path:
 
 
 def predict(model: Path, folder: Path, out: Path, *extra: str) -> tuple[dict, dict[str, dict[str, str]]]:
-    from xmed.cli.predict import predict_run
+    from xmed.pipeline.prediction import predict_run
 
     summary = predict_run(compose("predict", [f"ckpt_path={model}", f"input={folder}", f"paths.output_dir={out}",
                                               "num_workers=0", *extra]))
@@ -102,7 +102,7 @@ def test_a_folder_of_dicom_files_gives_no_patient_identifier(model_dir, tmp_path
 
 
 def test_photographs_and_dicom_files_are_told_apart(tmp_path):
-    from xmed.cli.predict import input_dataset
+    from xmed.pipeline.prediction import input_dataset
 
     (tmp_path / "photos").mkdir()
     cv2.imwrite(str(tmp_path / "photos" / "a.png"), np.zeros((64, 64, 3), np.uint8))

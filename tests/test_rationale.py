@@ -9,7 +9,7 @@ import torch
 
 from xmed.errors import ConfigError
 from xmed.explain.rationale import FindingEvidence, Rationale, concept_contributions, rationale, sentence
-from xmed.findings import FINDINGS
+from xmed.findings import FINDING_NAMES, FINDINGS, VCDR
 from xmed.models import FundusClassifier
 
 
@@ -73,6 +73,17 @@ def test_sentence_names_the_drivers_and_the_edit():
                            "0.80; toward normal the edit lowers inferior RNFL defect 0.91 → 0.10.")
 
 
+def test_sentence_reads_the_vcdr_change_by_its_canonical_code():
+    findings = [FindingEvidence(code, FINDING_NAMES[code].full, 0.1, 0.0) for code in FINDINGS]
+    findings[FINDINGS.index("LC")] = FindingEvidence("LC", FINDING_NAMES["LC"].full, 0.9, 1.2)
+    r = Rationale(0.87, 1.9, 0.5, "referable glaucoma", 0.78, findings, 0.9, -0.5, 0.0, True,
+                  {"toward": "normal", "changes": [{"code": VCDR, "from": 0.78, "to": 0.55},
+                                                   {"code": "DH", "from": 0.4, "to": 0.2}]}, "")
+    assert VCDR == "vcdr"
+    assert sentence(r) == ("Referable glaucoma (p = 0.87), mainly from a large cup and the vCDR of 0.78; toward "
+                           "normal the edit lowers the vCDR 0.78 → 0.55 and lowers disc haemorrhage 0.40 → 0.20.")
+
+
 def test_rationale_needs_named_heads(images):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 2))
     with pytest.raises(ConfigError, match="named heads"):
@@ -89,4 +100,5 @@ def test_counterfactual_summary_points_to_the_other_decision(images):
         assert cf["probability"][0] == pytest.approx(r.probability, abs=1e-3) and 0 <= cf["steps"] <= 3
         moved = cf["probability"][1] - cf["probability"][0]
         assert moved <= 1e-6 if cf["toward"] == "normal" else moved >= -1e-6
+        assert all(change["code"] in (*FINDINGS, "vcdr") for change in cf["changes"])
         json.dumps(r.to_dict())

@@ -3,22 +3,22 @@
 :func:`score_batch` turns one batch into per-eye outputs — P(glaucoma), the finding
 probabilities, the vCDR, the image-quality flags and a ``status`` that marks an eye whose output
 is not finite (it then gets no prediction). :class:`EyeScorer` runs it as Lightning's
-``predict_step`` and :class:`PredictionWriter` writes every process's rows as they come, merging
-them into one ``predictions.csv`` (one row per eye, in the data set's order) when prediction ends:
-``trainer=ddp`` spreads a folder over GPUs with no other change.
+``predict_step``; :class:`RecordWriter` gathers the per-eye records of every process, so
+:func:`score_eyes` — the one path ``xmed-train``'s test, ``xmed-eval`` and ``xmed-predict`` take —
+runs on the CPU, a GPU or many (``trainer=ddp``) with no other change.
 
 Example::
 
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False,
-                        callbacks=[PredictionWriter("out", ids, threshold=model.threshold)])
-    trainer.predict(EyeScorer(model), loader, return_predictions=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    records = score_eyes(trainer, model, loader, order=[r.id for r in dataset.records], parts_dir="run/.parts")
+    records[0]["prob"], records[0]["status"]      # P(glaucoma) of the first eye, "" when it was scored
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -33,9 +33,6 @@ from xmed.findings import FINDINGS, VCDR
 NON_FINITE = "non-finite output"
 #: The ``status`` of a file that could not be read (``on_error="skip"``).
 UNREADABLE = "unreadable"
-
-#: The columns of ``xmed-predict``'s ``predictions.csv``.
-PREDICTION_COLUMNS = ("id", "eye", "prob", "referable", "vcdr", *(f"p_{c}" for c in FINDINGS), "quality", "status")
 
 
 def finite_outputs(out: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -84,99 +81,145 @@ def score_batch(model: torch.nn.Module, batch: Mapping[str, Any], intervene_with
     }
 
 
-class EyeScorer(L.LightningModule):
-    """:func:`score_batch` as Lightning's ``predict_step``, for ``trainer.predict`` on any device
-    and strategy; skipped files of a batch (``on_error="skip"``) are passed on as ``skipped``."""
+def _value(x: float) -> float | None:
+    """A JSON-safe number: None for NaN (an unknown truth, or no prediction)."""
+    x = float(x)
+    return None if math.isnan(x) else x
 
-    def __init__(self, model: torch.nn.Module):
+
+def eye_records(scores: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One plain record per eye of :func:`score_batch`'s output: ``id``, ``eye``, ``prob``,
+    ``finding_prob`` (list), ``vcdr_pred``, ``quality`` (flags joined by ``;``), ``status``, and the
+    batch's truth ``label``, ``finding_label`` (list), ``vcdr_true`` — None where unknown or not
+    predicted. Floats keep every bit of the model's float32 output (they round-trip through JSON)."""
+    records = []
+    for i, eye_id in enumerate(scores["id"]):
+        records.append({
+            "id": eye_id, "eye": scores["eye"][i], "prob": _value(scores["prob"][i]),
+            "finding_prob": [_value(p) for p in scores["finding_prob"][i].tolist()],
+            "vcdr_pred": _value(scores["vcdr_pred"][i]), "quality": str(scores["quality"][i]),
+            "status": scores["status"][i], "label": _value(batch["label"][i]),
+            "finding_label": [_value(v) for v in batch["findings"][i].tolist()], "vcdr_true": _value(batch["vcdr"][i]),
+        })
+    return records
+
+
+class EyeScorer(L.LightningModule):
+    """:func:`score_batch` as Lightning's ``predict_step``, returning ``{"records": eye_records,
+    "skipped": files of the batch that could not be read (on_error="skip")}``.
+
+    Example::
+
+        trainer.predict(EyeScorer(model), loader, return_predictions=False)   # with a RecordWriter callback
+    """
+
+    def __init__(self, model: torch.nn.Module, intervene_with_truth: bool = False):
         super().__init__()
         self.model = model.eval()
+        self.intervene_with_truth = intervene_with_truth
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         skipped = list(batch.get("skipped", []))
         if batch.get("size", 1) == 0:
-            return {"rows": [], "skipped": skipped}
-        scores = score_batch(self.model, batch)
-        return {"rows": prediction_rows(scores), "skipped": skipped}
+            return {"records": [], "skipped": skipped}
+        return {"records": eye_records(score_batch(self.model, batch, self.intervene_with_truth), batch),
+                "skipped": skipped}
 
 
-def prediction_rows(scores: Mapping[str, Any]) -> list[dict[str, str]]:
-    """One ``predictions.csv`` row (without the decision) per eye of :func:`score_batch`'s output."""
-    rows = []
-    for i, eye_id in enumerate(scores["id"]):
-        failed = bool(scores["status"][i])
-        row = {"id": eye_id, "eye": scores["eye"][i], "prob": "" if failed else f"{float(scores['prob'][i]):.6f}",
-               "vcdr": "" if failed else f"{float(scores['vcdr_pred'][i]):.4f}",
-               "quality": str(scores["quality"][i]), "status": scores["status"][i]}
-        row.update({f"p_{code}": "" if failed else f"{float(p):.6f}"
-                    for code, p in zip(FINDINGS, scores["finding_prob"][i].tolist())})
-        rows.append(row)
-    return rows
+class RecordWriter(BasePredictionWriter):
+    """Collects the records a ``predict_step`` returns (``{"records": [...], "skipped": [...]}``)
+    from every process: each process appends its batches to a part file in ``parts_dir`` as they
+    end, and when prediction ends process 0 merges them into :attr:`records`, in the order of
+    ``order`` (the data set's ids; records of other ids follow, sorted), each ``key`` once — a
+    distributed sampler's padding repeats some eyes — and deletes the parts. A skipped file becomes
+    a record ``{"id", "status": "unreadable: <reason>"}``, its id looked up in ``id_of_file``
+    (image path -> id) when given.
 
+    Example::
 
-class PredictionWriter(BasePredictionWriter):
-    """Writes :class:`EyeScorer`'s rows as each batch ends (one part file per process) and, when
-    prediction ends, merges them into ``<out_dir>/predictions.csv``: one row per eye of ``records``
-    (``(id, image path)`` in the data set's order; a distributed sampler's padding repeats some
-    eyes: each is kept once), each with its decision at ``threshold`` (``referable`` 1/0, empty when
-    the eye got no prediction); a file that could not be read has ``status`` :data:`UNREADABLE` and
-    the reason. Its ``summary`` counts them."""
+        writer = RecordWriter("run/.parts", order=ids)
+        L.Trainer(callbacks=[writer], logger=False).predict(EyeScorer(model), loader, return_predictions=False)
+        writer.records     # on process 0; None on the others
+    """
 
-    def __init__(self, out_dir: str | Path, records: Sequence[tuple[str, str | Path]], threshold: float):
+    def __init__(self, parts_dir: str | Path, order: Sequence[str], key: Sequence[str] = ("id",),
+                 id_of_file: Mapping[str, str] | None = None):
         super().__init__(write_interval="batch")
-        self.out_dir, self.threshold = Path(out_dir), float(threshold)
-        self.order = [eye_id for eye_id, _ in records]
-        self.id_of_file = {str(Path(path)): eye_id for eye_id, path in records}
-        self.summary: dict[str, Any] = {}
+        self.parts_dir, self.key = Path(parts_dir), tuple(key)
+        self.position = {eye_id: i for i, eye_id in enumerate(order)}
+        self.id_of_file = {str(Path(path)): eye_id for path, eye_id in (id_of_file or {}).items()}
+        self.records: list[dict[str, Any]] | None = None
 
     def _part(self, rank: int) -> Path:
-        return self.out_dir / ".parts" / f"predictions.rank{rank}.csv"
+        return self.parts_dir / f"rank{rank}.jsonl"
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        part = self._part(trainer.global_rank)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "w", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=PREDICTION_COLUMNS).writeheader()
+        self.records = None
+        self._part(trainer.global_rank).parent.mkdir(parents=True, exist_ok=True)
+        self._part(trainer.global_rank).write_text("")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
         unreadable = [{"id": self.id_of_file.get(str(Path(skip["path"])), skip["path"]),
-                       "status": f"{UNREADABLE}: {skip['reason']}"} for skip in prediction["skipped"]]
-        with open(self._part(trainer.global_rank), "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=PREDICTION_COLUMNS, restval="")
-            writer.writerows(self._decided(row) for row in prediction["rows"])
-            writer.writerows(unreadable)
-
-    def _decided(self, row: dict[str, str]) -> dict[str, str]:
-        return {**row, "referable": "" if row["status"] else str(int(float(row["prob"]) >= self.threshold))}
+                       "status": f"{UNREADABLE}: {skip['reason']}"} for skip in prediction.get("skipped", [])]
+        with open(self._part(trainer.global_rank), "a") as fh:
+            for record in [*prediction["records"], *unreadable]:
+                fh.write(json.dumps(record, allow_nan=False) + "\n")
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        from xmed.runs import write_text_atomic
-
-        trainer.strategy.barrier("prediction_parts")
+        trainer.strategy.barrier("record_parts")
         if not trainer.is_global_zero:
             return
-        rows: dict[str, dict[str, str]] = {}
+        merged: dict[tuple, dict[str, Any]] = {}
         for rank in range(trainer.world_size):
-            with open(self._part(rank), newline="") as fh:
-                for row in csv.DictReader(fh):
-                    rows.setdefault(row["id"], row)
-        position = {eye_id: i for i, eye_id in enumerate(self.order)}
-        ordered = sorted(rows.values(), key=lambda r: (position.get(r["id"], len(position)), r["id"]))
-        table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=PREDICTION_COLUMNS, restval="", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(ordered)
-        write_text_atomic(self.out_dir / "predictions.csv", table.getvalue())
-        for rank in range(trainer.world_size):
-            self._part(rank).unlink()
-        self._part(0).parent.rmdir()
-        status = [r["status"] for r in ordered]
-        self.summary = {
-            "n": len(ordered), "scored": sum(not s for s in status),
-            "referable": sum(r["referable"] == "1" for r in ordered),
-            "failed": [r["id"] for r in ordered if r["status"] == NON_FINITE],
-            "unreadable": [r["id"] for r in ordered if r["status"].startswith(UNREADABLE)],
-            "quality_flagged": [r["id"] for r in ordered if r["quality"]],
-            "threshold": self.threshold,
-        }
+            with open(self._part(rank)) as fh:
+                for line in fh:
+                    record = json.loads(line)
+                    merged.setdefault(tuple(record.get(k) for k in self.key), record)
+        last = len(self.position)
+        self.records = sorted(merged.values(), key=lambda r: (self.position.get(r["id"], last), r["id"]))
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+
+def single_device_trainer(accelerator: str = "cpu", **kwargs: Any) -> L.Trainer:
+    """A quiet one-device ``Trainer`` for scoring in full precision (no logger, checkpoints or
+    progress bar): what :func:`score_eyes` and the pipeline functions use when not given one.
+
+    Example:
+        >>> single_device_trainer().num_devices
+        1
+    """
+    options = dict(accelerator=accelerator, devices=1, precision="32-true", logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(**{**options, **kwargs})
+
+
+def score_eyes(trainer: L.Trainer | None, model: torch.nn.Module, loader, order: Sequence[str], parts_dir: str | Path, *,
+               intervene_with_truth: bool = False,
+               id_of_file: Mapping[str, str] | None = None) -> list[dict[str, Any]] | None:
+    """Every eye of ``loader`` scored by ``model`` through ``trainer.predict`` (whatever its device and
+    strategy; None: :func:`single_device_trainer`): :func:`eye_records` in the order of ``order``, on process 0 (None on the others).
+    The trainer's other callbacks and loggers stay as they are; ``parts_dir`` holds the processes'
+    parts while it runs. A :class:`~xmed.errors.QualityWarning` names the eyes the image-quality
+    gate flagged.
+
+    Example::
+
+        records = score_eyes(trainer, model, datamodule.test_dataloader(), test_ids, "run/.parts")
+    """
+    trainer = trainer or single_device_trainer()
+    writer = RecordWriter(parts_dir, order, id_of_file=id_of_file)
+    trainer.callbacks.append(writer)
+    try:
+        trainer.predict(EyeScorer(model, intervene_with_truth), dataloaders=loader, return_predictions=False)
+    finally:
+        trainer.callbacks.remove(writer)
+    if writer.records is None and trainer.is_global_zero:  # an empty loader: Lightning skips the loop
+        writer.records = []
+    if writer.records:
+        from xmed.data.quality import Quality, warn_flagged
+
+        scored = [r for r in writer.records if "quality" in r]
+        warn_flagged([Quality(tuple(r["quality"].split(";")) if r["quality"] else ()) for r in scored],
+                     [r["id"] for r in scored])
+    return writer.records

@@ -22,8 +22,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -124,3 +126,38 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
     finally:
         if staged.exists():
             shutil.rmtree(staged)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks (the model card lists its files with it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def eye_file_stem(eye_id: str) -> str:
+    """The file name (without suffix) of an eye's outputs, distinct for distinct ids: an id that is
+    already a plain file name is kept; any other (``images/a/b``, ``a b``) has its other characters
+    replaced (and a very long one shortened) and a short hash of the whole id appended, so
+    ``images/a_b`` and ``images/a/b`` never write the same file.
+
+    Example:
+        >>> eye_file_stem("g0001"), eye_file_stem("images/a_b"), eye_file_stem("images/a/b")
+        ('g0001', 'images_a_b-e2d12e3254', 'images_a_b-469f7e75ba')
+    """
+    eye_id = str(eye_id)
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", eye_id)
+    if (plain == eye_id and len(eye_id) <= MAX_STEM and not HASHED_STEM.fullmatch(eye_id)
+            and eye_id.strip(".")):
+        return eye_id
+    return f"{plain[:MAX_STEM]}-{hashlib.sha256(eye_id.encode()).hexdigest()[:10]}"
+
+
+#: file names stay well under the 255 bytes file systems allow, with room for a suffix
+MAX_STEM = 120
+
+
+#: the shape of a hashed stem; a plain id of this shape is hashed too, so it cannot meet one
+HASHED_STEM = re.compile(r".*-[0-9a-f]{10}")

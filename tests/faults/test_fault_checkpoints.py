@@ -66,7 +66,7 @@ def environment(request, monkeypatch):
 
 
 def test_a_local_payload_never_runs(hostile, environment, tmp_path):
-    from xmed.cli.train import train
+    from xmed.pipeline.training import train
 
     path, marker = hostile
     cfg = compose("train", tiny_overrides(tmp_path / "run") + [f"ckpt_path={path}"])
@@ -77,7 +77,7 @@ def test_a_local_payload_never_runs(hostile, environment, tmp_path):
 
 
 def test_a_remote_address_is_refused_without_a_download(hostile, server, environment, tmp_path):
-    from xmed.cli.train import train
+    from xmed.pipeline.training import train
 
     base, seen = server
     cfg = compose("train", tiny_overrides(tmp_path / "run") + [f"ckpt_path={base}/last.ckpt"])
@@ -88,7 +88,7 @@ def test_a_remote_address_is_refused_without_a_download(hostile, server, environ
 
 
 def test_a_remote_payload_the_user_allowed_is_downloaded_but_never_runs(hostile, server, environment, tmp_path):
-    from xmed.cli.train import train
+    from xmed.pipeline.training import train
 
     base, seen = server
     cfg = compose("train", tiny_overrides(tmp_path / "run") + [f"ckpt_path={base}/last.ckpt",
@@ -101,7 +101,7 @@ def test_a_remote_payload_the_user_allowed_is_downloaded_but_never_runs(hostile,
 
 
 def test_a_missing_checkpoint_names_the_file(tmp_path):
-    from xmed.cli.train import resume_checkpoint
+    from xmed.pipeline.training import resume_checkpoint
 
     with pytest.raises(CheckpointError, match="no such file") as err:
         resume_checkpoint(tmp_path / "nope.ckpt", allow_remote=False, run_dir=tmp_path)
@@ -111,7 +111,7 @@ def test_a_missing_checkpoint_names_the_file(tmp_path):
 def test_an_honest_run_resumes_weights_only(environment, tmp_path):
     """xmed's own checkpoints hold nothing but tensors and plain containers: resuming works, and the
     resumed run continues the epoch count."""
-    from xmed.cli.train import train
+    from xmed.pipeline.training import train
 
     first = tmp_path / "first"
     train(compose("train", tiny_overrides(first, epochs=1)))

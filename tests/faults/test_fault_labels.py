@@ -355,7 +355,7 @@ def test_a_published_split_that_leaves_a_part_empty_is_not_followed_silently(tmp
 
 
 def test_metrics_and_model_card_count_every_skipped_file_once(damaged_phantom, tmp_path):
-    from xmed.cli.train import train
+    from xmed.pipeline.training import train
 
     from test_train_cli import compose, tiny_overrides
 

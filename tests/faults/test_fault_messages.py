@@ -22,13 +22,15 @@ import pytest
 import torch
 
 import xmed.cli.data
-from xmed.cli.entry import CONFIG_RULES, check_config, command
+from xmed.cli.config_rules import CONFIG_RULES, check_config
+from xmed.cli.entry import command
 from xmed.errors import CheckpointError, ConfigError, SecurityWarning
 
 from test_train_cli import compose
 
 SCRIPTS = Path(sys.executable).parent
-COMMAND_MODULES = {"train": "xmed.cli.train", "eval": "xmed.cli.eval", "explain": "xmed.cli.explain"}
+COMMAND_MODULES = {"train": "xmed.cli.train", "eval": "xmed.cli.eval", "explain": "xmed.cli.explain",
+                   "predict": "xmed.cli.predict"}
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +41,8 @@ def compact_errors(monkeypatch):
 
 def needs(config: str) -> list[str]:
     """Overrides every run of ``config`` needs besides the case's own."""
-    return ["ckpt_path=/no/model"] if config in ("eval", "explain") else []
+    return {"eval": ["ckpt_path=/no/model"], "explain": ["ckpt_path=/no/model"],
+            "predict": ["ckpt_path=/no/model", "input=/no/folder"]}.get(config, [])
 
 
 def run_main(config: str, overrides: list[str], capsys) -> tuple[int, str]:
@@ -93,13 +96,12 @@ def test_a_bad_value_names_its_key_before_anything_loads(config, override, key, 
 
 
 DEVICES = [
-    pytest.param("eval", "device=cuda", False, "device",
-                 "CUDA was asked for but torch sees no GPU (torch.cuda.is_available() is False); use device=cpu",
-                 id="eval-cuda-without-gpu"),
-    pytest.param("eval", "device=cuda:3", True, "device",
-                 "cuda:3 was asked for but torch sees 1 GPU(s), cuda:0 to cuda:0", id="eval-gpu-index-beyond-count"),
-    pytest.param("eval", "device=gpu", False, "device",
-                 "expected a torch device such as cpu, cuda or cuda:1, got 'gpu'", id="eval-device-not-a-torch-device"),
+    pytest.param("eval", "trainer=gpu", False, "trainer.accelerator",
+                 "CUDA was asked for but torch sees no GPU (torch.cuda.is_available() is False); use trainer=cpu",
+                 id="eval-gpu-trainer-without-gpu"),
+    pytest.param("predict", "trainer=ddp", False, "trainer.accelerator",
+                 "CUDA was asked for but torch sees no GPU (torch.cuda.is_available() is False); use trainer=cpu",
+                 id="predict-ddp-trainer-without-gpu"),
     pytest.param("train", "trainer=gpu", False, "trainer.accelerator",
                  "CUDA was asked for but torch sees no GPU (torch.cuda.is_available() is False); use trainer=cpu",
                  id="train-gpu-trainer-without-gpu"),

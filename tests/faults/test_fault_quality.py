@@ -200,7 +200,7 @@ def show_white_for(monkeypatch, dm, eye_id: str) -> None:
 
 
 def evaluate(model, dm, out) -> tuple[dict, dict[str, dict[str, str]]]:
-    from xmed.cli.common import evaluate_model
+    from xmed.pipeline.evaluation import evaluate_model
 
     metrics = evaluate_model(model, dm, out, n_bootstrap=0)
     assert json.loads((out / "metrics.json").read_text()) == metrics
@@ -263,7 +263,8 @@ def test_an_empty_test_split_is_named_not_crashed_on(phantom, tmp_path):
 
 
 def test_explain_records_carry_quality_and_failure(phantom, monkeypatch, tmp_path):
-    from xmed.cli.explain import ExplainModule, RationaleRun, _write_per_image, build_metrics, summarise
+    from xmed.pipeline.explanation import ExplainModule, ExplanationWriter, RationaleRun, build_metrics
+    from xmed.pipeline.explanation_report import summarise, write_per_image
     from xmed.data.datasets.base import collate_samples
     from xmed.explain import GradCAM
 
@@ -273,14 +274,16 @@ def test_explain_records_carry_quality_and_failure(phantom, monkeypatch, tmp_pat
     model = tiny_model(phantom).fail_on(failing_image, "logits", math.nan)
     batch = collate_samples([phantom.splits["test"][i] for i in range(4)])
     module = ExplainModule(model, {"gradcam": GradCAM(model), "rationale": RationaleRun({"counterfactual": None})},
-                           "glaucoma", build_metrics(["deletion"], {"n_steps": 4, "baseline": "blur"}), tmp_path, set())
+                           "glaucoma", build_metrics(["deletion"], {"n_steps": 4, "baseline": "blur"}))
     with pytest.warns(QualityWarning, match=rf"1 of 4 images .*: {white_id} \("):
-        records = {r["id"]: r for r in module.predict_step(batch, 0)}
+        step = module.predict_step(batch, 0)
+    ExplanationWriter(tmp_path, [], model.data_config).write_files(step)
+    records = {r["id"]: r for r in step["records"]}
     assert len(records) == 4
     assert (records[failing_id]["status"], records[failing_id]["deletion"]) == ("non-finite output", None)
     assert records[white_id]["quality"] == "no_field_of_view;nearly_uniform;out_of_distribution"
     assert records[white_id]["status"] == "" and 0.0 <= records[white_id]["deletion"] <= 1.0
-    _write_per_image(tmp_path / "per_image.csv", list(records.values()))
+    write_per_image(tmp_path / "per_image.csv", list(records.values()))
     with open(tmp_path / "per_image.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames[:4] == ["id", "method", "quality", "status"]

@@ -37,7 +37,7 @@ def train_overrides(out: Path, *extra: str, epochs: int = 2) -> list[str]:
 
 
 def train(out: Path, *extra: str, epochs: int = 2):
-    from xmed.cli.train import train as run_train
+    from xmed.pipeline.training import train as run_train
 
     return run_train(compose("train", train_overrides(out, *extra, epochs=epochs)))
 
@@ -82,8 +82,8 @@ def test_a_run_is_not_started_in_a_folder_holding_another(first_run):
     pytest.param("explain", ["ckpt_path=unused"], id="explain-into-earlier-run"),
 ])
 def test_eval_and_explain_refuse_an_earlier_run_folder(first_run, tmp_path, command, extra):
-    from xmed.cli.eval import evaluate
-    from xmed.cli.explain import explain_run
+    from xmed.pipeline.evaluation import evaluate
+    from xmed.pipeline.explanation import explain_run
 
     earlier = copy_run(first_run, tmp_path / "earlier")
     before = snapshot(earlier)
@@ -293,7 +293,7 @@ def test_the_data_command_refuses_and_overwrites(tmp_path):
     pytest.param(["g1", "g1-0123456789"], id="plain-id-shaped-like-a-hashed-one"),
 ])
 def test_each_eye_has_its_own_file_name(ids):
-    from xmed.cli.explain import eye_file_stem
+    from xmed.runs import eye_file_stem
 
     stems = [eye_file_stem(i) for i in ids]
     assert len(set(stems)) == len(ids)
@@ -303,7 +303,7 @@ def test_each_eye_has_its_own_file_name(ids):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=40), min_size=2, max_size=6, unique=True))
 def test_distinct_ids_never_share_a_file_name(ids):
-    from xmed.cli.explain import eye_file_stem
+    from xmed.runs import eye_file_stem
 
     assert len({eye_file_stem(i) for i in ids}) == len(ids)
 

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from xmed.checks import at_least, json_object
 from xmed.errors import ConfigError, XmedError
 
 
@@ -29,10 +30,8 @@ def _phantom(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     print(f"wrote {summary['n']} eyes ({summary['n_positive']} glaucoma) at {summary['size']} px "
           f"in {summary['seconds']} s")
-    print(f"  images      {out / 'images'}")
-    print(f"  masks       {out / 'masks'}")
-    print(f"  labels      {out / 'labels.csv'}")
-    print(f"  parameters  {out / 'phantom.json'}")
+    for name, path in (("images", "images"), ("masks", "masks"), ("labels", "labels.csv"), ("parameters", "phantom.json")):
+        print(f"  {name:<11} {out / path}")
     if summary["oracle_auroc"] is not None:
         print(f"  oracle AUROC {summary['oracle_auroc']:.4f} (the best any model can score on these eyes)")
     return 0
@@ -51,61 +50,13 @@ def _inspect(args: argparse.Namespace) -> int:
 def _sheet(args: argparse.Namespace) -> int:
     import cv2
 
-    from xmed.data.phantom import render_phantom
-    from xmed.viz.grid import image_grid
+    from xmed.viz.grid import phantom_sheet
 
-    images, captions = [], []
-    for seed in range(args.seed, args.seed + args.n):
-        eye = render_phantom(seed, args.size)
-        present = [code for code, value in eye.findings.items() if value]
-        images.append(eye.image)
-        captions.append(f"seed {seed} {eye.eye} {'glaucoma' if eye.label else 'normal'} "
-                        f"vCDR {eye.vcdr:.2f}\n{' '.join(present) or '-'}")
-    sheet = image_grid(images, columns=args.columns, captions=captions, caption_scale=0.45 * args.size / 256)
-    if args.thumb:
-        scale = args.thumb / sheet.shape[1]
-        sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    sheet = phantom_sheet(args.seed, args.n, args.size, args.columns, width=args.thumb)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(args.out), sheet[..., ::-1])
     print(f"wrote contact sheet of {args.n} phantom eyes to {Path(args.out).resolve()}")
     return 0
-
-
-def json_object(text: str) -> dict:
-    """An argument given as a JSON object; anything else is an argparse error naming the argument,
-    and for bad JSON the position.
-
-    Example:
-        >>> json_object('{"split": "test"}')
-        {'split': 'test'}
-    """
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): "
-                                         f"{text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"split\": \"test\"}}', got {text!r}")
-    return value
-
-
-def at_least(minimum: int):
-    """An argparse ``type``: a whole number, at least ``minimum``.
-
-    Example:
-        >>> at_least(1)("3")
-        3
-    """
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {text!r}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -336,7 +336,7 @@ class FundusDataModule(L.LightningDataModule):
         listed = {(s.path, s.reason): s.as_dict() for s in self.base.skipped}
         return list({**listed, **self._decode_skips}.values())
 
-    def _record_skips(self, skips: list[dict[str, str]]) -> None:
+    def record_skips(self, skips: list[dict[str, str]]) -> None:
         """Keep (and log, the first time) the skipped samples a batch reports."""
         for skip in skips:
             key = (skip["path"], skip["reason"])
@@ -360,7 +360,7 @@ class FundusDataModule(L.LightningDataModule):
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             collate_fn=collate_samples, worker_init_fn=_seed_worker_transform,
             persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
-            record_skips=self._record_skips,
+            record_skips=self.record_skips,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -4,7 +4,8 @@ A colour fundus photograph is a bright disc (the field of view, FOV) on a black 
 cameras differ in where the disc sits, how large it is and whether it is cut off at the top and
 bottom. Cropping every image to a square around its FOV makes images from different cameras
 comparable, and :class:`FundusPreprocess` bundles these steps into a JSON-able data config that
-a trained model carries (DESIGN: "a model carries its data config").
+a trained model carries with it, so that a photograph is prepared for a model exactly as its
+training images were.
 
 Example:
     >>> import numpy as np

@@ -1,6 +1,6 @@
 """Albumentations pipelines for fundus samples that honour anatomy.
 
-DESIGN, "Flips know anatomy": a horizontal flip turns a right eye (OD) into a left eye (OS) and
+Flips know anatomy: a horizontal flip turns a right eye (OD) into a left eye (OS) and
 back; a vertical flip moves superior to inferior, so every superior/inferior finding pair
 (ANRS↔ANRI, RNFLDS↔RNFLDI, BCLVS↔BCLVI) is swapped, in ``findings`` and in the names of their
 masks. Albumentations moves the image and all masks together; which flips fired is read back from

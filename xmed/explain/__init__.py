@@ -3,7 +3,7 @@
 ``xmed.explain`` is both this package and a function: call it for a one-off explanation, or
 build an explainer once and call it on many batches (``xmed.explain.GradCAM(model)(images)``).
 Explainers work on any ``nn.Module``; on a :class:`~xmed.models.FundusClassifier` the target
-may be ``"glaucoma"``, a finding code or ``"vCDR"`` (see :mod:`xmed.explain.targets`).
+may be ``"glaucoma"``, a finding code or ``"vcdr"`` (see :mod:`xmed.explain.targets`).
 
 Example:
     >>> import torch, xmed

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 
 from xmed.errors import ConfigError, InputError
 from xmed.explain.targets import Target
+from xmed.findings import canonical_target
+from xmed.registry import Registry
 
 ChannelReduce = Literal["sum", "abs_sum", "max_abs"]
 
@@ -49,12 +51,6 @@ class Explanation:
     method: str
     target: str
     seconds: float
-
-    def normalized(self) -> Tensor:
-        """Maps with the negative part removed and each image scaled to [0, 1] (for overlays)."""
-        positive = self.maps.clamp(min=0)
-        top = positive.flatten(1).amax(dim=1).clamp(min=1e-12)
-        return positive / top.view(-1, 1, 1, 1)
 
 
 class ModelMethod:
@@ -115,10 +111,16 @@ def reduce_channels(attributions: Tensor, how: ChannelReduce) -> Tensor:
 
 
 def describe_target(target: Target | None) -> str:
+    """The target as text: its canonical name, ``"class 3"``, ``"class per image"``, ``"default"``.
+
+    Example:
+        >>> describe_target("vCDR"), describe_target(3)
+        ('vcdr', 'class 3')
+    """
     if target is None:
         return "default"
     if isinstance(target, str):
-        return target
+        return canonical_target(target)
     if isinstance(target, int):
         return f"class {target}"
     if isinstance(target, Tensor):
@@ -191,22 +193,17 @@ def make_module_callable(module_name: str, function: Callable[..., Any]) -> None
                       f"{textwrap.indent(inspect.getdoc(function) or '', '    ')}\n")
 
 
-EXPLAINERS: dict[str, type[Explainer]] = {}
-ALIASES = {"gradcam++": "gradcampp", "ig": "integrated_gradients"}
+#: Explainer name -> class (aliases: ``gradcam++``, ``ig``).
+EXPLAINERS: Registry[type[Explainer]] = Registry(
+    "explainer", key="method", aliases={"gradcam++": "gradcampp", "ig": "integrated_gradients"})
 
 
 def register_explainer(cls: type[Explainer]) -> type[Explainer]:
     """Class decorator: make an explainer available by its ``name`` (``xmed.explain(method=name)``)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    EXPLAINERS[cls.name] = cls
-    return cls
+    return EXPLAINERS.register(cls)
 
 
 def get_explainer(method: str) -> type[Explainer]:
     """The explainer class registered as ``method`` (aliases: ``gradcam++``, ``ig``)."""
-    key = ALIASES.get(method, method)
-    if key not in EXPLAINERS:
-        raise ConfigError("method", f"unknown explainer {method!r}; known: {', '.join(sorted(EXPLAINERS))}")
-    return EXPLAINERS[key]
+    return EXPLAINERS.lookup(method)
 

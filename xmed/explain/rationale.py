@@ -43,14 +43,6 @@ from xmed.findings import FINDING_NAMES, FINDINGS, VCDR
 if TYPE_CHECKING:
     from xmed.data.quality import Quality
 
-SHORT_NAMES = {
-    "ANRS": "superior rim thinning", "ANRI": "inferior rim thinning",
-    "RNFLDS": "superior RNFL defect", "RNFLDI": "inferior RNFL defect",
-    "BCLVS": "superior bared circumlinear vessel", "BCLVI": "inferior bared circumlinear vessel",
-    "NVT": "nasalised vessel trunk", "DH": "disc haemorrhage", "LD": "laminar dots", "LC": "large cup",
-}
-
-
 @dataclass
 class FindingEvidence:
     """One finding of one eye: predicted probability and contribution to the diagnosis logit."""
@@ -114,7 +106,7 @@ def concept_contributions(model: nn.Module, images: Tensor) -> dict[str, Tensor]
         finding_prob = torch.sigmoid(out["finding_logits"].float())
         bias = model.glaucoma_head.bias.float()[0]
         if model.mode == "concept_bottleneck":
-            terms = model.concept_contributions(out["concepts"].float())
+            terms = model.bottleneck_terms(out["concepts"].float())
             return {"logit": logit, "bias": bias, "findings": terms[:, :len(FINDINGS)], "vcdr": terms[:, -1],
                     "unexplained": torch.zeros_like(logit), "finding_prob": finding_prob,
                     "vcdr_value": out["vcdr"].float(), "exact": True}
@@ -164,7 +156,7 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
     maps = _heatmaps(model, images, parts["finding_prob"]) if heatmaps else [{} for _ in range(len(images))]
     out = []
     for i in range(images.shape[0]):
-        findings = [FindingEvidence(code, FINDING_NAMES[code], _round(parts["finding_prob"][i, j]),
+        findings = [FindingEvidence(code, FINDING_NAMES[code].full, _round(parts["finding_prob"][i, j]),
                                     _round(parts["findings"][i, j])) for j, code in enumerate(FINDINGS)]
         p = float(probability[i])
         decision = "referable glaucoma" if p >= threshold else "no referable glaucoma"
@@ -196,7 +188,7 @@ def sentence(r: Rationale) -> str:
     Example:
         >>> f = [FindingEvidence("LC", "large cup", 0.9, 1.2), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
         >>> r = Rationale(0.87, 1.9, 0.5, "referable glaucoma", 0.78, f, 0.9, -0.5, 0.0, True,
-        ...               {"toward": "normal", "changes": [{"code": "vCDR", "from": 0.78, "to": 0.55}]}, "")
+        ...               {"toward": "normal", "changes": [{"code": "vcdr", "from": 0.78, "to": 0.55}]}, "")
         >>> sentence(r)
         'Referable glaucoma (p = 0.87), mainly from a large cup and the vCDR of 0.78; toward normal the edit lowers the vCDR 0.78 → 0.55.'
 
@@ -214,8 +206,8 @@ def sentence(r: Rationale) -> str:
         'The image failed the quality check (a nearly uniform image): do not rely on this decision. Referable glaucoma (p = 0.99).'
     """
     toward_glaucoma = r.decision == "referable glaucoma"
-    terms = [(f.contribution, _with_article(SHORT_NAMES[f.code]) if f.probability >= 0.5 else f"no {SHORT_NAMES[f.code]}")
-             for f in r.findings]
+    terms = [(f.contribution, _with_article(FINDING_NAMES[f.code].short) if f.probability >= 0.5
+              else f"no {FINDING_NAMES[f.code].short}") for f in r.findings]
     terms.append((r.vcdr_contribution, f"the vCDR of {r.vcdr:.2f}"))
     ranked = sorted(terms, key=lambda t: -t[0] if toward_glaucoma else t[0])
     drivers = [name for value, name in ranked[:2] if (value > 0) == toward_glaucoma and abs(value) >= 0.05]
@@ -226,7 +218,7 @@ def sentence(r: Rationale) -> str:
         moves = []
         for change in r.counterfactual["changes"][:2]:
             verb = "lowers" if change["to"] < change["from"] else "raises"
-            label = "the vCDR" if change["code"] == VCDR else SHORT_NAMES[change["code"]]
+            label = "the vCDR" if change["code"] == VCDR else FINDING_NAMES[change["code"]].short
             moves.append(f"{verb} {label} {change['from']:.2f} → {change['to']:.2f}")
         text += f"; toward {r.counterfactual['toward']} the edit " + " and ".join(moves)
     text += "."

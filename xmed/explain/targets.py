@@ -4,7 +4,8 @@ A target turns a model's output into one number per image (a B-vector):
 
 * a string on a model with named heads (:class:`~xmed.models.FundusClassifier`, whose output is a
   dict): ``"glaucoma"`` (the diagnosis logit), a finding code such as ``"DH"`` (its logit) or
-  ``"vCDR"`` (the regression output);
+  ``"vcdr"`` (the regression output; ``"vCDR"`` in any case too, see
+  :func:`xmed.findings.canonical_target`);
 * an ``int`` class index on any classification model whose output is a B×C tensor (timm,
   torchvision, MONAI), or a B-tensor of class indices (one per image);
 * a callable ``output -> B tensor`` for anything else;
@@ -30,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from xmed.errors import ConfigError
-from xmed.findings import VCDR
-from xmed.models.classifier import DIAGNOSIS, TARGETS, target_scalar
+from xmed.findings import DIAGNOSIS, TARGETS, VCDR, canonical_target
+from xmed.models.classifier import target_scalar
 
 Target = Union[str, int, Tensor, Callable[[Any], Tensor]]
 
@@ -46,6 +47,7 @@ def select_target(output: Any, target: Target | None, as_probability: bool = Fal
         if not isinstance(output, Mapping):
             raise ConfigError("target", f"the string target {target!r} needs a model with named heads "
                                         "(a FundusClassifier); give a class index or a callable instead")
+        target = canonical_target(target)
         value = target_scalar(output, target)
         return torch.sigmoid(value) if as_probability and target != VCDR else value
     if isinstance(output, Mapping):

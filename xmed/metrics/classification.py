@@ -18,7 +18,8 @@ Conventions:
   dtype; those values are rounded to 6 decimals (a perfect AUROC reads 1.0, not 0.99999994).
   Sensitivity at specificity, Brier, ECE, MAE, the bootstrap and the threshold rules run in
   float64.
-* :data:`DIRECTION` says, Quantus style, whether higher or lower is better for each metric.
+* :data:`PREDICTION_SCORE_DIRECTIONS` says, Quantus style, whether higher or lower is better for
+  each metric.
 
 Example:
     >>> from xmed.metrics import Predictions, evaluate_predictions
@@ -47,10 +48,10 @@ from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
 
 __all__ = [
-    "ArrayLike", "ThresholdRule", "THRESHOLD_RULES", "DIRECTION", "CI_METRICS",
+    "ArrayLike", "ThresholdRule", "THRESHOLD_RULES", "PREDICTION_SCORE_DIRECTIONS", "CI_METRICS",
     "Predictions", "BootstrapCI",
     "SensAtSpecRule", "SENS_AT_SPEC_RULES",
-    "auroc", "sens_at_spec", "choose_threshold", "operating_point", "brier", "ece",
+    "auroc", "sens_at_spec", "choose_threshold", "operating_point", "brier", "calibration_bins", "ece",
     "finding_auroc", "finding_hamming", "vcdr_mae",
     "resample_indices", "bootstrap_ci", "bootstrap_predictions", "evaluate_predictions",
 ]
@@ -64,7 +65,7 @@ SensAtSpecRule = Literal["airogs", "justraigs"]
 SENS_AT_SPEC_RULES: tuple[str, ...] = ("airogs", "justraigs")
 
 #: Whether a higher or a lower value is better, per metric key of :func:`evaluate_predictions`.
-DIRECTION: dict[str, Literal["higher", "lower"]] = {
+PREDICTION_SCORE_DIRECTIONS: dict[str, Literal["higher", "lower"]] = {
     "auroc": "higher",
     "pauroc_90": "higher",
     "sens_at_95spec": "higher",
@@ -82,7 +83,7 @@ DIRECTION: dict[str, Literal["higher", "lower"]] = {
 
 #: The metrics that get a bootstrap confidence interval in :func:`evaluate_predictions`.
 CI_METRICS: tuple[str, ...] = (
-    "auroc", "pauroc_90", "sens_at_95spec", "sensitivity", "specificity", "accuracy",
+    "auroc", "pauroc_90", "sens_at_95spec", "sens_at_95spec_justraigs", "sensitivity", "specificity", "accuracy",
     "brier", "ece", "finding_auroc_mean", "finding_hamming", "vcdr_mae",
 )
 
@@ -439,10 +440,17 @@ def brier(prob: ArrayLike, label: ArrayLike) -> float | None:
     return _float(mean_squared_error(p, y.double())) if y.numel() else None
 
 
-def _ece_bins(p: Tensor, n_bins: int) -> Tensor:
-    """The bin of each probability: ``[0, 1/n]``, then ``(k/n, (k+1)/n]`` (scikit-learn's edges)."""
+def calibration_bins(prob: Tensor, n_bins: int = _ECE_BINS) -> Tensor:
+    """The equal-width bin of each probability, of :func:`ece` and of the reliability diagram
+    (:func:`xmed.viz.plots.plot_calibration`): ``[0, 1/n]``, then ``(k/n, (k+1)/n]`` (scikit-learn's
+    edges), so a probability on an edge joins the lower bin and p = 1.0 the last one.
+
+    Example:
+        >>> calibration_bins(torch.tensor([0.0, 0.25, 0.3, 1.0], dtype=torch.float64), 4).tolist()
+        [0, 0, 1, 3]
+    """
     edges = torch.from_numpy(np.linspace(0.0, 1.0, n_bins + 1))
-    return torch.bucketize(p, edges[1:-1], right=False)
+    return torch.bucketize(prob, edges[1:-1], right=False)
 
 
 def ece(prob: ArrayLike, label: ArrayLike, n_bins: int = _ECE_BINS) -> float | None:
@@ -471,7 +479,7 @@ def ece(prob: ArrayLike, label: ArrayLike, n_bins: int = _ECE_BINS) -> float | N
     p, y = labelled(prob, label)
     if not y.numel():
         return None
-    bins = _ece_bins(p, n_bins)
+    bins = calibration_bins(p, n_bins)
     count = torch.bincount(bins, minlength=n_bins).double()
     gap = (torch.bincount(bins, y.double(), minlength=n_bins)
            - torch.bincount(bins, p, minlength=n_bins)).abs()
@@ -716,6 +724,33 @@ def _roc_metrics(tp: Tensor, fp: Tensor, n_pos: Tensor, n_neg: Tensor, max_fpr: 
     return full, torch.where(defined, pauroc, math.nan), torch.where(defined, sens, math.nan)
 
 
+def _justraigs_sens(tp: Tensor, fp: Tensor, n_pos: Tensor, n_neg: Tensor, spec: float) -> Tensor:
+    """JustRAIGS' sensitivity at ``spec`` (:func:`sens_at_spec` with ``rule="justraigs"``) of batched
+    ROC counts; NaN for a resample with one class.
+
+    A resample's own curve has a point only at the scores its eyes hold: a score no eye of the
+    resample holds repeats the point before it, and is left out before scikit-learn's
+    ``drop_intermediate`` rule keeps the ends and every point that is not the midpoint of its two
+    neighbours (the origin, index 0, is added after that rule, as scikit-learn does).
+    """
+    r, k = tp.shape
+    position = torch.arange(k).expand(r, k)
+    held = torch.zeros_like(tp, dtype=torch.bool)
+    held[:, 1:] = (tp[:, 1:] + fp[:, 1:]) > (tp[:, :-1] + fp[:, :-1])
+    last_held = torch.where(held, position, -1).cummax(1).values
+    next_held = torch.where(held, position, k).flip(1).cummin(1).values.flip(1)
+    before = torch.cat([torch.full((r, 1), -1), last_held[:, :-1]], 1)    # the held point before each
+    after = torch.cat([next_held[:, 1:], torch.full((r, 1), k)], 1)       # the held point after each
+    b, a = before.clamp(min=0), after.clamp(max=k - 1)
+    bends = ((tp.gather(1, a) - 2 * tp + tp.gather(1, b)) != 0) | ((fp.gather(1, a) - 2 * fp + fp.gather(1, b)) != 0)
+    kept = held & ((before < 0) | (after >= k) | bends)
+    tpr = tp / n_pos.clamp(min=1)[:, None]
+    fpr = fp / n_neg.clamp(min=1)[:, None]
+    first = (kept & (fpr >= 1 - spec)).int().argmax(1)                   # the first point reaching it
+    sens = tpr.gather(1, first[:, None])[:, 0]
+    return torch.where((n_pos > 0) & (n_neg > 0), sens, math.nan)
+
+
 def _weighted_mean(w: Tensor, values: Tensor) -> Tensor:
     total = w.sum(1)
     return torch.where(total > 0, (w @ values) / total.clamp(min=1e-300), math.nan)
@@ -728,10 +763,11 @@ def _bootstrap_chunk(test: Predictions, threshold: float | None, w: Tensor) -> d
     labelled = ~test.label.isnan()
     p, y, wl = test.prob[labelled], test.label[labelled], w[:, labelled]
     if y.numel():
-        out["auroc"], out["pauroc_90"], out["sens_at_95spec"] = _roc_metrics(
-            *_weighted_roc(p, y, wl), _MAX_FPR, _SPEC)
+        counts = _weighted_roc(p, y, wl)
+        out["auroc"], out["pauroc_90"], out["sens_at_95spec"] = _roc_metrics(*counts, _MAX_FPR, _SPEC)
+        out["sens_at_95spec_justraigs"] = _justraigs_sens(*counts, _SPEC)
         out["brier"] = _weighted_mean(wl, (p - y) ** 2)
-        onehot = torch.nn.functional.one_hot(_ece_bins(p, _ECE_BINS), _ECE_BINS).double()
+        onehot = torch.nn.functional.one_hot(calibration_bins(p, _ECE_BINS), _ECE_BINS).double()
         gap = (wl @ (onehot * y[:, None]) - wl @ (onehot * p[:, None])).abs().sum(1)
         total = wl.sum(1)
         out["ece"] = torch.where(total > 0, gap / total.clamp(min=1e-300), math.nan)
@@ -831,8 +867,7 @@ def evaluate_predictions(val: Predictions, test: Predictions, *,
         ``auroc, pauroc_90, sens_at_95spec, sens_at_95spec_justraigs, sensitivity, specificity,
         accuracy, threshold, threshold_rule, brier, ece, finding_auroc, finding_auroc_mean,
         finding_hamming, vcdr_mae, n, n_positive, ci``. ``sens_at_95spec`` is AIROGS' rule and
-        ``sens_at_95spec_justraigs`` JustRAIGS' (see :func:`sens_at_spec`; the latter has no
-        bootstrap interval). Undefined values are ``None``: e.g. AUROC with one class in the test
+        ``sens_at_95spec_justraigs`` JustRAIGS' (see :func:`sens_at_spec`). Undefined values are ``None``: e.g. AUROC with one class in the test
         split, or the threshold (and sensitivity/specificity/accuracy) when the validation split
         has one class (logged as a warning). ``ci`` maps each of :data:`CI_METRICS` to
         ``[low, high]`` (95 % percentile bootstrap) or ``None``; how many resamples each interval

@@ -1,9 +1,12 @@
-"""Counterfactual-quality metrics: validity, proximity, sparsity, localisation, clinical sense, realism.
+"""Counterfactual-quality metrics: validity, proximity, the changed fraction, localisation, clinical
+sense, realism.
 
 Quantus style, as :mod:`xmed.metrics.explanation`: every metric is a class with ``name``,
-``direction`` (``"higher"`` or ``"lower"`` is better) and ``category``; hyper-parameters go to
-``__init__``, data to ``__call__``, which returns one value per image (a float tensor of shape
-``B`` on the inputs' device). A value that is undefined for an image (an empty mask, no change at
+``score_direction`` (``"higher"`` or ``"lower"`` is better), ``category`` (``"counterfactual"``)
+and ``requires`` (:mod:`xmed.metrics.base`); hyper-parameters go to ``__init__``, data to
+``__call__``, which returns one value per image (a float tensor of shape ``B`` on the inputs'
+device); :meth:`CounterfactualMetric.score` reads the same data from the evidence's
+:class:`~xmed.explain.counterfactual.Counterfactual`. A value that is undefined for an image (an empty mask, no change at
 all, a path of one frame, a NaN input) is NaN, never a silent 0. Batch summaries
 (:func:`flip_rate`, :func:`vcdr_falls`, ...) are NaN-ignoring means, NaN when nothing is defined.
 
@@ -39,20 +42,19 @@ from torch import Tensor
 
 from xmed.checks import non_negative
 from xmed.errors import ConfigError
-from xmed.metrics.explanation import ExplanationMetric, nan_unless
+from xmed.metrics.base import Evidence, Metric, evaluate, nan_unless, register_metric
 
 if TYPE_CHECKING:
     from xmed.explain.counterfactual import Counterfactual
 
 __all__ = [
-    "COUNTERFACTUAL_METRICS", "CounterfactualMetric", "EnergyInMask", "ProximityL1", "ProximityL2",
-    "L1InMask", "ReconstructionError", "Sparsity", "VCDRFalls", "VCDRMonotonic", "Validity", "energy_in_mask",
+    "ChangedFraction", "CounterfactualMetric", "EnergyInMask", "ProximityL1", "ProximityL2",
+    "L1InMask", "ReconstructionError", "VCDRFalls", "VCDRMonotonic", "Validity", "energy_in_mask",
     "evaluate_counterfactuals", "flip_rate", "mask_coverage", "reconstruction_error", "seconds_per_image",
     "vcdr_falls", "vcdr_monotonic_fraction",
 ]
 
-Direction = Literal["higher", "lower"]
-Category = Literal["validity", "proximity", "sparsity", "localisation", "clinical", "realism"]
+#: The way a counterfactual moves its target (and the way the vCDR should move with it).
 Expected = Literal["decrease", "increase"]
 
 # --------------------------------------------------------------------------------------------
@@ -132,24 +134,31 @@ def _region(mask: Tensor | None, like: Tensor, key: str) -> Tensor | None:
 # base class
 
 
-class CounterfactualMetric(ExplanationMetric):
-    """Base of the counterfactual metrics: what the value means, and a readable ``repr`` (from
-    :class:`~xmed.metrics.explanation.ExplanationMetric`).
+class CounterfactualMetric(Metric):
+    """Base of the counterfactual metrics: :meth:`score` reads the evidence's counterfactual.
 
-    Attributes:
-        name: registry key (:data:`COUNTERFACTUAL_METRICS`).
-        direction: ``"higher"`` or ``"lower"``: which values are better.
-        category: ``"validity"``, ``"proximity"``, ``"sparsity"``, ``"localisation"``,
-            ``"clinical"`` or ``"realism"``.
+    An image that was not edited (it met the goal as given: 0 steps) has no edit to score: its
+    value is NaN, so means over a batch describe the edits that were made.
     """
 
-    category: Category = "validity"  # type: ignore[assignment]  # the counterfactual categories
+    category = "counterfactual"
+    requires: tuple[str, ...] = ("counterfactual",)
+
+    def score(self, evidence: Evidence) -> Tensor:
+        cf = evidence.counterfactual
+        edited = cf.steps.to(cf.images.device) > 0
+        return nan_unless(edited, self.score_edits(cf, evidence))
+
+    def score_edits(self, cf: Counterfactual, evidence: Evidence) -> Tensor:
+        """B values for the counterfactual ``cf`` of ``evidence`` (every image, edited or not)."""
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------------
 # validity
 
 
+@register_metric
 class Validity(CounterfactualMetric):
     """Did the decision flip in the requested direction? 1.0 yes, 0.0 no, per image.
 
@@ -159,7 +168,9 @@ class Validity(CounterfactualMetric):
     and for NaN probabilities.
 
     Args:
-        threshold: the decision threshold on the probability.
+        threshold: the decision threshold on the probability; None: the goal the counterfactual
+            was made for (``Counterfactual.threshold``) in :meth:`score`, 0.5 when called on
+            probabilities.
 
     Example:
         >>> Validity()(torch.tensor([[0.2, 0.7], [0.9, 0.6]]), "increase").tolist()
@@ -167,20 +178,26 @@ class Validity(CounterfactualMetric):
     """
 
     name = "validity"
-    direction: Direction = "higher"
-    category: Category = "validity"
+    score_direction = "higher"
 
-    def __init__(self, threshold: float = 0.5):
-        self.threshold = float(threshold)
+    def __init__(self, threshold: float | None = None):
+        self.threshold = None if threshold is None else float(threshold)
 
     def __call__(self, probability: Tensor, direction: Expected) -> Tensor:
+        return self._flipped(probability, direction, 0.5 if self.threshold is None else self.threshold)
+
+    def score_edits(self, cf: Counterfactual, evidence: Evidence) -> Tensor:
+        return self._flipped(cf.probability, cf.direction, cf.threshold if self.threshold is None else self.threshold)
+
+    @staticmethod
+    def _flipped(probability: Tensor, direction: str, threshold: float) -> Tensor:
         probability = _path(probability, "probability")
         direction = _expected("direction", direction)
         first, last = probability[0], probability[-1]
         if direction == "decrease":
-            needed, done = first >= self.threshold, last < self.threshold
+            needed, done = first >= threshold, last < threshold
         else:
-            needed, done = first <= self.threshold, last > self.threshold
+            needed, done = first <= threshold, last > threshold
         valid = needed & ~torch.isnan(first) & ~torch.isnan(last)
         return nan_unless(valid, done.to(probability.dtype))
 
@@ -196,21 +213,39 @@ def flip_rate(probability: Tensor, direction: Expected, threshold: float = 0.5) 
 
 
 # --------------------------------------------------------------------------------------------
-# proximity and sparsity
+# proximity and the changed fraction
 
 
-class _Proximity(CounterfactualMetric):
-    category: Category = "proximity"
-    direction: Direction = "lower"
+class _ImageChange(CounterfactualMetric):
+    """A measure of the change ``edited − original`` in [0, 1] pixel units, over a field of view.
+
+    ``std``: the model's normalisation std (``Counterfactual.std``); None: the counterfactual's in
+    :meth:`score`, pixel units when called on images.
+    """
+
+    score_direction = "lower"
 
     def __init__(self, std: Sequence[float] | None = None):
         self.std = None if std is None else tuple(float(s) for s in std)
 
+    def __call__(self, original: Tensor, edited: Tensor, fov: Tensor | None = None) -> Tensor:
+        return self._measure(_pixel_change(original, edited, self.std), fov)
+
+    def score_edits(self, cf: Counterfactual, evidence: Evidence) -> Tensor:
+        std = cf.std if self.std is None else self.std
+        return self._measure(_pixel_change(cf.frames[0], cf.images, std), cf.fov)
+
+    def _measure(self, delta: Tensor, fov: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+
+class _Proximity(_ImageChange):
+    """A per-pixel-value average of the change (over the field of view), reduced by :meth:`_reduce`."""
+
     def _reduce(self, delta: Tensor, weight: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def __call__(self, original: Tensor, edited: Tensor, fov: Tensor | None = None) -> Tensor:
-        delta = _pixel_change(original, edited, self.std)
+    def _measure(self, delta: Tensor, fov: Tensor | None) -> Tensor:
         region = _region(fov, delta, "fov")
         weight = torch.ones_like(delta[:, :1]) if region is None else region.to(delta.dtype)
         weight = weight.expand_as(delta)
@@ -220,11 +255,13 @@ class _Proximity(CounterfactualMetric):
         return nan_unless(finite & (count > 0), value)
 
 
+@register_metric
 class ProximityL1(_Proximity):
     """Mean absolute change per pixel value, in [0, 1] pixel units (over the ``fov`` if given).
 
     Args:
-        std: the model's normalisation std (``Counterfactual.std``); None: inputs in pixel units.
+        std: the model's normalisation std (``Counterfactual.std``); None: the counterfactual's in
+            :meth:`score`, pixel units when called on images.
 
     Example:
         >>> a, b = torch.zeros(1, 1, 2, 2), torch.tensor([[[[0.4, 0.0], [0.0, 0.0]]]])
@@ -239,6 +276,7 @@ class ProximityL1(_Proximity):
         return (delta.abs() * weight).flatten(1).sum(1) / count.clamp_min(1)
 
 
+@register_metric
 class ProximityL2(_Proximity):
     """Root-mean-square change per pixel value, in [0, 1] pixel units (over the ``fov`` if given).
 
@@ -255,32 +293,32 @@ class ProximityL2(_Proximity):
         return ((delta * delta * weight).flatten(1).sum(1) / count.clamp_min(1)).sqrt()
 
 
-class Sparsity(CounterfactualMetric):
-    """Share of the pixels changed: a pixel counts when any of its channels moved by more than
-    ``tolerance`` (in [0, 1] pixel units); over the ``fov`` if given (NaN for an empty one).
+@register_metric
+class ChangedFraction(_ImageChange):
+    """Share of the pixels changed (lower is better: an edit that touches little): a pixel counts
+    when any of its channels moved by more than ``tolerance`` (in [0, 1] pixel units); over the
+    ``fov`` if given (NaN for an empty one).
 
     Args:
         tolerance: the smallest change that counts (default: one 8-bit grey level).
-        std: the model's normalisation std; None: inputs in pixel units.
+        std: the model's normalisation std; None: the counterfactual's in :meth:`score`, pixel
+            units when called on images.
 
     Example:
         >>> a = torch.zeros(1, 3, 2, 2)
         >>> b = a.clone()
         >>> b[0, 1, 0, 0], b[0, 2, 1, 1] = 0.5, 0.001
-        >>> Sparsity()(a, b).item()
+        >>> ChangedFraction()(a, b).item()
         0.25
     """
 
-    name = "sparsity"
-    direction: Direction = "lower"
-    category: Category = "sparsity"
+    name = "changed_fraction"
 
     def __init__(self, tolerance: float = 1 / 255, std: Sequence[float] | None = None):
         self.tolerance = non_negative("tolerance", tolerance)
-        self.std = None if std is None else tuple(float(s) for s in std)
+        super().__init__(std)
 
-    def __call__(self, original: Tensor, edited: Tensor, fov: Tensor | None = None) -> Tensor:
-        delta = _pixel_change(original, edited, self.std)
+    def _measure(self, delta: Tensor, fov: Tensor | None) -> Tensor:
         changed = (delta.abs().amax(dim=1, keepdim=True) > self.tolerance).flatten(1)
         region = _region(fov, delta, "fov")
         region = torch.ones_like(changed) if region is None else region.flatten(1)
@@ -294,6 +332,7 @@ class Sparsity(CounterfactualMetric):
 # localisation
 
 
+@register_metric
 class EnergyInMask(CounterfactualMetric):
     """Share of the change's energy inside a ground-truth mask: ``Σ_mask Σ_c |δ_c|^p / Σ Σ_c |δ_c|^p``.
 
@@ -308,7 +347,8 @@ class EnergyInMask(CounterfactualMetric):
         power: the exponent ``p``.
 
     Call with ``change`` (``B×C×H×W`` signed change ``edited − original``, or a ``B×1×H×W``
-    change map) and ``masks``.
+    change map) and ``masks``; :meth:`score` takes the counterfactual's change, in the model's
+    input space (where the L2 budget is set), and the evidence's masks.
 
     Example:
         >>> d = torch.tensor([[[[3.0, 1.0], [0.0, 0.0]]]])
@@ -317,8 +357,8 @@ class EnergyInMask(CounterfactualMetric):
     """
 
     name = "energy_in_mask"
-    direction: Direction = "higher"
-    category: Category = "localisation"
+    score_direction = "higher"
+    requires = ("counterfactual", "masks")
 
     def __init__(self, power: float = 2.0):
         if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
@@ -337,7 +377,11 @@ class EnergyInMask(CounterfactualMetric):
         valid = torch.isfinite(change).flatten(1).all(1) & masks.flatten(1).any(1) & (total > 0)
         return nan_unless(valid, inside / torch.where(total > 0, total, torch.ones_like(total)))
 
+    def score_edits(self, cf: Counterfactual, evidence: Evidence) -> Tensor:
+        return self(cf.images - cf.frames[0], evidence.masks)
 
+
+@register_metric
 class L1InMask(EnergyInMask):
     """Share of the absolute change ``Σ_c |δ_c|`` inside a mask (:class:`EnergyInMask` with ``p = 1``).
 
@@ -386,16 +430,31 @@ def mask_coverage(masks: Tensor, fov: Tensor | None = None) -> Tensor:
 
 
 class _VCDRPath(CounterfactualMetric):
-    """A vCDR-along-the-path metric: which way the vCDR should move, and by how much counts."""
+    """A vCDR-along-the-path metric: which way the vCDR should move, and by how much counts.
 
-    direction: Direction = "higher"
-    category: Category = "clinical"
+    ``expected``: ``"decrease"`` or ``"increase"``; None: the way the counterfactual moved its
+    target in :meth:`score` (toward "normal" the cup should shrink), ``"decrease"`` when called on
+    a path.
+    """
 
-    def __init__(self, expected: Expected = "decrease", tolerance: float = 0.0):
-        self.expected = _expected("expected", expected)
+    score_direction = "higher"
+    requires = ("counterfactual.vcdr",)
+
+    def __init__(self, expected: Expected | None = None, tolerance: float = 0.0):
+        self.expected = None if expected is None else _expected("expected", expected)
         self.tolerance = non_negative("tolerance", tolerance)
 
+    def __call__(self, vcdr: Tensor) -> Tensor:
+        return self._along(_path(vcdr, "vcdr"), self.expected or "decrease")
 
+    def score_edits(self, cf: Counterfactual, evidence: Evidence) -> Tensor:
+        return self._along(_path(cf.vcdr, "vcdr"), self.expected or _expected("direction", cf.direction))
+
+    def _along(self, vcdr: Tensor, expected: str) -> Tensor:
+        raise NotImplementedError
+
+
+@register_metric
 class VCDRFalls(_VCDRPath):
     """1.0 when the predicted vCDR moved the ``expected`` way from the first to the last frame by
     more than ``tolerance``, else 0.0, per image. NaN for a path of one frame or NaN values.
@@ -410,14 +469,14 @@ class VCDRFalls(_VCDRPath):
 
     name = "vcdr_falls"
 
-    def __call__(self, vcdr: Tensor) -> Tensor:
-        vcdr = _path(vcdr, "vcdr")
+    def _along(self, vcdr: Tensor, expected: str) -> Tensor:
         move = vcdr[-1] - vcdr[0]
-        moved = move < -self.tolerance if self.expected == "decrease" else move > self.tolerance
+        moved = move < -self.tolerance if expected == "decrease" else move > self.tolerance
         valid = torch.isfinite(vcdr).all(0) & (vcdr.shape[0] > 1)
         return nan_unless(valid, moved.to(vcdr.dtype))
 
 
+@register_metric
 class VCDRMonotonic(_VCDRPath):
     """Share of the frame-to-frame moves along which the vCDR did not go against the ``expected``
     way by more than ``tolerance``, per image (1.0: a monotone path). NaN for one frame.
@@ -429,12 +488,11 @@ class VCDRMonotonic(_VCDRPath):
 
     name = "vcdr_monotonic"
 
-    def __call__(self, vcdr: Tensor) -> Tensor:
-        vcdr = _path(vcdr, "vcdr")
+    def _along(self, vcdr: Tensor, expected: str) -> Tensor:
         if vcdr.shape[0] < 2:
             return torch.full((vcdr.shape[1],), math.nan, dtype=vcdr.dtype, device=vcdr.device)
         moves = vcdr[1:] - vcdr[:-1]
-        ok = moves <= self.tolerance if self.expected == "decrease" else moves >= -self.tolerance
+        ok = moves <= self.tolerance if expected == "decrease" else moves >= -self.tolerance
         return nan_unless(torch.isfinite(vcdr).all(0), ok.to(vcdr.dtype).mean(0))
 
 
@@ -464,13 +522,15 @@ def vcdr_monotonic_fraction(vcdr: Tensor, expected: Expected = "decrease", toler
 # realism proxy and cost
 
 
+@register_metric
 class ReconstructionError(CounterfactualMetric):
     """Mean squared error between images and ``autoencoder(images)``, per image — a realism
     proxy: an autoencoder trained on real fundi reconstructs in-distribution images well.
 
     Args:
         autoencoder: any callable ``B×C×H×W -> B×C×H×W`` (an ``nn.Module``, a function); it is
-            called without gradients on the images as given.
+            called without gradients on the images as given. :meth:`score` takes the evidence's
+            autoencoder and scores the edited images.
 
     Example:
         >>> ReconstructionError(lambda x: x * 0.5)(torch.ones(1, 1, 2, 2)).item()
@@ -478,24 +538,37 @@ class ReconstructionError(CounterfactualMetric):
     """
 
     name = "reconstruction_error"
-    direction: Direction = "lower"
-    category: Category = "realism"
+    score_direction = "lower"
+    requires = ("counterfactual", "autoencoder")
 
-    def __init__(self, autoencoder: Callable[[Tensor], Tensor]):
-        if not callable(autoencoder):
-            raise ConfigError("autoencoder", f"must be callable, got {type(autoencoder).__name__}")
-        self.autoencoder = autoencoder
+    def __init__(self, autoencoder: Callable[[Tensor], Tensor] | None = None):
+        self.autoencoder = None if autoencoder is None else _callable(autoencoder)
 
     def __call__(self, images: Tensor) -> Tensor:
+        if self.autoencoder is None:
+            raise ConfigError("autoencoder", "none given: ReconstructionError(autoencoder)(images)")
+        return self._error(self.autoencoder, images)
+
+    def score_edits(self, cf: Counterfactual, evidence: Evidence) -> Tensor:
+        return self._error(_callable(evidence.autoencoder), cf.images)
+
+    @staticmethod
+    def _error(autoencoder: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
         if not isinstance(images, Tensor) or images.ndim != 4:
             raise ConfigError("images", f"expected a B×C×H×W tensor, got {getattr(images, 'shape', type(images))}")
         with torch.no_grad():
-            recon = self.autoencoder(images)
+            recon = autoencoder(images)
         if not isinstance(recon, Tensor) or recon.shape != images.shape:
             raise ConfigError("autoencoder", f"must return a tensor shaped like its input {tuple(images.shape)}, "
                                              f"got {getattr(recon, 'shape', type(recon).__name__)}")
         error = (_float(recon.detach()) - _float(images.detach())).pow(2).flatten(1).mean(1)
         return nan_unless(torch.isfinite(error), error)
+
+
+def _callable(autoencoder: Any) -> Callable[[Tensor], Tensor]:
+    if not callable(autoencoder):
+        raise ConfigError("autoencoder", f"must be callable, got {type(autoencoder).__name__}")
+    return autoencoder
 
 
 def reconstruction_error(autoencoder: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
@@ -509,55 +582,35 @@ def seconds_per_image(counterfactual: Counterfactual) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# registry and the one-call evaluation
-
-#: Metric name -> class; the class attributes ``name``/``direction``/``category`` match the key.
-COUNTERFACTUAL_METRICS: dict[str, type[CounterfactualMetric]] = {
-    cls.name: cls for cls in (Validity, ProximityL1, ProximityL2, Sparsity, EnergyInMask, L1InMask, VCDRFalls,
-                              VCDRMonotonic, ReconstructionError)
-}
+# the one-call evaluation
 
 
 def evaluate_counterfactuals(counterfactual: Counterfactual, *, masks: Tensor | None = None,
                              threshold: float | None = None, tolerance: float = 1 / 255,
                              autoencoder: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """Every metric whose inputs are there, per image, for one :class:`Counterfactual`.
+    """Every metric whose inputs are there, per image, for one :class:`Counterfactual`
+    (:func:`xmed.metrics.evaluate` on ``Evidence(counterfactual=, masks=, autoencoder=)``), with
+    ``mask_coverage`` and ``seconds_per_image`` beside them.
 
-    Proximity and sparsity are in pixel units (``counterfactual.std``) over its field of view
-    (``counterfactual.fov``, else the whole image); ``energy_in_mask`` and ``mask_coverage``
-    (and ``l1_in_mask``) need ``masks``; the vCDR metrics need a path with a vCDR (expected to move the way the target
-    was asked to: toward "normal", the cup should shrink); ``reconstruction_error`` needs an
-    ``autoencoder`` (applied to the edited images); ``seconds_per_image`` is the batch time
-    shared out. ``validity`` is judged against ``threshold``, by default the goal the
-    counterfactual was made for (``counterfactual.threshold``). An image that was not edited (it
-    met the goal as given: 0 steps) has no edit to score: NaN for everything but
-    ``mask_coverage`` and the time, so means over a batch describe the edits that were made.
+    Proximity and the changed fraction are in pixel units (``counterfactual.std``) over its field
+    of view (``counterfactual.fov``, else the whole image); ``energy_in_mask`` and ``l1_in_mask``
+    (and ``mask_coverage``, their chance level) need ``masks``; the vCDR metrics need a path with a
+    vCDR (expected to move the way the target was asked to: toward "normal", the cup should
+    shrink); ``reconstruction_error`` needs an ``autoencoder`` (applied to the edited images);
+    ``seconds_per_image`` is the batch time shared out. ``validity`` is judged against
+    ``threshold``, by default the goal the counterfactual was made for
+    (``counterfactual.threshold``); ``tolerance`` is the smallest change ``changed_fraction``
+    counts. An image that was not edited (it met the goal as given: 0 steps) has no edit to
+    score: NaN for everything but ``mask_coverage`` and the time, so means over a batch describe
+    the edits that were made.
 
     Returns:
         ``{name: B values}``.
     """
-    cf = counterfactual
-    threshold = cf.threshold if threshold is None else threshold
-    original, edited, fov = cf.frames[0], cf.images, cf.fov
-    out = {
-        "validity": Validity(threshold)(cf.probability, cf.direction),
-        "proximity_l1": ProximityL1(cf.std)(original, edited, fov),
-        "proximity_l2": ProximityL2(cf.std)(original, edited, fov),
-        "sparsity": Sparsity(tolerance, cf.std)(original, edited, fov),
-    }
+    evidence = Evidence(counterfactual=counterfactual, masks=masks, autoencoder=autoencoder)
+    out = evaluate(evidence, options={"validity": {"threshold": threshold}, "changed_fraction": {"tolerance": tolerance}})
     if masks is not None:
-        change = edited - original  # in the model's input space, where the L2 budget is set
-        out["energy_in_mask"] = EnergyInMask()(change, masks)
-        out["l1_in_mask"] = L1InMask()(change, masks)
-        out["mask_coverage"] = mask_coverage(masks, fov)
-    if cf.vcdr is not None:
-        expected = cf.direction
-        out["vcdr_falls"] = VCDRFalls(expected)(cf.vcdr)
-        out["vcdr_monotonic"] = VCDRMonotonic(expected)(cf.vcdr)
-    if autoencoder is not None:
-        out["reconstruction_error"] = ReconstructionError(autoencoder)(edited)
-    edited_any = cf.steps.to(edited.device) > 0
-    out = {k: v if k == "mask_coverage" else nan_unless(edited_any, v) for k, v in out.items()}
-    b = edited.shape[0]
-    out["seconds_per_image"] = torch.full((b,), seconds_per_image(cf), device=edited.device)
+        out["mask_coverage"] = mask_coverage(masks, counterfactual.fov)
+    images = counterfactual.images
+    out["seconds_per_image"] = torch.full((images.shape[0],), seconds_per_image(counterfactual), device=images.device)
     return out

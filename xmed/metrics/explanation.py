@@ -1,8 +1,10 @@
 """Explanation-quality metrics: localisation, faithfulness, randomisation and complexity.
 
-Quantus style: every metric is a class with ``name``, ``direction`` (``"higher"`` or ``"lower"``
-is better) and ``category``; hyper-parameters go to ``__init__``, data to ``__call__``, which
-returns one value per image (a float tensor of shape ``B``, on the device of the inputs).
+Quantus style: every metric is a class with ``name``, ``score_direction`` (``"higher"`` or
+``"lower"`` is better), ``category`` and ``requires`` (:mod:`xmed.metrics.base`);
+hyper-parameters go to ``__init__``, data to ``__call__``, which returns one value per image (a
+float tensor of shape ``B``, on the device of the inputs); :meth:`~xmed.metrics.base.Metric.score`
+takes the same data as one :class:`~xmed.metrics.base.Evidence`.
 A value that is undefined for an image (an empty mask, a map without energy, a map that is not
 finite) is NaN, never a silent 0.
 
@@ -43,21 +45,16 @@ from torch import Tensor, nn
 from xmed.checks import int_at_least
 from xmed.errors import ConfigError
 from xmed.explain.baselines import BASELINES, Baseline, make_baseline
+from xmed.metrics.base import Evidence, ExplainFn, ForwardFn, Metric, evaluate, nan_unless, register_metric
 
 __all__ = [
-    "Direction", "Category", "Baseline", "ForwardFn", "ExplainFn",
-    "ExplanationMetric", "PointingGame", "EnergyPointingGame", "MapAUROC", "MapAUPRC",
+    "Baseline", "PointingGame", "EnergyPointingGame", "MapAUROC", "MapAUPRC",
     "Deletion", "Insertion", "ROAD", "ROADLeRF", "noisy_linear_imputation",
     "ModelParameterRandomisation", "ModelParameterRandomisationSSIM", "randomisation_layers",
-    "Sparseness", "EXPLANATION_METRICS", "create_metric", "evaluate_explanations",
+    "Sparseness", "evaluate_explanations",
 ]
 
 log = logging.getLogger(__name__)
-
-Direction = Literal["higher", "lower"]
-Category = Literal["localisation", "faithfulness", "randomisation", "complexity"]
-ForwardFn = Callable[[Tensor], Tensor]
-ExplainFn = Callable[[nn.Module, Tensor], Tensor]
 
 _SIMILARITIES: tuple[str, ...] = ("spearman", "ssim")
 _ROAD_PERCENTAGES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -114,16 +111,6 @@ def _images(images: Tensor, maps: Tensor) -> Tensor:
 def _finite(maps: Tensor) -> Tensor:
     """Per image: does the map hold only finite values?"""
     return torch.isfinite(maps).flatten(1).all(1)
-
-
-def nan_unless(valid: Tensor, values: Tensor) -> Tensor:
-    """``values`` where ``valid``, NaN elsewhere (a score that is undefined for an image).
-
-    Example:
-        >>> nan_unless(torch.tensor([True, False]), torch.tensor([0.5, 0.7])).tolist()
-        [0.5, nan]
-    """
-    return torch.where(valid, values, torch.full_like(values, math.nan))
 
 
 def _as_scores(value: Any, n: int) -> Tensor:
@@ -207,33 +194,11 @@ def _run_in_chunks(forward: ForwardFn, make: Callable[[Tensor], Tensor], n_items
 
 
 # --------------------------------------------------------------------------------------------
-# base class
-
-
-class ExplanationMetric:
-    """Base of the explanation metrics: what the value means, and a readable ``repr``.
-
-    Attributes:
-        name: registry key (:data:`EXPLANATION_METRICS`).
-        direction: ``"higher"`` or ``"lower"``: which values are better.
-        category: ``"localisation"``, ``"faithfulness"``, ``"randomisation"`` or ``"complexity"``.
-    """
-
-    name: str = ""
-    direction: Direction = "higher"
-    category: Category = "localisation"
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
-                           if not k.startswith("_") and k not in ("name", "direction", "category"))
-        return f"{type(self).__name__}({params})"
-
-
-# --------------------------------------------------------------------------------------------
 # localisation
 
 
-class PointingGame(ExplanationMetric):
+@register_metric
+class PointingGame(Metric):
     """Pointing game (Zhang et al., ECCV 2016): does the map's maximum lie in the mask?
 
     1.0 for a hit, 0.0 for a miss. Several pixels sharing the maximum count as a hit when any of
@@ -253,8 +218,9 @@ class PointingGame(ExplanationMetric):
     """
 
     name = "pointing_game"
-    direction: Direction = "higher"
-    category: Category = "localisation"
+    score_direction = "higher"
+    category = "localisation"
+    requires = ("maps", "masks")
 
     def __init__(self, tolerance_px: int = 0):
         self.tolerance_px = int_at_least("tolerance_px", tolerance_px, 0)
@@ -273,7 +239,8 @@ class PointingGame(ExplanationMetric):
         return nan_unless(valid, hit)
 
 
-class EnergyPointingGame(ExplanationMetric):
+@register_metric
+class EnergyPointingGame(Metric):
     """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020).
 
     ``sum(relu(map) * mask) / sum(relu(map))``: the share of the positive evidence that falls in
@@ -286,8 +253,9 @@ class EnergyPointingGame(ExplanationMetric):
     """
 
     name = "energy_pointing_game"
-    direction: Direction = "higher"
-    category: Category = "localisation"
+    score_direction = "higher"
+    category = "localisation"
+    requires = ("maps", "masks")
 
     def __call__(self, maps: Tensor, masks: Tensor) -> Tensor:
         maps = _maps(maps)
@@ -300,11 +268,12 @@ class EnergyPointingGame(ExplanationMetric):
         return nan_unless(valid, ratio.to(_result_dtype(maps)))
 
 
-class _PixelRanking(ExplanationMetric):
+class _PixelRanking(Metric):
     """Map values as scores of a per-image binary pixel classification (mask = positive)."""
 
-    category: Category = "localisation"
-    direction: Direction = "higher"
+    score_direction = "higher"
+    category = "localisation"
+    requires = ("maps", "masks")
     _binary: str          # torchmetrics.functional.classification names, imported on first use
     _multilabel: str
 
@@ -334,6 +303,7 @@ class _PixelRanking(ExplanationMetric):
         return out
 
 
+@register_metric
 class MapAUROC(_PixelRanking):
     """Area under the ROC curve of the map's pixel values against the mask, per image.
 
@@ -350,6 +320,7 @@ class MapAUROC(_PixelRanking):
     _binary, _multilabel = "binary_auroc", "multilabel_auroc"
 
 
+@register_metric
 class MapAUPRC(_PixelRanking):
     """Average precision of the map's pixel values against the mask, per image.
 
@@ -370,10 +341,11 @@ class MapAUPRC(_PixelRanking):
 # faithfulness: deletion / insertion
 
 
-class _Perturbation(ExplanationMetric):
+class _Perturbation(Metric):
     """Deletion and insertion (Petsiuk et al., BMVC 2018, "RISE")."""
 
-    category: Category = "faithfulness"
+    category = "faithfulness"
+    requires = ("forward", "images", "maps")
     _insert: bool = False
 
     def __init__(self, n_steps: int = 20, baseline: Baseline = "blur", batch_size: int | None = None):
@@ -421,6 +393,7 @@ class _Perturbation(ExplanationMetric):
         return torch.trapezoid(scores, fractions, dim=1)
 
 
+@register_metric
 class Deletion(_Perturbation):
     """Deletion (Petsiuk et al. 2018): remove the most relevant pixels first; the score should fall.
 
@@ -442,10 +415,11 @@ class Deletion(_Perturbation):
     """
 
     name = "deletion"
-    direction: Direction = "lower"
+    score_direction = "lower"
     _insert = False
 
 
+@register_metric
 class Insertion(_Perturbation):
     """Insertion (Petsiuk et al. 2018): reveal the most relevant pixels first; the score should rise.
 
@@ -460,7 +434,7 @@ class Insertion(_Perturbation):
     """
 
     name = "insertion"
-    direction: Direction = "higher"
+    score_direction = "higher"
     _insert = True
 
 
@@ -621,7 +595,8 @@ def _pyramid_fill(values: Tensor, weights: Tensor) -> Tensor:
     return torch.where(weights > 0, mean, up)
 
 
-class ROAD(ExplanationMetric):
+@register_metric
+class ROAD(Metric):
     """Remove And Debias (Rong et al., ICML 2022): remove pixels, impute them, re-score.
 
     For each fraction in ``percentages``, the most relevant (``order="morf"``) or least relevant
@@ -651,8 +626,9 @@ class ROAD(ExplanationMetric):
     """
 
     name = "road_morf"
-    direction: Direction = "lower"
-    category: Category = "faithfulness"
+    score_direction = "lower"
+    category = "faithfulness"
+    requires = ("forward", "images", "maps")
 
     def __init__(self, order: Literal["morf", "lerf"] = "morf",
                  percentages: Sequence[float] = _ROAD_PERCENTAGES, noise: float = 0.01, seed: int = 0,
@@ -661,7 +637,7 @@ class ROAD(ExplanationMetric):
             raise ConfigError("order", f"must be 'morf' or 'lerf', got {order!r}")
         self.order = order
         self.name = f"road_{order}"
-        self.direction = "lower" if order == "morf" else "higher"
+        self.score_direction = "lower" if order == "morf" else "higher"
         self.percentages = tuple(float(p) for p in percentages)
         if not self.percentages or any(not 0 <= p < 1 for p in self.percentages):
             raise ConfigError("percentages", f"need one or more fractions in [0, 1), got {percentages!r}")
@@ -705,11 +681,12 @@ class ROAD(ExplanationMetric):
         return self.curve(forward, images, maps)[1].mean(1)
 
 
+@register_metric
 class ROADLeRF(ROAD):
     """:class:`ROAD` removing the least relevant pixels first (``road_lerf``, higher is better)."""
 
     name = "road_lerf"
-    direction: Direction = "higher"
+    score_direction = "higher"
 
     def __init__(self, percentages: Sequence[float] = _ROAD_PERCENTAGES, noise: float = 0.01, seed: int = 0,
                  n_iter: int | None = None, batch_size: int | None = None):
@@ -790,7 +767,8 @@ def _randomise(module: nn.Module, recurse: bool) -> None:
                 p.copy_(torch.randn(p.shape, device=p.device) * std.to(p.device) + mean.to(p.device))
 
 
-class ModelParameterRandomisation(ExplanationMetric):
+@register_metric
+class ModelParameterRandomisation(Metric):
     """Cascading model parameter randomisation test (Adebayo et al., NeurIPS 2018, sanity checks).
 
     A deep copy of the model (the caller's model is never touched; the copy keeps its train/eval
@@ -819,8 +797,9 @@ class ModelParameterRandomisation(ExplanationMetric):
     """
 
     name = "randomisation_spearman"
-    direction: Direction = "lower"
-    category: Category = "randomisation"
+    score_direction = "lower"
+    category = "randomisation"
+    requires = ("model", "explain_fn", "images")
 
     def __init__(self, similarity: Literal["spearman", "ssim"] = "spearman", seed: int = 0,
                  absolute: bool = True):
@@ -884,6 +863,10 @@ class ModelParameterRandomisation(ExplanationMetric):
                         type(model).__name__)
         return result
 
+    def score(self, evidence: Evidence) -> Tensor:
+        """The :meth:`summary` of the cascade on ``evidence.model``, ``explain_fn`` and ``images``."""
+        return self.summary(self(evidence.model, evidence.explain_fn, evidence.images))
+
     @staticmethod
     def summary(result: Mapping[str, Tensor]) -> Tensor:
         """The similarity once every layer group is randomised (the last entry of a result)."""
@@ -892,6 +875,7 @@ class ModelParameterRandomisation(ExplanationMetric):
         return list(result.values())[-1]
 
 
+@register_metric
 class ModelParameterRandomisationSSIM(ModelParameterRandomisation):
     """:class:`ModelParameterRandomisation` with the SSIM similarity (``randomisation_ssim``)."""
 
@@ -905,7 +889,8 @@ class ModelParameterRandomisationSSIM(ModelParameterRandomisation):
 # complexity
 
 
-class Sparseness(ExplanationMetric):
+@register_metric
+class Sparseness(Metric):
     """Sparseness (Chalasani et al., ICML 2020): the Gini index of ``|map|``, per image.
 
     0 for a constant map, ``(N - 1) / N`` for a single hot pixel among ``N``; NaN for an all-zero map.
@@ -918,8 +903,9 @@ class Sparseness(ExplanationMetric):
     """
 
     name = "sparseness"
-    direction: Direction = "higher"
-    category: Category = "complexity"
+    score_direction = "higher"
+    category = "complexity"
+    requires = ("maps",)
 
     def __call__(self, maps: Tensor) -> Tensor:
         maps = _maps(maps)
@@ -932,47 +918,27 @@ class Sparseness(ExplanationMetric):
 
 
 # --------------------------------------------------------------------------------------------
-# registry and the one-call evaluation
-
-
-#: Metric name -> class; the class attributes ``name``/``direction``/``category`` match the key.
-EXPLANATION_METRICS: dict[str, type[ExplanationMetric]] = {
-    cls.name: cls for cls in (
-        PointingGame, EnergyPointingGame, MapAUROC, MapAUPRC, Deletion, Insertion, ROAD, ROADLeRF,
-        ModelParameterRandomisation, ModelParameterRandomisationSSIM, Sparseness)
-}
-
-
-def create_metric(name: str, **kwargs: Any) -> ExplanationMetric:
-    """Instantiate the metric ``name`` of :data:`EXPLANATION_METRICS` with its hyper-parameters.
-
-    Example:
-        >>> create_metric("road_lerf", percentages=(0.5,)).direction
-        'higher'
-    """
-    if name not in EXPLANATION_METRICS:
-        raise ConfigError("metric",
-                          f"unknown explanation metric {name!r}; known: {', '.join(EXPLANATION_METRICS)}")
-    return EXPLANATION_METRICS[name](**kwargs)
+# the one-call evaluation
 
 
 def evaluate_explanations(maps: Tensor, *, masks: Tensor | None = None, forward: ForwardFn | None = None,
-                          images: Tensor | None = None, metrics: Sequence[str] | None = None,
+                          images: Tensor | None = None, metrics: Sequence[str | Metric] | None = None,
                           options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Tensor]:
-    """Run several explanation metrics on one batch of maps.
+    """Run several explanation metrics on one batch of maps (:func:`xmed.metrics.evaluate` on
+    ``Evidence(maps, masks, forward, images)``).
 
     Localisation metrics need ``masks``, faithfulness metrics ``forward`` and ``images``,
-    sparseness only the maps. The randomisation test needs a model and an explainer: call
-    :class:`ModelParameterRandomisation` directly.
+    sparseness only the maps. The randomisation test needs a model and an explainer: give them
+    to :func:`xmed.metrics.evaluate` as evidence, or call :class:`ModelParameterRandomisation`.
 
     Args:
         maps: ``B×1×H×W`` attribution maps.
         masks: ``B×H×W`` (or ``B×1×H×W``) bool ground-truth regions.
         forward: ``images -> B`` scores.
         images: ``B×C×H×W``.
-        metrics: names in :data:`EXPLANATION_METRICS`; ``None``: every metric whose inputs are given
-            (the others are logged as skipped). A named metric whose inputs are missing is an error.
-        options: ``{name: hyper-parameters}`` for :func:`create_metric`.
+        metrics: names in :data:`xmed.metrics.METRICS` (or built metrics); ``None``: every metric
+            whose inputs are given. A named metric whose inputs are missing is an error.
+        options: ``{name: hyper-parameters}`` for :func:`xmed.metrics.create_metric`.
 
     Returns:
         ``{name: values (B)}`` in the order of ``metrics``.
@@ -984,35 +950,4 @@ def evaluate_explanations(maps: Tensor, *, masks: Tensor | None = None, forward:
         >>> {k: v.tolist() for k, v in out.items()}
         {'pointing_game': [1.0], 'energy_pointing_game': [0.75]}
     """
-    have = {"localisation": masks is not None, "faithfulness": forward is not None and images is not None,
-            "complexity": True, "randomisation": False}
-    needs = {"localisation": "masks", "faithfulness": "forward and images",
-             "randomisation": "a model and an explain_fn (call ModelParameterRandomisation)"}
-    options = dict(options or {})
-    if metrics is None:
-        names = [n for n, cls in EXPLANATION_METRICS.items() if have[cls.category]]
-        skipped = [n for n in EXPLANATION_METRICS if n not in names]
-        if skipped:
-            log.info("evaluate_explanations: skipped %s (inputs not given)", ", ".join(skipped))
-    else:
-        names = list(metrics)
-        for n in names:
-            if n not in EXPLANATION_METRICS:
-                raise ConfigError("metrics", f"unknown explanation metric {n!r}; known: "
-                                             f"{', '.join(EXPLANATION_METRICS)}")
-            category = EXPLANATION_METRICS[n].category
-            if not have[category]:
-                raise ConfigError("metrics", f"{n} needs {needs[category]}")
-    unknown = set(options) - set(names)
-    if unknown:
-        raise ConfigError("options", f"options for metrics that are not run: {', '.join(sorted(unknown))}")
-    out: dict[str, Tensor] = {}
-    for n in names:
-        metric = create_metric(n, **options.get(n, {}))
-        if metric.category == "localisation":
-            out[n] = metric(maps, masks)
-        elif metric.category == "faithfulness":
-            out[n] = metric(forward, images, maps)
-        else:
-            out[n] = metric(maps)
-    return out
+    return evaluate(Evidence(maps=maps, masks=masks, forward=forward, images=images), metrics, options)

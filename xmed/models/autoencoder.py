@@ -121,11 +121,6 @@ class FundusAutoencoder(nn.Module):
         """How much smaller the latent map is than the image (``2 ** len(channels)``)."""
         return 2 ** len(self.channels)
 
-    @property
-    def latent_size(self) -> int:
-        """Side of the latent map at ``input_size``."""
-        return self.data_config.input_size // self.downsampling
-
     def encode(self, x: Tensor) -> Tensor:
         """B×3×H×W normalised images -> B×latent_channels×H/2^k×W/2^k codes."""
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % self.downsampling or x.shape[3] % self.downsampling:

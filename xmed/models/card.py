@@ -1,13 +1,14 @@
 """Model cards: Markdown with YAML front matter, in the style of Hugging Face cards.
 
 The text lives in ``model_card.md`` beside this module, shipped in the package (``$name``
-placeholders); this module fills it from plain dicts (metrics, data summary, config, compute), so
-it depends on nothing but the standard library and PyYAML.
+placeholders); this module fills it from plain dicts (metrics, data summary, config, compute).
+Which values of a metric are better (the arrows of the metrics table) comes from
+:func:`xmed.metrics.score_direction`.
 
 Example:
     >>> text = render_model_card(title="demo", metrics={"auroc": 0.9, "ci": {"auroc": [0.85, 0.94]}},
     ...                          data={"dataset": "phantom", "splits": {"test": 10}}, config_yaml="seed: 0")
-    >>> text.splitlines()[0], "0.900 (0.850–0.940)" in text
+    >>> text.splitlines()[0], "| AUROC ↑ | 0.900 (0.850–0.940) |" in text
     ('---', True)
 """
 
@@ -36,6 +37,8 @@ METRIC_LABELS = {
     "vcdr_mae": "vCDR mean absolute error",
 }
 
+ARROWS = {"higher": " ↑", "lower": " ↓"}
+
 NO_EXPLANATION_CHECKS = (
     "No explanation method has been checked on this model yet. `xmed-explain ckpt_path=<run>/model "
     "explainer=all model_card=<this card>` scores saliency maps against the data set's masks and "
@@ -52,7 +55,19 @@ def _fmt(value: Any) -> str:
 
 
 def metrics_table(metrics: Mapping[str, Any]) -> str:
-    """The headline metrics with their bootstrap 95% intervals, as a Markdown table."""
+    """The headline metrics with their bootstrap 95% intervals, as a Markdown table; an arrow says
+    whether higher (↑) or lower (↓) is better.
+
+    Example:
+        >>> print(metrics_table({"brier": 0.2, "sens_at_95spec_justraigs": 0.5,
+        ...                      "ci": {"sens_at_95spec_justraigs": [0.4, 0.6]}}))
+        | metric | value (95% CI) |
+        |---|---|
+        | sensitivity at 95% specificity (JustRAIGS rule) ↑ | 0.500 (0.400–0.600) |
+        | Brier score ↓ | 0.200 |
+    """
+    from xmed.metrics import score_direction
+
     ci = metrics.get("ci", {})
     rows = ["| metric | value (95% CI) |", "|---|---|"]
     for key, label in METRIC_LABELS.items():
@@ -61,7 +76,7 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
         value = _fmt(metrics[key])
         if ci.get(key) and None not in ci[key]:
             value += f" ({ci[key][0]:.3f}–{ci[key][1]:.3f})"
-        rows.append(f"| {label} | {value} |")
+        rows.append(f"| {label}{ARROWS.get(score_direction(key), '')} | {value} |")
     return "\n".join(rows)
 
 
@@ -113,7 +128,8 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
         f"| {code} | {_fmt(v)} |" for code, v in (metrics.get("finding_auroc") or {}).items()]
     threshold = (f"Threshold {_fmt(metrics.get('threshold'))} chosen on the validation split "
                  f"({metrics.get('threshold_rule', 'youden')}); test eyes: {metrics.get('n')} "
-                 f"({metrics.get('n_positive')} glaucoma). 95% intervals: percentile bootstrap over test eyes.")
+                 f"({metrics.get('n_positive')} glaucoma). 95% intervals: percentile bootstrap over test eyes; "
+                 f"↑ higher is better, ↓ lower is better.")
     limitations = limitations or [
         "Trained and evaluated on one data set; performance on other cameras, populations and "
         "image qualities is unknown.",

@@ -6,7 +6,7 @@ Two modes:
 * ``concept_bottleneck`` — the diagnosis is computed *only* from the predicted findings
   (probabilities) and vCDR through one linear layer (Koh et al., 2020), so each finding's
   contribution to the decision is exact, and a clinician can intervene:
-  ``model(x, intervene={"DH": 1.0, "vCDR": 0.4})`` replaces those concepts and recomputes
+  ``model(x, intervene={"DH": 1.0, "vcdr": 0.4})`` replaces those concepts and recomputes
   the diagnosis.
 
 The model carries its data config (input size, mean/std, field-of-view crop, contrast
@@ -32,11 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from xmed.errors import ConfigError, InputError
-from xmed.findings import FINDINGS, VCDR, finding_index
+from xmed.findings import DIAGNOSIS, FINDINGS, VCDR, canonical_target, finding_index
+from xmed.findings import TARGETS  # noqa: F401  (re-exported by xmed.models)
 
 Mode = Literal["multitask", "concept_bottleneck"]
-DIAGNOSIS = "glaucoma"
-TARGETS: tuple[str, ...] = (DIAGNOSIS, *FINDINGS, VCDR)
 
 
 @dataclass
@@ -219,16 +218,16 @@ class FundusClassifier(nn.Module):
         return out
 
     def forward(self, x: Tensor, intervene: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
-        """Predict; ``intervene`` maps finding codes / ``"vCDR"`` to given concept values
+        """Predict; ``intervene`` maps finding codes / ``"vcdr"`` (any case) to given concept values
         (a float for the whole batch, or a B tensor where NaN means "leave as predicted")."""
         return self.forward_head(self.forward_features(x), intervene)
 
     # ------------------------------------------------------------------ helpers
-    def concept_contributions(self, concepts: Tensor) -> Tensor:
-        """B×11 exact additive contributions of each concept to the diagnosis logit
-        (concept-bottleneck mode): ``logit = bias + contributions.sum(1)``."""
+    def bottleneck_terms(self, concepts: Tensor) -> Tensor:
+        """B×11 exact additive terms of each concept in the diagnosis logit (concept-bottleneck
+        mode): ``logit = bias + terms.sum(1)``."""
         if self.mode != "concept_bottleneck":
-            raise ConfigError("model.net.mode", "exact concept contributions need mode='concept_bottleneck'")
+            raise ConfigError("model.net.mode", "bottleneck terms need mode='concept_bottleneck'")
         return concepts * self.glaucoma_head.weight[0]
 
     def prepare(self, images: Sequence[np.ndarray] | np.ndarray) -> Tensor:
@@ -333,7 +332,7 @@ def apply_intervention(concepts: Tensor, intervene: Mapping[str, Any]) -> Tensor
     """Replace concept columns (finding probabilities, then vCDR) with given values."""
     concepts = concepts.clone()
     for key, value in intervene.items():
-        col = len(FINDINGS) if key == VCDR else _concept_column(key)
+        col = _concept_column(key)
         value = torch.as_tensor(value, dtype=concepts.dtype, device=concepts.device)
         if value.ndim == 0:
             concepts[:, col] = value
@@ -344,15 +343,21 @@ def apply_intervention(concepts: Tensor, intervene: Mapping[str, Any]) -> Tensor
 
 
 def _concept_column(key: str) -> int:
+    """The concept column of an intervention key: a finding code's index, or the last for the vCDR."""
     try:
-        return finding_index(key)
-    except KeyError:
-        raise ConfigError("intervene", f"unknown concept {key!r}; use a finding code or 'vCDR'") from None
+        concept = canonical_target(key)
+    except ValueError:
+        concept = None
+    if concept == VCDR:
+        return len(FINDINGS)
+    if concept in FINDINGS:
+        return finding_index(concept)
+    raise ConfigError("intervene", f"unknown concept {key!r}; use a finding code or 'vcdr'")
 
 
 def target_scalar(output: Mapping[str, Tensor], target: str) -> Tensor:
     """The B-vector a target names: ``"glaucoma"`` (diagnosis logit), a finding code (its
-    logit) or ``"vCDR"``.
+    logit) or ``"vcdr"`` (any case).
 
     Example:
         >>> out = {"logits": torch.zeros(2), "finding_logits": torch.arange(20.).view(2, 10),
@@ -360,10 +365,9 @@ def target_scalar(output: Mapping[str, Tensor], target: str) -> Tensor:
         >>> target_scalar(out, "DH").tolist()
         [7.0, 17.0]
     """
+    target = canonical_target(target)
     if target == DIAGNOSIS:
         return output["logits"]
     if target == VCDR:
         return output["vcdr"]
-    if target in FINDINGS:
-        return output["finding_logits"][:, finding_index(target)]
-    raise ConfigError("target", f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    return output["finding_logits"][:, finding_index(target)]

@@ -267,14 +267,6 @@ class FundusModule(L.LightningModule):
             self.log("val/auroc", self.val_auroc.compute(), prog_bar=True, sync_dist=True)
         self.val_auroc.reset()
 
-    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        out = self.model(self._images(batch))
-        return {
-            "prob": torch.sigmoid(out["logits"]), "finding_prob": torch.sigmoid(out["finding_logits"]),
-            "vcdr_pred": out["vcdr"], "label": batch["label"], "finding_label": batch["findings"],
-            "vcdr_true": batch["vcdr"], "id": batch["meta"]["id"], "eye": batch["meta"]["eye"],
-        }
-
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -37,3 +37,27 @@ def image_grid(images: Sequence[np.ndarray], columns: int, captions: Sequence[st
         r, c = divmod(i, columns)
         sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
     return sheet
+
+
+def phantom_sheet(seed: int = 0, n: int = 12, size: int = 256, columns: int = 4, width: int | None = None) -> np.ndarray:
+    """A contact sheet of ``n`` phantom eyes rendered from consecutive seeds, each captioned with
+    its seed, side, label, vCDR and findings; scaled to ``width`` pixels when given.
+
+    Example:
+        >>> phantom_sheet(n=2, size=64, columns=2).shape
+        (64, 128, 3)
+    """
+    from xmed.data.phantom import render_phantom
+
+    images, captions = [], []
+    for s in range(seed, seed + n):
+        eye = render_phantom(s, size)
+        present = [code for code, value in eye.findings.items() if value]
+        images.append(eye.image)
+        captions.append(f"seed {s} {eye.eye} {'glaucoma' if eye.label else 'normal'} "
+                        f"vCDR {eye.vcdr:.2f}\n{' '.join(present) or '-'}")
+    sheet = image_grid(images, columns=columns, captions=captions, caption_scale=0.45 * size / 256)
+    if width:
+        scale = width / sheet.shape[1]
+        sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return sheet

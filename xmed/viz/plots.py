@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_roc
 
-from xmed.metrics.classification import ArrayLike, auroc, ece, labelled
+from xmed.metrics.classification import ArrayLike, auroc, calibration_bins, ece, labelled
 
 __all__ = ["plot_roc", "plot_calibration", "plot_finding_auroc", "plot_learning_curve", "read_learning_curve"]
 
@@ -96,8 +96,9 @@ def plot_calibration(prob: ArrayLike, label: ArrayLike, path: str | os.PathLike,
                      n_bins: int = 10) -> Path:
     """Reliability diagram: observed fraction of glaucoma per probability bin, against the diagonal.
 
-    Bins are ``[k/n, (k+1)/n)`` as in :func:`xmed.metrics.ece` (a probability of exactly 1 is drawn
-    in the last bin); the title gives the ECE over the same ``n_bins``.
+    The bins are those of :func:`xmed.metrics.ece` (:func:`~xmed.metrics.calibration_bins`:
+    ``[0, 1/n]``, then ``(k/n, (k+1)/n]``, so p = 1.0 is drawn in the last bin); the title gives
+    the ECE over the same ``n_bins``.
 
     Args:
         prob: ``B`` probabilities of glaucoma.
@@ -121,7 +122,7 @@ def plot_calibration(prob: ArrayLike, label: ArrayLike, path: str | os.PathLike,
     if y.numel() == 0:
         raise ValueError("plot_calibration: no labelled eyes")
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    bins = (torch.bucketize(p, edges, right=True) - 1).clamp(max=n_bins - 1)
+    bins = calibration_bins(p, n_bins)
     count = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, bins, torch.ones_like(p))
     frac = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, bins, y.double()) / count
     conf = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, bins, p) / count

@@ -2,7 +2,8 @@
 
 A data set module turns a published folder into a list of :class:`Record` (reading only label
 files and directory listings, never decoding an image) and :class:`FundusDataset` turns a record
-into DESIGN's Sample dict. Bad files either raise an :mod:`xmed.errors` exception naming the file,
+into a sample dict (``image``, ``label``, ``findings``, ``vcdr``, ``masks``, ``meta``: see
+:func:`to_tensor_sample`). Bad files either raise an :mod:`xmed.errors` exception naming the file,
 or, with ``on_error="skip"``, are skipped *and recorded* in :attr:`FundusDataset.skipped` (at
 load time) or as a :class:`SkippedSample` that :func:`collate_samples` reports in the batch.
 
@@ -659,7 +660,9 @@ def vcdr_from_masks(disc: np.ndarray, cup: np.ndarray) -> float:
 
 
 def to_tensor_sample(sample: dict) -> dict:
-    """Numpy sample -> DESIGN's Sample: image float 3×H×W in [0, 1] (unless already a tensor)."""
+    """Numpy sample -> tensor sample: ``image`` float 3×H×W in [0, 1] (unless already a tensor),
+    ``label`` and ``vcdr`` float scalars (NaN: unknown), ``findings`` float 10-vector (NaN: unknown),
+    ``masks`` name -> bool H×W, ``meta`` a dict (``id``, ``eye``, ...)."""
     image = sample["image"]
     if isinstance(image, np.ndarray):  # H×W×3; uint8 is scaled to [0, 1], floats are kept
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)

@@ -41,6 +41,7 @@ from xmed.explain.base import (
     synchronize,
 )
 from xmed.explain.targets import Target
+from xmed.registry import Registry
 
 Direction = Literal["decrease", "increase"]
 DIRECTIONS: tuple[str, ...] = ("decrease", "increase")
@@ -92,7 +93,7 @@ class Counterfactual:
             stopped in the later frames.
         probability: T×B the target's probability at each frame (sigmoid of the logit for
             ``"glaucoma"``, a finding code, a one-logit or callable target; softmax for a class of
-            a multi-class output; the value itself for ``"vCDR"``).
+            a multi-class output; the value itself for ``"vcdr"``).
         findings: T×B×10 finding probabilities at each frame (models with named heads), else None.
         vcdr: T×B predicted vCDR at each frame (models with named heads), else None.
         difference: B×1×H×W per-pixel change ``|images - input|`` summed over channels, in the
@@ -165,23 +166,18 @@ class CounterfactualExplainer(ModelMethod):
 
 
 
-COUNTERFACTUALS: dict[str, type[CounterfactualExplainer]] = {}
+#: Counterfactual method name -> class.
+COUNTERFACTUALS: Registry[type[CounterfactualExplainer]] = Registry("counterfactual method", key="method")
 
 
 def register_counterfactual(cls: type[CounterfactualExplainer]) -> type[CounterfactualExplainer]:
     """Class decorator: make a method available by its ``name`` (``counterfactual(method=name)``)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    COUNTERFACTUALS[cls.name] = cls
-    return cls
+    return COUNTERFACTUALS.register(cls)
 
 
 def get_counterfactual(method: str) -> type[CounterfactualExplainer]:
     """The counterfactual method registered as ``method``."""
-    if method not in COUNTERFACTUALS:
-        raise ConfigError("method", f"unknown counterfactual method {method!r}; known: "
-                                    f"{', '.join(sorted(COUNTERFACTUALS))}")
-    return COUNTERFACTUALS[method]
+    return COUNTERFACTUALS.lookup(method)
 
 
 def counterfactual(model: nn.Module, images: Tensor, method: str = "adversarial", target: Target | None = "glaucoma",

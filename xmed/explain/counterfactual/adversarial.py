@@ -87,7 +87,7 @@ from xmed.explain.counterfactual import (
     register_counterfactual,
 )
 from xmed.explain.targets import Target, fix_target, select_target
-from xmed.findings import VCDR
+from xmed.findings import VCDR, canonical_target
 
 DEFAULT_RELATIVE_EPSILON = 0.03
 DEFAULT_FOV_THRESHOLD = 0.05  # un-normalised brightness (max over RGB, 0..1) of the field of view
@@ -162,7 +162,7 @@ class AdversarialExplainer(CounterfactualExplainer):
             view (used when ``epsilon`` is None).
         max_steps: most gradient steps per image.
         threshold: the decision threshold on the target's probability (the vCDR value for
-            ``"vCDR"``); ``"decrease"`` aims below it, ``"increase"`` above it. A mapping gives a
+            ``"vcdr"``); ``"decrease"`` aims below it, ``"increase"`` above it. A mapping gives a
             goal per direction (:func:`~xmed.explain.counterfactual.direction_thresholds`), e.g.
             ``{"decrease": 0.5, "increase": 0.95}`` also edits eyes already above 0.5.
         early_stop: stop each image at the first step past the threshold (and skip images that
@@ -453,7 +453,7 @@ def recorded_heads(output: Any) -> tuple[Tensor | None, Tensor | None]:
 def target_score(output: Any, target: Target) -> tuple[Tensor, Tensor]:
     """The objective (a logit-like score, B) and the probability (B) of ``target`` in ``output``.
 
-    ``"glaucoma"`` and finding codes: their logit and its sigmoid; ``"vCDR"``: the logit of the
+    ``"glaucoma"`` and finding codes: their logit and its sigmoid; ``"vcdr"``: the logit of the
     value and the value; a class of a multi-class output: its log-softmax and softmax (so the
     other classes count too); a one-logit output or a callable target: the value and its sigmoid.
 
@@ -464,7 +464,7 @@ def target_score(output: Any, target: Target) -> tuple[Tensor, Tensor]:
     """
     if isinstance(output, Mapping) and isinstance(target, str):
         value = select_target(output, target)
-        if target == VCDR:
+        if canonical_target(target) == VCDR:
             return torch.logit(value, eps=1e-6), value
         return value, torch.sigmoid(value)
     value = select_target(output, target)  # validates the target (and names the problem)

@@ -106,7 +106,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
             of the code's norm).
         n_lambdas: λ steps from 0 to ``max_lambda`` (the most frames after frame 0).
         threshold: the decision threshold on the target's probability (the vCDR value for
-            ``"vCDR"``); ``"decrease"`` aims below it, ``"increase"`` above it; a mapping gives a
+            ``"vcdr"``); ``"decrease"`` aims below it, ``"increase"`` above it; a mapping gives a
             goal per direction (:func:`~xmed.explain.counterfactual.direction_thresholds`).
         keep_detail: return the photograph plus the decoded change inside the field of view
             (True) instead of the raw decoding (False).

@@ -1,0 +1,136 @@
+"""Screening photographs without labels (``xmed-predict``): a folder of JPEGs or a PACS export of
+DICOM files scored through :func:`xmed.inference.score_eyes`, written as ``predictions.csv`` — per
+eye its id (a DICOM file's salted pseudonym, never a patient identifier), laterality,
+P(glaucoma), the decision at the model's operating threshold, the vCDR, each finding's
+probability, the image-quality flags and a status — and ``summary.json``.
+
+Example::
+
+    from omegaconf import OmegaConf
+    predict_run(OmegaConf.load("screened/clinic/.hydra/config.yaml"))["referable"]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import DictConfig
+
+from xmed.errors import ConfigError
+from xmed.findings import FINDINGS
+from xmed.inference import NON_FINITE, UNREADABLE
+
+FORMATS = {"photos": "photo_folder", "dicom": "dicom_folder"}
+
+#: The columns of ``xmed-predict``'s ``predictions.csv``.
+PREDICTION_COLUMNS = ("id", "eye", "prob", "referable", "vcdr", *(f"p_{c}" for c in FINDINGS), "quality", "status")
+
+
+def input_dataset(folder: str | Path, format: str, on_error: str):
+    """The data set of a folder to screen: DICOM files (``format=dicom``, or ``auto`` when the
+    folder holds any ``.dcm``/``.dicom`` file) or photographs."""
+    from xmed.data.datasets import get_dataset
+    from xmed.data.datasets.generic import DicomFolderDataset
+
+    if format == "auto":
+        folder_path = Path(folder)
+        dicom = folder_path.is_dir() and any(p.suffix.lower() in DicomFolderDataset.SUFFIXES
+                                             for p in folder_path.rglob("*") if p.is_file())
+        format = "dicom" if dicom else "photos"
+    if format not in FORMATS:
+        raise ConfigError("format", f"expected auto, photos or dicom, got {format!r}")
+    try:
+        return get_dataset(FORMATS[format], folder, on_error=on_error)
+    except ConfigError as err:  # get_dataset names data.* keys; here the folder is `input`
+        raise ConfigError("input" if err.key == "data.root" else err.key, err.reason) from None
+
+
+def prediction_row(record: Mapping[str, Any], threshold: float) -> dict[str, str]:
+    """One ``predictions.csv`` row of an eye record (:func:`xmed.inference.eye_records`, or an
+    unreadable file's ``{id, status}``): ``referable`` 1/0 at ``threshold``, empty without a prediction.
+
+    Example:
+        >>> row = prediction_row({"id": "a", "eye": "OD", "prob": 0.7, "vcdr_pred": 0.61, "finding_prob": [0.5] * 10,
+        ...                       "quality": "", "status": ""}, threshold=0.42)
+        >>> row["prob"], row["referable"], row["vcdr"]
+        ('0.700000', '1', '0.6100')
+    """
+    if record["status"]:
+        return {"id": record["id"], "eye": record.get("eye", ""), "quality": record.get("quality", ""),
+                "status": record["status"]}
+    row = {"id": record["id"], "eye": record["eye"], "prob": f"{record['prob']:.6f}",
+           "referable": str(int(record["prob"] >= threshold)), "vcdr": f"{record['vcdr_pred']:.4f}",
+           "quality": record["quality"], "status": ""}
+    row.update({f"p_{code}": f"{p:.6f}" for code, p in zip(FINDINGS, record["finding_prob"])})
+    return row
+
+
+def predictions_table(records: Sequence[Mapping[str, Any]], threshold: float) -> str:
+    """``predictions.csv`` (:data:`PREDICTION_COLUMNS`) of the eye records, as text."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=PREDICTION_COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(prediction_row(r, threshold) for r in records)
+    return table.getvalue()
+
+
+def screening_summary(records: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, Any]:
+    """How many eyes were screened, scored and referable, and which failed, were unreadable or
+    were flagged by the image-quality gate."""
+    return {
+        "n": len(records), "scored": sum(not r["status"] for r in records),
+        "referable": sum(not r["status"] and r["prob"] >= threshold for r in records),
+        "failed": [r["id"] for r in records if r["status"] == NON_FINITE],
+        "unreadable": [r["id"] for r in records if r["status"].startswith(UNREADABLE)],
+        "quality_flagged": [r["id"] for r in records if r.get("quality")],
+        "threshold": threshold,
+    }
+
+
+def predict_run(cfg: DictConfig) -> dict[str, Any]:
+    """``xmed-predict`` for a composed config; returns the summary written to summary.json (an
+    empty dict on processes other than 0)."""
+    from torch.utils.data import DataLoader
+
+    from xmed.cli.rundir import command_folder
+    from xmed.data.datamodule import SplitView
+    from xmed.data.datasets.base import collate_samples
+    from xmed.data.transforms import build_transforms
+    from xmed.inference import score_eyes
+    from xmed.models.classifier import check_threshold
+    from xmed.models.export import load_model
+    from xmed.pipeline.instantiate import inference_trainer
+    from xmed.pipeline.reports import print_run_folder
+    from xmed.runs import write_text_atomic
+    from xmed.runtime import choose_num_workers
+
+    out_dir = command_folder(cfg)
+    model = load_model(cfg.ckpt_path)
+    threshold = check_threshold(cfg.threshold) if cfg.threshold is not None else model.threshold
+    if threshold is None:
+        raise ConfigError("threshold", f"{cfg.ckpt_path} carries no operating threshold (exported before models "
+                                       "kept one); pass threshold=<P(glaucoma)>, e.g. the one in its model card")
+    dataset = input_dataset(cfg.input, cfg.format, cfg.on_error)
+    dc = model.data_config
+    view = SplitView(dataset, range(len(dataset)),
+                     build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess()))
+    loader = DataLoader(view, batch_size=int(cfg.batch_size), num_workers=choose_num_workers(cfg.num_workers).value,
+                        collate_fn=collate_samples)
+    trainer, precision = inference_trainer(cfg.trainer, out_dir)
+    records = score_eyes(trainer, model, loader, [r.id for r in dataset.records], out_dir / ".parts",
+                         id_of_file={str(r.image_path): r.id for r in dataset.records})
+    if records is None:
+        return {}
+    write_text_atomic(out_dir / "predictions.csv", predictions_table(records, threshold))
+    summary = {"input": str(cfg.input), "ckpt_path": str(cfg.ckpt_path), **screening_summary(records, threshold),
+               "skipped_at_listing": [s.as_dict() for s in dataset.skipped], "precision": str(precision)}
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
+    print(f"screened {summary['n']} eyes: {summary['referable']} referable at P(glaucoma) >= {threshold:.3f}, "
+          f"{len(summary['quality_flagged'])} failed the image-quality check, "
+          f"{len(summary['failed']) + len(summary['unreadable'])} without a prediction")
+    print_run_folder(out_dir, {name: out_dir / name for name in ("predictions.csv", "summary.json")})
+    return summary
