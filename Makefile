@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= outputs/demo
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo test test-all bench bench-quick clean
 
 venv: $(VENV)/.installed
 
@@ -34,15 +34,14 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""
 
+# every CPU benchmark, each figure next to its baseline measured in the same run:
+# benchmarks/results/results.{json,md} (the GPU suite: bash benchmarks/gpu.sh)
 bench: venv
-	$(BIN)/python benchmarks/phantom_speed.py
-	$(BIN)/python benchmarks/explain_speed.py
-	$(BIN)/python benchmarks/counterfactual_speed.py
-	$(BIN)/python benchmarks/backbone_stride.py
-	$(BIN)/python benchmarks/loader_cache.py
-	$(BIN)/python benchmarks/machine_choices.py
-	$(BIN)/python benchmarks/import_time.py
-	$(BIN)/python benchmarks/quality_gate.py
+	$(BIN)/python -m benchmarks
+
+# the same benchmarks at tiny sizes, a check that each runs (about 2 min): outputs/benchmarks-quick/
+bench-quick: venv
+	$(BIN)/python -m benchmarks --quick
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

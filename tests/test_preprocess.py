@@ -277,3 +277,17 @@ def test_preprocess_crops_around_the_disc(phantom_eyes):
         # the image went through the same window as the masks: the disc is the bright part
         brightness = out["image"].mean(axis=2)
         assert brightness[out["masks"]["disc"]].mean() > brightness[~out["masks"]["disc"]].mean() + 20
+
+
+def test_brightness_is_the_max_over_channels():
+    """The channel-by-channel maximum equals numpy's max over the channel axis, for uint8 photographs,
+    float images in [0, 1] (scaled to 0-255), any channel count, and gray images as they are."""
+    from xmed.data.preprocess import _brightness
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (37, 41, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_brightness(photo), photo.max(axis=2).astype(np.float32))
+    unit = rng.random((20, 30, 4)).astype(np.float32)
+    np.testing.assert_allclose(_brightness(unit), unit.max(axis=2) * 255.0, rtol=1e-6)
+    gray = rng.integers(0, 256, (9, 11), dtype=np.uint8)
+    np.testing.assert_array_equal(_brightness(gray), gray.astype(np.float32))

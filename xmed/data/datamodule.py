@@ -181,7 +181,12 @@ class SkipRecordingLoader(DataLoader):
 
 
 def _seed_worker_transform(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream (else workers repeat each other)."""
+    """Give each loader worker its own augmentation stream (else workers repeat each other), and
+    one OpenCV thread: the workers already use the cores (torch sets its own threads to 1 in a
+    worker), and OpenCV's thread pool in each of N workers would ask for N x cores threads."""
+    import cv2
+
+    cv2.setNumThreads(1)
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):

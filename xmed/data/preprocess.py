@@ -73,7 +73,12 @@ def _brightness(image: np.ndarray) -> np.ndarray:
     above it. Float images in [0, 1] are scaled to 0–255.
     """
     image = np.asarray(image)
-    v = image.max(axis=2) if image.ndim == 3 else image
+    if image.ndim == 3:  # channel by channel: numpy's max over a last axis of 3 is ~30x slower
+        v = image[..., 0]
+        for c in range(1, image.shape[2]):
+            v = np.maximum(v, image[..., c])
+    else:
+        v = image
     v = v.astype(np.float32)
     if image.dtype != np.uint8 and v.size and float(v.max()) <= 1.0:
         v *= 255.0
