@@ -69,8 +69,9 @@ def test_sentence_names_the_drivers_and_the_edit():
     findings[FINDINGS.index("RNFLDI")] = FindingEvidence("RNFLDI", "", 0.91, 1.4)
     r = Rationale(0.9, 2.2, 0.5, "referable glaucoma", 0.8, findings, 0.6, 0.2, 0.0, True,
                   {"toward": "normal", "changes": [{"code": "RNFLDI", "from": 0.91, "to": 0.1}]}, "")
-    assert sentence(r) == ("Referable glaucoma (p = 0.90), mainly from an inferior RNFL defect and the vCDR of "
-                           "0.80; toward normal the edit lowers inferior RNFL defect 0.91 → 0.10.")
+    assert sentence(r) == ("Referable glaucoma: probability of glaucoma 0.90 (referable from 0.50). Main reasons: an "
+                           "inferior RNFL defect (probability 0.91) and the vCDR of 0.80. An edit toward normal lowers "
+                           "the probability of an inferior RNFL defect from 0.91 to 0.10.")
 
 
 def test_sentence_reads_the_vcdr_change_by_its_canonical_code():
@@ -80,8 +81,9 @@ def test_sentence_reads_the_vcdr_change_by_its_canonical_code():
                   {"toward": "normal", "changes": [{"code": VCDR, "from": 0.78, "to": 0.55},
                                                    {"code": "DH", "from": 0.4, "to": 0.2}]}, "")
     assert VCDR == "vcdr"
-    assert sentence(r) == ("Referable glaucoma (p = 0.87), mainly from a large cup and the vCDR of 0.78; toward "
-                           "normal the edit lowers the vCDR 0.78 → 0.55 and lowers disc haemorrhage 0.40 → 0.20.")
+    assert sentence(r) == ("Referable glaucoma: probability of glaucoma 0.87 (referable from 0.50). Main reasons: a "
+                           "large cup (probability 0.90) and the vCDR of 0.78. An edit toward normal lowers the vCDR "
+                           "from 0.78 to 0.55 and lowers the probability of a disc haemorrhage from 0.40 to 0.20.")
 
 
 def test_rationale_needs_named_heads(images):

@@ -181,47 +181,76 @@ def _qualities(model: nn.Module, images: Tensor) -> list[Quality]:
     return assess_prepared(images, data_config)
 
 
+def explained_share(r: Rationale) -> float:
+    """The share of the decision's evidence (the diagnosis logit less its bias) that the findings
+    and the vCDR account for, in absolute terms: 1.0 for a concept-bottleneck model (exact), less
+    when part of the logit comes from image features no finding head reads.
+
+    Example:
+        >>> explained_share(Rationale(0.8, 1.4, 0.5, "referable glaucoma", 0.7, [FindingEvidence("LC", "", 0.9, 0.6)],
+        ...                           0.2, 0.0, 0.6, False, None, ""))
+        0.571...
+    """
+    named = sum(abs(f.contribution) for f in r.findings) + abs(r.vcdr_contribution)
+    total = named + abs(r.unexplained)
+    return 1.0 if total == 0 else named / total
+
+
 def sentence(r: Rationale) -> str:
-    """One short sentence in clinical language (after a warning when the image failed the
-    image-quality gate).
+    """The decision in plain clinical language: the decision with the probability of glaucoma and
+    the model's threshold, the main reasons (or that no single finding explains it), how much of
+    the decision the findings leave unexplained, and what the counterfactual edit changed — each
+    number named for what it is (after a warning when the image failed the image-quality gate).
 
     Example:
         >>> f = [FindingEvidence("LC", "large cup", 0.9, 1.2), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
-        >>> r = Rationale(0.87, 1.9, 0.5, "referable glaucoma", 0.78, f, 0.9, -0.5, 0.0, True,
+        >>> r = Rationale(0.87, 1.9, 0.42, "referable glaucoma", 0.78, f, 0.9, -0.5, 0.0, True,
         ...               {"toward": "normal", "changes": [{"code": "vcdr", "from": 0.78, "to": 0.55}]}, "")
-        >>> sentence(r)
-        'Referable glaucoma (p = 0.87), mainly from a large cup and the vCDR of 0.78; toward normal the edit lowers the vCDR 0.78 → 0.55.'
+        >>> print(sentence(r))
+        Referable glaucoma: probability of glaucoma 0.87 (referable from 0.42). Main reasons: a large cup (probability 0.90) and the vCDR of 0.78. An edit toward normal lowers the vCDR from 0.78 to 0.55.
 
-    A finding drives the decision by being there or by being absent, and is named so:
+    A finding drives the decision by being there or by being absent, and is named so; a share of
+    the decision the findings do not account for is stated:
 
         >>> f = [FindingEvidence("LC", "large cup", 0.02, -1.4), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
-        >>> sentence(Rationale(0.04, -3.2, 0.5, "no referable glaucoma", 0.39, f, -0.3, -1.4, 0.0, True, None, ""))
-        'No referable glaucoma (p = 0.04), mainly from no large cup and the vCDR of 0.39.'
+        >>> print(sentence(Rationale(0.04, -3.2, 0.5, "no referable glaucoma", 0.39, f, -0.3, -1.4, 1.2, False, None, "")))
+        No referable glaucoma: probability of glaucoma 0.04 (referable from 0.50). Main reasons: no large cup (probability 0.02) and the vCDR of 0.39. 40% of the decision is not explained by the findings or the vCDR.
+
+        >>> f = [FindingEvidence("LC", "large cup", 0.5, 0.01)]
+        >>> print(sentence(Rationale(0.74, 1.0, 0.5, "referable glaucoma", 0.5, f, 0.02, 0.0, 0.97, False, None, "")))
+        Referable glaucoma: probability of glaucoma 0.74 (referable from 0.50). No single finding explains it. 97% of the decision is not explained by the findings or the vCDR.
 
     An image that failed the quality gate is said so first:
 
         >>> r = Rationale(0.99, 4.6, 0.5, "referable glaucoma", 0.5, f, 0.0, 4.6, 0.0, True, None, "",
         ...               quality=["nearly_uniform"])
-        >>> sentence(r)
-        'The image failed the quality check (a nearly uniform image): do not rely on this decision. Referable glaucoma (p = 0.99).'
+        >>> print(sentence(r))
+        The image failed the quality check (a nearly uniform image): do not rely on this decision. Referable glaucoma: probability of glaucoma 0.99 (referable from 0.50). No single finding explains it.
     """
     toward_glaucoma = r.decision == "referable glaucoma"
-    terms = [(f.contribution, _with_article(FINDING_NAMES[f.code].short) if f.probability >= 0.5
-              else f"no {FINDING_NAMES[f.code].short}") for f in r.findings]
+    terms = []
+    for f in r.findings:
+        name = FINDING_NAMES[f.code].short
+        term = _with_article(name) if f.probability >= 0.5 else f"no {name}"
+        terms.append((f.contribution, f"{term} (probability {f.probability:.2f})"))
     terms.append((r.vcdr_contribution, f"the vCDR of {r.vcdr:.2f}"))
     ranked = sorted(terms, key=lambda t: -t[0] if toward_glaucoma else t[0])
     drivers = [name for value, name in ranked[:2] if (value > 0) == toward_glaucoma and abs(value) >= 0.05]
-    text = f"{r.decision[0].upper()}{r.decision[1:]} (p = {r.probability:.2f})"
-    if drivers:
-        text += ", mainly from " + " and ".join(drivers)
+    parts = [f"{r.decision[0].upper()}{r.decision[1:]}: probability of glaucoma {r.probability:.2f} "
+             f"(referable from {r.threshold:.2f})."]
+    parts.append(f"Main reasons: {' and '.join(drivers)}." if drivers else "No single finding explains it.")
+    unexplained = 1.0 - explained_share(r)
+    if unexplained >= 0.005:
+        parts.append(f"{unexplained:.0%} of the decision is not explained by the findings or the vCDR.")
     if r.counterfactual and r.counterfactual.get("changes"):
         moves = []
         for change in r.counterfactual["changes"][:2]:
             verb = "lowers" if change["to"] < change["from"] else "raises"
-            label = "the vCDR" if change["code"] == VCDR else FINDING_NAMES[change["code"]].short
-            moves.append(f"{verb} {label} {change['from']:.2f} → {change['to']:.2f}")
-        text += f"; toward {r.counterfactual['toward']} the edit " + " and ".join(moves)
-    text += "."
+            label = ("the vCDR" if change["code"] == VCDR
+                     else f"the probability of {_with_article(FINDING_NAMES[change['code']].short)}")
+            moves.append(f"{verb} {label} from {change['from']:.2f} to {change['to']:.2f}")
+        parts.append(f"An edit toward {r.counterfactual['toward']} " + " and ".join(moves) + ".")
+    text = " ".join(parts)
     if r.quality:
         from xmed.data.quality import Quality
 
