@@ -226,22 +226,23 @@ def test_init_from_names_the_key_when_the_architecture_differs(run):
 @pytest.mark.timeout(1800)
 def test_ddp_cpu_training_matches_single_process(tmp_path):
     """Two gloo processes vs one, same seed and data, full precision: the same global batch (16 = 2 x 8,
-    the same eyes: the epoch sampler deals one shuffled order out to the ranks), batch norm synchronised,
-    augmentations drawn per eye — so the same training steps, and the test predictions and metrics agree
-    up to the order of floating-point sums."""
+    the same eyes: the epoch sampler deals one shuffled order out to the ranks), augmentations drawn per
+    eye, and a backbone without batch norm (LayerNorm: a per-process batch statistic would differ, and
+    torch's SyncBatchNorm runs on GPUs only) — so the same training steps, and the test predictions and
+    metrics agree up to the order of floating-point sums (probabilities within 1e-4)."""
     script = Path(sys.executable).with_name("xmed-train")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for trainer in ("cpu", "ddp_cpu"):
         out = tmp_path / trainer
         cmd = [str(script), *tiny_overrides(out, n=200, epochs=2), f"trainer={trainer}", "trainer.precision=32-true",
                f"data.batch_size={8 if trainer == 'ddp_cpu' else 16}", "callbacks.progress_bar.refresh_rate=0",
-               *(["+trainer.sync_batchnorm=true"] if trainer == "ddp_cpu" else [])]
+               "model.net.backbone=test_convnext", "model.net.drop_rate=0.0"]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     one, two = (read_rows(tmp_path / t / "predictions.csv") for t in ("cpu", "ddp_cpu"))
     assert len(one) == 30 and [r["id"] for r in one] == [r["id"] for r in two]
     for a, b in zip(one, two):
-        assert float(a["prob"]) == pytest.approx(float(b["prob"]), abs=1e-3)
+        assert float(a["prob"]) == pytest.approx(float(b["prob"]), abs=1e-4)
     metrics = [json.loads((tmp_path / t / "metrics.json").read_text()) for t in ("cpu", "ddp_cpu")]
     print(f"test AUROC: cpu {metrics[0]['auroc']:.4f}, ddp_cpu {metrics[1]['auroc']:.4f}")
     for key in ("auroc", "finding_auroc_mean", "vcdr_mae"):
