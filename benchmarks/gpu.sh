@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu.sh --out /tmp/gpu       # elsewhere; any option of `python -m benchmarks` is passed on
 #   PYTHON=.venv/bin/python bash benchmarks/gpu.sh --device cpu --quick --out /tmp/gpu_quick   # a check on a CPU
 # xmed runs from this source tree (not installed). Where the interpreter lacks xmed's dependencies and
-# .whl/ holds their wheels (downloaded beforehand for that machine), they are installed into /tmp/site.
+# .whl/ holds their wheels (bash benchmarks/fetch_wheels.sh, beforehand, where there is network), they
+# are installed into /tmp/site.
 # A run past BENCH_TIMEOUT seconds (default 460) is stopped; results.json keeps what it measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
