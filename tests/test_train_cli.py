@@ -276,4 +276,10 @@ def test_autoencoder_task_trains_exports_and_feeds_latent_shift(tmp_path):
         "explainer=latent_shift", f"explainer.latent_shift.autoencoder={out / 'autoencoder'}",
         "explainer.latent_shift.n_lambdas=3", f"paths.output_dir={run}"]))
     assert set(result["methods"]) == {"latent_shift_decrease", "latent_shift_increase"}
-    assert len(list((run / "counterfactuals" / "latent_shift_decrease").glob("*.gif"))) == 1
+    with open(run / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for direction in ("decrease", "increase"):   # the overlay eye's path, where the edit changed it
+        first = next(r for r in rows if r["method"] == f"latent_shift_{direction}")
+        gifs = list((run / "counterfactuals" / f"latent_shift_{direction}").glob("*.gif"))
+        assert len(gifs) == int(first["steps"] != "0"), direction
+    assert any(r["steps"] != "0" for r in rows)

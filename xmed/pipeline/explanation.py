@@ -200,10 +200,11 @@ class ExplainModule(L.LightningModule):
         from xmed.metrics.counterfactual import evaluate_counterfactuals
 
         records = []
-        shown = [i for i, eye_id in enumerate(ids) if eye_id in self.overlay_ids]
         for direction in run.directions:
             method = f"{name}_{direction}"
             cf = run.explainer(images, self.target, direction)
+            # an eye already at the goal was not edited: a path of identical frames would only mislead
+            shown = [i for i, eye_id in enumerate(ids) if eye_id in self.overlay_ids and int(cf.steps[i]) > 0]
             scores = evaluate_counterfactuals(cf, masks=truth)
             for i, eye_id in enumerate(ids):
                 record = {"id": eye_id, "method": method, "seconds": cf.seconds / len(ids),
@@ -242,8 +243,9 @@ class ExplanationWriter(RecordWriter):
     """Writes what every process's :class:`ExplainModule` steps return, as each batch ends: the
     records (gathered as :class:`~xmed.inference.RecordWriter` does, one per eye and method), and
     into ``out_dir`` the raw maps ``maps/<method>/<eye>.npy``, the overlays of the eyes in
-    ``overlay_ids`` (``overlays/<method>/<eye>.png``, ground truth outlined), their counterfactual
-    paths (``counterfactuals/<method>/<eye>_strip.png`` and ``.gif``) and the rationales
+    ``overlay_ids`` (``overlays/<method>/<eye>.png``, ground truth outlined), the counterfactual
+    paths of those the edit changed (``counterfactuals/<method>/<eye>_strip.png`` and ``.gif``; an
+    eye already at the goal has none) and the rationales
     (``<name>/<eye>.json``).
 
     Example::
