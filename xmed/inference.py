@@ -92,16 +92,15 @@ def eye_records(scores: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dic
     ``finding_prob`` (list), ``vcdr_pred``, ``quality`` (flags joined by ``;``), ``status``, and the
     batch's truth ``label``, ``finding_label`` (list), ``vcdr_true`` — None where unknown or not
     predicted. Floats keep every bit of the model's float32 output (they round-trip through JSON)."""
-    records = []
-    for i, eye_id in enumerate(scores["id"]):
-        records.append({
-            "id": eye_id, "eye": scores["eye"][i], "prob": _value(scores["prob"][i]),
-            "finding_prob": [_value(p) for p in scores["finding_prob"][i].tolist()],
-            "vcdr_pred": _value(scores["vcdr_pred"][i]), "quality": str(scores["quality"][i]),
-            "status": scores["status"][i], "label": _value(batch["label"][i]),
-            "finding_label": [_value(v) for v in batch["findings"][i].tolist()], "vcdr_true": _value(batch["vcdr"][i]),
-        })
-    return records
+    # one tensor -> list conversion per batch, not one per eye and value
+    prob, finding_prob, vcdr_pred = (scores[k].tolist() for k in ("prob", "finding_prob", "vcdr_pred"))
+    label, finding_label, vcdr_true = (batch[k].tolist() for k in ("label", "findings", "vcdr"))
+    return [{
+        "id": eye_id, "eye": scores["eye"][i], "prob": _value(prob[i]),
+        "finding_prob": [_value(p) for p in finding_prob[i]], "vcdr_pred": _value(vcdr_pred[i]),
+        "quality": str(scores["quality"][i]), "status": scores["status"][i], "label": _value(label[i]),
+        "finding_label": [_value(v) for v in finding_label[i]], "vcdr_true": _value(vcdr_true[i]),
+    } for i, eye_id in enumerate(scores["id"])]
 
 
 class EyeScorer(L.LightningModule):

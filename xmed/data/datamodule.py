@@ -180,8 +180,8 @@ class SkipRecordingLoader(DataLoader):
             yield batch
 
 
-def _seed_worker_transform(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream (else workers repeat each other), and
+def _init_worker(worker_id: int) -> None:
+    """Set up a loader worker: its own augmentation stream (else workers repeat each other), and
     one OpenCV thread: the workers already use the cores (torch sets its own threads to 1 in a
     worker), and OpenCV's thread pool in each of N workers would ask for N x cores threads."""
     import cv2
@@ -363,7 +363,7 @@ class FundusDataModule(L.LightningDataModule):
         return SkipRecordingLoader(
             self.splits[split], batch_size=self.batch_size, sampler=sampler,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
-            collate_fn=collate_samples, worker_init_fn=_seed_worker_transform,
+            collate_fn=collate_samples, worker_init_fn=_init_worker,
             persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
             record_skips=self.record_skips,
         )

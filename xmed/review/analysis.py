@@ -202,10 +202,12 @@ def _json_ready(value: Any) -> Any:
 
 
 def _cluster_bootstrap_mean(scores_by_case: Sequence[Sequence[int]], n_bootstrap: int,
-                            rng: np.random.Generator) -> tuple[float, float]:
+                            seed: int) -> tuple[float, float]:
+    from xmed.metrics.classification import resample_indices  # the resamples every xmed interval uses
+
     sums = np.array([sum(scores) for scores in scores_by_case], dtype=float)
     counts = np.array([len(scores) for scores in scores_by_case], dtype=float)
-    draws = rng.integers(0, len(sums), size=(n_bootstrap, len(sums)))
+    draws = resample_indices(len(sums), n_bootstrap, seed).numpy()
     means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
@@ -239,8 +241,7 @@ def method_scores(ratings: Sequence[Rating], n_bootstrap: int = 2000, seed: int 
             scores = [score for case_scores in by_case.values() for score in case_scores]
             summary = {"n": len(scores), "n_cases": len(by_case), "mean": None, "ci_low": None, "ci_high": None}
             if scores:
-                rng = np.random.default_rng(seed)
-                low, high = _cluster_bootstrap_mean(list(by_case.values()), n_bootstrap, rng)
+                low, high = _cluster_bootstrap_mean(list(by_case.values()), n_bootstrap, seed)
                 summary.update(mean=float(np.mean(scores)), ci_low=low, ci_high=high)
             result[method][scale] = summary
         agrees = [rating.agree for rating in own if rating.agree is not None]
