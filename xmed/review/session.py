@@ -51,15 +51,21 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
 import os
 import random
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from xmed.errors import ConfigError, InputError, PathError
+from xmed.runs import eye_file_stem, write_text_atomic
 
 FORMAT = 1
 MODES = ("blinded", "open")
@@ -192,3 +198,98 @@ def intervene(session: Mapping[str, Any], case: Mapping[str, Any], values: Mappi
     probability = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
     decision = "referable glaucoma" if probability >= session["threshold"] else "no referable glaucoma"
     return {"probability": round(probability, 6), "decision": decision, "concepts": concepts}
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Edit:
+    """One counterfactual edit of a case's photograph (toward normal or toward glaucoma).
+
+    ``image`` is the edited photograph (H×W×3 uint8; None when the edit failed outright), ``goal``
+    the probability it aimed past, ``steps`` the gradient steps taken (0: not edited)."""
+
+    image: np.ndarray | None
+    goal: float
+    probability_from: float
+    probability_to: float
+    reached: bool
+    steps: int
+    findings_to: list[float] | None = None
+    vcdr_to: float | None = None
+
+
+def write_case(folder: str | os.PathLike, case: Mapping[str, Any], photo: np.ndarray,
+               saliency: Mapping[str, np.ndarray] = {}, edits: Mapping[str, Mapping[str, Edit]] = {},
+               automatic: Mapping[str, Mapping[str, float]] = {}, fov: np.ndarray | None = None) -> dict[str, Any]:
+    """Write one case's images under ``<folder>/cases/<case id>/`` and return its ``session.json``
+    entry: ``case`` (id, side, probability, decision, findings, …) with ``photo``, ``size`` and
+    ``panels`` filled in. ``saliency``: ``{method: H×W map}`` (any resolution; resized to the
+    photograph's), ``edits``: ``{method: {"toward_normal" | "toward_glaucoma": Edit}}``,
+    ``automatic``: ``{method: {metric: value}}``, ``fov``: H×W bool field of view, where an edit's
+    changed share is counted."""
+    import cv2
+    from PIL import Image
+
+    from xmed.review.panels import blend, difference_map, edit_change, edit_flag, heatmap_layer
+
+    stem = eye_file_stem(str(case["id"]))
+    relative = f"{CASES_DIR}/{stem}"
+    (Path(folder) / relative).mkdir(parents=True, exist_ok=True)
+
+    def save(name: str, image: np.ndarray) -> str:
+        Image.fromarray(image).save(Path(folder) / relative / name, optimize=False, compress_level=1)
+        return f"{relative}/{name}"
+
+    height, width = photo.shape[:2]
+    entry = {**case, "photo": save("photo.png", photo), "size": [height, width], "panels": {}}
+    for method, values in saliency.items():
+        values = cv2.resize(np.asarray(values, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        layer, scale = heatmap_layer(values)
+        entry["panels"][method] = {"kind": "saliency", "overlay": save(f"{method}_overlay.png", blend(photo, layer)),
+                                   "heatmap": save(f"{method}_heatmap.png", layer), "scale": scale,
+                                   "automatic": dict(automatic.get(method, {}))}
+    for method, by_goal in edits.items():
+        panel = {"kind": "counterfactual", "edits": {}, "automatic": dict(automatic.get(method, {}))}
+        for name, edit in by_goal.items():
+            if name not in EDITS:
+                raise InputError("edits", f"unknown edit {name!r}; use {', '.join(EDITS)}")
+            record = {"image": None, "difference": None, "difference_scale": None, "goal": edit.goal,
+                      "probability_from": edit.probability_from, "probability_to": edit.probability_to,
+                      "reached": bool(edit.reached), "steps": int(edit.steps), "changed_fraction": 0.0,
+                      "max_change": 0.0, "findings_to": edit.findings_to, "vcdr_to": edit.vcdr_to}
+            if edit.image is not None and edit.steps > 0:
+                difference, scale = difference_map(photo, edit.image)
+                record.update(edit_change(photo, edit.image, fov), image=save(f"{method}_{name}.png", edit.image),
+                              difference=save(f"{method}_{name}_difference.png", difference),
+                              difference_scale=scale)
+            record["flag"] = edit_flag(record["steps"], record["reached"], record["changed_fraction"])
+            panel["edits"][name] = record
+        entry["panels"][method] = panel
+    return entry
+
+
+def write_session(folder: str | os.PathLike, *, title: str, mode: str, seed: int, threshold: float,
+                  model: Mapping[str, Any], methods: Sequence[Mapping[str, str]], cases: Sequence[Mapping[str, Any]],
+                  bottleneck: Mapping[str, Any] | None = None, target: str = "glaucoma",
+                  key: Mapping[str, str] | None = None) -> Path:
+    """Write ``<folder>/session.json`` (after the cases' images, :func:`write_case`) and, when
+    ``key`` (``{case id: source eye id}``) is given, ``<folder>/key.csv``; returns the folder.
+    The session is checked as :func:`load_session` would read it."""
+    if mode not in MODES:
+        raise ConfigError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+    session = {"format": FORMAT, "title": title, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "mode": mode, "seed": int(seed), "target": target, "threshold": float(threshold),
+               "model": dict(model), "bottleneck": dict(bottleneck) if bottleneck else None,
+               "methods": [dict(m) for m in methods], "cases": list(cases)}
+    problems = _check(session, Path(folder))
+    if problems:
+        raise InputError("session", "; ".join(problems[:5]))
+    if key:
+        with open(Path(folder) / KEY_FILE, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["case", "source_id"])
+            writer.writerows(key.items())
+    write_text_atomic(Path(folder) / SESSION_FILE, json.dumps(session, indent=1, allow_nan=False))
+    return Path(folder)
