@@ -370,6 +370,24 @@ def _mean_defined(values: Tensor) -> float | None:
     return round(float(values.mean()), 6) if values.numel() else None
 
 
+def explained_view(cfg: DictConfig, datamodule) -> Any:
+    """The eyes ``xmed-explain`` explains: split ``cfg.split``, only label ``cfg.label`` when set,
+    the first ``cfg.n`` (a :class:`~xmed.data.datamodule.SplitView`)."""
+    from xmed.data.datamodule import SplitView
+
+    if cfg.split not in datamodule.splits:
+        raise ConfigError("split", f"no split {cfg.split!r}; the data set has {', '.join(datamodule.splits)}")
+    view = datamodule.splits[cfg.split]
+    indices = view.indices
+    if cfg.get("label") is not None:  # e.g. label=1: explain glaucomatous eyes only
+        indices = [i for i in indices if view.base.records[i].label == float(cfg.label)]
+    view = SplitView(view.base, indices[:int(cfg.n)], view.transform)
+    if len(view) == 0:
+        raise ConfigError("n", f"no eyes to explain in split {cfg.split!r}"
+                               + (f" with label {cfg.label}" if cfg.get("label") is not None else ""))
+    return view
+
+
 def explain_run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``xmed-explain`` for a composed config; returns the summary written to metrics.json."""
     from torch.utils.data import DataLoader
@@ -386,16 +404,7 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = load_model(cfg.ckpt_path)
     datamodule = datamodule_for_model(cfg.data, model)
-    if cfg.split not in datamodule.splits:
-        raise ConfigError("split", f"no split {cfg.split!r}; the data set has {', '.join(datamodule.splits)}")
-    view = datamodule.splits[cfg.split]
-    indices = view.indices
-    if cfg.get("label") is not None:  # e.g. label=1: explain glaucomatous eyes only
-        indices = [i for i in indices if view.base.records[i].label == float(cfg.label)]
-    view = SplitView(view.base, indices[:int(cfg.n)], view.transform)
-    if len(view) == 0:
-        raise ConfigError("n", f"no eyes to explain in split {cfg.split!r}"
-                               + (f" with label {cfg.label}" if cfg.get("label") is not None else ""))
+    view = explained_view(cfg, datamodule)
     loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples,
                         num_workers=datamodule.num_workers)
     explainer_cfg = OmegaConf.to_container(cfg.explainer, resolve=True)

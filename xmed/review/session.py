@@ -8,7 +8,7 @@
      "model": {"name": str, "mode": "multitask" | "concept_bottleneck"},
      "bottleneck": null | {"concepts": [10 finding codes…, "vcdr"], "weights": [11 floats], "bias": float},
      "methods": [{"name": "gradcam", "kind": "saliency" | "counterfactual", "title": "Grad-CAM"}, …],
-     "cases": [case, …]}
+     "cases": [case, …], "skipped": [{"path", "reason"}, …] (source files that could not be read)}
 
     case = {"id": "case-001" (a pseudonym), "side": "right" | "left" | null,
             "probability": float, "decision": "referable glaucoma" | "no referable glaucoma",
@@ -273,16 +273,17 @@ def write_case(folder: str | os.PathLike, case: Mapping[str, Any], photo: np.nda
 def write_session(folder: str | os.PathLike, *, title: str, mode: str, seed: int, threshold: float,
                   model: Mapping[str, Any], methods: Sequence[Mapping[str, str]], cases: Sequence[Mapping[str, Any]],
                   bottleneck: Mapping[str, Any] | None = None, target: str = "glaucoma",
-                  key: Mapping[str, str] | None = None) -> Path:
+                  key: Mapping[str, str] | None = None, skipped: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write ``<folder>/session.json`` (after the cases' images, :func:`write_case`) and, when
     ``key`` (``{case id: source eye id}``) is given, ``<folder>/key.csv``; returns the folder.
+    ``skipped``: the source files left out (unreadable), listed in the session.
     The session is checked as :func:`load_session` would read it."""
     if mode not in MODES:
         raise ConfigError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     session = {"format": FORMAT, "title": title, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "mode": mode, "seed": int(seed), "target": target, "threshold": float(threshold),
                "model": dict(model), "bottleneck": dict(bottleneck) if bottleneck else None,
-               "methods": [dict(m) for m in methods], "cases": list(cases)}
+               "methods": [dict(m) for m in methods], "cases": list(cases), "skipped": [dict(s) for s in skipped]}
     problems = _check(session, Path(folder))
     if problems:
         raise InputError("session", "; ".join(problems[:5]))

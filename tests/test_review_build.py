@@ -1,0 +1,176 @@
+"""``xmed-review build``: a review session from an ``xmed-explain`` run or from a model and a folder
+of photographs / DICOM files — the photographs the model saw, the explain run's own maps, edits
+carried to confident goals and flagged, pseudonymous case ids, and no patient identifier anywhere."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from xmed.data import render_phantom
+from xmed.errors import ConfigError, PathError
+from xmed.models import FundusClassifier
+from xmed.models.export import export_model, load_model
+from xmed.review.build import REVIEW_GOALS, build_session
+from xmed.review.panels import edit_flag, heatmap_layer
+from xmed.review.session import intervene, load_session
+from xmed.review.study import analyse_session, automatic_scores, main_finding
+
+from test_io import PHI, write_dicom
+from test_train_cli import compose
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def explain_run(tmp_path_factory) -> Path:
+    from xmed.pipeline.explanation import explain_run
+
+    torch.manual_seed(0)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=SIZE, data_config={"crop_fov": False}, threshold=0.4)
+    with torch.no_grad():
+        model.glaucoma_head.weight.fill_(0.1)
+    model_dir = export_model(model.eval(), tmp_path_factory.mktemp("model") / "model")
+    out = tmp_path_factory.mktemp("explain")
+    cfg = compose("explain", ["data=phantom_render", "data.dataset_options.n=40", f"data.dataset_options.size={SIZE}",
+                              "data.num_workers=0", f"ckpt_path={model_dir}", "n=3", "batch_size=3", "overlays=0",
+                              "randomisation.n_images=0", "faithfulness.n_steps=4", "explainer=gradcam", "label=1", "split=train",
+                              f"paths.output_dir={out}"])
+    explain_run(cfg)
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")   # as the xmed-explain command's Hydra run does
+    return out
+
+
+@pytest.fixture(scope="module")
+def session_dir(explain_run, tmp_path_factory) -> Path:
+    return build_session(tmp_path_factory.mktemp("review") / "session", explain_dir=explain_run,
+                         counterfactual_options={"max_steps": 20}, progress=False)
+
+
+def test_a_session_from_an_explain_run(explain_run, session_dir):
+    session = load_session(session_dir)
+    model = load_model(OmegaConf.load(explain_run / ".hydra" / "config.yaml").ckpt_path)
+    assert [c["id"] for c in session["cases"]] == ["case-001", "case-002", "case-003"]
+    assert [m["name"] for m in session["methods"]] == ["gradcam", "adversarial"]
+    assert session["threshold"] == pytest.approx(0.4) and session["mode"] == "blinded"
+    with open(session_dir / "key.csv", newline="") as handle:
+        key = {row["case"]: row["source_id"] for row in csv.DictReader(handle)}
+    with open(explain_run / "per_image.csv", newline="") as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    assert list(key.values()) == list(rows)                 # the explain run's eyes, in its order
+    for case in session["cases"]:
+        eye = rows[key[case["id"]]]
+        photo = np.asarray(Image.open(session_dir / case["photo"]).convert("RGB"))
+        assert photo.shape == (SIZE, SIZE, 3) and case["size"] == [SIZE, SIZE]
+        # the model's probability of the photograph as stored (8-bit rounding aside)
+        x = torch.from_numpy((photo / 255.0 - np.array(model.data_config.mean)) / np.array(model.data_config.std))
+        with torch.no_grad():
+            p = torch.sigmoid(model(x.permute(2, 0, 1)[None].float())["logits"]).item()
+        assert case["probability"] == pytest.approx(p, abs=0.01)
+        assert case["decision"] == ("referable glaucoma" if case["probability"] >= 0.4 else "no referable glaucoma")
+        # the explain run's own map, not a new one
+        saved = np.load(explain_run / "maps" / "gradcam" / f"{key[case['id']]}.npy")
+        layer = np.asarray(Image.open(session_dir / case["panels"]["gradcam"]["heatmap"]))
+        assert np.array_equal(layer, heatmap_layer(saved)[0])
+        assert case["panels"]["gradcam"]["automatic"]["energy_pointing_game"] == pytest.approx(
+            float(eye["energy_pointing_game"]))
+        assert case["truth"]["label"] in (0, 1)
+
+
+def test_edits_aim_at_confident_goals_and_say_what_they_did(session_dir):
+    session = load_session(session_dir)
+    seen_edit = False
+    for case in session["cases"]:
+        for name, edit in case["panels"]["adversarial"]["edits"].items():
+            goal = REVIEW_GOALS["decrease" if name == "toward_normal" else "increase"]
+            assert edit["goal"] == goal and edit["probability_from"] == pytest.approx(case["probability"], abs=1e-3)
+            assert edit["flag"] == edit_flag(edit["steps"], edit["reached"], edit["changed_fraction"])
+            if edit["reached"] and edit["steps"] > 0:
+                assert (edit["probability_to"] < goal) if name == "toward_normal" else (edit["probability_to"] > goal)
+            if edit["image"]:
+                seen_edit = True
+                before = np.asarray(Image.open(session_dir / case["photo"]).convert("RGB")).astype(int)
+                after = np.asarray(Image.open(session_dir / edit["image"]).convert("RGB")).astype(int)
+                assert np.abs(after - before).max() / 255 == pytest.approx(edit["max_change"], abs=1e-6)
+    assert seen_edit
+
+
+def test_automatic_scores_and_main_finding(session_dir):
+    session = load_session(session_dir)
+    scores = automatic_scores(session)
+    for case in session["cases"]:
+        assert scores[(case["id"], "gradcam")]["automatic"] == case["panels"]["gradcam"]["automatic"]["energy_pointing_game"]
+        finding = main_finding(case)
+        if finding is not None:
+            best = max(case["findings"], key=lambda f: f["contribution"] if case["decision"] == "referable glaucoma"
+                       else -f["contribution"])
+            assert finding == best["code"]
+
+
+def test_the_study_of_simulated_readers_follows_their_rule(session_dir, tmp_path):
+    """Two readers score Grad-CAM 4 and the edits 2 on every case: the analysis says so."""
+    session = load_session(session_dir)
+    rows = [{"reader": reader, "case": case["id"], "method": method, "location": score, "rationale": score,
+             "agree": 1} for reader in ("r1", "r2") for case in session["cases"]
+            for method, score in (("gradcam", 4), ("adversarial", 2))]
+    ratings = tmp_path / "ratings.csv"
+    with open(ratings, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    report = analyse_session(session_dir, ratings=ratings, out=tmp_path / "analysis", n_bootstrap=200)
+    assert report["scores"]["gradcam"]["location"]["mean"] == 4.0
+    assert report["scores"]["adversarial"]["rationale"]["mean"] == 2.0
+    assert json.loads((tmp_path / "analysis" / "analysis.json").read_text())["n_ratings"] == 12
+    assert (tmp_path / "analysis" / "scores.png").stat().st_size > 1000
+    bad = tmp_path / "bad.csv"
+    bad.write_text("reader,case,method,location,rationale,agree\nr1,case-999,gradcam,3,3,1\n")
+    with pytest.raises(Exception, match="case-999"):
+        analyse_session(session_dir, ratings=bad)
+
+
+def test_a_session_from_dicom_files_holds_no_patient_identifier(tmp_path):
+    torch.manual_seed(0)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=SIZE, threshold=0.5,
+                             mode="concept_bottleneck")
+    model_dir = export_model(model.eval(), tmp_path / "model")
+    pacs = tmp_path / "pacs"
+    pacs.mkdir()
+    for i in range(2):
+        write_dicom(pacs / f"img{i}.dcm", render_phantom(i, 64).image, instance=f"1.2.826.0.1.3680043.8.498.{i + 1}")
+    (pacs / "broken.dcm").write_bytes(b"not a dicom file")
+    folder = build_session(tmp_path / "session", model=model_dir, images=pacs, methods=["gradcam"],
+                           counterfactual=False, mode="open", progress=False)
+    session = load_session(folder)
+    assert len(session["cases"]) == 2 and [s["path"] for s in session["skipped"]] == [str(pacs / "broken.dcm")]
+    assert session["cases"][0]["side"] == "right"
+    everything = "".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.suffix in (".json", ".csv"))
+    names = " ".join(p.name for p in folder.rglob("*"))
+    for value in PHI.values():
+        assert value not in everything and value.split("^")[0] not in everything + names
+    # test-time intervention in the session equals the model's own
+    case = session["cases"][0]
+    image = load_model(model_dir).prepare(render_phantom(0, 64).image)
+    with torch.no_grad():
+        expected = torch.sigmoid(load_model(model_dir)(image, intervene={"LC": 1.0, "vcdr": 0.9})["logits"]).item()
+    assert intervene(session, case, {"LC": 1.0, "vcdr": 0.9})["probability"] == pytest.approx(expected, abs=2e-4)
+
+
+def test_bad_sources_are_named(explain_run, tmp_path):
+    with pytest.raises(ConfigError, match="source"):
+        build_session(tmp_path / "a", explain_dir=explain_run, model=tmp_path, images=tmp_path)
+    with pytest.raises(PathError, match="not an xmed-explain run"):
+        build_session(tmp_path / "b", explain_dir=tmp_path)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "old.txt").write_text("an earlier run")
+    with pytest.raises(Exception, match="overwrite"):
+        build_session(tmp_path / "c", explain_dir=explain_run, counterfactual=False, progress=False)

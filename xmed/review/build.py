@@ -1,0 +1,269 @@
+"""Building a review session (``xmed-review build``) from an ``xmed-explain`` run folder, or from a
+model and a folder of photographs or DICOM files.
+
+For each eye the session holds the photograph as the model saw it, a panel per explanation
+method, the model's probability and decision at its own operating threshold, and the
+finding-level rationale. Saliency maps an ``xmed-explain`` run already wrote are reused
+(``maps/<method>/<eye>.npy``); missing ones are computed. The counterfactual panel is always made
+here, because a reader needs an edit carried to a *confident* goal (P ≤ 0.05 toward normal,
+P ≥ 0.95 toward glaucoma, :data:`REVIEW_GOALS`), smoothed so that it reads as anatomy rather
+than speckle; each edit is flagged when it was not made, did not reach its goal, or is too
+small to see (:func:`xmed.review.panels.edit_flag`).
+
+Case ids are pseudonyms (``case-001`` …, in source order); ``key.csv`` links them to the source
+ids and is never served or exported.
+
+Example::
+
+    build_session("outputs/review", explain_dir="outputs/demo/explain", mode="blinded")
+    build_session("outputs/clinic_review", model="runs/demo/model", images="/data/clinic", methods=["gradcam"])
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from xmed.errors import ConfigError, PathError
+from xmed.findings import FINDINGS, VCDR
+from xmed.review.session import EDITS, Edit, write_case, write_session
+from xmed.runs import eye_file_stem
+
+#: the goal of each edit: far enough past any operating threshold that the change is the model's
+#: idea of a clearly normal / clearly glaucomatous eye
+REVIEW_GOALS = {"decrease": 0.05, "increase": 0.95}
+#: the adversarial edit's settings for readers: a budget that can reach a confident goal, and a
+#: smoothed gradient so that the edit changes structures, not single pixels
+COUNTERFACTUAL_DEFAULTS = {"relative_epsilon": 0.08, "max_steps": 100, "smooth": 2.0}
+TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM",
+          "integrated_gradients": "Integrated gradients", "rise": "RISE", "occlusion": "Occlusion",
+          "smoothgrad": "SmoothGrad", "smoothgrad_sq": "SmoothGrad²", "input_x_gradient": "Input × gradient",
+          "guided_gradcam": "Guided Grad-CAM", "adversarial": "Adversarial explanation"}
+SIDES = {"OD": "right", "OS": "left"}
+
+
+def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | None = None,
+                  model: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+                  methods: Sequence[str] | None = None, counterfactual: bool = True, mode: str = "blinded",
+                  seed: int = 0, n: int | None = None, batch_size: int = 8, overwrite: bool = False,
+                  counterfactual_options: Mapping[str, Any] | None = None, title: str | None = None,
+                  progress: bool = True) -> Path:
+    """Write a review session into ``out`` (a fresh folder; ``overwrite`` replaces an earlier one)
+    and return it. Give ``explain_dir`` (an ``xmed-explain`` run: its model, eyes and maps), or
+    ``model`` and ``images`` (a folder of photographs or DICOM files, searched recursively; an
+    unreadable file is skipped and listed in ``session.json``'s ``skipped``). ``methods``: the
+    saliency methods (default: the explain run's, or Grad-CAM); ``counterfactual``: add the
+    adversarial edit pair; ``n``: the first ``n`` eyes only."""
+    from xmed.models.export import load_model
+    from xmed.runs import claim_run_folder
+
+    if (explain_dir is None) == (model is None or images is None):
+        raise ConfigError("source", "give an xmed-explain run folder (--explain), or a model and an image folder "
+                                    "(--model and --images), not both")
+    if explain_dir is not None:
+        from xmed.pipeline.explanation import explained_view
+        from xmed.pipeline.instantiate import datamodule_for_model
+
+        config, maps_dir, automatic = _explain_source(Path(explain_dir))
+        net = load_model(config.ckpt_path)
+        view, skipped = explained_view(config, datamodule_for_model(config.data, net)), []
+        methods = list(methods) if methods is not None else _explained_methods(config)
+        source = "xmed-explain run"
+    else:
+        net = load_model(model)
+        view, skipped = _image_folder(Path(images), net)
+        maps_dir, automatic = None, {}
+        methods = list(methods) if methods is not None else ["gradcam"]
+        source = "image folder"
+    if n is not None:
+        view = type(view)(view.base, view.indices[:int(n)], view.transform)
+    if len(view) == 0:
+        raise ConfigError("images" if explain_dir is None else "explain", "no eyes to review")
+    folder = claim_run_folder(out, overwrite=overwrite)
+    explainers = _saliency_explainers(net, methods)
+    editor = _editor(net, counterfactual_options) if counterfactual else None
+    cases, key = [], {}
+    for batch in _batches(view, batch_size, progress):
+        for case, photo, maps, edits, fov in _explain_batch(net, batch, explainers, editor, maps_dir):
+            case_id = f"case-{len(cases) + 1:03d}"
+            key[case_id] = case.pop("source_id")
+            case["id"] = case_id
+            scores = automatic.get(key[case_id], {})
+            cases.append(write_case(folder, case, photo, maps, edits, scores, fov))
+    method_list = [{"name": m, "kind": "saliency", "title": TITLES.get(m, m)} for m in methods]
+    if editor is not None:
+        method_list.append({"name": "adversarial", "kind": "counterfactual", "title": TITLES["adversarial"]})
+    head = _bottleneck(net)
+    # no source path in the session: a folder name may name a patient; key.csv keeps the link
+    write_session(folder, title=title or f"Review of {_model_name(net)}", mode=mode, seed=seed,
+                  threshold=_threshold(net), model={"name": _model_name(net), "mode": net.mode, "source": source},
+                  methods=method_list, cases=cases, bottleneck=head, key=key, skipped=skipped)
+    return folder
+
+
+# -- sources -------------------------------------------------------------------------------------
+
+
+def _explain_source(folder: Path):
+    """The config, maps folder and automatic scores (``{eye id: {method: {metric: value}}}``) of an
+    ``xmed-explain`` run."""
+    from omegaconf import OmegaConf
+
+    config_path = folder / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        raise PathError(folder, "is not an xmed-explain run folder (no .hydra/config.yaml)")
+    config = OmegaConf.load(config_path)
+    automatic: dict[str, dict[str, dict[str, float]]] = {}
+    per_image = folder / "per_image.csv"
+    if per_image.is_file():
+        with open(per_image, newline="") as handle:
+            for row in csv.DictReader(handle):
+                values = {k: float(v) for k, v in row.items()
+                          if k not in ("id", "method", "quality", "status", "seconds") and v not in ("", None)}
+                automatic.setdefault(row["id"], {})[row["method"]] = values
+    return config, folder / "maps", automatic
+
+
+def _image_folder(folder: Path, net):
+    from xmed.data.datamodule import SplitView
+    from xmed.data.transforms import build_transforms
+    from xmed.pipeline.prediction import input_dataset
+
+    if not folder.is_dir():
+        raise PathError(folder, "no such folder of images")
+    dataset = input_dataset(folder, "auto", on_error="skip")
+    dc = net.data_config
+    transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess())
+    return SplitView(dataset, range(len(dataset)), transform), [s.as_dict() for s in dataset.skipped]
+
+
+def _explained_methods(config) -> list[str]:
+    from xmed.explain import EXPLAINERS
+
+    names = [name for name, options in config.explainer.items()
+             if (options or {}).get("method", name) in EXPLAINERS]
+    return names or ["gradcam"]
+
+
+# -- explaining ----------------------------------------------------------------------------------
+
+
+def _saliency_explainers(net, methods: Iterable[str]) -> dict[str, Any]:
+    from xmed.explain import get_explainer
+
+    return {name: get_explainer(name)(net) for name in methods}
+
+
+def _editor(net, options: Mapping[str, Any] | None):
+    from xmed.explain.counterfactual.adversarial import AdversarialExplainer
+
+    settings = {**COUNTERFACTUAL_DEFAULTS, **dict(options or {}), "threshold": dict(REVIEW_GOALS)}
+    return AdversarialExplainer(net, **settings)
+
+
+def _batches(view, batch_size: int, progress: bool):
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from xmed.data.datasets.base import collate_samples
+
+    loader = DataLoader(view, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+    return tqdm(loader, desc="explaining eyes", unit="batch", disable=not progress)
+
+
+def _explain_batch(net, batch: Mapping[str, Any], explainers: Mapping[str, Any], editor, maps_dir: Path | None):
+    """Per eye of one batch: (case fields, photograph, ``{method: map}``, ``{"adversarial": edits}``, fov)."""
+    from xmed.explain.rationale import explained_share, rationale
+    from xmed.viz.overlay import to_uint8_image
+
+    if batch.get("size", 1) == 0:
+        return []
+    images, ids = batch["image"], list(batch["meta"]["id"])
+    dc = net.data_config
+    explained = rationale(net, images, counterfactual=None, heatmaps=False)
+    concepts = _concepts(net, images)
+    maps = {name: _maps(name, explainer, images, ids, maps_dir) for name, explainer in explainers.items()}
+    edits, fov = _edits(editor, images, dc) if editor is not None else ({}, None)
+    out = []
+    for i, eye_id in enumerate(ids):
+        r = explained[i]
+        case = {"source_id": eye_id, "side": SIDES.get(batch["meta"]["eye"][i]), "probability": r.probability,
+                "decision": r.decision, "findings": [vars(f) for f in r.findings], "vcdr": r.vcdr,
+                "vcdr_contribution": r.vcdr_contribution, "bias": r.bias, "unexplained": r.unexplained,
+                "explained_share": round(explained_share(r), 4), "contributions_exact": r.contributions_exact,
+                "sentence": r.sentence, "quality": r.quality,
+                "concepts": None if concepts is None else [round(float(v), 6) for v in concepts[i]],
+                "truth": _truth(batch, i)}
+        eye_edits = {"adversarial": {name: e[i] for name, e in edits.items()}} if edits else {}
+        out.append((case, to_uint8_image(images[i], dc.mean, dc.std), {m: v[i] for m, v in maps.items()},
+                    eye_edits, None if fov is None else fov[i]))
+    return out
+
+
+def _maps(name: str, explainer, images: Tensor, ids: list[str], maps_dir: Path | None) -> list[np.ndarray]:
+    """The saliency maps of a batch: read from the explain run when it wrote every one, else computed."""
+    if maps_dir is not None:
+        files = [maps_dir / name / f"{eye_file_stem(i)}.npy" for i in ids]
+        if all(f.is_file() for f in files):
+            return [np.load(f, allow_pickle=False) for f in files]
+    with torch.enable_grad():
+        maps = explainer(images, "glaucoma").maps.detach().float().cpu()
+    return [m[0].numpy() for m in maps]
+
+
+def _edits(editor, images: Tensor, dc) -> tuple[dict[str, list[Edit]], np.ndarray]:
+    """``{"toward_normal": [Edit per eye], "toward_glaucoma": […]}`` and the B×H×W fields of view."""
+    from xmed.viz.overlay import to_uint8_image
+
+    fov = editor.field_of_view(images)[:, 0].cpu().numpy()
+    edits = {}
+    for name, direction in EDITS.items():
+        cf = editor(images, "glaucoma", direction)
+        findings = None if cf.findings is None else cf.findings[-1].float().cpu()
+        vcdr = None if cf.vcdr is None else cf.vcdr[-1].float().cpu()
+        edits[name] = [Edit(image=to_uint8_image(cf.images[i], dc.mean, dc.std), goal=REVIEW_GOALS[direction],
+                            probability_from=round(float(cf.probability[0, i]), 4),
+                            probability_to=round(float(cf.probability[-1, i]), 4), reached=bool(cf.reached[i]),
+                            steps=int(cf.steps[i]),
+                            findings_to=None if findings is None else [round(float(v), 4) for v in findings[i]],
+                            vcdr_to=None if vcdr is None else round(float(vcdr[i]), 4))
+                       for i in range(images.shape[0])]
+    return edits, fov
+
+
+def _concepts(net, images: Tensor) -> Tensor | None:
+    """B×11 bottleneck inputs (finding probabilities, vCDR) of a concept-bottleneck model, else None."""
+    if getattr(net, "mode", None) != "concept_bottleneck":
+        return None
+    with torch.no_grad():
+        return net(images)["concepts"].float().cpu()
+
+
+def _bottleneck(net) -> dict[str, Any] | None:
+    if getattr(net, "mode", None) != "concept_bottleneck":
+        return None
+    head = net.glaucoma_head
+    return {"concepts": [*FINDINGS, VCDR], "weights": [float(w) for w in head.weight[0].detach().cpu()],
+            "bias": float(head.bias[0].detach().cpu())}
+
+
+def _truth(batch: Mapping[str, Any], i: int) -> dict[str, Any] | None:
+    label = float(batch["label"][i])
+    if np.isnan(label):
+        return None
+    findings = batch["findings"][i]
+    return {"label": int(label), "findings": [c for j, c in enumerate(FINDINGS) if float(findings[j]) == 1]}
+
+
+def _threshold(net) -> float:
+    return 0.5 if getattr(net, "threshold", None) is None else float(net.threshold)
+
+
+def _model_name(net) -> str:
+    return f"{net.config['backbone']} ({net.mode})"
