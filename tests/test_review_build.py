@@ -172,5 +172,11 @@ def test_bad_sources_are_named(explain_run, tmp_path):
         build_session(tmp_path / "b", explain_dir=tmp_path)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "old.txt").write_text("an earlier run")
-    with pytest.raises(Exception, match="overwrite"):
+    with pytest.raises(ConfigError, match="overwrite"):
         build_session(tmp_path / "c", explain_dir=explain_run, counterfactual=False, progress=False)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "session.json").write_text("{}")
+    (tmp_path / "d" / "ratings.sqlite").write_text("")
+    with pytest.raises(ConfigError, match="holds readers' ratings"):
+        build_session(tmp_path / "d", explain_dir=explain_run, overwrite=True, progress=False)
+    assert (tmp_path / "d" / "ratings.sqlite").exists()

@@ -41,7 +41,7 @@ LAUNCHER_FILES = (".hydra",)
 LAUNCHER_SUFFIXES = (".log",)
 #: Files that mark a folder as written by xmed; ``overwrite`` empties only such folders.
 RUN_MARKERS = (".hydra", "checkpoints", "model", "metrics.json", "labels.csv", "phantom.json", "per_image.csv",
-               "predictions.csv", "autoencoder", "train.log", "eval.log", "explain.log")
+               "predictions.csv", "autoencoder", "train.log", "eval.log", "explain.log", "session.json")
 
 
 def run_contents(folder: Path) -> list[str]:
@@ -97,7 +97,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
     try:
-        staged.write_text(text)
+        staged.write_text(text, encoding="utf-8")
         os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)

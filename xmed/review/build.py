@@ -85,7 +85,10 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
         view = type(view)(view.base, view.indices[:int(n)], view.transform)
     if len(view) == 0:
         raise ConfigError("images" if explain_dir is None else "explain", "no eyes to review")
-    folder = claim_run_folder(out, overwrite=overwrite)
+    if (Path(out) / "ratings.sqlite").exists():  # never deleted by a rebuild: ratings are never lost
+        raise ConfigError("out", f"{out} holds readers' ratings (ratings.sqlite); export them "
+                                 f"(xmed-review export) and choose a new folder")
+    folder = claim_run_folder(out, overwrite=overwrite, key="out", holds="a review session")
     explainers = _saliency_explainers(net, methods)
     editor = _editor(net, counterfactual_options) if counterfactual else None
     cases, key = [], {}

@@ -57,7 +57,9 @@ def automatic_scores(session: Mapping[str, Any]) -> dict[tuple[str, str], dict[s
 
 
 def session_ratings(session: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[Rating]:
-    """The rating rows (a store's or a CSV's) as :class:`Rating` objects, each with its case's main finding."""
+    """The rating rows of panels (a store's or a CSV's) as :class:`Rating` objects, each with its
+    case's main finding; rows of a case answered without any panel rated carry no method score."""
+    rows = [r for r in rows if str(r.get("method") or "").strip()]  # a case answered with no panel rated
     findings = {case["id"]: main_finding(case) for case in session["cases"]}
     unknown = sorted({str(r["case"]) for r in rows} - set(findings))
     if unknown:

@@ -1,0 +1,442 @@
+"""The review page (``xmed-review serve``): glaucoma specialists open a case, see the photograph
+and each explanation panel at full resolution, and rate the panels; every rating is stored in
+``<session>/ratings.sqlite`` (:class:`~xmed.review.store.RatingStore`) before the page says "saved".
+
+Routes (every one but ``/login`` and ``/static/…`` needs the reader's sign-in cookie):
+
+==========================================  =====================================================
+``GET /login?token=…``                      sign in with a personal link; sets the cookie, goes to ``/``
+``GET /``                                   the first case not yet fully rated (or ``/summary``)
+``GET /summary``                            every case with its state, and the export links
+``GET /case/{n}``                           the n-th case (1-based) in the reader's order
+``GET /case/{n}/photo``                     its photograph
+``GET /case/{n}/image/{letter}/{kind}``     a panel image: ``overlay``, ``heatmap``, ``toward_normal``,
+                                            ``toward_normal_difference``, ``toward_glaucoma``,
+                                            ``toward_glaucoma_difference``
+``POST /api/case/{n}/panel/{letter}``       ``{"location": 1-5, "rationale": 1-5}`` (either or both)
+``POST /api/case/{n}``                      ``{"agree": 0 | 1, "note": "…"}`` (either or both)
+``POST /api/intervene``                     ``{"case": n, "values": {"LC": 1, "vcdr": 0.4}}`` -> probability
+``GET /export/ratings.csv`` / ``.json``     the reader's own ratings (with the true methods)
+==========================================  =====================================================
+
+In a blinded session (``mode: "blinded"``) each reader sees the cases in their own order
+(:func:`~xmed.review.session.reader_order`) and the panels as "Explanation A, B, …"
+(:func:`~xmed.review.session.panel_labels`); URLs carry positions and letters only, and the method
+behind a letter is looked up on the server, so nothing the browser receives names it.
+
+Safe by default: it listens on 127.0.0.1, answers only requests addressed to ``localhost`` or
+``127.0.0.1`` (against DNS rebinding), takes state changes only as same-origin JSON POSTs with a
+per-reader CSRF header, and sends a strict Content-Security-Policy (the page runs one local script
+and no inline code).
+
+Example:
+    >>> import tempfile
+    >>> from starlette.testclient import TestClient
+    >>> from xmed.review.synthetic import synthetic_session
+    >>> folder = synthetic_session(tempfile.mkdtemp(), n_cases=2, size=64)
+    >>> token = RatingStore(Path(folder) / STORE_FILE).add_reader("ana")
+    >>> client = TestClient(create_app(folder), base_url="http://127.0.0.1")
+    >>> client.get("/case/1").status_code
+    401
+    >>> client.get(f"/login?token={token}").url.path
+    '/case/1'
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import json
+import mimetypes
+import os
+import secrets
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from xmed.errors import ConfigError, InputError, SecurityWarning
+from xmed.review.session import case_file, intervene, load_session, panel_labels, reader_order
+from xmed.review.store import STORE_FILE, RatingStore, ratings_csv, ratings_json
+
+__all__ = ["create_app", "serve", "LOOPBACK_HOSTS", "COOKIE", "CSRF_HEADER"]
+
+HERE = Path(__file__).parent
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+COOKIE = "xmed_reader"
+CSRF_HEADER = "X-XMED-CSRF"
+COOKIE_DAYS = 30
+MAX_BODY = 64 * 1024
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'; "
+                           "base-uri 'none'; form-action 'self'")
+SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+                    "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin"}
+EDIT_TITLES = {"toward_normal": "Edit toward normal", "toward_glaucoma": "Edit toward glaucoma"}
+#: the images of a panel a URL may ask for: ``kind -> (edit or None, key)``
+IMAGE_KINDS = {"overlay": (None, "overlay"), "heatmap": (None, "heatmap"),
+               **{f"{edit}{suffix}": (edit, key) for edit in EDIT_TITLES
+                  for suffix, key in (("", "image"), ("_difference", "difference"))}}
+CONCEPT_NAMES = {"vcdr": "vertical cup-to-disc ratio"}
+
+
+class _SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` to every response, and ``Cache-Control: no-store`` to all
+    but the static assets (pages and images hold patient data)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cacheable = scope["path"].startswith("/static/")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+                if not cacheable:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+@functools.lru_cache(maxsize=8)
+def _colour_bar(colormap: str) -> str | None:
+    """A ``data:`` PNG of ``colormap`` (an OpenCV colour map name, e.g. ``inferno``) from low to
+    high, or None for a name OpenCV lacks."""
+    import cv2
+    import numpy as np
+
+    code = getattr(cv2, f"COLORMAP_{str(colormap).upper()}", None)
+    if not isinstance(code, int):
+        return None
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (12, 1))
+    ok, png = cv2.imencode(".png", cv2.applyColorMap(ramp, code))
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode() if ok else None
+
+
+class _Review:
+    """The state the routes share: the session, its ratings and this process's CSRF secret."""
+
+    def __init__(self, folder: Path, store: RatingStore):
+        self.folder = folder
+        self.session = load_session(folder)
+        self.store = store
+        self.blinded = self.session["mode"] == "blinded"
+        self.secret = secrets.token_bytes(32)
+        self.methods = {method["name"]: method for method in self.session["methods"]}
+        self.cases = {case["id"]: case for case in self.session["cases"]}
+        self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                                            undefined=jinja2.StrictUndefined)
+
+    # -- who is asking -------------------------------------------------------------------------
+
+    def reader(self, request: Request) -> tuple[str, str]:
+        """The reader signed in by the request's cookie and their token: 401 without a cookie, 403
+        with one of no reader."""
+        token = request.cookies.get(COOKIE)
+        if not token:
+            raise HTTPException(401, "not signed in: open the personal link you were given")
+        name = self.store.reader_for(token)
+        if name is None:
+            raise HTTPException(403, "this sign-in is not valid for this session: open your personal link again")
+        return name, token
+
+    def csrf(self, token: str) -> str:
+        return hmac.new(self.secret, token.encode(), hashlib.sha256).hexdigest()
+
+    async def posted(self, request: Request) -> tuple[str, dict[str, Any]]:
+        """The reader and JSON body of a state-changing request, refused (403) unless it is JSON,
+        carries the reader's CSRF value and comes from this server's own page."""
+        reader, token = await run_in_threadpool(self.reader, request)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HTTPException(403, "send JSON (Content-Type: application/json)")
+        sent = request.headers.get(CSRF_HEADER, "").encode("latin-1")  # as received: bytes compare safely
+        if not hmac.compare_digest(sent, self.csrf(token).encode()):
+            raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header; reload the page")
+        if not _same_origin(request):
+            raise HTTPException(403, "request from another site refused")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise HTTPException(413, f"request larger than {MAX_BODY} bytes")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError("body", "is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise InputError("body", "must be a JSON object")
+        return reader, data
+
+    # -- the reader's view of the session ------------------------------------------------------
+
+    def order(self, reader: str) -> list[str]:
+        """The case ids in the order ``reader`` sees them."""
+        ids = [case["id"] for case in self.session["cases"]]
+        return reader_order(ids, self.session["seed"], reader) if self.blinded else ids
+
+    def case_at(self, reader: str, n: int) -> dict[str, Any]:
+        order = self.order(reader)
+        if not 1 <= n <= len(order):
+            raise HTTPException(404, f"there is no case {n}; cases are numbered 1 to {len(order)}")
+        return self.cases[order[n - 1]]
+
+    def labels(self, reader: str, case: Mapping[str, Any]) -> dict[str, str]:
+        """``{letter: method}`` of the case's panels as this reader sees them."""
+        if self.blinded:
+            return panel_labels(list(case["panels"]), self.session["seed"], reader, case["id"])
+        shown = [name for name in self.methods if name in case["panels"]]
+        return {chr(ord("A") + index): name for index, name in enumerate(shown)}
+
+    def method_at(self, reader: str, case: Mapping[str, Any], letter: str) -> str:
+        method = self.labels(reader, case).get(letter)
+        if method is None:
+            raise HTTPException(404, f"case has no panel {letter!r}")
+        return method
+
+    def progress(self, reader: str) -> dict[str, bool]:
+        return self.store.progress(reader, {case_id: list(case["panels"]) for case_id, case in self.cases.items()})
+
+    def case_view(self, reader: str, n: int) -> dict[str, Any]:
+        """What the case page shows: the case's facts, its panels by letter, the stored ratings."""
+        case = self.case_at(reader, n)
+        stored = self.store.case_ratings(reader, case["id"])
+        panels = [self.panel_view(n, letter, method, case["panels"][method], stored["panels"].get(method, {}))
+                  for letter, method in self.labels(reader, case).items()]
+        return {"case": case, "n": n, "panels": panels, "agree": stored["agree"], "note": stored["note"] or "",
+                "findings": case.get("findings") or [], "intervention": self.intervention_view(case)}
+
+    def panel_view(self, n: int, letter: str, method: str, panel: Mapping[str, Any],
+                   stored: Mapping[str, Any]) -> dict[str, Any]:
+        from xmed.review.panels import FLAGS
+
+        image = f"/case/{n}/image/{letter}"
+        view = {"letter": letter, "kind": panel["kind"], "location": stored.get("location"),
+                "rationale": stored.get("rationale"), "rating_url": f"/api/case/{n}/panel/{letter}",
+                "title": f"Explanation {letter}" if self.blinded else self.methods[method].get("title") or method,
+                "automatic": None if self.blinded else panel.get("automatic") or {}}
+        if panel["kind"] == "saliency":
+            scale = panel.get("scale") or {}
+            view.update(heatmap=f"{image}/heatmap", scale=scale, scale_bar=_colour_bar(scale.get("colormap", "")))
+        else:
+            view["edits"] = [{**edit, "name": name, "title": EDIT_TITLES[name],
+                              "image": edit.get("image") and f"{image}/{name}",
+                              "difference": edit.get("difference") and f"{image}/{name}_difference",
+                              "scale": edit.get("difference_scale") or {},
+                              "scale_bar": _colour_bar((edit.get("difference_scale") or {}).get("colormap", "")),
+                              "flag_reason": FLAGS.get(edit.get("flag"), "")}
+                             for name, edit in (panel.get("edits") or {}).items() if name in EDIT_TITLES]
+        return view
+
+    def intervention_view(self, case: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        head = self.session.get("bottleneck")
+        if not head or case.get("concepts") is None:
+            return None
+        names = {finding["code"]: finding["name"] for finding in case.get("findings") or []}
+        return [{"code": code, "name": names.get(code) or CONCEPT_NAMES.get(code, code), "predicted": value}
+                for code, value in zip(head["concepts"], case["concepts"])]
+
+    def page(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("reader", None)
+        html = self.templates.get_template(name).render(title=self.session.get("title") or "Review",
+                                                        blinded=self.blinded, session=self.session, **context)
+        return HTMLResponse(html, status_code=status)
+
+
+def _same_origin(request: Request) -> bool:
+    """False when the browser says the request comes from another origin (``Origin``, else
+    ``Referer``, and ``Sec-Fetch-Site``); a request naming no origin at all is let through."""
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    origin, referer = request.headers.get("origin"), request.headers.get("referer")
+    if origin is not None and origin != own:
+        return False
+    if origin is None and referer is not None and referer != own and not referer.startswith(own + "/"):
+        return False
+    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+
+
+def _only(data: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
+    """``data`` when its keys are among ``allowed`` (at least one); else InputError naming the key."""
+    for key in data:
+        if key not in allowed:
+            raise InputError(key, f"is not accepted here; send {' and/or '.join(allowed)}")
+    if not data:
+        raise InputError(allowed[0], f"send {' and/or '.join(allowed)}")
+    return dict(data)
+
+
+def create_app(session_dir: str | os.PathLike, *, store: RatingStore | None = None,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
+    """The review page of the session in ``session_dir`` as an ASGI app; ratings go to ``store``
+    (default ``<session_dir>/ratings.sqlite``). ``allowed_hosts``: the host names requests may be
+    addressed to (others get 400)."""
+    folder = Path(session_dir)
+    review = _Review(folder, store or RatingStore(folder / STORE_FILE))
+
+    def login(request: Request) -> Response:
+        token = request.query_params.get("token", "")
+        if review.store.reader_for(token) is None:
+            return review.page("error.html", 403, message="This sign-in link is not valid for this session. "
+                                                          "Ask the study coordinator for your personal link.")
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, token, max_age=COOKIE_DAYS * 86400, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return response
+
+    def home(request: Request) -> Response:
+        reader, _ = review.reader(request)
+        done = review.progress(reader)
+        for n, case_id in enumerate(review.order(reader), start=1):
+            if not done[case_id]:
+                return RedirectResponse(f"/case/{n}", status_code=303)
+        return RedirectResponse("/summary", status_code=303)
+
+    def summary(request: Request) -> Response:
+        reader, _ = review.reader(request)
+        done = review.progress(reader)
+        cases = [{"n": n, "id": case_id, "done": done[case_id]} for n, case_id in enumerate(review.order(reader), 1)]
+        return review.page("summary.html", reader=reader, cases=cases, n_done=sum(done.values()))
+
+    def case_page(request: Request) -> Response:
+        reader, token = review.reader(request)
+        view = review.case_view(reader, request.path_params["n"])
+        total = len(review.cases)
+        n = view["n"]
+        data = {"csrf": review.csrf(token), "csrf_header": CSRF_HEADER, "n": n, "total": total,
+                "previous": f"/case/{n - 1}" if n > 1 else None, "next": f"/case/{n + 1}" if n < total else "/summary",
+                "case_url": f"/api/case/{n}", "intervene_url": "/api/intervene" if view["intervention"] else None}
+        n_done = sum(review.progress(reader).values())
+        return review.page("case.html", reader=reader, total=total, n_done=n_done, data=data, **view)
+
+    def photo(request: Request) -> Response:
+        reader, _ = review.reader(request)
+        return _image(review.folder, review.case_at(reader, request.path_params["n"])["photo"])
+
+    def panel_image(request: Request) -> Response:
+        reader, _ = review.reader(request)
+        case = review.case_at(reader, request.path_params["n"])
+        panel = case["panels"][review.method_at(reader, case, request.path_params["letter"])]
+        if request.path_params["kind"] not in IMAGE_KINDS:
+            raise HTTPException(404, "no such image")
+        edit, key = IMAGE_KINDS[request.path_params["kind"]]
+        source = ((panel.get("edits") or {}).get(edit) or {}) if edit else panel
+        relative = source.get(key)
+        if not relative:
+            raise HTTPException(404, "this panel has no such image")
+        return _image(review.folder, relative)
+
+    async def rate_panel(request: Request) -> Response:
+        reader, data = await review.posted(request)
+        case = review.case_at(reader, request.path_params["n"])
+        letter = request.path_params["letter"]
+        method = review.method_at(reader, case, letter)
+        scores = _only(data, ("location", "rationale"))
+        await run_in_threadpool(functools.partial(review.store.save_panel_rating, reader, case["id"], method,
+                                                  panel=letter, mode=review.session["mode"], **scores))
+        return JSONResponse({"saved": True, **scores})
+
+    async def rate_case(request: Request) -> Response:
+        reader, data = await review.posted(request)
+        case = review.case_at(reader, request.path_params["n"])
+        fields = _only(data, ("agree", "note"))
+        await run_in_threadpool(functools.partial(review.store.save_case_rating, reader, case["id"], **fields))
+        return JSONResponse({"saved": True, **fields})
+
+    async def intervention(request: Request) -> Response:
+        reader, data = await review.posted(request)
+        data = _only(data, ("case", "values"))
+        n, values = data.get("case"), data.get("values", {})
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise InputError("case", f"must be the case's position (an integer), got {n!r}")
+        if not isinstance(values, dict):
+            raise InputError("values", "must be an object {concept: value}")
+        return JSONResponse(intervene(review.session, review.case_at(reader, n), values))
+
+    def export(render: Callable[[list], str], media_type: str, name: str) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            reader, _ = review.reader(request)
+            return Response(render(review.store.rows(reader)), media_type=media_type,
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return endpoint
+
+    async def refused(request: Request, error: Exception) -> Response:
+        status, message = (400, str(error)) if isinstance(error, InputError) else (error.status_code, error.detail)
+        if request.url.path.startswith(("/api/", "/export/")) or status in (405, 413):
+            body = {"error": message, **({"field": error.name} if isinstance(error, InputError) else {})}
+            return JSONResponse(body, status_code=status)
+        return review.page("error.html", status, message=message, signed_out=status in (401, 403))
+
+    routes = [
+        Route("/login", login),
+        Route("/", home),
+        Route("/summary", summary),
+        Route("/case/{n:int}", case_page),
+        Route("/case/{n:int}/photo", photo),
+        Route("/case/{n:int}/image/{letter}/{kind}", panel_image),
+        Route("/api/case/{n:int}/panel/{letter}", rate_panel, methods=["POST"]),
+        Route("/api/case/{n:int}", rate_case, methods=["POST"]),
+        Route("/api/intervene", intervention, methods=["POST"]),
+        Route("/export/ratings.csv", export(ratings_csv, "text/csv; charset=utf-8", "ratings.csv")),
+        Route("/export/ratings.json", export(ratings_json, "application/json", "ratings.json")),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    middleware = [Middleware(_SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={HTTPException: refused, InputError: refused})
+
+
+def _image(folder: Path, relative: str) -> Response:
+    """The session image ``relative`` (resolved by :func:`case_file`: never outside ``cases/``)."""
+    try:
+        path = case_file(folder, relative)
+    except InputError:
+        raise HTTPException(404, "no such image") from None
+    media_type = mimetypes.guess_type(path.name)[0] or ""
+    if not path.is_file() or not media_type.startswith("image/"):
+        raise HTTPException(404, "no such image")
+    return FileResponse(path, media_type=media_type)
+
+
+def serve(session_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False) -> None:
+    """Serve the review page of ``session_dir`` with uvicorn until interrupted.
+
+    Only this machine can reach it unless ``allow_remote`` (then a :class:`~xmed.errors.SecurityWarning`:
+    the traffic is not encrypted; an SSH tunnel to 127.0.0.1 is the safer way to let readers in).
+    The access log is off, so the sign-in tokens in ``/login`` URLs are not written anywhere.
+    """
+    import uvicorn
+
+    allowed = list(LOOPBACK_HOSTS)
+    if host not in LOOPBACK_HOSTS:
+        if not allow_remote:
+            raise ConfigError("host", f"{host!r} is not this machine's loopback address: the review page shows "
+                                      "patient images, so it listens on 127.0.0.1 unless allowed otherwise "
+                                      "(allow_remote=True, --allow-remote); an SSH tunnel is the safer way in")
+        if host in ("0.0.0.0", "::", ""):
+            raise ConfigError("host", "give the one address readers will use (e.g. 192.168.1.20), not a wildcard: "
+                                      "requests are accepted only when addressed to it")
+        warnings.warn(f"the review page is served on {host}:{port} to other machines, without encryption; "
+                      "prefer an SSH tunnel to 127.0.0.1", SecurityWarning, stacklevel=2)
+        allowed.append(host)
+    app = create_app(session_dir, allowed_hosts=allowed)
+    uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, proxy_headers=False,
+                log_level="info")

@@ -1,0 +1,339 @@
+"""The ratings of a review session, kept in one SQLite file (``<session>/ratings.sqlite``).
+
+Readers are known by name; each holds a secret token (their login link) of which only the SHA-256
+digest is stored. A reader rates each panel of a case (``location`` and ``rationale``, 1-5) and
+the case as a whole (``agree`` with the model's decision, 0/1, and a free-text ``note``). Every
+save returns only after its transaction is committed to disk (write-ahead log, ``synchronous=FULL``),
+so a rating the page shows as saved survives a crash of the server or of the machine.
+
+:meth:`RatingStore.rows` gives one row per (reader, case, method) in the columns
+:func:`xmed.review.analysis.read_ratings` reads, plus ``note``, ``panel`` (the letter the reader
+saw), ``mode`` (blinded or open) and ``updated``.
+
+Example:
+    >>> import tempfile
+    >>> store = RatingStore(Path(tempfile.mkdtemp()) / "ratings.sqlite")
+    >>> token = store.add_reader("ana")
+    >>> store.reader_for(token), store.reader_for("not-a-token")
+    ('ana', None)
+    >>> store.save_panel_rating("ana", "case-001", "gradcam", panel="B", mode="blinded", location=4)
+    >>> store.save_case_rating("ana", "case-001", agree=1)
+    >>> [(row["method"], row["location"], row["rationale"], row["agree"]) for row in store.rows()]
+    [('gradcam', 4, None, 1)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import hmac
+import io
+import json
+import os
+import secrets
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Collection, Iterator, Mapping
+
+from xmed.errors import InputError, PathError
+from xmed.review.session import MODES
+
+__all__ = ["RatingStore", "COLUMNS", "STORE_FILE", "NOTE_LIMIT", "ratings_csv", "ratings_json"]
+
+STORE_FILE = "ratings.sqlite"
+#: the columns of :meth:`RatingStore.rows` and of the exports, in order
+COLUMNS = ("reader", "case", "method", "location", "rationale", "agree", "note", "panel", "mode", "updated")
+NOTE_LIMIT = 5000
+NAME_LIMIT = 100
+ID_LIMIT = 200
+SCHEMA_VERSION = 1
+_KEEP = object()  # a score not given to save_panel_rating: keep what is stored
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readers (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS panel_ratings (
+    reader TEXT NOT NULL REFERENCES readers(name),
+    case_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    panel TEXT,
+    mode TEXT NOT NULL,
+    location INTEGER CHECK (location BETWEEN 1 AND 5),
+    rationale INTEGER CHECK (rationale BETWEEN 1 AND 5),
+    updated TEXT NOT NULL,
+    PRIMARY KEY (reader, case_id, method)
+);
+CREATE TABLE IF NOT EXISTS case_ratings (
+    reader TEXT NOT NULL REFERENCES readers(name),
+    case_id TEXT NOT NULL,
+    agree INTEGER CHECK (agree IN (0, 1)),
+    note TEXT CHECK (length(note) <= 5000),
+    updated TEXT NOT NULL,
+    PRIMARY KEY (reader, case_id)
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _name(field: str, value: Any, limit: int) -> str:
+    """A reader name, case id or method: a non-empty printable string without surrounding spaces."""
+    if not isinstance(value, str) or not value or value.strip() != value or not value.isprintable():
+        raise InputError(field, f"must be a non-empty printable text without leading or trailing spaces, got {value!r}")
+    if len(value) > limit:
+        raise InputError(field, f"is {len(value)} characters long; at most {limit}")
+    return value
+
+
+def _score(field: str, value: Any, allowed: range) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        raise InputError(field, f"must be an integer {allowed.start}..{allowed.stop - 1} or null, got {value!r}")
+    return value
+
+
+def _note(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or "\x00" in value:
+        raise InputError("note", f"must be text, got {type(value).__name__}")
+    if len(value) > NOTE_LIMIT:
+        raise InputError("note", f"is {len(value)} characters long; at most {NOTE_LIMIT}")
+    return value
+
+
+def _panel(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and len(value) == 1 and "A" <= value <= "Z"):
+        return value
+    raise InputError("panel", f"must be a letter A-Z or null, got {value!r}")
+
+
+class RatingStore:
+    """Readers and their ratings in the SQLite file ``path`` (created with its tables if missing).
+
+    Each call opens its own connection, so one store may serve many threads.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise PathError(self.path, "the folder for the ratings file does not exist")
+        try:
+            with self.connect() as db:
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise PathError(self.path, f"SQLite cannot keep a write-ahead log here (journal mode {mode!r}); "
+                                               "put the session on a local disk")
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise PathError(self.path, f"ratings file format {version} is newer than this xmed "
+                                               f"reads ({SCHEMA_VERSION}); update xmed")
+                db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        except sqlite3.DatabaseError as err:
+            raise PathError(self.path, f"is not a ratings file SQLite can open: {err}") from None
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A new connection with the store's settings (durable commits, foreign keys checked),
+        closed when the block ends. Transactions are explicit: ``BEGIN`` … ``COMMIT``."""
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction committed (to disk) when the block ends, rolled back on error."""
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- readers -------------------------------------------------------------------------------
+
+    def add_reader(self, name: str) -> str:
+        """Register reader ``name`` and return their new secret token (shown once; only its digest
+        is kept). A name already registered raises :class:`~xmed.errors.InputError`."""
+        _name("name", name, NAME_LIMIT)
+        token = secrets.token_urlsafe(32)
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT INTO readers (name, token_sha256, created) VALUES (?, ?, ?)",
+                           (name, _digest(token), _now()))
+        except sqlite3.IntegrityError:
+            raise InputError("name", f"reader {name!r} already exists in {self.path}; choose another name") from None
+        return token
+
+    def readers(self) -> list[str]:
+        """The names of the registered readers, sorted."""
+        with self.connect() as db:
+            return [name for (name,) in db.execute("SELECT name FROM readers ORDER BY name")]
+
+    def reader_for(self, token: Any) -> str | None:
+        """The name of the reader holding ``token``, or None for an unknown or malformed token."""
+        if not isinstance(token, str) or not 0 < len(token) <= 200:
+            return None
+        wanted = _digest(token)
+        with self.connect() as db:
+            known = db.execute("SELECT name, token_sha256 FROM readers").fetchall()
+        found = None
+        for name, digest in known:  # every digest is compared, so the time taken says nothing
+            if hmac.compare_digest(digest, wanted):
+                found = name
+        return found
+
+    def _check_reader(self, db: sqlite3.Connection, reader: str) -> None:
+        _name("reader", reader, NAME_LIMIT)
+        if db.execute("SELECT 1 FROM readers WHERE name = ?", (reader,)).fetchone() is None:
+            raise InputError("reader", f"{reader!r} is not a registered reader of {self.path}")
+
+    # -- ratings -------------------------------------------------------------------------------
+
+    def save_panel_rating(self, reader: str, case: str, method: str, *, panel: str | None, mode: str,
+                          location: Any = _KEEP, rationale: Any = _KEEP) -> None:
+        """Store ``reader``'s rating of ``method``'s panel on ``case``; returns once committed.
+
+        A score left out keeps its stored value; ``None`` clears it. ``panel`` is the letter the
+        reader saw, ``mode`` the session's (``"blinded"`` or ``"open"``).
+        """
+        _name("case", case, ID_LIMIT)
+        _name("method", method, ID_LIMIT)
+        _panel(panel)
+        if mode not in MODES:
+            raise InputError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+        scores = {field: _score(field, value, range(1, 6))
+                  for field, value in (("location", location), ("rationale", rationale)) if value is not _KEEP}
+        if not scores:
+            raise InputError("location", "give a location or a rationale score (or both)")
+        updates = ", ".join(f"{field} = excluded.{field}" for field in scores)
+        with self._transaction() as db:
+            self._check_reader(db, reader)
+            db.execute(f"INSERT INTO panel_ratings (reader, case_id, method, panel, mode, {', '.join(scores)}, updated) "
+                       f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(scores))}, ?) "
+                       f"ON CONFLICT (reader, case_id, method) DO UPDATE SET panel = excluded.panel, "
+                       f"mode = excluded.mode, {updates}, updated = excluded.updated",
+                       (reader, case, method, panel, mode, *scores.values(), _now()))
+
+    def save_case_rating(self, reader: str, case: str, *, agree: Any = _KEEP, note: Any = _KEEP) -> None:
+        """Store whether ``reader`` agrees with the model's decision on ``case`` (1, 0 or None) and
+        their note (text up to :data:`NOTE_LIMIT` characters, or None); a field left out keeps its
+        stored value. Returns once committed."""
+        _name("case", case, ID_LIMIT)
+        fields = {}
+        if agree is not _KEEP:
+            fields["agree"] = _score("agree", agree, range(0, 2))
+        if note is not _KEEP:
+            fields["note"] = _note(note)
+        if not fields:
+            raise InputError("agree", "give agree or a note (or both)")
+        updates = ", ".join(f"{field} = excluded.{field}" for field in fields)
+        with self._transaction() as db:
+            self._check_reader(db, reader)
+            db.execute(f"INSERT INTO case_ratings (reader, case_id, {', '.join(fields)}, updated) "
+                       f"VALUES (?, ?, {', '.join('?' * len(fields))}, ?) "
+                       f"ON CONFLICT (reader, case_id) DO UPDATE SET {updates}, updated = excluded.updated",
+                       (reader, case, *fields.values(), _now()))
+
+    def case_ratings(self, reader: str, case: str) -> dict[str, Any]:
+        """What ``reader`` stored for ``case``: ``{"panels": {method: {"location", "rationale"}},
+        "agree", "note"}`` (None where nothing is stored)."""
+        with self.connect() as db:
+            panels = db.execute("SELECT method, location, rationale FROM panel_ratings WHERE reader = ? AND case_id = ?",
+                                (reader, case)).fetchall()
+            verdict = db.execute("SELECT agree, note FROM case_ratings WHERE reader = ? AND case_id = ?",
+                                 (reader, case)).fetchone() or (None, None)
+        return {"panels": {method: {"location": location, "rationale": rationale}
+                           for method, location, rationale in panels},
+                "agree": verdict[0], "note": verdict[1]}
+
+    def progress(self, reader: str, expected: Mapping[str, Collection[str]]) -> dict[str, bool]:
+        """For each case of ``expected`` (``{case: its methods}``), whether ``reader`` has rated it
+        fully: location and rationale of every panel, and agree.
+
+        Example:
+            >>> import tempfile
+            >>> store = RatingStore(Path(tempfile.mkdtemp()) / "ratings.sqlite"); _ = store.add_reader("ana")
+            >>> store.save_panel_rating("ana", "c1", "gradcam", panel="A", mode="open", location=4, rationale=3)
+            >>> store.save_case_rating("ana", "c1", agree=0)
+            >>> store.progress("ana", {"c1": ["gradcam"], "c2": ["gradcam"]})
+            {'c1': True, 'c2': False}
+        """
+        with self.connect() as db:
+            scored = set(db.execute("SELECT case_id, method FROM panel_ratings WHERE reader = ? "
+                                    "AND location IS NOT NULL AND rationale IS NOT NULL", (reader,)))
+            agreed = {case for (case,) in db.execute("SELECT case_id FROM case_ratings WHERE reader = ? "
+                                                     "AND agree IS NOT NULL", (reader,))}
+        return {case: case in agreed and all((case, method) in scored for method in methods)
+                for case, methods in expected.items()}
+
+    def rows(self, reader: str | None = None) -> list[dict[str, Any]]:
+        """One dict per (reader, case, method) rated, in :data:`COLUMNS`, sorted; a case's
+        ``agree`` and ``note`` repeat on each of its panels' rows, and a case answered without any
+        panel rated has one row with an empty ``method`` (nothing a reader gave is left out of an
+        export). ``reader``: only theirs."""
+        panels = ("SELECT p.reader, p.case_id, p.method, p.location, p.rationale, c.agree, c.note, p.panel, p.mode, "
+                  "max(p.updated, coalesce(c.updated, '')) FROM panel_ratings p LEFT JOIN case_ratings c "
+                  "ON c.reader = p.reader AND c.case_id = p.case_id")
+        cases_only = ("SELECT c.reader, c.case_id, '', NULL, NULL, c.agree, c.note, NULL, NULL, c.updated "
+                      "FROM case_ratings c WHERE NOT EXISTS (SELECT 1 FROM panel_ratings p "
+                      "WHERE p.reader = c.reader AND p.case_id = c.case_id)")
+        arguments: tuple = ()
+        if reader is not None:
+            panels, cases_only = panels + " WHERE p.reader = ?", cases_only + " AND c.reader = ?"
+            arguments = (reader, reader)
+        with self.connect() as db:
+            found = db.execute(f"{panels} UNION ALL {cases_only} ORDER BY 1, 2, 3", arguments).fetchall()
+        return [dict(zip(COLUMNS, row)) for row in found]
+
+    def export_csv(self, path: str | os.PathLike, reader: str | None = None) -> Path:
+        """Write :meth:`rows` to the CSV file ``path`` (replaced whole); returns it."""
+        return _write(path, ratings_csv(self.rows(reader)))
+
+    def export_json(self, path: str | os.PathLike, reader: str | None = None) -> Path:
+        """Write :meth:`rows` to ``path`` as a JSON list of objects (replaced whole); returns it."""
+        return _write(path, ratings_json(self.rows(reader)))
+
+
+def ratings_csv(rows: list[Mapping[str, Any]]) -> str:
+    """Rows as CSV text with a header of :data:`COLUMNS` (an empty cell for None).
+
+    Example:
+        >>> ratings_csv([{"reader": "ana", "case": "c1", "method": "gradcam", "location": 4}]).splitlines()
+        ['reader,case,method,location,rationale,agree,note,panel,mode,updated', 'ana,c1,gradcam,4,,,,,,']
+    """
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def ratings_json(rows: list[Mapping[str, Any]]) -> str:
+    """Rows as a JSON list of objects, one per line."""
+    return "[\n" + ",\n".join(json.dumps(dict(row)) for row in rows) + "\n]\n"
+
+
+def _write(path: str | os.PathLike, text: str) -> Path:
+    from xmed.runs import write_text_atomic
+
+    write_text_atomic(path, text)
+    return Path(path)
