@@ -21,14 +21,15 @@
             "panels": {method name: panel}}
 
     saliency panel = {"kind": "saliency", "overlay": path, "heatmap": path,
-                      "scale": {"low": 0.0, "high": 1.0, "label": str, "colormap": "jet"},
+                      "scale": {"low": 0.0, "high": float (the map's maximum), "label": str, "colormap": "inferno"},
                       "automatic": {metric: value}}
     counterfactual panel = {"kind": "counterfactual",
                             "edits": {"toward_normal" | "toward_glaucoma": edit},
                             "automatic": {metric: value}}
     edit = {"image": path | null, "difference": path | null,
-            "difference_scale": {"high": float (pixel change at full colour, in [0, 1] units),
-                                 "gain": float (how much the change is amplified), "label": str},
+            "difference_scale": null (no edit) | {"low": 0.0, "high": float (pixel change at full colour,
+                                 in [0, 1] units), "gain": float (how much the change is amplified),
+                                 "label": str, "colormap": "inferno"},
             "goal": float, "probability_from": float, "probability_to": float, "reached": bool,
             "steps": int, "changed_fraction": float, "max_change": float,
             "flag": null | "not edited" | "too small to see" | "no flip within the budget",

@@ -126,10 +126,14 @@ class RatingStore:
     Each call opens its own connection, so one store may serve many threads.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, read_only: bool = False):
+        self.path, self.read_only = Path(path), read_only
         if not self.path.parent.is_dir():
             raise PathError(self.path, "the folder for the ratings file does not exist")
+        if read_only:  # e.g. an export: it never changes a session
+            if not self.path.is_file():
+                raise PathError(self.path, "no ratings file here")
+            return
         try:
             with self.connect() as db:
                 mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -148,7 +152,10 @@ class RatingStore:
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A new connection with the store's settings (durable commits, foreign keys checked),
         closed when the block ends. Transactions are explicit: ``BEGIN`` … ``COMMIT``."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        if self.read_only:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        else:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")

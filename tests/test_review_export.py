@@ -1,0 +1,258 @@
+"""The static export of a review session: one self-contained report.html (every case in session
+order, every image the session's own file as a data URI, nothing fetched, all text escaped, the
+readers' mean scores) and one composite PNG per case."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import statistics
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xmed.errors import PathError
+from xmed.review.export import PNG_DIR, REPORT_FILE, TILE_PIXELS, export_report, ratings_summary
+from xmed.review.session import SESSION_FILE, load_session
+from xmed.review.store import RatingStore
+from xmed.review.synthetic import synthetic_session
+from xmed.runs import eye_file_stem
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+class ReportParser(HTMLParser):
+    """The case sections of a report: each one's id, heading text, image sources and table cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.cases: list[dict] = []
+        self.images_outside: list[str] = []
+        self.header_cells: list[str] = []
+        self._heading = self._cell = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section" and attrs.get("class") == "case":
+            self.cases.append({"id": attrs["id"], "heading": "", "images": [], "cells": []})
+        elif tag == "img":
+            (self.cases[-1]["images"] if self.cases else self.images_outside).append(attrs["src"])
+        self._heading |= tag == "h2" and bool(self.cases)
+        self._cell |= tag == "td"
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._heading = False
+        if tag == "td":
+            self._cell = False
+
+    def handle_data(self, data):
+        if self._heading:
+            self.cases[-1]["heading"] += data
+        if self._cell:
+            (self.cases[-1]["cells"] if self.cases else self.header_cells).append(data.strip())
+
+
+def parsed(report: Path) -> ReportParser:
+    parser = ReportParser()
+    parser.feed(report.read_text(encoding="utf-8"))
+    return parser
+
+
+def shown_images(case: dict) -> list[str]:
+    """The session's images a case shows, in page order: photograph, overlays, each edit's image and
+    difference map (a heatmap alone is the live page's layer, not shown in the export)."""
+    paths = [case["photo"]]
+    for panel in case["panels"].values():
+        paths.append(panel.get("overlay"))
+        for edit in (panel.get("edits") or {}).values():
+            paths += [edit["image"], edit["difference"]]
+    return [path for path in paths if path]
+
+
+def decoded(uri: str) -> bytes:
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix), uri[:60]
+    return base64.b64decode(uri[len(prefix):], validate=True)
+
+
+@pytest.fixture(scope="module")
+def session_dir(tmp_path_factory) -> Path:
+    return synthetic_session(tmp_path_factory.mktemp("review") / "session", n_cases=3, size=96, seed=1)
+
+
+@pytest.fixture(scope="module")
+def exported(session_dir, tmp_path_factory) -> Path:
+    return export_report(session_dir, tmp_path_factory.mktemp("export") / "out")
+
+
+def copied(session_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(session_dir, tmp_path / "session"))
+
+
+def rows_of(readers_scores: dict) -> list[dict]:
+    return [{"reader": reader, "case": case, "method": method, "location": location, "rationale": rationale,
+             "agree": agree}
+            for (reader, case, method), (location, rationale, agree) in readers_scores.items()]
+
+
+def test_the_report_shows_each_case_in_session_order_with_its_values(session_dir, exported):
+    session = load_session(session_dir)
+    cases = parsed(exported).cases
+    assert [c["id"] for c in cases] == [f"case-{eye_file_stem(c['id'])}" for c in session["cases"]]
+    text = exported.read_text(encoding="utf-8")
+    for shown, case in zip(cases, session["cases"]):
+        assert shown["heading"] == f"{case['id']} ({case['side']} eye)"
+        section = text[text.index(f'id="{shown["id"]}"'):]
+        section = section[:section.find("</section>")]
+        assert f"Probability of glaucoma <b>{case['probability']:.3f}</b>: <b>{case['decision']}</b>" in section
+        assert f"(threshold {session['threshold']:.3f})" in section
+        expected = [cell for f in case["findings"]
+                    for cell in (f"{f['name']} ({f['code']})", f"{f['probability']:.3f}", f"{f['contribution']:+.2f}")]
+        expected += ["vertical cup-to-disc ratio (vCDR)", f"{case['vcdr']:.2f}", f"{case['vcdr_contribution']:+.2f}"]
+        assert shown["cells"] == expected
+        assert case["sentence"] in section
+        assert f"explain {100 * case['explained_share']:.0f}% of the decision" in section
+        for edit in case["panels"]["adversarial"]["edits"].values():
+            assert f"{edit['probability_from']:.3f}\n&rarr; {edit['probability_to']:.3f}" in section
+
+
+def test_every_image_is_the_session_file_embedded_and_nothing_is_fetched(session_dir, exported):
+    session = load_session(session_dir)
+    report = parsed(exported)
+    assert report.images_outside == []
+    for shown, case in zip(report.cases, session["cases"]):
+        expected = [(session_dir / path).read_bytes() for path in shown_images(case)]
+        assert [decoded(src) for src in shown["images"]] == expected
+    text = exported.read_text(encoding="utf-8")
+    for reference in ("http://", "https://", 'src="/', "<script", "url("):
+        assert reference not in text
+    sources = [line.split(",")[1] for line in (session_dir / "key.csv").read_text().splitlines()[1:]]
+    assert sources and not any(source in text for source in sources)  # the pseudonyms' key stays apart
+
+
+def test_a_flagged_edit_says_so(session_dir, exported):
+    session = load_session(session_dir)
+    flagged = [(case, edit) for case in session["cases"] for edit in case["panels"]["adversarial"]["edits"].values()
+               if edit["flag"]]
+    assert flagged, "the synthetic session has an edit that does not reach its goal"
+    text = exported.read_text(encoding="utf-8")
+    for case, edit in flagged:
+        section = text[text.index(f'id="case-{eye_file_stem(case["id"])}"'):]
+        assert f'<div class="flag">{edit["flag"]}: ' in section[:section.find("</section>")]
+
+
+def test_text_from_the_session_is_escaped(session_dir, tmp_path):
+    session_dir = copied(session_dir, tmp_path)
+    session = json.loads((session_dir / SESSION_FILE).read_text())
+    session["title"] = session["cases"][0]["id"] = session["cases"][0]["sentence"] = HOSTILE
+    session["methods"][0]["title"] = HOSTILE
+    (session_dir / SESSION_FILE).write_text(json.dumps(session))
+    out = tmp_path / "out"
+    text = export_report(session_dir, out).read_text(encoding="utf-8")
+    assert HOSTILE not in text and "<script" not in text
+    # title (twice), the case heading, the photograph's alt text, the method's caption, the sentence
+    assert text.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 6
+    assert sorted(p.name for p in (out / PNG_DIR).iterdir()) == sorted(
+        f"{eye_file_stem(c['id'])}.png" for c in session["cases"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([PNG_DIR, REPORT_FILE])
+
+
+def test_the_readers_scores_are_the_means_of_their_ratings(session_dir, tmp_path):
+    case_ids = [case["id"] for case in load_session(session_dir)["cases"]]
+    scores = {("ana", case_ids[0], "gradcam"): (4, 3, 1), ("ben", case_ids[0], "gradcam"): (1, None, 0),
+              ("cem", case_ids[0], "gradcam"): (2, 5, 1), ("ana", case_ids[0], "adversarial"): (5, 4, 1),
+              ("ana", case_ids[1], "gradcam"): (3, 2, None), ("ana", "case-999", "gradcam"): (1, 1, 1)}
+    out = export_report(session_dir, tmp_path / "out", ratings=rows_of(scores))
+
+    def means(method, case=None):
+        """The ratings, mean location, rationale and agree of ``method`` on ``case`` (else on every
+        case of the session), computed here from the rows."""
+        chosen = [values for (_, c, m), values in scores.items() if m == method and (c == case or
+                                                                                     case is None and c in case_ids)]
+        columns = [[v for v in column if v is not None] for column in zip(*chosen)]
+        return [str(len(chosen))] + [f"{statistics.mean(column):.2f}" for column in columns]
+
+    report = parsed(out)
+    # header: per method over the session's cases; case-999 is left out and said so
+    assert report.header_cells == ["Adversarial explanation", *means("adversarial"), "Grad-CAM", *means("gradcam")]
+    assert "1 ratings of cases not in this session are left out" in out.read_text(encoding="utf-8")
+    first, second, third = report.cases
+    n_findings = len(load_session(session_dir)["cases"][0]["findings"]) + 1
+    assert first["cells"][3 * n_findings:] == ["Adversarial explanation", *means("adversarial", case_ids[0]),
+                                                "Grad-CAM", *means("gradcam", case_ids[0])]
+    assert second["cells"][3 * n_findings:] == ["Grad-CAM", "1", "3.00", "2.00", "—"]
+    assert third["cells"][3 * n_findings:] == []
+    assert ratings_summary(rows_of(scores), case_ids)["cases"][case_ids[0]]["gradcam"] == {
+        "n": 3, "location": pytest.approx(7 / 3), "rationale": 4.0, "agree": pytest.approx(2 / 3)}
+
+
+def test_the_ratings_the_server_stored_are_read_without_changing_them(session_dir, tmp_path):
+    session_dir = copied(session_dir, tmp_path)
+    case_id = load_session(session_dir)["cases"][0]["id"]
+    store = RatingStore(session_dir / "ratings.sqlite")
+    for reader, location, agree in (("ana", 4, 1), ("ben", 1, 0)):
+        store.add_reader(reader)
+        store.save_panel_rating(reader, case_id, "gradcam", panel="A", mode="blinded", location=location)
+        store.save_case_rating(reader, case_id, agree=agree, note=HOSTILE)
+    before = (session_dir / "ratings.sqlite").read_bytes()
+    out = export_report(session_dir, tmp_path / "out")
+    assert parsed(out).header_cells == ["Grad-CAM", "2", "2.50", "—", "0.50"]
+    assert (session_dir / "ratings.sqlite").read_bytes() == before
+    assert HOSTILE not in out.read_text(encoding="utf-8")  # a note is never shown, let alone unescaped
+
+
+def test_each_case_has_its_own_composite_png(session_dir, exported):
+    session = load_session(session_dir)
+    pictures = []
+    for case in session["cases"]:
+        with Image.open(exported.parent / PNG_DIR / f"{eye_file_stem(case['id'])}.png") as image:
+            assert image.format == "PNG"
+            # four tiles across (an edit and its difference map, both ways); two rows of tiles and the text
+            assert image.width == 4 * TILE_PIXELS
+            assert 2 * TILE_PIXELS < image.height < 4.5 * TILE_PIXELS
+            pictures.append(np.asarray(image.convert("RGB")).astype(np.int16))
+    assert all(np.abs(a - b).mean() > 1 for i, a in enumerate(pictures) for b in pictures[i + 1:])
+
+
+def test_a_missing_image_is_named_and_nothing_is_written(session_dir, tmp_path):
+    session_dir = copied(session_dir, tmp_path)
+    case = load_session(session_dir)["cases"][1]
+    missing = case["panels"]["gradcam"]["overlay"]
+    (session_dir / missing).unlink()
+    with pytest.raises(PathError, match=missing):
+        export_report(session_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_that_is_not_a_png_is_named(session_dir, tmp_path):
+    session_dir = copied(session_dir, tmp_path)
+    photo = session_dir / load_session(session_dir)["cases"][2]["photo"]
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG")
+    photo.write_bytes(buffer.getvalue())
+    with pytest.raises(PathError, match="is not a PNG image") as raised:
+        export_report(session_dir, tmp_path / "out")
+    assert raised.value.path == str(photo.resolve())
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_export_is_replaced_but_no_other_folder(session_dir, tmp_path):
+    out = tmp_path / "out"
+    (out / PNG_DIR).mkdir(parents=True)
+    (out / PNG_DIR / "case-from-another-session.png").write_bytes(b"old")
+    (out / "ratings.csv").write_text("reader,case\n")  # as xmed-review export writes beside the report
+    export_report(session_dir, out)
+    assert "case-from-another-session.png" not in {p.name for p in (out / PNG_DIR).iterdir()}
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    with pytest.raises(PathError, match="mine.txt"):
+        export_report(session_dir, tmp_path / "notes")
+    with pytest.raises(PathError, match="inside the review session"):
+        export_report(session_dir, session_dir / "export")
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
