@@ -4,7 +4,8 @@ Every ```python block runs in a fresh namespace, in a folder holding the files t
 small model where ``make demo`` puts its model, a concept-bottleneck one, ``eye.jpg``, ``eye.dcm``
 and a tiny REFUGE tree). In the ```bash blocks, every ``xmed-train``/``-eval``/``-explain``/``-predict``
 line is composed with Hydra against the shipped configs and passes the value checks the commands
-apply before they start; every ``xmed-data`` line parses. A failure names its README line.
+apply before they start; every ``xmed-data`` and ``xmed-review`` line parses. A failure names its
+README line.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ HYDRA_LINES = [(line, command) for name in HYDRA_COMMANDS for line, command in c
 def test_every_documented_command_is_checked():
     """Every xmed command the README shows is one the tests below check, and each is shown."""
     shown = {command.split()[0] for _, command in bash_commands() if command.startswith("xmed-")}
-    assert shown == {*HYDRA_COMMANDS, "xmed-data"}
+    assert shown == {*HYDRA_COMMANDS, *ARGPARSE_COMMANDS}
 
 
 @pytest.mark.parametrize("line, command", by_line(HYDRA_LINES))
@@ -178,11 +179,16 @@ def test_hydra_command_composes(line, command, tmp_path, monkeypatch):
             pytest.fail(f"README.md line {line}: {job}: {type(error).__name__}: {error}", pytrace=False)
 
 
-@pytest.mark.parametrize("line, command", by_line(command_lines("xmed-data")))
-def test_data_command_parses(line, command, tmp_path):
-    from xmed.cli.data import build_parser
+#: the argparse commands and their parsers' modules
+ARGPARSE_COMMANDS = {"xmed-data": "xmed.cli.data", "xmed-review": "xmed.cli.review"}
 
+
+@pytest.mark.parametrize("line, command", by_line([item for name in ARGPARSE_COMMANDS for item in command_lines(name)]))
+def test_argparse_command_parses(line, command, tmp_path):
+    import importlib
+
+    name = command.split()[0]
     try:
-        build_parser().parse_args(arguments(command, tmp_path))
+        importlib.import_module(ARGPARSE_COMMANDS[name]).build_parser().parse_args(arguments(command, tmp_path))
     except SystemExit:
-        pytest.fail(f"README.md line {line}: xmed-data does not accept {command!r}", pytrace=False)
+        pytest.fail(f"README.md line {line}: {name} does not accept {command!r}", pytrace=False)

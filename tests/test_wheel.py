@@ -99,3 +99,22 @@ def test_data_train_and_explain_from_the_installed_wheel(installed, tmp_path):
     assert result["n"] == 4 and set(result["methods"]) == {"gradcam"}
     assert 0.0 <= result["methods"]["gradcam"]["deletion"] <= 1.0
     assert len(list((tmp_path / "explain" / "maps" / "gradcam").glob("*.npy"))) == 4
+
+
+def test_the_review_page_and_report_come_from_the_installed_wheel(installed, tmp_path):
+    """Templates and page assets ship in the wheel: a session built, served and exported from it."""
+    bin_dir, env = installed
+    code = ("from starlette.testclient import TestClient\n"
+            "from xmed.review.server import create_app\n"
+            "from xmed.review.store import RatingStore\n"
+            "from xmed.review.synthetic import synthetic_session\n"
+            "folder = synthetic_session('session', n_cases=2, size=64)\n"
+            "token = RatingStore(folder / 'ratings.sqlite').add_reader('ana')\n"
+            "client = TestClient(create_app(folder), base_url='http://127.0.0.1')\n"
+            "page = client.get('/login', params={'token': token})\n"
+            "print(page.status_code, 'Explanation A' in page.text, client.get('/static/review.js').status_code,\n"
+            "      client.get('/static/review.css').status_code)\n")
+    assert run([str(bin_dir / "python"), "-c", code], cwd=tmp_path, env=env).split()[-4:] == ["200", "True", "200", "200"]
+    run([str(bin_dir / "xmed-review"), "export", "session", "--out", "report"], cwd=tmp_path, env=env)
+    assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+    assert sorted(p.name for p in (tmp_path / "report" / "cases").iterdir()) == ["case-001.png", "case-002.png"]

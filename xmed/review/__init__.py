@@ -1,8 +1,17 @@
-"""Clinician review of explanations: readers rate explanation panels of eyes (cases), one rating per
-(reader, case, method), and :mod:`xmed.review.analysis` turns those ratings into a reader study
-(scores with case-bootstrap intervals, paired method comparisons, inter-reader agreement).
+"""The clinician review of explanations (``xmed-review``): readers rate the explanation panels of
+eyes (cases) in the browser, one rating per (reader, case, method), and the ratings become a reader
+study.
 
-Nothing heavy loads here; import :mod:`xmed.review.analysis` for the statistics.
+- :mod:`~xmed.review.session`: the session folder's contract (``session.json``, ``cases/``) and the
+  blinded protocol (each reader's case order, the A/B letters of panels);
+- :mod:`~xmed.review.build`: a session from an ``xmed-explain`` run, or a model and images;
+- :mod:`~xmed.review.panels`: the panel images (heatmap layer, amplified difference map, edit flags);
+- :mod:`~xmed.review.store`: the ratings in SQLite, acknowledged only once committed;
+- :mod:`~xmed.review.server`: the page (Starlette; ``templates/``, ``static/``);
+- :mod:`~xmed.review.export`: a self-contained HTML report and a PNG per case;
+- :mod:`~xmed.review.analysis` and :mod:`~xmed.review.study`: the statistics of the reader study.
+
+Nothing heavy loads here.
 
 Example:
     >>> from xmed.review.analysis import SCALES

@@ -63,7 +63,8 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
     from xmed.models.export import load_model
     from xmed.runs import claim_run_folder
 
-    if (explain_dir is None) == (model is None or images is None):
+    if (explain_dir is not None and (model is not None or images is not None)) or \
+            (explain_dir is None and (model is None or images is None)):
         raise ConfigError("source", "give an xmed-explain run folder (--explain), or a model and an image folder "
                                     "(--model and --images), not both")
     if explain_dir is not None:
