@@ -756,3 +756,47 @@ def test_numbered_folders_are_required_for_airogs(tmp_path):
     with pytest.raises(DatasetError, match="numbered image folders") as err:
         dataset_class("airogs")(root)
     assert str(root) in str(err.value)
+
+
+class _OpenCVThreads(torch.utils.data.Dataset):
+    """Each item: (the number of threads OpenCV uses in the process that loads it, whether that
+    process called ``cv2.setNumThreads`` itself — recorded by the wrapper the test installs)."""
+
+    calls: list[int] = []
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[int, bool]:
+        import os
+
+        import cv2
+
+        return cv2.getNumThreads(), os.getpid() in self.calls
+
+
+def test_loader_workers_start_with_one_opencv_thread_and_the_parent_keeps_its_own(monkeypatch):
+    """Workers get one OpenCV thread from the parent at fork, never by setting it themselves
+    (``cv2.setNumThreads`` inside a forked worker can hang it); the parent's setting comes back."""
+    import os
+
+    import cv2
+
+    from xmed.data.datamodule import SkipRecordingLoader, _init_worker
+
+    set_threads = cv2.setNumThreads
+
+    def recording(n: int) -> None:
+        _OpenCVThreads.calls.append(os.getpid())
+        set_threads(n)
+
+    before = cv2.getNumThreads()
+    monkeypatch.setattr(cv2, "setNumThreads", recording)
+    cv2.setNumThreads(2)
+    try:
+        loader = SkipRecordingLoader(_OpenCVThreads(), batch_size=1, num_workers=2, worker_init_fn=_init_worker,
+                                     collate_fn=lambda items: items[0])
+        assert list(loader) == [(1, False)] * 4
+        assert cv2.getNumThreads() == 2
+    finally:
+        set_threads(before)

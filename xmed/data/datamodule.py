@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import math
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -174,19 +176,46 @@ class SkipRecordingLoader(DataLoader):
         self.record_skips = record_skips
 
     def __iter__(self) -> Iterator:
-        for batch in super().__iter__():
+        with _single_threaded_opencv(self.num_workers > 0):
+            batches = super().__iter__()  # starts the workers (once: they persist)
+        return self._recording(batches)
+
+    def _recording(self, batches: Iterator) -> Iterator:
+        for batch in batches:
             if self.record_skips is not None and batch.get("skipped"):
                 self.record_skips(batch["skipped"])
             yield batch
 
 
-def _init_worker(worker_id: int) -> None:
-    """Set up a loader worker: its own augmentation stream (else workers repeat each other), and
-    one OpenCV thread: the workers already use the cores (torch sets its own threads to 1 in a
-    worker), and OpenCV's thread pool in each of N workers would ask for N x cores threads."""
+@contextlib.contextmanager
+def _single_threaded_opencv(starting_workers: bool) -> Iterator[None]:
+    """OpenCV limited to one thread while loader workers start, its setting restored after.
+
+    The workers already use the cores (torch sets its own threads to 1 in a worker), and
+    OpenCV's thread pool in each of N workers would ask for N x cores threads. A forked worker
+    inherits the setting; calling ``cv2.setNumThreads`` inside a forked worker instead can hang
+    it for good (it reconfigures a thread pool whose threads stayed in the parent)."""
+    if not starting_workers:
+        yield
+        return
     import cv2
 
+    before = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _init_worker(worker_id: int) -> None:
+    """Set up a loader worker: its own augmentation stream (else workers repeat each other), and
+    one OpenCV thread in a worker started afresh (spawn, forkserver; a forked one already has it,
+    :func:`_single_threaded_opencv`)."""
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):

@@ -275,7 +275,7 @@ def comparison_sheet(out_dir: Path, methods: list[str], ids: list[str]) -> None:
             path = out_dir / "overlays" / method / f"{eye_file_stem(eye_id)}.png"
             if path.is_file():
                 tiles.append(np.asarray(Image.open(path).convert("RGB")))
-                captions.append(method)
+                captions.append(method.replace("_", " "))
     if tiles:
         Image.fromarray(image_grid(tiles, columns=len(methods), captions=captions, caption_scale=0.35)).save(
             out_dir / "overlays" / "comparison.png")

@@ -17,7 +17,8 @@ import numpy as np
 
 def image_grid(images: Sequence[np.ndarray], columns: int, captions: Sequence[str] | None = None,
                caption_scale: float = 0.45) -> np.ndarray:
-    """Tile equally sized H×W×3 uint8 images row by row, captions written at each top left."""
+    """Tile equally sized H×W×3 uint8 images row by row, captions written at each top left
+    (wrapped at spaces to the tile's width, never drawn past it)."""
     if not images:
         raise ValueError("image_grid needs at least one image")
     h, w = images[0].shape[:2]
@@ -28,15 +29,34 @@ def image_grid(images: Sequence[np.ndarray], columns: int, captions: Sequence[st
             raise ValueError(f"image {i} is {image.shape[1]}x{image.shape[0]}, expected {w}x{h}")
         tile = np.ascontiguousarray(image).copy()
         if captions:
-            for dy, line in enumerate(captions[i].split("\n")):
+            stroke = max(1, round(caption_scale * 2))
+            lines = [part for line in captions[i].split("\n") for part in wrap_caption(line, w - 12, caption_scale, 3 * stroke)]
+            for dy, line in enumerate(lines):
                 org = (6, int(18 + dy * 22 * caption_scale / 0.45))
-                stroke = max(1, round(caption_scale * 2))
                 for colour, thickness in (((0, 0, 0), 3 * stroke), ((255, 255, 255), stroke)):
                     cv2.putText(tile, line, org, cv2.FONT_HERSHEY_SIMPLEX, caption_scale, colour,
                                 thickness, cv2.LINE_AA)
         r, c = divmod(i, columns)
         sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
     return sheet
+
+
+def wrap_caption(text: str, width: int, scale: float, thickness: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels in OpenCV's simplex font
+    (a single word wider than that stays on a line of its own).
+
+    Example:
+        >>> wrap_caption("integrated gradients", 80, 0.35, 3)
+        ['integrated', 'gradients']
+    """
+    lines: list[str] = []
+    for word in text.split(" "):
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
 
 
 def phantom_sheet(seed: int = 0, n: int = 12, size: int = 256, columns: int = 4, width: int | None = None) -> np.ndarray:
