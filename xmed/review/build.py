@@ -87,8 +87,9 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
     if len(view) == 0:
         raise ConfigError("images" if explain_dir is None else "explain", "no eyes to review")
     if (Path(out) / "ratings.sqlite").exists():  # never deleted by a rebuild: ratings are never lost
-        raise ConfigError("out", f"{out} holds readers' ratings (ratings.sqlite); export them "
-                                 f"(xmed-review export) and choose a new folder")
+        raise ConfigError("out", f"{out} holds readers' ratings (ratings.sqlite), which a new session must not "
+                                 f"replace: export them (xmed-review export {out} --out …) and move ratings.sqlite "
+                                 f"away, or build into a new folder")
     folder = claim_run_folder(out, overwrite=overwrite, key="out", holds="a review session")
     explainers = _saliency_explainers(net, methods)
     editor = _editor(net, counterfactual_options) if counterfactual else None
