@@ -2,8 +2,9 @@
 step on tensors already on the device.
 
 A phantom set is written as JPEG files with ``xmed-data phantom`` into a scratch folder. The
-*train* loader of a ``FundusDataModule`` on it (decode, field-of-view crop, resize, augment; one
-worker process per available CPU core) feeds a resnet18 training step (the precision
+*train* loader of a ``FundusDataModule`` on it (decode, at a reduced scale where the crop allows
+as the data configs' ``decode_reduced`` does; field-of-view crop, resize, augment; one worker
+process per available CPU core) feeds a resnet18 training step (the precision
 :mod:`xmed.runtime` chooses, channels_last); the baseline is the same step on one batch kept on the
 device. Epochs of the two alternate, after one untimed epoch each. The loader alone (no model) is
 timed too, to say whether it is the bottleneck; where it is, the levers xmed exposes are tried as
@@ -42,7 +43,7 @@ def run(part: Part, ctx: Context) -> None:
     def loader_of(photo_side: int, **options):
         dm = FundusDataModule(dataset="phantom", root=str(folders[photo_side]), image_size=size, batch_size=batch,
                               num_workers=cores, seed=ctx.seed, preprocess={"crop_fov": True},
-                              dataset_options={"load_masks": False}, **options)
+                              dataset_options={"load_masks": False}, decode_reduced=True, **options)
         return dm.train_dataloader()
 
     def train_epoch(loader) -> int:

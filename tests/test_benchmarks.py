@@ -67,6 +67,9 @@ def test_the_quick_cpu_suite_writes_every_figure_with_its_baseline(tmp_path):
                                              "xmed-explain, trainer=ddp_cpu (2 processes)"]
     checks = [c["name"] for p in results["parts"] if p["name"] == "scale_out" for c in p["checks"]]
     assert len(checks) == 2 and all("the same" in c for c in checks)
+    assert figures(results, "loader_decode") == [
+        "256 px JPEG -> 64 px input: decode_reduced=true (1/1 decode)",
+        "512 px JPEG -> 64 px input: decode_reduced=true (1/2 decode)"]
 
 
 @pytest.mark.timeout(600)

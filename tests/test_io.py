@@ -15,8 +15,8 @@ from pydicom import dcmread, uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 
-from xmed.data.io import DEFAULT_DICOM_SALT, read_dicom, read_image, read_mask
-from xmed.errors import ImageReadError
+from xmed.data.io import DEFAULT_DICOM_SALT, read_dicom, read_image, read_image_reduced, read_mask
+from xmed.errors import ImageReadError, InputError
 
 H, W = 24, 32
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
@@ -149,6 +149,72 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     Image.fromarray(rgb).save(tmp_path / "o.png", exif=exif)
     np.testing.assert_array_equal(read_image(tmp_path / "o.png"), np.rot90(rgb, k=-1))
+
+
+# ---------------------------------------------------------------------- read_image_reduced
+def smooth_photo(height: int, width: int) -> np.ndarray:
+    """A bright disc with slow colour ramps on black, like a fundus photograph."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    ramps = np.stack([120 + 100 * x / width, 40 + 60 * y / height, 30 + 20 * (x + y) / (width + height)], -1)
+    inside = (x - width / 2) ** 2 + (y - height / 2) ** 2 <= (0.45 * min(height, width)) ** 2
+    return (ramps * inside[..., None]).round().astype(np.uint8)
+
+
+def block_means(image: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each ``factor``×``factor`` block (the last ones padded by repeating the edge)."""
+    h, w = -(-image.shape[0] // factor), -(-image.shape[1] // factor)
+    padded = np.pad(image.astype(np.float64), ((0, h * factor - image.shape[0]), (0, w * factor - image.shape[1]),
+                                               (0, 0)), mode="edge")
+    return padded.reshape(h, factor, w, factor, 3).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize(("height", "width"), [(96, 128), (101, 130)])
+def test_a_reduced_jpeg_decode_is_the_photograph_at_a_fraction_of_its_size(tmp_path, height, width):
+    """Decoded at 1/2, 1/4, 1/8: sides rounded up, each pixel within 2 grey levels on average of
+    the mean of the block of the whole decode it stands for; the factor is chosen from the stored
+    size."""
+    path = tmp_path / "eye.jpg"
+    Image.fromarray(smooth_photo(height, width)).save(path, quality=95)
+    whole = read_image(path)
+    asked = []
+    for factor in (1, 2, 4, 8):
+        image, applied = read_image_reduced(path, lambda w, h, factor=factor: asked.append((w, h)) or factor)
+        assert applied == factor and image.dtype == np.uint8
+        assert image.shape == (-(-height // factor), -(-width // factor), 3)
+        assert np.abs(image - block_means(whole, factor)).mean() < 2, factor
+    assert asked == [(width, height)] * 4
+
+
+def test_a_reduced_decode_keeps_the_exif_orientation_and_reads_other_formats_whole(tmp_path):
+    photo = smooth_photo(64, 96)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(photo).save(tmp_path / "o.jpg", quality=95, exif=exif)
+    image, factor = read_image_reduced(tmp_path / "o.jpg", lambda w, h: 2)
+    assert factor == 2 and image.shape == (48, 32, 3)   # the stored 96x64, halved, then turned
+    turned_whole = read_image(tmp_path / "o.jpg")
+    assert turned_whole.shape == (96, 64, 3)
+    assert np.abs(image - block_means(turned_whole, 2)).mean() < 2
+    Image.fromarray(photo).save(tmp_path / "eye.png")
+    image, factor = read_image_reduced(tmp_path / "eye.png", lambda w, h: 4)
+    assert factor == 1
+    np.testing.assert_array_equal(image, photo)
+
+
+def test_a_reduced_decode_keeps_the_checks_and_refuses_other_factors(tmp_path):
+    def halved(path, **kwargs):
+        return read_image_reduced(path, lambda w, h: 2, **kwargs)
+
+    path = tmp_path / "eye.jpg"
+    Image.fromarray(smooth_photo(H, W)).save(path)
+    expect_error(halved, path, f"{W}x{H}", "max_pixels=100", max_pixels=100)
+    buffer = io.BytesIO()
+    Image.fromarray(random_rgb(1, (64, 64, 3))).save(buffer, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    expect_error(halved, tmp_path / "cut.jpg", "truncated")
+    expect_error(halved, tmp_path / "nope.jpg", "does not exist")
+    with pytest.raises(InputError, match="reduction: returned 3 for .*eye.jpg; must be one of"):
+        read_image_reduced(path, lambda w, h: 3)
 
 
 # ------------------------------------------------------------------------------- read_mask

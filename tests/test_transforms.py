@@ -208,3 +208,67 @@ def test_to_tensor_sample_round_trip():
     assert out["masks"]["disc"].shape == (48, 48) and out["masks"]["disc"].dtype == torch.bool
     assert out["findings"].shape == (len(FINDINGS),)
     assert out["image"].min() < 0  # normalised, not rescaled a second time
+
+
+# ------------------------------------------------------------------------------- masks and decoding
+def test_empty_masks_skip_the_pipeline_and_come_out_empty_at_the_output_size():
+    """Masks known empty (the phantom's absent findings) come out all False at the input size, in
+    their order; the others move with the image as before (here: the same as without the empty ones)."""
+    sample = make_sample(80, 100)
+    with_empty = {**sample, "masks": {"ANRI": np.zeros((80, 100), bool), **sample["masks"]}}
+    geometry = {**GEOMETRY_OFF, "hflip": 1.0, "rotate": 15.0, "scale": 0.1}
+    out = build_transforms("train", 64, **geometry, seed=3)(with_empty)
+    plain = build_transforms("train", 64, **geometry, seed=3)(sample)
+    assert list(out["masks"]) == ["ANRI", "ANRS", "disc"]
+    assert out["masks"]["ANRI"].shape == (64, 64) and not out["masks"]["ANRI"].any()
+    for name in ("ANRS", "disc"):
+        assert out["masks"][name].any()
+        np.testing.assert_array_equal(out["masks"][name], plain["masks"][name])
+    np.testing.assert_array_equal(out["image"], plain["image"])
+
+
+def fundus(side: int, radius: float) -> dict:
+    """A sample whose photograph is a ``side`` px square with a bright field of view of ``radius``."""
+    yy, xx = np.mgrid[:side, :side]
+    image = np.zeros((side, side, 3), np.uint8)
+    image[(xx - side / 2) ** 2 + (yy - side / 2) ** 2 <= radius ** 2] = (180, 80, 40)
+    return {**make_sample(), "image": image, "masks": {}}
+
+
+def test_a_crop_short_of_pixels_after_a_reduced_decode_is_prepared_from_the_whole_photograph():
+    """The transform says what it needs; a sample decoded at 1/2 whose crop keeps the input's side is
+    prepared as it is, one whose field of view proved too small for it is prepared from
+    ``decode_whole()``."""
+    t = build_transforms("eval", 64, preprocess={"crop_fov": True})
+    assert (t.pixel_need.shorter, t.pixel_need.longer, t.pixel_need.crop) == (79, 256, 64)
+    whole_calls = []
+
+    def halved(sample: dict) -> dict:
+        return {**sample, "image": sample["image"][::2, ::2], "meta": {**sample["meta"], "decode_reduction": 2}}
+
+    big_enough = fundus(512, 200)
+    out = t.prepare(halved(big_enough), decode_whole=lambda: whole_calls.append(1) or big_enough)
+    assert out["image"].shape == (64, 64, 3) and whole_calls == []   # a crop 102 px across
+    short = fundus(512, 60)
+    out = t.prepare(halved(short), decode_whole=lambda: whole_calls.append(1) or short)
+    assert whole_calls == [1]                                      # a crop 31 px across: decoded again
+    np.testing.assert_array_equal(out["image"], t.prepare(short)["image"])
+    small = fundus(256, 30)                          # decoded whole already (a 61 px crop): nothing more to get
+    assert t.prepare(small, decode_whole=lambda: whole_calls.append(1) or small)["image"].shape == (64, 64, 3)
+    assert whole_calls == [1]
+    assert build_transforms("eval", 64).pixel_need.longer == 64  # no preprocessing: the longer side only
+
+
+def test_the_input_fit_is_albumentations_longest_max_size_and_pad():
+    """Fitting into the input square (area resize through float32) gives what A.LongestMaxSize and
+    A.PadIfNeeded give, bit for bit, for shrinking by a non-whole factor, a whole one and enlarging."""
+    import albumentations as A
+    import cv2
+
+    reference = A.Compose([A.LongestMaxSize(max_size=64, interpolation=cv2.INTER_AREA),
+                           A.PadIfNeeded(64, 64, position="center", border_mode=cv2.BORDER_CONSTANT, fill=0)])
+    fit = build_transforms("eval", 64).fit
+    rng = np.random.default_rng(0)
+    for h, w in ((121, 157), (128, 96), (50, 40)):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(fit(image=image)["image"], reference(image=image)["image"])

@@ -15,6 +15,7 @@ from typing import Any
 # public name -> module that defines it; imported on first use so `import xmed` stays light
 _EXPORTS = {
     "read_image": "xmed.data.io",
+    "read_image_reduced": "xmed.data.io",
     "read_dicom": "xmed.data.io",
     "read_mask": "xmed.data.io",
     "render_phantom": "xmed.data.phantom",

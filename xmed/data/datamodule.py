@@ -103,6 +103,10 @@ class SplitView(Dataset):
     (each loader worker holds its own), so later epochs only augment. Eyes beyond the budget are
     prepared afresh each time; skipped files are never cached.
 
+    ``decode_reduced`` decodes a JPEG photograph at 1/2, 1/4 or 1/8 of its size where the
+    transform's :attr:`~xmed.data.transforms.FundusTransform.pixel_need` allows it (the crop
+    still at least the input's side): DCT scaling, far cheaper than decoding whole and resizing.
+
     Example:
         >>> from xmed.data.datasets import get_dataset
         >>> from xmed.data.transforms import build_transforms
@@ -112,9 +116,12 @@ class SplitView(Dataset):
         ((3, 32, 32), 1)
     """
 
-    def __init__(self, base: FundusDataset, indices: Sequence[int], transform, cache_mb: float = 0):
+    def __init__(self, base: FundusDataset, indices: Sequence[int], transform, cache_mb: float = 0,
+                 decode_reduced: bool = False):
         self.base, self.indices, self.transform = base, list(indices), transform
-        self.cache_bytes = cache_bytes(cache_mb) if hasattr(transform, "prepare") else 0
+        preparing = hasattr(transform, "prepare")
+        self.cache_bytes = cache_bytes(cache_mb) if preparing else 0
+        self.pixel_need = getattr(transform, "pixel_need", None) if decode_reduced and preparing else None
         self._prepared: dict[int, dict] = {}
         self._cached_bytes = 0
 
@@ -132,20 +139,27 @@ class SplitView(Dataset):
                 self.transform.set_random_seed(i.seed)
             i = i.index
         index = self.indices[i]
-        if self.cache_bytes:
-            sample = self._prepared.get(index) or self._prepare(index)
-            if not isinstance(sample, SkippedSample):
-                sample = to_tensor_sample(self.transform.augment(sample))
-        else:
-            sample = self.base.get(index, self.transform)
+        if not hasattr(self.transform, "prepare"):  # a plain sample -> sample function
+            return self.base.get(index, self.transform)
+        sample = self.prepared(i)
+        if not isinstance(sample, SkippedSample):
+            sample = to_tensor_sample(self.transform.augment(sample))
         return sample  # a SkippedSample is reported by the batch (and logged by the data module)
 
+    def prepared(self, i: int) -> dict | SkippedSample:
+        """Eye ``i`` of this split decoded and prepared (:meth:`FundusTransform.prepare`: not
+        augmented, a numpy sample), from the cache when it holds it."""
+        index = self.indices[i]
+        return self._prepared.get(index) or self._prepare(index)
+
     def _prepare(self, index: int) -> dict | SkippedSample:
-        """Eye ``index`` decoded and prepared, kept while the budget allows."""
-        sample = self.base.load(index)
+        """Eye ``index`` of the data set decoded and prepared, kept while the cache's budget allows."""
+        sample = self.base.load(index, self.pixel_need)
         if isinstance(sample, SkippedSample):
             return sample
-        sample = self.transform.prepare(sample)
+        sample = self.transform.prepare(sample, decode_whole=lambda: self.base.load(index))
+        if isinstance(sample, SkippedSample) or not self.cache_bytes:
+            return sample
         size = sample["image"].nbytes + sum(m.nbytes for m in sample["masks"].values())
         if self._cached_bytes + size <= self.cache_bytes:
             self._prepared[index] = sample
@@ -243,6 +257,9 @@ class FundusDataModule(L.LightningDataModule):
             :attr:`skipped`; skipped samples arrive in each batch's ``"skipped"`` list).
         cache_mb: memory per process (each loader worker has its own) for keeping the train and
             val eyes prepared between epochs (see :class:`SplitView`); 0 turns the cache off.
+        decode_reduced: decode JPEG photographs at 1/2, 1/4 or 1/8 of their size where the
+            preprocessing and ``image_size`` still get the pixels they need (see :class:`SplitView`;
+            the data configs turn it on).
     """
 
     def __init__(
@@ -264,6 +281,7 @@ class FundusDataModule(L.LightningDataModule):
         on_error: Literal["raise", "skip"] = "raise",
         balanced_sampling: bool = False,
         cache_mb: float = 0,
+        decode_reduced: bool = False,
     ):
         super().__init__()
         if image_size < 16:
@@ -284,6 +302,7 @@ class FundusDataModule(L.LightningDataModule):
         self.balanced_sampling = balanced_sampling
         cache_bytes(cache_mb)  # checked now, not at setup
         self.cache_mb = cache_mb
+        self.decode_reduced = decode_reduced
         self.used_published_splits = False
         self.base: FundusDataset | None = None
         self.splits: dict[str, SplitView] = {}
@@ -320,7 +339,8 @@ class FundusDataModule(L.LightningDataModule):
         }
         # train and val are read every epoch: worth keeping prepared; test is read once
         self.splits = {s: SplitView(self.base, indices[s], transforms["train" if s == "train" else "eval"],
-                                    cache_mb=self.cache_mb if s in ("train", "val") else 0)
+                                    cache_mb=self.cache_mb if s in ("train", "val") else 0,
+                                    decode_reduced=self.decode_reduced)
                        for s in SPLITS}
         counts = {s: len(v) for s, v in self.splits.items()}
         log.info("data set %s: %d images, splits %s, %d skipped", self.dataset_name, len(self.base),

@@ -4,6 +4,7 @@
 (JPEG, PNG, BMP, TIFF, DICOM; grayscale, alpha, 16-bit, palette, CMYK). :func:`read_mask` returns
 the raw levels of a mask file. :func:`read_dicom` also returns de-identified metadata: a salted
 pseudonym of the instance, the eye and a few technical attributes, never a patient identifier.
+:func:`read_image_reduced` decodes a JPEG at 1/2, 1/4 or 1/8 of its size where fewer pixels do.
 
 Every failure raises :class:`xmed.errors.ImageReadError` (a ``ValueError``) naming the file and
 the reason; no Pillow or pydicom exception escapes without the path.
@@ -28,20 +29,22 @@ import os
 import reprlib
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from xmed.errors import ImageReadError, SecurityWarning
+from xmed.errors import ImageReadError, InputError, SecurityWarning
 
 __all__ = [
     "DEFAULT_DICOM_SALT",
     "DEFAULT_MAX_PIXELS",
     "DICOM_SALT_ENV",
+    "JPEG_REDUCTIONS",
     "SOP_CLASSES",
     "read_dicom",
     "read_image",
+    "read_image_reduced",
     "read_mask",
 ]
 
@@ -49,6 +52,9 @@ PathLike = str | os.PathLike
 
 #: Largest ``width * height`` accepted before decoding (a 100-megapixel photograph).
 DEFAULT_MAX_PIXELS = 100_000_000
+
+#: The factors by which libjpeg can shrink each side of a JPEG while decoding it (DCT scaling).
+JPEG_REDUCTIONS = (1, 2, 4, 8)
 
 #: Environment variable holding the salt of DICOM pseudonyms.
 DICOM_SALT_ENV = "XMED_DICOM_SALT"
@@ -100,10 +106,39 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
         >>> image.shape, image.dtype                               # doctest: +SKIP
         ((512, 512, 3), dtype('uint8'))
     """
+    return _read(path, max_pixels)[0]
+
+
+def read_image_reduced(
+    path: PathLike, reduction: Callable[[int, int], int] | None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, int]:
+    """Read a photograph as :func:`read_image` does, a JPEG decoded smaller: ``(image, factor)``.
+
+    ``reduction(width, height)`` is given the stored size (from the header, before any decoding)
+    and returns one of :data:`JPEG_REDUCTIONS`; a JPEG is then decoded at ``1/factor`` of each
+    side by libjpeg's DCT scaling (Pillow's ``Image.draft``), several times cheaper than a whole
+    decode followed by a resize. Its sides are ``ceil(side / factor)`` (before the EXIF
+    orientation turns it). ``factor`` is the one applied: 1 for other formats, which are decoded
+    whole, and for ``reduction=None``; less than asked for a JPEG too small to be shrunk that
+    much. Checks and errors are those of :func:`read_image` (the size limit applies to the
+    stored size).
+
+    Example, on a 2048×1536 JPEG:
+        >>> image, factor = read_image_reduced("eye.jpg", lambda w, h: 4)   # doctest: +SKIP
+        >>> image.shape, factor                                             # doctest: +SKIP
+        ((384, 512, 3), 4)
+    """
+    return _read(path, max_pixels, reduction)
+
+
+def _read(path: PathLike, max_pixels: int,
+          reduction: Callable[[int, int], int] | None = None) -> tuple[np.ndarray, int]:
+    """:func:`read_image_reduced`; whole when ``reduction`` is None."""
     path = _check_file(path)
     if _is_dicom(path):
-        return read_dicom(path, max_pixels=max_pixels)[0]
-    return _pil_to_rgb(path, _load_pil(path, max_pixels))
+        return read_dicom(path, max_pixels=max_pixels)[0], 1
+    image, factor = _load_pil(path, max_pixels, reduction)
+    return _pil_to_rgb(path, image), factor
 
 
 def read_mask(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -131,7 +166,7 @@ def read_mask(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     path = _check_file(path)
     if _is_dicom(path):
         return _rgb_to_levels(read_dicom(path, max_pixels=max_pixels)[0])
-    image = _load_pil(path, max_pixels)
+    image, _ = _load_pil(path, max_pixels)
     if image.mode in ("P", "L"):
         return np.array(image)
     if image.mode == "1":
@@ -246,8 +281,10 @@ def _is_dicom(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------- Pillow
-def _load_pil(path: Path, max_pixels: int) -> Image.Image:
-    """Open, size-check, fully decode and EXIF-orient an image; every failure names ``path``."""
+def _load_pil(path: Path, max_pixels: int,
+              reduction: Callable[[int, int], int] | None = None) -> tuple[Image.Image, int]:
+    """Open, size-check, decode (a JPEG at ``1/reduction(width, height)`` of its size) and
+    EXIF-orient an image: ``(image, the factor applied)``; every failure names ``path``."""
     try:
         # Pillow warns (and errors at 2x) above Image.MAX_IMAGE_PIXELS; make the warning an error
         # here only, without touching the global limit.
@@ -257,9 +294,10 @@ def _load_pil(path: Path, max_pixels: int) -> Image.Image:
             # leave no file descriptor of ours open
             with Image.open(io.BytesIO(path.read_bytes())) as image:
                 _check_pixel_count(path, *image.size, max_pixels)
+                factor = _draft(path, image, reduction(*image.size)) if reduction else 1
                 image.load()  # decode now, so that truncation fails here and not later
-                return ImageOps.exif_transpose(image)
-    except ImageReadError:
+                return ImageOps.exif_transpose(image), factor
+    except (ImageReadError, InputError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageReadError(path, f"decompression bomb: {err}") from None
@@ -270,6 +308,23 @@ def _load_pil(path: Path, max_pixels: int) -> Image.Image:
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
         kind = "truncated file" if "truncated" in str(err).lower() else "corrupt image data"
         raise ImageReadError(path, f"{kind} ({type(err).__name__}: {err})") from err
+
+
+def _draft(path: Path, image: Image.Image, factor: int) -> int:
+    """Have a JPEG decoded at ``1/factor`` of each side (the mode unchanged); the factor applied
+    (1 for other formats)."""
+    if factor not in JPEG_REDUCTIONS:
+        raise InputError("reduction", f"returned {factor!r} for {path}; must be one of {JPEG_REDUCTIONS}")
+    width, height = image.size
+    if factor == 1 or image.format not in ("JPEG", "MPO"):
+        return 1
+    # Pillow takes the largest factor that keeps the size asked for: ask for width // factor
+    # (not its ceiling) so that exactly `factor` is taken
+    drafted = image.draft(None, (max(1, width // factor), max(1, height // factor)))
+    if not drafted:  # a JPEG Pillow cannot scale (several tiles)
+        return 1
+    _, (_, _, scaled_width, _) = drafted  # (mode, box): the box is (0, 0, width / scale, height / scale)
+    return round(width / scaled_width)
 
 
 def _pil_to_rgb(path: Path, image: Image.Image) -> np.ndarray:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -41,6 +41,11 @@ CONTRAST_METHODS: tuple[str, ...] = ("clahe", "graham")
 _WORK_SIZE = 256
 # The disc is searched at this FOV diameter: a disc is then ~10 px across, plenty to find its centre.
 _DISC_WORK_DIAMETER = 128
+# A reduced decode is chosen before the field of view is found, on the assumption that it spans at
+# least this share of the photograph's shorter side (0.88-0.96 on phantom eyes; a circle cut off at
+# the top and bottom spans more). A smaller one leaves the crop short of pixels, which preparing
+# notices: the photograph is then decoded whole (PixelNeed.crop).
+_FOV_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,43 @@ class FieldOfView:
                            self.radius * factor)
 
 
+@dataclass(frozen=True)
+class PixelNeed:
+    """How many pixels preparing a photograph needs: a photograph stored larger may be decoded
+    smaller (:func:`xmed.data.io.read_image_reduced`), by what :meth:`reduction` allows.
+
+    ``shorter`` and ``longer`` are the least its shorter and longer side may keep, judged from
+    the stored size before decoding; ``crop`` is the least side the preprocessed image (the crop,
+    before it is fitted into the input square) may keep, which depends on the field of view
+    found and so is checked after preprocessing. Built by :meth:`FundusPreprocess.pixel_need`.
+
+    Example:
+        >>> PixelNeed(shorter=314, longer=256, crop=256).reduction(2048, 1536)
+        4
+    """
+
+    shorter: int = 1
+    longer: int = 1
+    crop: int = 1
+
+    def reduction(self, width: int, height: int) -> int:
+        """The largest of 1, 2, 4 and 8 by which a ``width×height`` photograph can be decoded
+        smaller (each side divided, rounded up) keeping both sides this need asks for."""
+        short, long = sorted((width, height))
+        for factor in (8, 4, 2):
+            if -(-short // factor) >= self.shorter and -(-long // factor) >= self.longer:
+                return factor
+        return 1
+
+
 def _brightness(image: np.ndarray) -> np.ndarray:
-    """Per-pixel brightness in 0–255: the max over channels (≈ the red channel of a fundus).
+    """Per-pixel brightness in whole levels 0–255 (uint8): the max over channels (≈ the red
+    channel of a fundus).
 
     The max rather than the luminance, because a fundus periphery is red with almost no green
     or blue: its luminance can fall to the level of the black border while its red stays well
-    above it. Float images in [0, 1] are scaled to 0–255.
+    above it. Float images in [0, 1] are scaled to 0–255, images with levels above 255 (16-bit)
+    to a maximum of 255, and both rounded: the search is relative to the image's own levels.
     """
     image = np.asarray(image)
     if image.ndim == 3:  # channel by channel: numpy's max over a last axis of 3 is ~30x slower
@@ -81,10 +117,53 @@ def _brightness(image: np.ndarray) -> np.ndarray:
             v = np.maximum(v, image[..., c])
     else:
         v = image
+    if v.dtype == np.uint8:
+        return v
     v = v.astype(np.float32)
-    if image.dtype != np.uint8 and v.size and float(v.max()) <= 1.0:
-        v *= 255.0
-    return v
+    top = float(v.max()) if v.size else 0.0
+    if top <= 1.0 or top > 255.0:
+        v *= 255.0 / max(top, 1.0)
+    return np.rint(np.clip(v, 0, 255)).astype(np.uint8)
+
+
+def _level_percentiles(counts: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """``np.percentile(values, q)`` (linear interpolation) of whole levels given as their counts
+    (``counts[k]`` values at level ``k``), computed as numpy does: a histogram of 256 levels is
+    read instead of the pixels being sorted.
+
+    Example:
+        >>> values = np.array([0, 3, 3, 7, 200])
+        >>> _level_percentiles(np.bincount(values), [1, 50]).tolist(), np.percentile(values, [1, 50]).tolist()
+        ([0.12, 3.0], [0.12, 3.0])
+    """
+    cumulative = np.cumsum(counts)
+    n = int(cumulative[-1])
+    position = (n - 1) * (np.asarray(q, np.float64) / 100)
+    below = np.floor(position)
+    a = np.searchsorted(cumulative, below, side="right").astype(np.float64)   # the order statistic #below
+    b = np.searchsorted(cumulative, np.minimum(below + 1, n - 1), side="right").astype(np.float64)
+    t = position - below
+    return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)  # numpy's _lerp
+
+
+def area_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(image, size, interpolation=cv2.INTER_AREA)`` (``size`` is width, height), the
+    same levels sooner: a uint8 image shrunk by a factor that is not a whole number is averaged in
+    float32 by OpenCV either way, and its float32 path is ~30 % faster; the result is rounded as
+    its uint8 path rounds. Whole factors (OpenCV's fast path, which rounds halves up) and
+    enlargements go to OpenCV as they are.
+
+    Example:
+        >>> image = np.random.default_rng(0).integers(0, 256, (484, 484, 3), dtype=np.uint8)
+        >>> bool((area_resize(image, (256, 256)) == cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA)).all())
+        True
+    """
+    width, height = size
+    h, w = image.shape[:2]
+    if image.dtype != np.uint8 or width > w or height > h or (w % width == 0 and h % height == 0):
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    shrunk = cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return np.rint(shrunk, out=shrunk).astype(np.uint8)
 
 
 def _inscribed(h: int, w: int) -> FieldOfView:
@@ -164,16 +243,16 @@ def find_fov(image: np.ndarray, threshold: float | None = None) -> FieldOfView:
     h, w = v.shape
     scale = min(1.0, _WORK_SIZE / max(h, w))
     if scale < 1.0:
-        v = cv2.resize(v, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA)
+        v = area_resize(v, (max(1, round(w * scale)), max(1, round(h * scale))))
     # A median filter removes noise and JPEG specks but, unlike a Gaussian blur, does not move
     # a low threshold's crossing outwards on a blurred edge (that would bias the radius up).
     v = cv2.medianBlur(v, 5)
+    levels = np.bincount(v.ravel(), minlength=256)  # percentiles and medians are read from it
     if threshold is None:
         # Relative to the darkest level (the border, when there is one) and a high percentile,
         # not an absolute value: a dark fundus may peak at 60 where a bright one peaks at 250, and
         # a noisy border sits above 0. 15% of the way up still lies below a vignetted periphery.
-        low, high = np.percentile(v, [1, 99.5])
+        low, high = _level_percentiles(levels, [1, 99.5])
         threshold = low + 0.15 * (high - low)
     else:
         threshold = float(threshold)
@@ -186,8 +265,10 @@ def find_fov(image: np.ndarray, threshold: float | None = None) -> FieldOfView:
     component = labels == largest
     # A FOV needs a border that is dark next to it; otherwise (no border, or a bright image
     # split by the threshold) this is not a fundus FOV.
-    outside = v[~component]
-    if outside.size < 0.01 * v.size or np.median(outside) > 0.3 * np.median(v[component]):
+    inside = np.bincount(v[component], minlength=256)
+    outside = levels - inside
+    if (outside.sum() < 0.01 * v.size
+            or _level_percentiles(outside, [50])[0] > 0.3 * _level_percentiles(inside, [50])[0]):
         return _inscribed(h, w)
     x, y = _boundary_points(component)
     if x.size < 20:
@@ -277,8 +358,7 @@ def find_disc(image: np.ndarray, fov: FieldOfView | None = None) -> tuple[float,
         True
     """
     fov = find_fov(image) if fov is None else fov
-    v = np.asarray(image, np.float32)
-    v = v.mean(axis=2) if v.ndim == 3 else v
+    v = _channel_mean(image)
     scale = _DISC_WORK_DIAMETER / max(2 * fov.radius, 1.0)
     small = cv2.resize(v, (max(1, round(v.shape[1] * scale)), max(1, round(v.shape[0] * scale))),
                        interpolation=cv2.INTER_AREA)
@@ -293,6 +373,19 @@ def find_disc(image: np.ndarray, fov: FieldOfView | None = None) -> tuple[float,
     response[~inside] = -np.inf
     y, x = np.unravel_index(int(np.argmax(response)), response.shape)
     return float((x + 0.5) / scale - 0.5), float((y + 0.5) / scale - 0.5)
+
+
+def _channel_mean(image: np.ndarray) -> np.ndarray:
+    """The mean over channels in float32, as ``image.astype(np.float32).mean(axis=2)`` gives it
+    (the same sums in the same order), channel by channel: ~4x faster (see :func:`_brightness`)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image.astype(np.float32)
+    total = image[..., 0].astype(np.float32)
+    for c in range(1, image.shape[2]):
+        np.add(total, image[..., c], out=total, dtype=np.float32)
+    total /= np.float32(image.shape[2])
+    return total
 
 
 def window_origin(cx: float, cy: float, side: int) -> tuple[int, int]:
@@ -425,6 +518,33 @@ class FundusPreprocess:
             raise ConfigError("contrast", f"must be null or one of {CONTRAST_METHODS}, "
                                           f"got {self.contrast!r}")
 
+    def pixel_need(self, input_size: int) -> PixelNeed:
+        """What a photograph must keep, decoded smaller than stored, for this preprocessing to
+        give an ``input_size`` square as from the whole photograph, to within resampling.
+
+        The crop keeps at least the input's side (and ``size``'s), so it is never enlarged
+        where the whole photograph would not be; the field-of-view search keeps its 256 px
+        working copy and the disc search a field of view 128 px across. The crop's side is
+        ``2·radius·(1 + margin)``, or ``2·radius·crop_disc``: the reduction is chosen assuming
+        the field of view spans 80 % of the shorter side, and :attr:`PixelNeed.crop` checked once
+        it is found. Without a crop, the longer side must keep the input's side.
+
+        Example:
+            >>> FundusPreprocess(crop_fov=True).pixel_need(256)
+            PixelNeed(shorter=314, longer=256, crop=256)
+            >>> FundusPreprocess(crop_fov=False, crop_disc=0.5).pixel_need(128)
+            PixelNeed(shorter=320, longer=256, crop=128)
+        """
+        side = max(input_size, self.size or 0)
+        searched = self.crop_fov or self.crop_disc or self.contrast is not None
+        longer = max(side, _WORK_SIZE) if searched else side
+        if self.crop_disc:
+            crop = max(side, math.ceil(_DISC_WORK_DIAMETER * self.crop_disc))
+            return PixelNeed(math.ceil(crop / (self.crop_disc * _FOV_SHARE)), longer, crop)
+        if self.crop_fov:
+            return PixelNeed(math.ceil(side / ((1 + self.margin) * _FOV_SHARE)), longer, side)
+        return PixelNeed(1, longer, side)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able config; :meth:`from_dict` reads it back."""
         return asdict(self)
@@ -457,7 +577,7 @@ class FundusPreprocess:
             factor = self.size / max(h, w)
             new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
             if (new_h, new_w) != (h, w):
-                image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+                image = area_resize(image, (new_w, new_h))
                 masks = {k: cv2.resize(np.asarray(m, np.uint8), (new_w, new_h),
                                        interpolation=cv2.INTER_NEAREST) > 0 for k, m in masks.items()}
                 fov = fov.scaled(factor) if fov is not None else None

@@ -34,7 +34,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from xmed.data.preprocess import FundusPreprocess
+from xmed.data.preprocess import FundusPreprocess, area_resize
 from xmed.findings import vertical_flip_partner, vertical_flip_permutation
 
 Stage = Literal["train", "eval"]
@@ -42,6 +42,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _EYE_MIRROR = {"OD": "OS", "OS": "OD"}
+_NO_PREPROCESS = FundusPreprocess(crop_fov=False)
 
 
 def mirror_eye(eye: str) -> str:
@@ -77,14 +78,16 @@ class FundusTransform:
     output and only ``augment`` again (see :class:`~xmed.data.datamodule.SplitView`'s cache).
     ``fit`` and ``compose`` are the two albumentations pipelines (for inspection or ``A.save``).
     Calling it returns a new sample dict: ``image`` float32 ``size×size×3`` normalised, ``masks``
-    bool ``size×size`` under the same names (renamed by vertical flips).
+    bool ``size×size`` under the same names (renamed by vertical flips). ``pixel_need`` says how
+    small a photograph may be decoded for this transform (:meth:`FundusPreprocess.pixel_need`).
     """
 
     def __init__(self, fit: A.Compose, compose: A.Compose, preprocess: FundusPreprocess | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, size: int | None = None):
         self.fit = fit
         self.compose = compose
         self.preprocess = preprocess
+        self.pixel_need = None if size is None else (preprocess or _NO_PREPROCESS).pixel_need(size)
         self.set_random_seed(seed)
 
     def set_random_seed(self, seed: int | None) -> None:
@@ -102,12 +105,23 @@ class FundusTransform:
     def __call__(self, sample: dict) -> dict:
         return self.augment(self.prepare(sample))
 
-    def prepare(self, sample: dict) -> dict:
+    def prepare(self, sample: dict, decode_whole: Callable[[], dict] | None = None) -> dict:
         """The deterministic part: preprocessing, then the image fitted into the input square
-        (``uint8`` image, bool masks)."""
-        if self.preprocess is not None:
-            sample = self.preprocess(sample)
-        return self._apply(self.fit, sample)[0]
+        (``uint8`` image, bool masks).
+
+        A sample decoded smaller than stored (``meta["decode_reduction"]`` > 1) whose crop comes
+        out smaller than :attr:`pixel_need` asks (its field of view spans less of the photograph
+        than the reduction assumed) is prepared again from ``decode_whole()``, the photograph
+        decoded whole (anything but a sample dict it returns, such as a skipped sample, is
+        returned as it is).
+        """
+        cropped = self.preprocess(sample) if self.preprocess is not None else sample
+        if (decode_whole is not None and self.pixel_need is not None
+                and sample["meta"].get("decode_reduction", 1) > 1
+                and max(cropped["image"].shape[:2]) < self.pixel_need.crop):
+            whole = decode_whole()
+            return self.prepare(whole) if isinstance(whole, dict) else whole
+        return self._apply(self.fit, cropped)[0]
 
     def augment(self, sample: dict) -> dict:
         """The random part (train: flips, affine, colour) and normalisation; flips fix the labels."""
@@ -117,20 +131,36 @@ class FundusTransform:
     @staticmethod
     def _apply(compose: A.Compose, sample: dict) -> tuple[dict, set[str]]:
         """A new sample with ``compose`` applied to its image and masks, and the names of the
-        top-level transforms that fired (``Compose(save_applied_params=True)`` lists them)."""
+        top-level transforms that fired (``Compose(save_applied_params=True)`` lists them).
+
+        Empty masks (the phantom's findings known absent) skip the pipeline: every geometric
+        step fills with False, so they stay empty at the output's size."""
         masks = sample.get("masks") or {}
-        names = list(masks)
+        names = [n for n in masks if np.any(masks[n])]
         data: dict[str, Any] = {"image": np.asarray(sample["image"])}
         if names:
             data["masks"] = [np.asarray(masks[n], dtype=np.uint8) for n in names]
         result = compose(**data)
         fired = {name for name, _ in result.get("applied_transforms", [])}
+        moved = {n: np.asarray(m) > 0 for n, m in zip(names, result.get("masks", []))}
+        shape = result["image"].shape[:2]
         out = {**sample, "image": result["image"],
-               "masks": {n: np.asarray(m) > 0 for n, m in zip(names, result.get("masks", []))}}
+               "masks": {n: moved[n] if n in moved else np.zeros(shape, bool) for n in masks}}
         return out, fired
 
     def __repr__(self) -> str:
         return f"FundusTransform(preprocess={self.preprocess!r}, fit={self.fit!r}, compose={self.compose!r})"
+
+
+class _LongestMaxSize(A.LongestMaxSize):
+    """``A.LongestMaxSize`` whose area-averaged shrinking is :func:`~xmed.data.preprocess.area_resize`:
+    the same levels, sooner."""
+
+    def apply(self, img: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        if scale >= 1.0 or self.interpolation != cv2.INTER_AREA:
+            return super().apply(img, scale, **params)
+        height, width = img.shape[:2]  # the output size as albumentations computes it
+        return area_resize(img, (max(1, round(width * scale)), max(1, round(height * scale))))
 
 
 def _photometric() -> list[A.BasicTransform]:
@@ -195,8 +225,7 @@ def build_transforms(
     if isinstance(preprocess, dict):
         preprocess = FundusPreprocess.from_dict(preprocess)
     fit = A.Compose([
-        A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA,
-                         mask_interpolation=cv2.INTER_NEAREST),
+        _LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST),
         A.PadIfNeeded(min_height=size, min_width=size, position="center",
                       border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
     ])
@@ -215,4 +244,4 @@ def build_transforms(
             steps.extend(_photometric())
     steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     compose = A.Compose(steps, save_applied_params=True)
-    return FundusTransform(fit, compose, preprocess, seed=seed)
+    return FundusTransform(fit, compose, preprocess, seed=seed, size=size)

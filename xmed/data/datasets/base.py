@@ -23,14 +23,17 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from xmed.errors import DatasetError, ImageReadError
 from xmed.findings import FINDINGS
+
+if TYPE_CHECKING:
+    from xmed.data.preprocess import PixelNeed
 
 OnError = Literal["raise", "skip"]
 NAN = float("nan")
@@ -581,25 +584,34 @@ class FundusDataset(Dataset):
             sample = transform(sample)
         return to_tensor_sample(sample)
 
-    def load(self, index: int) -> dict | SkippedSample:
-        """The decoded numpy sample ``index``, or a :class:`SkippedSample` when it cannot be read
-        and ``on_error="skip"``."""
+    def load(self, index: int, pixel_need: PixelNeed | None = None) -> dict | SkippedSample:
+        """The decoded numpy sample ``index`` (decoded smaller as ``pixel_need`` allows: see
+        :meth:`load_sample`), or a :class:`SkippedSample` when it cannot be read and
+        ``on_error="skip"``."""
+        record = self.records[index]
         try:
-            return self.load_sample(self.records[index])
+            # without a need, called as data sets that decode only whole photographs define it
+            return self.load_sample(record) if pixel_need is None else self.load_sample(record, pixel_need)
         except (ImageReadError, DatasetError) as err:
             if self.on_error == "skip":
                 return SkippedSample(err.path, err.reason)
             raise
 
-    def load_sample(self, record: Record) -> dict:
-        """Decode one record into a numpy sample (image H×W×3 uint8, masks H×W bool)."""
-        from xmed.data.io import read_image
+    def load_sample(self, record: Record, pixel_need: PixelNeed | None = None) -> dict:
+        """Decode one record into a numpy sample (image H×W×3 uint8, masks H×W bool).
 
-        image = read_image(record.image_path)
+        With ``pixel_need``, a JPEG photograph is decoded at 1/2, 1/4 or 1/8 of its size where
+        that keeps what the need asks (:meth:`PixelNeed.reduction`), and ``meta["decode_reduction"]``
+        says by what factor; not when masks are read, which must match the photograph pixel for
+        pixel."""
+        from xmed.data.io import read_image_reduced
+
+        masks_to_read = record.mask_paths if self.load_masks else {}
+        reduction = pixel_need.reduction if pixel_need is not None and not masks_to_read else None
+        image, factor = read_image_reduced(record.image_path, reduction)
         masks = {}
-        if self.load_masks:
-            for name, path in record.mask_paths.items():
-                masks.update(self.decode_mask(name, path, image.shape[:2]))
+        for name, path in masks_to_read.items():
+            masks.update(self.decode_mask(name, path, image.shape[:2]))
         vcdr = record.vcdr
         if math.isnan(vcdr) and "disc" in masks and "cup" in masks:
             vcdr = vcdr_from_masks(masks["disc"], masks["cup"])
@@ -609,7 +621,8 @@ class FundusDataset(Dataset):
             "findings": record.findings.copy(),
             "vcdr": vcdr,
             "masks": masks,
-            "meta": {"id": record.id, "eye": record.eye or "", "source": record.source or self.name},
+            "meta": {"id": record.id, "eye": record.eye or "", "source": record.source or self.name,
+                     **({"decode_reduction": factor} if factor > 1 else {})},
         }
 
     def decode_mask(self, name: str, path: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -694,13 +707,15 @@ def collate_samples(batch: Iterable[dict | SkippedSample]) -> dict:
     out: dict[str, Any] = {"skipped": skipped, "size": len(samples)}
     if not samples:
         return out
-    out["image"] = torch.stack([s["image"] for s in samples])
+    # default_collate stacks into shared memory inside a loader worker (plain torch.stack
+    # elsewhere): the batch then reaches the main process without being copied once more
+    out["image"] = default_collate([s["image"] for s in samples])
     for key in ("label", "findings", "vcdr"):
-        out[key] = torch.stack([s[key] for s in samples])
+        out[key] = default_collate([s[key] for s in samples])
     names = sorted({k for s in samples for k in s["masks"]})
     hw = out["image"].shape[-2:]
     out["masks"] = {
-        n: torch.stack([s["masks"].get(n, torch.zeros(hw, dtype=torch.bool)) for s in samples])
+        n: default_collate([s["masks"].get(n, torch.zeros(hw, dtype=torch.bool)) for s in samples])
         for n in names
     }
     out["mask_valid"] = {n: torch.tensor([n in s["masks"] for s in samples]) for n in names}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from xmed.data.phantom import draw_phantom_cause, render_phantom
 from xmed.data.phantom.writer import LABEL_COLUMNS, assign_splits, eye_seeds
 from xmed.errors import DatasetError
 from xmed.findings import FINDINGS
+
+if TYPE_CHECKING:
+    from xmed.data.preprocess import PixelNeed
 
 
 #: record field -> labels.csv column (every eye has a split)
@@ -83,8 +87,8 @@ class PhantomDataset(FundusDataset):
 
         return self.records_from_rows(rows, record)
 
-    def load_sample(self, record: Record) -> dict:
-        sample = super().load_sample(record)
+    def load_sample(self, record: Record, pixel_need: PixelNeed | None = None) -> dict:
+        sample = super().load_sample(record, pixel_need)
         return _with_known_absent_masks(sample) if self.load_masks else sample
 
 
@@ -126,7 +130,9 @@ class PhantomRenderDataset(FundusDataset):
         if split is not None:
             self.records = [r for r in self.records if r.split == split]
 
-    def load_sample(self, record: Record) -> dict:
+    def load_sample(self, record: Record, pixel_need: PixelNeed | None = None) -> dict:
+        """Render the eye (at ``size``: a rendered eye is never decoded, so ``pixel_need`` is
+        not used)."""
         options = dict(self.options)
         if options.get("shortcut") is not None and record.split != "train":
             options["shortcut"] = 0.0
