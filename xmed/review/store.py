@@ -231,14 +231,8 @@ class RatingStore:
                   for field, value in (("location", location), ("rationale", rationale)) if value is not _KEEP}
         if not scores:
             raise InputError("location", "give a location or a rationale score (or both)")
-        updates = ", ".join(f"{field} = excluded.{field}" for field in scores)
-        with self._transaction() as db:
-            self._check_reader(db, reader)
-            db.execute(f"INSERT INTO panel_ratings (reader, case_id, method, panel, mode, {', '.join(scores)}, updated) "
-                       f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(scores))}, ?) "
-                       f"ON CONFLICT (reader, case_id, method) DO UPDATE SET panel = excluded.panel, "
-                       f"mode = excluded.mode, {updates}, updated = excluded.updated",
-                       (reader, case, method, panel, mode, *scores.values(), _now()))
+        self._upsert("panel_ratings", {"reader": reader, "case_id": case, "method": method},
+                     {"panel": panel, "mode": mode, **scores})
 
     def save_case_rating(self, reader: str, case: str, *, agree: Any = _KEEP, note: Any = _KEEP) -> None:
         """Store whether ``reader`` agrees with the model's decision on ``case`` (1, 0 or None) and
@@ -252,13 +246,18 @@ class RatingStore:
             fields["note"] = _note(note)
         if not fields:
             raise InputError("agree", "give agree or a note (or both)")
-        updates = ", ".join(f"{field} = excluded.{field}" for field in fields)
+        self._upsert("case_ratings", {"reader": reader, "case_id": case}, fields)
+
+    def _upsert(self, table: str, key: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+        """Insert one row of ``table`` (``key`` columns, then ``values`` columns and the time), or
+        replace the ``values`` columns of the row ``key`` names; committed when it returns."""
+        columns = [*key, *values, "updated"]
+        updates = ", ".join(f"{column} = excluded.{column}" for column in [*values, "updated"])
         with self._transaction() as db:
-            self._check_reader(db, reader)
-            db.execute(f"INSERT INTO case_ratings (reader, case_id, {', '.join(fields)}, updated) "
-                       f"VALUES (?, ?, {', '.join('?' * len(fields))}, ?) "
-                       f"ON CONFLICT (reader, case_id) DO UPDATE SET {updates}, updated = excluded.updated",
-                       (reader, case, *fields.values(), _now()))
+            self._check_reader(db, key["reader"])
+            db.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+                       f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
+                       (*key.values(), *values.values(), _now()))
 
     def case_ratings(self, reader: str, case: str) -> dict[str, Any]:
         """What ``reader`` stored for ``case``: ``{"panels": {method: {"location", "rationale"}},
