@@ -2,11 +2,10 @@
 
 Without the cache, every epoch decodes each photograph, finds its field of view and optic disc,
 crops and resizes it, then augments it; with it (:class:`xmed.data.datamodule.SplitView`) the
-workers keep the prepared eyes from their first epoch and later epochs only augment. Whole epochs
-of the *train* loader of two ``FundusDataModule``s that differ only in ``cache_mb`` alternate
-(persistent workers, as in training; one untimed epoch each first). Each worker fills its own
-copy as the shuffle sends it eyes it has not seen, so cached epochs get faster over the first few.
-No model runs. Data: phantom eyes written to a scratch folder, prepared as ``phantom_smoke`` does
+prepared eyes of the first epoch are kept in one store the workers share, and later epochs only
+augment. Whole epochs of the *train* loader of two ``FundusDataModule``s that differ only in
+``cache_mb`` alternate (persistent workers, as in training; one untimed epoch each first, which
+fills the store). No model runs. Data: phantom eyes written to a scratch folder, prepared as ``phantom_smoke`` does
 (disc-centred crop 0.5, 128 px input).
 """
 
@@ -37,5 +36,7 @@ def run(part: Part, ctx: Context) -> None:
     times, seen = alternate({name: (lambda loader=loader: sum(int(b["size"]) for b in loader))
                              for name, loader in loaders.items()}, repeats, torch.device("cpu"), "epoch")
     part.check("both loaders served every train eye", seen, f"{n_train} each", set(seen.values()) == {n_train})
+    kept = loaders["cache"].dataset.cached
+    part.check("eyes the workers keep prepared, in the store they share", kept, f"{n_train}", kept == n_train)
     part.figure(f"train epoch with data.cache_mb=1024, {workers} workers", median(times["cache"]), "s/epoch",
                 "data.cache_mb=0", median(times["no cache"]), paired=paired_ratio(times["cache"], times["no cache"]))

@@ -70,6 +70,8 @@ def test_the_quick_cpu_suite_writes_every_figure_with_its_baseline(tmp_path):
     assert figures(results, "loader_decode") == [
         "256 px JPEG -> 64 px input: decode_reduced=true (1/1 decode)",
         "512 px JPEG -> 64 px input: decode_reduced=true (1/2 decode)"]
+    assert figures(results, "loader_handover") == [
+        "cached train epoch, 2 workers: uint8 hand-over, normalised in the main process"]
 
 
 @pytest.mark.timeout(600)

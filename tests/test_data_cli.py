@@ -220,6 +220,69 @@ def test_prepared_cache_stays_within_its_budget():
         FundusDataModule(cache_mb=-1)
 
 
+def test_the_loader_workers_share_one_store_of_prepared_eyes(tmp_path):
+    root = tmp_path / "ph"
+    write_phantom_dataset(root, n=30, size=64, seed=5, workers=1, progress=False)
+    options = dict(dataset="phantom", root=str(root), image_size=32, batch_size=4, num_workers=2, seed=1,
+                   preprocess={"crop_fov": False, "crop_disc": 0.5}, dataset_options={"load_masks": False})
+    shared, plain = FundusDataModule(**options, cache_mb=16), FundusDataModule(**options)
+    shared.setup(), plain.setup()
+    train = shared.splits["train"]
+    assert train.cached == 0 and train._shared.slots == len(train)
+    epochs = {name: [[b["image"].clone() for b in dm.train_dataloader()] for _ in range(2)]
+              for name, dm in (("shared", shared), ("plain", plain))}
+    # the workers' first epoch filled the store this process made: every eye, none kept per worker
+    assert train.cached == train._shared.filled() == len(train) and train._prepared == {}
+    for mine, theirs in zip(epochs["shared"], epochs["plain"]):  # the same batches as without the cache
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
+    for i in range(len(train)):  # and every stored eye is what preparing it gives
+        stored, fresh = train._shared.get(i), plain.splits["train"].prepared(i)
+        assert np.array_equal(stored["image"], fresh["image"]) and stored["meta"] == fresh["meta"]
+        assert stored["label"] == fresh["label"] and np.array_equal(stored["findings"], fresh["findings"],
+                                                                        equal_nan=True)
+
+
+def test_the_shared_store_keeps_only_what_it_can_give_back_whole():
+    import pickle
+
+    from xmed.data.cache import FIELD_BYTES, SharedEyeStore
+
+    eye = {"image": np.full((8, 8, 3), 9, np.uint8), "label": float("nan"), "vcdr": np.float32(0.25),
+           "findings": np.array([np.nan] + [1.0] * 9, np.float32), "masks": {},
+           "meta": {"id": "e1", "eye": "OS", "source": "x", "decode_reduction": 2}}
+    store = SharedEyeStore.for_budget(eyes=10, side=8, budget_bytes=3 * (8 * 8 * 3 + FIELD_BYTES + 1))
+    assert store.slots == 3 and SharedEyeStore.for_budget(10, 8, 100) is None
+    assert store.put(0, eye)
+    back = store.get(0)
+    assert np.array_equal(back["image"], eye["image"]) and back["meta"] == eye["meta"] and back["vcdr"] == 0.25
+    assert np.isnan(back["label"]) and np.array_equal(back["findings"], eye["findings"], equal_nan=True)
+    back["image"][:] = 0
+    assert store.get(0)["image"][0, 0, 0] == 9  # a private copy
+    refused = {"masks": {**eye, "masks": {"disc": np.ones((8, 8), bool)}},
+               "size": {**eye, "image": np.zeros((8, 9, 3), np.uint8)},
+               "dtype": {**eye, "image": np.zeros((8, 8, 3), np.float32)},
+               "object": {**eye, "meta": {**eye["meta"], "fov": object()}},
+               "long": {**eye, "meta": {**eye["meta"], "note": "x" * FIELD_BYTES}}}
+    assert {name: store.put(1, sample) for name, sample in refused.items()} == dict.fromkeys(refused, False)
+    assert not store.put(3, eye) and store.filled() == 1  # beyond its slots
+    copied = pickle.loads(pickle.dumps(store))  # as into a worker started afresh: no shared memory
+    assert not copied.available and copied.get(0) is None and not copied.put(0, eye) and copied.filled() == 0
+
+
+def test_a_split_copied_into_a_fresh_process_keeps_eyes_in_its_own_memory(tmp_path):
+    import pickle
+
+    from xmed.data.datamodule import SplitView
+    from xmed.data.transforms import build_transforms
+
+    base = get_dataset("phantom_render", n=4, size=64, load_masks=False)
+    view = pickle.loads(pickle.dumps(SplitView(base, range(4), build_transforms("eval", 32), cache_mb=1)))
+    assert not view._shared.available
+    first = [view[i]["image"] for i in range(4)]
+    assert view.cached == 4 and len(view._prepared) == 4
+    assert all(torch.equal(a, view[i]["image"]) for i, a in enumerate(first))
+
+
 def test_bad_datamodule_values_name_the_key():
     with pytest.raises(ConfigError, match="data.image_size"):
         FundusDataModule(image_size=4)

@@ -830,7 +830,7 @@ def test_the_loaders_decode_jpegs_reduced_within_a_grey_level_of_the_whole_decod
     differences = [np.abs(a["image"].astype(int) - b["image"]).mean() for a, b in zip(*prepared)]
     assert max(differences) < 2 and np.mean(differences) < 1.25, differences
     batch = next(iter(reduced.train_dataloader()))
-    assert tuple(batch["image"].shape) == (4, 3, 128, 128) and batch["image"].dtype == torch.float32
+    assert tuple(batch["image"].shape) == (4, 3, 128, 128) and batch["image"].dtype == torch.uint8
 
 
 def test_eyes_whose_masks_are_read_or_that_are_small_are_decoded_whole(phantom_jpegs):
@@ -847,3 +847,25 @@ def test_eyes_whose_masks_are_read_or_that_are_small_are_decoded_whole(phantom_j
                                    preprocess={"crop_fov": True}, dataset_options={"load_masks": False})
     large_input.setup()
     assert "decode_reduction" not in large_input.splits["train"].prepared(0)["meta"]
+
+
+def test_the_train_loader_hands_over_uint8_that_the_hook_normalises_as_the_eval_transform_would():
+    from xmed.data.datamodule import FundusDataModule
+    from xmed.data.datasets import to_tensor_sample
+
+    dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 24, "size": 64}, image_size=48,
+                          batch_size=6, mean=(0.4, 0.4, 0.4), std=(0.3, 0.2, 0.1),
+                          augment={"hflip": 0.0, "rotate": 0.0, "scale": 0.0, "color": False})
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].dtype == torch.uint8
+    moved = dm.on_after_batch_transfer(batch, 0)
+    assert moved["image"].dtype == torch.float32 and batch["image"].dtype == torch.uint8  # a new dict
+    # with every augmentation off, the train pipeline is the eval one: the same normalised pixels
+    view = dm.splits["train"]
+    position = {dm.base.records[index].id: k for k, index in enumerate(view.indices)}
+    evaluated = torch.stack([to_tensor_sample(dm.transforms["eval"].augment(view.prepared(position[eye])))["image"]
+                             for eye in batch["meta"]["id"]])
+    torch.testing.assert_close(moved["image"], evaluated, rtol=0, atol=1e-5)
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].dtype == torch.float32 and dm.on_after_batch_transfer(val, 0)["image"] is val["image"]

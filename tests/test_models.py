@@ -630,3 +630,17 @@ def test_trades_adds_a_robustness_term_and_bad_settings_name_the_key(datamodule)
         FundusModule(net={"backbone": TINY}, adversarial_training={"method": "fgsm"})
     with pytest.raises(ConfigError, match="model.adversarial_training"):
         FundusModule(net={"backbone": TINY}, adversarial_training={"eps": 1.0})
+
+
+def test_uint8_pixels_are_normalised_by_the_models_own_data_config():
+    from xmed.data.normalise import normalise_images
+
+    torch.manual_seed(0)
+    model = FundusClassifier(TINY, input_size=48, data_config={"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.25]}).eval()
+    pixels = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        from_pixels = model(pixels)["logits"]
+        by_hand = model(normalise_images(pixels, (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)))["logits"]
+        imagenet = model(normalise_images(pixels))["logits"]
+    torch.testing.assert_close(from_pixels, by_hand, rtol=0, atol=1e-6)
+    assert not torch.allclose(from_pixels, imagenet)  # the model's own statistics, not the defaults

@@ -272,3 +272,40 @@ def test_the_input_fit_is_albumentations_longest_max_size_and_pad():
     for h, w in ((121, 157), (128, 96), (50, 40)):
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         np.testing.assert_array_equal(fit(image=image)["image"], reference(image=image)["image"])
+
+
+# ------------------------------------------------------------------------------- uint8 hand-over
+def test_normalise_images_equals_albumentations_normalize():
+    import albumentations as A
+
+    from xmed.data.normalise import normalise_images
+
+    pixels = make_sample(40, 56)["image"]
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.25, 0.1)
+    expected = A.Normalize(mean=mean, std=std, max_pixel_value=255.0)(image=pixels)["image"]
+    batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = normalise_images(batch.contiguous(memory_format=layout), mean, std)
+        assert got.dtype == torch.float32 and got.shape == (2, 3, 40, 56)
+        np.testing.assert_allclose(got[1].permute(1, 2, 0).numpy(), expected, rtol=0, atol=1e-6)
+    already = torch.randn(1, 3, 4, 4)
+    assert normalise_images(already) is already  # floats are taken as normalised
+    with pytest.raises(TypeError, match="int16"):
+        normalise_images(torch.zeros(1, 3, 4, 4, dtype=torch.int16))
+    with pytest.raises(ValueError, match="one value per channel"):
+        normalise_images(torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
+
+
+def test_a_train_transform_without_normalise_gives_the_same_augmented_pixels():
+    from xmed.data.normalise import normalise_images
+
+    sample = make_sample(72, 60)
+    kept = build_transforms("train", 48, seed=3, normalise=False)
+    normalised = build_transforms("train", 48, seed=3)
+    assert not kept.normalised and normalised.normalised
+    for _ in range(4):  # the same random draws call after call
+        raw = to_tensor_sample(kept(sample), scale_uint8=False)
+        ref = to_tensor_sample(normalised(sample))
+        assert raw["image"].dtype == torch.uint8 and raw["image"].shape == (3, 48, 48)
+        torch.testing.assert_close(normalise_images(raw["image"]), ref["image"], rtol=0, atol=1e-5)
+        assert raw["meta"] == ref["meta"] and torch.equal(raw["masks"]["disc"], ref["masks"]["disc"])

@@ -11,8 +11,14 @@ Example:
     >>> dm.setup()
     >>> {k: len(v) for k, v in dm.splits.items()}
     {'train': 28, 'val': 6, 'test': 6}
-    >>> batch = next(iter(dm.train_dataloader())); tuple(batch["image"].shape)
-    (8, 3, 64, 64)
+    >>> batch = next(iter(dm.train_dataloader())); tuple(batch["image"].shape), batch["image"].dtype
+    ((8, 3, 64, 64), torch.uint8)
+    >>> dm.on_after_batch_transfer(batch, 0)["image"].dtype   # normalised where the batch is
+    torch.float32
+
+The train loader hands its images over as uint8 pixels, normalised after the move to the device
+(:meth:`FundusDataModule.on_after_batch_transfer`, which a Trainer given the data module calls);
+the val, test and predict loaders give normalised float32 images.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from xmed.data.cache import SharedEyeStore
 from xmed.data.datasets import FundusDataset, SkippedSample, collate_samples, get_dataset, to_tensor_sample
 from xmed.data.sampling import EpochSampler, SeededIndex
-from xmed.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from xmed.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise_images
+from xmed.data.transforms import build_transforms
 from xmed.errors import ConfigError
 from xmed.runtime import choose_num_workers
 
@@ -99,8 +107,11 @@ class SplitView(Dataset):
     """The samples of one split of a :class:`FundusDataset`, through that split's transform.
 
     ``cache_mb`` > 0 keeps each eye's prepared form (decoded, preprocessed, fitted to the input
-    size: :meth:`FundusTransform.prepare`) in memory, up to that many megabytes per process
-    (each loader worker holds its own), so later epochs only augment. Eyes beyond the budget are
+    size: :meth:`FundusTransform.prepare`) in memory, so later epochs only augment: up to that
+    many megabytes in one store that every loader worker of the split shares
+    (:class:`~xmed.data.cache.SharedEyeStore`: from the second epoch on, every eye is prepared
+    whichever worker it goes to), and, for eyes that store does not take (eyes with masks; workers
+    started afresh rather than forked), up to that many per process. Eyes beyond the budget are
     prepared afresh each time; skipped files are never cached.
 
     ``decode_reduced`` decodes a JPEG photograph at 1/2, 1/4 or 1/8 of its size where the
@@ -122,6 +133,10 @@ class SplitView(Dataset):
         preparing = hasattr(transform, "prepare")
         self.cache_bytes = cache_bytes(cache_mb) if preparing else 0
         self.pixel_need = getattr(transform, "pixel_need", None) if decode_reduced and preparing else None
+        side = getattr(transform, "size", None)
+        # made now, in the process that starts the loader's workers, so that forked workers share it
+        self._shared = (SharedEyeStore.for_budget(len(self.indices), side, self.cache_bytes)
+                        if self.cache_bytes and side else None)
         self._prepared: dict[int, dict] = {}
         self._cached_bytes = 0
 
@@ -130,8 +145,8 @@ class SplitView(Dataset):
 
     @property
     def cached(self) -> int:
-        """How many eyes this process holds prepared."""
-        return len(self._prepared)
+        """How many eyes this process can read prepared: the shared store's and its own."""
+        return len(self._prepared) + (self._shared.filled() if self._shared is not None else 0)
 
     def __getitem__(self, i: int | SeededIndex):
         if isinstance(i, SeededIndex):  # the training sampler's: this sample's augmentations are seeded
@@ -143,22 +158,28 @@ class SplitView(Dataset):
             return self.base.get(index, self.transform)
         sample = self.prepared(i)
         if not isinstance(sample, SkippedSample):
-            sample = to_tensor_sample(self.transform.augment(sample))
+            sample = to_tensor_sample(self.transform.augment(sample), scale_uint8=self.transform.normalised)
         return sample  # a SkippedSample is reported by the batch (and logged by the data module)
 
     def prepared(self, i: int) -> dict | SkippedSample:
         """Eye ``i`` of this split decoded and prepared (:meth:`FundusTransform.prepare`: not
         augmented, a numpy sample), from the cache when it holds it."""
         index = self.indices[i]
-        return self._prepared.get(index) or self._prepare(index)
+        sample = self._prepared.get(index)
+        if sample is None and self._shared is not None:
+            sample = self._shared.get(i)
+        return sample if sample is not None else self._prepare(i)
 
-    def _prepare(self, index: int) -> dict | SkippedSample:
-        """Eye ``index`` of the data set decoded and prepared, kept while the cache's budget allows."""
+    def _prepare(self, i: int) -> dict | SkippedSample:
+        """Eye ``i`` of the split decoded and prepared, kept while the cache's budget allows."""
+        index = self.indices[i]
         sample = self.base.load(index, self.pixel_need)
         if isinstance(sample, SkippedSample):
             return sample
         sample = self.transform.prepare(sample, decode_whole=lambda: self.base.load(index))
         if isinstance(sample, SkippedSample) or not self.cache_bytes:
+            return sample
+        if self._shared is not None and self._shared.put(i, sample):
             return sample
         size = sample["image"].nbytes + sum(m.nbytes for m in sample["masks"].values())
         if self._cached_bytes + size <= self.cache_bytes:
@@ -255,8 +276,9 @@ class FundusDataModule(L.LightningDataModule):
             (``hflip``, ``vflip``, ``rotate``, ``color``, ``scale``).
         on_error: ``"raise"`` or ``"skip"`` (skipped files are logged once and listed in
             :attr:`skipped`; skipped samples arrive in each batch's ``"skipped"`` list).
-        cache_mb: memory per process (each loader worker has its own) for keeping the train and
-            val eyes prepared between epochs (see :class:`SplitView`); 0 turns the cache off.
+        cache_mb: memory for keeping the train and val eyes prepared between epochs, each split in
+            one store its loader workers share (eyes with masks: per process; see
+            :class:`SplitView`); 0 turns the cache off.
         decode_reduced: decode JPEG photographs at 1/2, 1/4 or 1/8 of their size where the
             preprocessing and ``image_size`` still get the pixels they need (see :class:`SplitView`;
             the data configs turn it on).
@@ -306,6 +328,8 @@ class FundusDataModule(L.LightningDataModule):
         self.used_published_splits = False
         self.base: FundusDataset | None = None
         self.splits: dict[str, SplitView] = {}
+        #: the ``"train"`` (augmenting, uint8 out) and ``"eval"`` transforms, after :meth:`setup`
+        self.transforms: dict[str, Any] = {}
         self._decode_skips: dict[tuple[str, str], dict[str, str]] = {}
 
     def data_config(self) -> dict[str, Any]:
@@ -331,14 +355,14 @@ class FundusDataModule(L.LightningDataModule):
         if indices is None:
             indices = split_indices([r.label for r in self.base.records], self.base.groups(),
                                     self.split_fractions, self.seed)
-        transforms = {
-            "train": build_transforms("train", self.image_size, self.mean, self.std,
-                                      preprocess=self.preprocess or None, seed=self.seed, **self.augment),
+        self.transforms = {
+            "train": build_transforms("train", self.image_size, self.mean, self.std, preprocess=self.preprocess or None,
+                                      seed=self.seed, normalise=False, **self.augment),
             "eval": build_transforms("eval", self.image_size, self.mean, self.std,
                                      preprocess=self.preprocess or None),
         }
         # train and val are read every epoch: worth keeping prepared; test is read once
-        self.splits = {s: SplitView(self.base, indices[s], transforms["train" if s == "train" else "eval"],
+        self.splits = {s: SplitView(self.base, indices[s], self.transforms["train" if s == "train" else "eval"],
                                     cache_mb=self.cache_mb if s in ("train", "val") else 0,
                                     decode_reduced=self.decode_reduced)
                        for s in SPLITS}
@@ -399,6 +423,14 @@ class FundusDataModule(L.LightningDataModule):
                 log.warning("skipped %s: %s", *key)
 
     # ------------------------------------------------------------------ loaders
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise the train loader's uint8 images where the batch now is (the GPU in training):
+        :func:`~xmed.data.normalise.normalise_images` with this module's ``mean``/``std``. Batches of
+        the other loaders arrive normalised and pass unchanged."""
+        if isinstance(batch, dict) and torch.is_tensor(batch.get("image")):
+            batch = {**batch, "image": normalise_images(batch["image"], self.mean, self.std)}
+        return batch
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.splits:
             self.setup()

@@ -34,12 +34,11 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from xmed.data.normalise import IMAGENET_MEAN, IMAGENET_STD
 from xmed.data.preprocess import FundusPreprocess, area_resize
 from xmed.findings import vertical_flip_partner, vertical_flip_permutation
 
 Stage = Literal["train", "eval"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _EYE_MIRROR = {"OD": "OS", "OS": "OD"}
 _NO_PREPROCESS = FundusPreprocess(crop_fov=False)
@@ -77,7 +76,8 @@ class FundusTransform:
     Built by :func:`build_transforms`. ``prepare`` is deterministic, so a loader may keep its
     output and only ``augment`` again (see :class:`~xmed.data.datamodule.SplitView`'s cache).
     ``fit`` and ``compose`` are the two albumentations pipelines (for inspection or ``A.save``).
-    Calling it returns a new sample dict: ``image`` float32 ``size×size×3`` normalised, ``masks``
+    Calling it returns a new sample dict: ``image`` float32 ``size×size×3`` normalised (uint8
+    pixels when built with ``normalise=False``: :attr:`normalised` says which), ``masks``
     bool ``size×size`` under the same names (renamed by vertical flips). ``pixel_need`` says how
     small a photograph may be decoded for this transform (:meth:`FundusPreprocess.pixel_need`).
     """
@@ -86,6 +86,8 @@ class FundusTransform:
                  seed: int | None = None, size: int | None = None):
         self.fit = fit
         self.compose = compose
+        self.normalised = any(isinstance(t, A.Normalize) for t in compose.transforms)
+        self.size = size
         self.preprocess = preprocess
         self.pixel_need = None if size is None else (preprocess or _NO_PREPROCESS).pixel_need(size)
         self.set_random_seed(seed)
@@ -124,7 +126,8 @@ class FundusTransform:
         return self._apply(self.fit, cropped)[0]
 
     def augment(self, sample: dict) -> dict:
-        """The random part (train: flips, affine, colour) and normalisation; flips fix the labels."""
+        """The random part (train: flips, affine, colour) and normalisation (unless built without);
+        flips fix the labels."""
         out, fired = self._apply(self.compose, sample)
         return apply_anatomy_of_flips(out, hflip="HorizontalFlip" in fired, vflip="VerticalFlip" in fired)
 
@@ -186,13 +189,15 @@ def build_transforms(
     color: bool = True,
     scale: float = 0.1,
     seed: int | None = None,
+    normalise: bool = True,
 ) -> Callable[[dict], dict]:
     """The train or eval transform of numpy sample dicts (see :mod:`xmed.data.datasets.base`).
 
     Pipeline: ``preprocess`` (e.g. FOV crop; None = none) → fit into ``size×size`` (longer side
     resized with INTER_AREA, masks nearest, black/False letterbox padding when not square) →
     [train: flips, isotropic scale ±``scale`` and rotation ±``rotate``° via ``Affine`` with
-    black fill, photometric jitter if ``color``] → normalise ``(x/255 − mean)/std``.
+    black fill, photometric jitter if ``color``] → normalise ``(x/255 − mean)/std`` (unless
+    ``normalise=False``).
     Flips update ``meta["eye"]`` / swap superior–inferior findings and masks (module docstring);
     transforms that would break a label (Transpose, RandomRotate90, anisotropic scaling) are
     deliberately not available. The eval pipeline is deterministic.
@@ -207,6 +212,8 @@ def build_transforms(
         color: photometric jitter — brightness/contrast, gamma, hue/saturation, blur, noise.
         scale: maximum relative isotropic zoom (train only; 0 disables).
         seed: seed of the augmentations (reproducible; see :meth:`FundusTransform.set_random_seed`).
+        normalise: False leaves the image uint8 (``size×size×3``) for :func:`normalise_images` to
+            normalise later, on the device (the training loader's hand-over).
 
     Returns:
         A :class:`FundusTransform` (``sample dict -> sample dict``).
@@ -242,6 +249,7 @@ def build_transforms(
                                   border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7))
         if color:
             steps.extend(_photometric())
-    steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
+    if normalise:
+        steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     compose = A.Compose(steps, save_applied_params=True)
     return FundusTransform(fit, compose, preprocess, seed=seed, size=size)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from xmed.data.normalise import normalise_images
 from xmed.errors import ConfigError, InputError
 from xmed.findings import DIAGNOSIS, FINDINGS, VCDR, canonical_target, finding_index
 from xmed.findings import TARGETS  # noqa: F401  (re-exported by xmed.models)
@@ -218,8 +219,11 @@ class FundusClassifier(nn.Module):
         return out
 
     def forward(self, x: Tensor, intervene: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
-        """Predict; ``intervene`` maps finding codes / ``"vcdr"`` (any case) to given concept values
-        (a float for the whole batch, or a B tensor where NaN means "leave as predicted")."""
+        """Predict from normalised images, or from uint8 pixels (as the training loader hands them
+        over), which are normalised first by this model's :attr:`data_config`. ``intervene`` maps
+        finding codes / ``"vcdr"`` (any case) to given concept values (a float for the whole batch,
+        or a B tensor where NaN means "leave as predicted")."""
+        x = normalise_images(x, self.data_config.mean, self.data_config.std)
         return self.forward_head(self.forward_features(x), intervene)
 
     # ------------------------------------------------------------------ helpers

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC
 
+from xmed.data.normalise import normalise_images
 from xmed.errors import ConfigError
 from xmed.models.classifier import FundusClassifier
 from xmed.data.sampling import seed_epoch
@@ -164,7 +165,10 @@ class FundusModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _images(self, batch: Mapping[str, Any]) -> Tensor:
-        x = batch["image"]
+        """The batch's images as the network takes them: normalised (uint8 pixels, from a train
+        loader the data module's hook did not see, by this model's data config), in its memory format."""
+        dc = self.model.data_config
+        x = normalise_images(batch["image"], dc.mean, dc.std)
         channels_last = self.channels_last_choice is not None and self.channels_last_choice.value
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 

@@ -372,7 +372,8 @@ def _mean_defined(values: Tensor) -> float | None:
 
 def explained_view(cfg: DictConfig, datamodule) -> Any:
     """The eyes ``xmed-explain`` explains: split ``cfg.split``, only label ``cfg.label`` when set,
-    the first ``cfg.n`` (a :class:`~xmed.data.datamodule.SplitView`)."""
+    the first ``cfg.n`` (a :class:`~xmed.data.datamodule.SplitView`), as the model sees them in
+    evaluation — the train split too (never augmented)."""
     from xmed.data.datamodule import SplitView
 
     if cfg.split not in datamodule.splits:
@@ -381,7 +382,7 @@ def explained_view(cfg: DictConfig, datamodule) -> Any:
     indices = view.indices
     if cfg.get("label") is not None:  # e.g. label=1: explain glaucomatous eyes only
         indices = [i for i in indices if view.base.records[i].label == float(cfg.label)]
-    view = SplitView(view.base, indices[:int(cfg.n)], view.transform)
+    view = SplitView(view.base, indices[:int(cfg.n)], datamodule.transforms["eval"])
     if len(view) == 0:
         raise ConfigError("n", f"no eyes to explain in split {cfg.split!r}"
                                + (f" with label {cfg.label}" if cfg.get("label") is not None else ""))

@@ -672,14 +672,18 @@ def vcdr_from_masks(disc: np.ndarray, cup: np.ndarray) -> float:
     return int(np.asarray(cup).any(1).sum()) / disc_rows
 
 
-def to_tensor_sample(sample: dict) -> dict:
-    """Numpy sample -> tensor sample: ``image`` float 3×H×W in [0, 1] (unless already a tensor),
-    ``label`` and ``vcdr`` float scalars (NaN: unknown), ``findings`` float 10-vector (NaN: unknown),
-    ``masks`` name -> bool H×W, ``meta`` a dict (``id``, ``eye``, ...)."""
+def to_tensor_sample(sample: dict, scale_uint8: bool = True) -> dict:
+    """Numpy sample -> tensor sample: ``image`` float 3×H×W in [0, 1] (unless already a tensor;
+    uint8 3×H×W kept as it is with ``scale_uint8=False``), ``label`` and ``vcdr`` float scalars
+    (NaN: unknown), ``findings`` float 10-vector (NaN: unknown), ``masks`` name -> bool H×W,
+    ``meta`` a dict (``id``, ``eye``, ...)."""
     image = sample["image"]
-    if isinstance(image, np.ndarray):  # H×W×3; uint8 is scaled to [0, 1], floats are kept
+    if isinstance(image, np.ndarray):  # H×W×3; uint8 is scaled to [0, 1] (or kept), floats are kept
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        image = tensor.float().div_(255.0) if image.dtype == np.uint8 else tensor.float()
+        if image.dtype != np.uint8:
+            image = tensor.float()
+        else:
+            image = tensor.float().div_(255.0) if scale_uint8 else tensor.contiguous()
     masks = {k: torch.as_tensor(np.ascontiguousarray(v)).bool() if not torch.is_tensor(v) else v.bool()
              for k, v in sample.get("masks", {}).items()}
     return {

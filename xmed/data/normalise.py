@@ -1,0 +1,46 @@
+"""Normalisation of uint8 pixels into a model's input space, on whatever device they are.
+
+Kept apart from :mod:`xmed.data.transforms` (albumentations, OpenCV) so that models import it
+without the image-processing stack.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalise_images(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 pixels (``…×3×H×W``) as a model takes them: ``(x/255 − mean)/std`` in float32, computed
+    where the tensor is (on the GPU after the batch has moved there); a floating tensor is taken as
+    normalised already and returned as it is.
+
+    The training loader hands its images over as uint8 (``build_transforms(normalise=False)``): a
+    quarter of the bytes through shared memory, pinning and the copy to the device, and no
+    normalising in the workers. Equal to albumentations' ``Normalize`` (``max_pixel_value=255``)
+    to float32 rounding.
+
+    Example:
+        >>> x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 2).expand(3, 1, 2)
+        >>> [round(v, 4) for v in normalise_images(x)[0, 0].tolist()]   # (0 - 0.485)/0.229, (1 - 0.485)/0.229
+        [-2.1179, 2.2489]
+        >>> y = torch.zeros(3, 1, 2); normalise_images(y) is y
+        True
+    """
+    if images.is_floating_point():
+        return images
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 pixels or normalised floats, got {images.dtype}")
+    channels = images.shape[-3]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} must have one value per channel ({channels})")
+    # (x/255 − mean)/std as one multiply-add: scale 1/(255·std), shift −mean/std (in float64, then rounded)
+    mean64, std64 = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    scale, shift = (torch.stack([1.0 / (255.0 * std64), -mean64 / std64])
+                    .to(device=images.device, dtype=torch.float32).view(2, channels, 1, 1))
+    return torch.addcmul(shift, images.float(), scale)
