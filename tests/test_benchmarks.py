@@ -71,7 +71,8 @@ def test_the_quick_cpu_suite_writes_every_figure_with_its_baseline(tmp_path):
         "256 px JPEG -> 64 px input: decode_reduced=true (1/1 decode)",
         "512 px JPEG -> 64 px input: decode_reduced=true (1/2 decode)"]
     assert figures(results, "loader_handover") == [
-        "cached train epoch, 2 workers: uint8 hand-over, normalised in the main process"]
+        "cached train epoch, 2 workers, uint8 hand-over: batch copied once in the main process (the GPU normalises)",
+        "cached train epoch, 2 workers, uint8 hand-over: batch normalised in the main process (training on the CPU)"]
 
 
 @pytest.mark.timeout(600)

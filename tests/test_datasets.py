@@ -830,7 +830,7 @@ def test_the_loaders_decode_jpegs_reduced_within_a_grey_level_of_the_whole_decod
     differences = [np.abs(a["image"].astype(int) - b["image"]).mean() for a, b in zip(*prepared)]
     assert max(differences) < 2 and np.mean(differences) < 1.25, differences
     batch = next(iter(reduced.train_dataloader()))
-    assert tuple(batch["image"].shape) == (4, 3, 128, 128) and batch["image"].dtype == torch.uint8
+    assert tuple(reduced.on_after_batch_transfer(batch, 0)["image"].shape) == (4, 3, 128, 128)
 
 
 def test_eyes_whose_masks_are_read_or_that_are_small_are_decoded_whole(phantom_jpegs):
@@ -854,7 +854,7 @@ def test_the_train_loader_hands_over_uint8_that_the_hook_normalises_as_the_eval_
     from xmed.data.datasets import to_tensor_sample
 
     dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 24, "size": 64}, image_size=48,
-                          batch_size=6, mean=(0.4, 0.4, 0.4), std=(0.3, 0.2, 0.1),
+                          batch_size=6, mean=(0.4, 0.4, 0.4), std=(0.3, 0.2, 0.1), normalise_on_device=True,
                           augment={"hflip": 0.0, "rotate": 0.0, "scale": 0.0, "color": False})
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
@@ -869,3 +869,15 @@ def test_the_train_loader_hands_over_uint8_that_the_hook_normalises_as_the_eval_
     torch.testing.assert_close(moved["image"], evaluated, rtol=0, atol=1e-5)
     val = next(iter(dm.val_dataloader()))
     assert val["image"].dtype == torch.float32 and dm.on_after_batch_transfer(val, 0)["image"] is val["image"]
+
+
+def test_normalise_on_device_false_gives_float32_train_batches_the_hook_leaves_alone():
+    from xmed.data.datamodule import FundusDataModule
+
+    options = dict(dataset="phantom_render", dataset_options={"n": 12, "size": 48}, image_size=32, batch_size=4)
+    on_device, in_workers = FundusDataModule(**options), FundusDataModule(**options, normalise_on_device=False)
+    kept, normalised = next(iter(on_device.train_dataloader())), next(iter(in_workers.train_dataloader()))
+    assert kept["image"].dtype == torch.uint8 and normalised["image"].dtype == torch.float32
+    assert in_workers.on_after_batch_transfer(normalised, 0)["image"] is normalised["image"]
+    torch.testing.assert_close(on_device.on_after_batch_transfer(kept, 0)["image"], normalised["image"],
+                               rtol=0, atol=1e-5)  # the same seeded augmentations either way

@@ -144,8 +144,8 @@ def available_cpus() -> int:
 
 
 def choose_num_workers(requested: int | str = AUTO, cpus: int | None = None, limit: int = 8) -> Choice:
-    """DataLoader worker processes: one per available core, at most ``limit`` (each holds its own
-    prepared-eye cache, so more workers cost memory)."""
+    """DataLoader worker processes: one per available core, at most ``limit`` (eyes with masks are
+    kept prepared per worker, so more workers can cost memory)."""
     if not is_auto(requested):
         try:
             value = int(requested)

@@ -37,6 +37,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "data.use_published_splits": BOOLEAN,
     "data.seed": integer(),
     "data.cache_mb": number(minimum=0),
+    "data.normalise_on_device": BOOLEAN,
     "data.on_error": one_of("raise", "skip"),
     "data.augment.hflip": PROBABILITY,
     "data.augment.vflip": PROBABILITY,

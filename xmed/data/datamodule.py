@@ -17,8 +17,8 @@ Example:
     torch.float32
 
 The train loader hands its images over as uint8 pixels, normalised after the move to the device
-(:meth:`FundusDataModule.on_after_batch_transfer`, which a Trainer given the data module calls);
-the val, test and predict loaders give normalised float32 images.
+(:meth:`FundusDataModule.on_after_batch_transfer`, which a Trainer given the data module calls;
+``normalise_on_device``); the val, test and predict loaders give normalised float32 images.
 """
 
 from __future__ import annotations
@@ -282,6 +282,10 @@ class FundusDataModule(L.LightningDataModule):
         decode_reduced: decode JPEG photographs at 1/2, 1/4 or 1/8 of their size where the
             preprocessing and ``image_size`` still get the pixels they need (see :class:`SplitView`;
             the data configs turn it on).
+        normalise_on_device: the train loader hands over uint8 pixels, which
+            :meth:`on_after_batch_transfer` normalises where the batch then is (a quarter of the
+            bytes out of the workers: ``benchmarks/loader_handover.py``); False: float32 images its
+            workers normalised, for a loop that reads the loader's images without that hook.
     """
 
     def __init__(
@@ -304,6 +308,7 @@ class FundusDataModule(L.LightningDataModule):
         balanced_sampling: bool = False,
         cache_mb: float = 0,
         decode_reduced: bool = False,
+        normalise_on_device: bool = True,
     ):
         super().__init__()
         if image_size < 16:
@@ -325,10 +330,12 @@ class FundusDataModule(L.LightningDataModule):
         cache_bytes(cache_mb)  # checked now, not at setup
         self.cache_mb = cache_mb
         self.decode_reduced = decode_reduced
+        self.normalise_on_device = normalise_on_device
         self.used_published_splits = False
         self.base: FundusDataset | None = None
         self.splits: dict[str, SplitView] = {}
-        #: the ``"train"`` (augmenting, uint8 out) and ``"eval"`` transforms, after :meth:`setup`
+        #: the ``"train"`` (augmenting; uint8 out when normalised on the device) and ``"eval"``
+        #: transforms, after :meth:`setup`
         self.transforms: dict[str, Any] = {}
         self._decode_skips: dict[tuple[str, str], dict[str, str]] = {}
 
@@ -357,7 +364,7 @@ class FundusDataModule(L.LightningDataModule):
                                     self.split_fractions, self.seed)
         self.transforms = {
             "train": build_transforms("train", self.image_size, self.mean, self.std, preprocess=self.preprocess or None,
-                                      seed=self.seed, normalise=False, **self.augment),
+                                      seed=self.seed, normalise=not self.normalise_on_device, **self.augment),
             "eval": build_transforms("eval", self.image_size, self.mean, self.std,
                                      preprocess=self.preprocess or None),
         }
@@ -424,7 +431,8 @@ class FundusDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Normalise the train loader's uint8 images where the batch now is (the GPU in training):
+        """Normalise the train loader's uint8 images where the batch now is (the GPU in training;
+        ``normalise_on_device``):
         :func:`~xmed.data.normalise.normalise_images` with this module's ``mean``/``std``. Batches of
         the other loaders arrive normalised and pass unchanged."""
         if isinstance(batch, dict) and torch.is_tensor(batch.get("image")):
