@@ -129,10 +129,10 @@ class SharedEyeStore:
         with self._lock:
             if self._state[position] == _READY:
                 return True
-        # two workers may write the same eye at once: both write the same bytes
+        # two workers may write the same eye at once, and one may rewrite an eye another has just
+        # published: every byte goes from its value to the same value, never through another one
         self._images[position] = image
-        self._fields[position] = 0
-        self._fields[position, :len(encoded)] = np.frombuffer(encoded, np.uint8)
+        self._fields[position] = np.frombuffer(encoded.ljust(FIELD_BYTES, b"\0"), np.uint8)
         with self._lock:  # published after its bytes: the lock orders the writes for every reader
             self._state[position] = _READY
         return True
