@@ -87,7 +87,9 @@ def test_the_gpu_script_runs_the_gpu_suite_on_a_cpu(tmp_path):
     assert "resnet18 64 px, batch 4: eager training" in training
     assert "resnet18 64 px, batch 4: torch.compile (aot_eager)" in training
     assert any(name.startswith("Lightning Trainer") for name in training)
-    assert figures(results, "gpu_loader")[0].endswith("workers: JPEG -> loader -> training step")
+    loader = figures(results, "gpu_loader")
+    assert loader[0] == "2 workers, epochs after the first (prepared eyes cached): JPEG -> loader -> training step"
+    assert loader[1].startswith("2 workers, a first epoch (workers started, every photograph decoded)")
     explained = figures(results, "gpu_explain")
     assert [name.split(",")[0] for name in explained[:len(EXPLAINERS)]] == list(EXPLAINERS)
     assert explained[-2].startswith("adversarial counterfactual") and explained[-1].startswith("xmed-predict")
