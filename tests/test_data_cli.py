@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,8 @@ def test_the_loader_workers_share_one_store_of_prepared_eyes(tmp_path):
                    preprocess={"crop_fov": False, "crop_disc": 0.5}, dataset_options={"load_masks": False})
     shared, plain = FundusDataModule(**options, cache_mb=16), FundusDataModule(**options)
     shared.setup(), plain.setup()
+    if sys.platform == "linux":  # forked on Linux whatever the interpreter's default (forkserver from 3.14)
+        assert shared.train_dataloader().multiprocessing_context.get_start_method() == "fork"
     train = shared.splits["train"]
     assert train.cached == 0 and train._shared.slots == len(train)
     epochs = {name: [[b["image"].clone() for b in dm.train_dataloader()] for _ in range(2)]
@@ -281,6 +284,26 @@ def test_a_split_copied_into_a_fresh_process_keeps_eyes_in_its_own_memory(tmp_pa
     first = [view[i]["image"] for i in range(4)]
     assert view.cached == 4 and len(view._prepared) == 4
     assert all(torch.equal(a, view[i]["image"]) for i, a in enumerate(first))
+
+
+def test_workers_started_afresh_keep_their_own_prepared_eyes_and_give_the_same_batches(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from xmed.data.datasets import collate_samples
+
+    options = dict(dataset="phantom_render", dataset_options={"n": 12, "size": 48, "load_masks": False},
+                   image_size=32, batch_size=4, cache_mb=4)
+    dm = FundusDataModule(**options)
+    dm.setup()
+    view = dm.splits["val"]  # eval transform: the same images whichever process prepares them
+    spawned = DataLoader(view, batch_size=4, num_workers=1, multiprocessing_context="spawn",
+                         collate_fn=collate_samples, persistent_workers=True)
+    epochs = [[b["image"] for b in spawned] for _ in range(2)]  # the second reads the worker's own copies
+    assert view._shared.filled() == 0  # the worker could not reach this process's store
+    expected = [b["image"] for b in DataLoader(view, batch_size=4, collate_fn=collate_samples)]
+    assert view._shared.filled() == len(view)  # this process's reads filled it
+    for batches in epochs:
+        assert all(torch.equal(a, b) for a, b in zip(batches, expected, strict=True))
 
 
 def test_bad_datamodule_values_name_the_key():

@@ -9,9 +9,11 @@ second epoch on.
 
 Written here because neither torch nor albumentations keeps a dataset's samples across worker
 processes. The memory is an anonymous shared mapping (not ``/dev/shm``, whose size containers
-often limit), committed only as eyes are written. A store copied into a worker that was started
-afresh (``spawn``, ``forkserver``) instead of forked cannot reach the mapping; it says so
-(:attr:`SharedEyeStore.available`) and its split keeps eyes per worker instead.
+often limit), committed only as eyes are written. :class:`~xmed.data.datamodule.FundusDataModule`
+forks its workers where the system forks safely (Linux, whatever the interpreter's default). A
+store copied into a worker that was started afresh (``spawn``, ``forkserver``: macOS, or a loader
+of your own) cannot reach the mapping; it says so (:attr:`SharedEyeStore.available`) and its
+split keeps eyes per worker instead.
 
 Example:
     >>> import numpy as np

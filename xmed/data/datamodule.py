@@ -24,9 +24,10 @@ The train loader hands its images over as uint8 pixels, normalised after the mov
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import math
+import multiprocessing
+import sys
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import lightning as L
@@ -243,6 +244,24 @@ def _single_threaded_opencv(starting_workers: bool) -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
+def worker_start_method(num_workers: int) -> str | None:
+    """How the loader's workers start: forked where the system forks safely (Linux), else the
+    interpreter's default (None).
+
+    Forked workers share the prepared-eye store their split made before them
+    (:class:`~xmed.data.cache.SharedEyeStore`) and start in milliseconds. Python 3.14 starts them
+    with ``forkserver`` by default, and each would keep its own prepared eyes. macOS forks unsafely
+    (its system libraries are not fork-safe), so it keeps its default, ``spawn``.
+
+    Example:
+        >>> worker_start_method(0) is None
+        True
+    """
+    if num_workers == 0 or sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return "fork"
+
+
 def _init_worker(worker_id: int) -> None:
     """Set up a loader worker: its own augmentation stream (else workers repeat each other), and
     one OpenCV thread in a worker started afresh (spawn, forkserver; a forked one already has it,
@@ -452,6 +471,7 @@ class FundusDataModule(L.LightningDataModule):
         return SkipRecordingLoader(
             self.splits[split], batch_size=self.batch_size, sampler=sampler,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
+            multiprocessing_context=worker_start_method(self.num_workers),
             collate_fn=collate_samples, worker_init_fn=_init_worker,
             persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
             record_skips=self.record_skips,
