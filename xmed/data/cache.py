@@ -42,7 +42,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 #: bytes per eye for its fields other than the image (JSON: label, vCDR, findings, meta)
 FIELD_BYTES = 1024
-_EMPTY, _READY = 0, 1
+_READY = 1  # a slot's state byte; 0: empty
 
 
 class SharedEyeStore:
@@ -87,11 +87,6 @@ class SharedEyeStore:
         """False in a process the store was copied into rather than forked into."""
         return self._memory is not None
 
-    @property
-    def nbytes(self) -> int:
-        """The memory the store may come to use (committed only as eyes are written)."""
-        return self.slots * (self.image_bytes + FIELD_BYTES + 1)
-
     def filled(self) -> int:
         """How many eyes it holds."""
         if not self.available:
@@ -120,6 +115,9 @@ class SharedEyeStore:
         image = np.asarray(sample["image"])
         if image.shape != (self.side, self.side, 3) or image.dtype != np.uint8 or sample.get("masks"):
             return False
+        with self._lock:
+            if self._state[position] == _READY:  # another worker stored it first
+                return True
         fields = {k: v for k, v in sample.items() if k not in ("image", "masks")}
         try:
             encoded = json.dumps({**fields, "findings": np.asarray(fields["findings"], np.float64).tolist()},
@@ -128,9 +126,6 @@ class SharedEyeStore:
             return False
         if len(encoded) > FIELD_BYTES or not _round_trips(fields, encoded):
             return False
-        with self._lock:
-            if self._state[position] == _READY:
-                return True
         # two workers may write the same eye at once, and one may rewrite an eye another has just
         # published: every byte goes from its value to the same value, never through another one
         self._images[position] = image

@@ -6,6 +6,7 @@ without the image-processing stack.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -39,8 +40,16 @@ def normalise_images(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN
     channels = images.shape[-3]
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} must have one value per channel ({channels})")
-    # (x/255 − mean)/std as one multiply-add: scale 1/(255·std), shift −mean/std (in float64, then rounded)
+    scale, shift = _scale_and_shift(tuple(mean), tuple(std), images.device)
+    return torch.addcmul(shift, images.float(), scale)
+
+
+@functools.lru_cache(maxsize=16)
+def _scale_and_shift(mean: tuple[float, ...], std: tuple[float, ...],
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x/255 − mean)/std as one multiply-add: scale 1/(255·std), shift −mean/std (in float64, then
+    rounded), made once per device: a copy to the GPU for every batch would wait for its queue."""
     mean64, std64 = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
     scale, shift = (torch.stack([1.0 / (255.0 * std64), -mean64 / std64])
-                    .to(device=images.device, dtype=torch.float32).view(2, channels, 1, 1))
-    return torch.addcmul(shift, images.float(), scale)
+                    .to(device=device, dtype=torch.float32).view(2, len(mean), 1, 1))
+    return scale, shift
