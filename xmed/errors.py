@@ -47,6 +47,13 @@ class CheckpointError(PathError):
     message = "cannot load model {path}: {reason}"
 
 
+class UnsafeConfigError(PathError):
+    """A config read from disk names something xmed will not import or call (a ``_target_``
+    outside the classes its own configs name); nothing in the file was run."""
+
+    message = "refused config {path}: {reason}"
+
+
 class InputError(XmedError, ValueError):
     """An argument given to a model, an explainer or a metric is not what it takes; ``name`` says
     which argument, ``reason`` what is wrong and what to pass instead."""

@@ -22,8 +22,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -31,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from xmed.errors import ConfigError
+from xmed.errors import ConfigError, PathError
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +163,45 @@ MAX_STEM = 120
 
 #: the shape of a hashed stem; a plain id of this shape is hashed too, so it cannot meet one
 HASHED_STEM = re.compile(r".*-[0-9a-f]{10}")
+
+
+#: the columns of an ``xmed-explain`` run's ``per_image.csv`` that hold text, not numbers
+PER_IMAGE_TEXT = ("id", "method", "quality", "status")
+
+
+def read_per_image(path: str | os.PathLike) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(eye id, method): {column: value}}`` of an ``xmed-explain`` run's ``per_image.csv``: its
+    scores and ``seconds``. An empty or non-finite cell is a value the run could not give and is
+    left out; a cell that is not a number raises :class:`~xmed.errors.PathError` naming the file,
+    line and column.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "per_image.csv"
+        >>> _ = path.write_text("id,method,quality,energy\\neye-1,gradcam,,0.75\\neye-2,gradcam,blur,\\n")
+        >>> read_per_image(path)
+        {('eye-1', 'gradcam'): {'energy': 0.75}, ('eye-2', 'gradcam'): {}}
+    """
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"id", "method"} - set(reader.fieldnames or ())
+            if missing:
+                raise PathError(path, f"no column {sorted(missing)[0]!r} (not an xmed-explain per_image.csv)")
+            for row in reader:
+                values = {}
+                for column, cell in row.items():
+                    if column in PER_IMAGE_TEXT or cell in ("", None):
+                        continue
+                    try:
+                        value = float(cell) if isinstance(cell, str) else math.nan
+                    except ValueError:
+                        raise PathError(path, f"line {reader.line_num}, column {column!r}: {cell[:40]!r} "
+                                              "is not a number") from None
+                    if math.isfinite(value):
+                        values[str(column)] = value
+                table[(str(row["id"]), str(row["method"]))] = values
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise PathError(path, f"not a readable CSV table: {err}") from None
+    return table

@@ -68,6 +68,37 @@ def command(task: Callable[[DictConfig], Result]) -> Callable[[DictConfig], Resu
     return run
 
 
+#: Hydra's option that reruns a job from its ``config.pickle``: it unpickles the file it is given,
+#: so a file someone handed over would run code
+PICKLED_RERUN = "--experimental-rerun"
+
+
+def refuse_pickled_rerun(main: Callable[..., Result]) -> Callable[..., Result]:
+    """Placed above ``@hydra.main``: the command refuses Hydra's ``--experimental-rerun`` (and
+    argparse's abbreviations of it, such as ``--exp``) before Hydra reads the pickle, with a
+    one-line error and exit status 2.
+
+    Example::
+
+        @refuse_pickled_rerun
+        @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="eval")
+        @command
+        def main(cfg: DictConfig) -> float | None: ...
+    """
+
+    @functools.wraps(main)
+    def run(*args, **kwargs) -> Result:
+        for arg in sys.argv[1:]:
+            option = arg.split("=", 1)[0]
+            if len(option) > 2 and PICKLED_RERUN.startswith(option):
+                print(f"error: {option}: refused, it would unpickle the file it is given (code could run); rerun "
+                      f"a job with the overrides in its .hydra/overrides.yaml instead", file=sys.stderr, flush=True)
+                sys.exit(2)
+        return main(*args, **kwargs)
+
+    return run
+
+
 def _in_sweep() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

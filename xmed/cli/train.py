@@ -22,9 +22,10 @@ import hydra
 from omegaconf import DictConfig
 
 from xmed.cli.common import CONFIG_PACKAGE
-from xmed.cli.entry import command
+from xmed.cli.entry import command, refuse_pickled_rerun
 
 
+@refuse_pickled_rerun
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="train")
 @command
 def main(cfg: DictConfig) -> float | None:

@@ -29,6 +29,7 @@ from torch import nn
 from xmed.errors import CheckpointError, ConfigError
 from xmed.findings import FINDINGS
 from xmed.models.classifier import FundusClassifier
+from xmed.saved_config import check_targets
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "xmed.FundusClassifier/1"
@@ -65,6 +66,11 @@ MODEL_KEYS = ("backbone",), ("mode", "input_size", "drop_rate", "data_config", "
                              "findings", "threshold")
 
 
+#: ``timm.create_model`` options that would read weights or configs from a file or the hub: a model
+#: folder someone hands over must not make xmed read (or fetch) anything beside its own weights
+BACKBONE_OPTIONS_REFUSED = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
+
+
 def checked_config(config: Any, required: tuple[str, ...], optional: tuple[str, ...],
                    source: str | os.PathLike, what: str) -> dict[str, Any]:
     """``config`` as a dict, once it is a mapping holding every key of ``required`` and none beyond
@@ -93,6 +99,13 @@ def model_from_config(config: Mapping[str, Any], source: str | os.PathLike = "co
     """Rebuild an (untrained) model from ``export_config()`` output, without hub downloads; a
     config that is not one raises :class:`CheckpointError` naming ``source`` (its file)."""
     config = checked_config(config, *MODEL_KEYS, source, "model")
+    options = config.get("backbone_kwargs") or {}
+    if not isinstance(options, Mapping):
+        raise CheckpointError(source, f"backbone_kwargs: must be a mapping of timm options, got {options!r}")
+    reaching_out = sorted(set(options) & set(BACKBONE_OPTIONS_REFUSED))
+    if reaching_out:
+        raise CheckpointError(source, f"backbone_kwargs.{reaching_out[0]}: a saved model's backbone is built from its "
+                                      f"own weights only, never from a file or hub its config names")
     findings = config.pop("findings", list(FINDINGS))
     if list(findings) != list(FINDINGS):
         raise CheckpointError(source, f"model was trained on findings {findings}, this xmed knows {list(FINDINGS)}")
@@ -135,6 +148,7 @@ def load_weights_only(path: str | os.PathLike, build: Callable[[Mapping[str, Any
         source = path
     else:
         raise CheckpointError(path, "no such file or folder")
+    check_targets(config, source, allowed=frozenset())  # a model's config names no class to build
     try:
         model = build(config, source)
     except ConfigError as err:  # the file's own settings are at fault, not the user's config

@@ -22,8 +22,9 @@ from typing import Any, Mapping
 import numpy as np
 from omegaconf import DictConfig
 
+from xmed.checks import is_number
 from xmed.errors import ConfigError
-from xmed.runs import eye_file_stem, write_text_atomic
+from xmed.runs import eye_file_stem, read_per_image, write_text_atomic
 
 #: What every per-image record says of its eye besides the scores: the image-quality flags (``;``-joined,
 #: empty when the image passed) and the status (``non-finite output`` when the model's output for
@@ -124,7 +125,13 @@ def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, ou
     path = other_run / "metrics.json"
     if not path.is_file():
         raise ConfigError("compare_run", f"no metrics.json in {other_run} (give an xmed-explain run folder)")
-    other = json.loads(path.read_text())["methods"]
+    try:
+        other = json.loads(path.read_text(encoding="utf-8"))["methods"]
+        if not isinstance(other, dict) or not all(isinstance(v, dict) for v in other.values()):
+            raise TypeError("methods is not a mapping of method names to their figures")
+    except (ValueError, KeyError, TypeError) as err:  # bad JSON (a ValueError) or another shape
+        raise ConfigError("compare_run", f"{path} is not an xmed-explain metrics.json ({type(err).__name__}: "
+                                         f"{err})") from None
     paired = _paired_counts(records, other_run / "per_image.csv") if records is not None else None
     lines = [f"This model vs the model of `{other_run}`, on the same eyes.", "",
              "| method | metric | this model | comparison model |" + (" this model higher |" if paired else ""),
@@ -132,6 +139,7 @@ def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, ou
     for method, entry in summary.items():
         for key in COMPARED_METRICS:
             mine, theirs = entry.get(key), other.get(method, {}).get(key)
+            theirs = theirs if is_number(theirs) else None  # the other run's file is data: text is no figure
             if mine is None and theirs is None:
                 continue
             cells = ["–" if v is None else f"{v:.3f}" for v in (mine, theirs)]
@@ -153,20 +161,19 @@ def _paired_counts(records: list[dict[str, Any]], other_csv: Path) -> dict[tuple
     that file is missing)."""
     if not other_csv.is_file():
         return None
-    with open(other_csv, newline="") as fh:
-        theirs = {(row["id"], row["method"]): row for row in csv.DictReader(fh)}
+    theirs = read_per_image(other_csv)
     counts: dict[tuple[str, str], list[int]] = {}
     for record in records:
         row = theirs.get((record["id"], record["method"]))
         if row is None:
             continue
         for key in COMPARED_METRICS:
-            mine, other = record.get(key), row.get(key) or None
+            mine, other = record.get(key), row.get(key)
             if mine is None or other is None:
                 continue
             count = counts.setdefault((record["method"], key), [0, 0, 0])
-            count[0] += int(float(mine) > float(other))
-            count[1] += int(float(mine) == float(other))
+            count[0] += int(float(mine) > other)
+            count[1] += int(float(mine) == other)
             count[2] += 1
     return {k: tuple(v) for k, v in counts.items()}
 

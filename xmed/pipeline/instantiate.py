@@ -10,12 +10,14 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from xmed.errors import ConfigError, XmedError
 from xmed.runtime import Choice
+from xmed.saved_config import buildable
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +27,16 @@ log = logging.getLogger(__name__)
 FULL_PRECISION = Choice("32-true", "a trained model is run in full precision")
 
 
-def instantiate_group(node: DictConfig | dict, group: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` whose failures name the config group (``data``, ``model``…)."""
+def instantiate_group(node: DictConfig | dict, group: str, source: str | os.PathLike | None = None,
+                      **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose failures name the config group (``data``, ``model``…).
+    ``source``: the file ``node`` was read from, when the command did not compose it itself; it
+    is then built only as :func:`xmed.saved_config.buildable` allows (xmed's own classes)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    if source is not None:
+        node = OmegaConf.create(buildable(node, source, group))
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
@@ -62,13 +69,16 @@ def inference_trainer(trainer_cfg: DictConfig, out_dir, **kwargs: Any):
                          default_root_dir=str(out_dir), **kwargs)
 
 
-def datamodule_for_model(data_cfg: DictConfig, model):
+def datamodule_for_model(data_cfg: DictConfig, model, source: str | os.PathLike | None = None):
     """The data module of ``data_cfg``, set up to prepare photographs the way ``model`` expects
-    (its input size, normalisation, field-of-view and disc crops, contrast)."""
+    (its input size, normalisation, field-of-view and disc crops, contrast). ``source``: the file
+    ``data_cfg`` was read from, when it was not composed by this command (see
+    :func:`instantiate_group`)."""
     dc = model.data_config
-    config = OmegaConf.to_container(data_cfg, resolve=True)
+    config = buildable(data_cfg, source, "data") if source is not None else \
+        OmegaConf.to_container(data_cfg, resolve=True)
     config.update(image_size=dc.input_size, mean=list(dc.mean), std=list(dc.std))
     config["preprocess"] = dc.preprocess()
-    datamodule = instantiate_group(OmegaConf.create(config), "data")
+    datamodule = instantiate_group(OmegaConf.create(config), "data", source)
     datamodule.setup()
     return datamodule

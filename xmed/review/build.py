@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xmed.checks import Rule, integer, one_of
 from xmed.errors import ConfigError, PathError
 from xmed.findings import FINDINGS, VCDR
 from xmed.review.session import EDITS, Edit, write_case, write_session
-from xmed.runs import eye_file_stem
+from xmed.runs import eye_file_stem, read_per_image
 
 #: the goal of each edit: far enough past any operating threshold that the change is the model's
 #: idea of a clearly normal / clearly glaucomatous eye
@@ -71,9 +72,9 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
         from xmed.pipeline.explanation import explained_view
         from xmed.pipeline.instantiate import datamodule_for_model
 
-        config, maps_dir, automatic = _explain_source(Path(explain_dir))
+        config, config_path, maps_dir, automatic = _explain_source(Path(explain_dir))
         net = load_model(config.ckpt_path)
-        view, skipped = explained_view(config, datamodule_for_model(config.data, net)), []
+        view, skipped = explained_view(config, datamodule_for_model(config.data, net, source=config_path)), []
         methods = list(methods) if methods is not None else _explained_methods(config)
         source = "xmed-explain run"
     else:
@@ -116,23 +117,47 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
 
 
 def _explain_source(folder: Path):
-    """The config, maps folder and automatic scores (``{eye id: {method: {metric: value}}}``) of an
-    ``xmed-explain`` run."""
-    from omegaconf import OmegaConf
-
+    """The config (checked: :func:`explain_run_config`), its file, the maps folder and the
+    automatic scores (``{eye id: {method: {metric: value}}}``) of an ``xmed-explain`` run."""
     config_path = folder / ".hydra" / "config.yaml"
     if not config_path.is_file():
         raise PathError(folder, "is not an xmed-explain run folder (no .hydra/config.yaml)")
-    config = OmegaConf.load(config_path)
-    automatic: dict[str, dict[str, dict[str, float]]] = {}
+    config = explain_run_config(config_path)
     per_image = folder / "per_image.csv"
-    if per_image.is_file():
-        with open(per_image, newline="") as handle:
-            for row in csv.DictReader(handle):
-                values = {k: float(v) for k, v in row.items()
-                          if k not in ("id", "method", "quality", "status", "seconds") and v not in ("", None)}
-                automatic.setdefault(row["id"], {})[row["method"]] = values
-    return config, folder / "maps", automatic
+    automatic: dict[str, dict[str, dict[str, float]]] = {}
+    for (eye, method), scores in (read_per_image(per_image) if per_image.is_file() else {}).items():
+        automatic.setdefault(eye, {})[method] = {k: v for k, v in scores.items() if k != "seconds"}
+    return config, config_path, folder / "maps", automatic
+
+
+#: what each setting of an ``xmed-explain`` run's config that a review reads back must be
+EXPLAIN_RUN_SETTINGS = {"ckpt_path": Rule("a path", lambda v: isinstance(v, str) and bool(v)),
+                        "split": Rule("a split name", lambda v: isinstance(v, str) and bool(v)),
+                        "label": one_of(None, 0, 1), "n": integer(1),
+                        "explainer": Rule("a mapping of method names to their options",
+                                          lambda v: isinstance(v, dict) and all(
+                                              isinstance(k, str) and (o is None or isinstance(o, dict))
+                                              for k, o in v.items()))}
+
+
+def explain_run_config(path: Path):
+    """An ``xmed-explain`` run's saved config, read as data (:func:`xmed.saved_config.load_saved_config`:
+    every ``_target_`` one of xmed's own) with the settings a review reads back checked
+    (:data:`EXPLAIN_RUN_SETTINGS`); raises :class:`~xmed.errors.PathError` naming the file and key."""
+    from omegaconf import OmegaConf
+
+    from xmed.saved_config import load_saved_config
+
+    config = load_saved_config(path)
+    for key, rule in EXPLAIN_RUN_SETTINGS.items():
+        try:
+            value = OmegaConf.select(config, key, throw_on_missing=True)
+            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        except Exception as err:  # omegaconf's interpolation and missing-value errors
+            raise PathError(path, f"key {key!r} cannot be read: {err}") from None
+        if not rule.accepts(value):
+            raise PathError(path, f"key {key!r} must be {rule.expected}, got {value!r}")
+    return config
 
 
 def _image_folder(folder: Path, net):
