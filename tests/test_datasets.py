@@ -328,7 +328,6 @@ def build_dicom(root: Path) -> Path:
     dicom(root / "a.dcm", "L", "PAT-1", "1.2.3.1")
     dicom(root / "sub/b.dcm", "R", "PAT-1", "1.2.3.2", attribute="Laterality")
     dicom(root / "sub/IM0003", None, "PAT-2", "1.2.3.3")  # extension-less PACS export
-    (root / "notes.txt").write_text("not DICOM")
     write_csv(root / "labels.csv", [["file", "label"], ["a.dcm", 1], ["sub/b.dcm", 0]])
     return root
 
@@ -554,7 +553,7 @@ def test_image_folder(tmp_path):
     custom = dataset_class("image_folder")(flat, classes={"G": 1, "N": 0}, on_error="skip")
     assert [(r.id, r.label, r.split) for r in custom.records] == [
         ("G/a", 1.0, None), ("N/b", 0.0, None)]
-    assert custom.skipped[0].path.endswith("unsure") and "class folder" in custom.skipped[0].reason
+    assert custom.skipped[0].path.endswith("unsure/c.png") and "class folder" in custom.skipped[0].reason
 
 
 def test_dicom_folder(tmp_path):
@@ -577,8 +576,15 @@ def test_dicom_folder(tmp_path):
     skipped = dataset_class("dicom_folder")(ds.root, labels="labels.csv", on_error="skip")
     assert len(skipped) == 3 and skipped.skipped[0].path.endswith("gone.dcm")
     (ds.root / "broken.dcm").write_bytes(b"not a dicom header at all")
+    (ds.root / "notes.txt").write_text("not DICOM")
     broken = dataset_class("dicom_folder")(ds.root, on_error="skip")
-    assert [s.path.endswith("broken.dcm") for s in broken.skipped] == [True]
+    # every other entry reported; a DICOM file by its place in the listing, never by its name
+    label = {e.relative: e.label for e in broken.entries}["broken.dcm"]
+    assert label.startswith("dicom#2-") and "broken" not in broken.skipped[0].path
+    assert [(broken.entry_label(s.path), s.reason.split(" (")[0]) for s in broken.skipped] == [
+        (label, "cannot read the DICOM header"),
+        ("labels.csv", "not an image: a .csv file without DICOM's 'DICM' preamble"),
+        ("notes.txt", "not an image: a .txt file without DICOM's 'DICM' preamble")]
 
 
 # ----------------------------------------------------------------------- the Sample contract

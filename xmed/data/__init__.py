@@ -18,6 +18,7 @@ _EXPORTS = {
     "read_image_reduced": "xmed.data.io",
     "read_dicom": "xmed.data.io",
     "read_mask": "xmed.data.io",
+    "walk_folder": "xmed.data.folders",
     "render_phantom": "xmed.data.phantom",
     "PhantomSample": "xmed.data.phantom",
     "write_phantom_dataset": "xmed.data.phantom",

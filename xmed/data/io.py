@@ -40,8 +40,11 @@ __all__ = [
     "DEFAULT_DICOM_SALT",
     "DEFAULT_MAX_PIXELS",
     "DICOM_SALT_ENV",
+    "DICOM_SUFFIXES",
     "JPEG_REDUCTIONS",
     "SOP_CLASSES",
+    "dicom_pseudonym",
+    "is_dicom_file",
     "read_dicom",
     "read_image",
     "read_image_reduced",
@@ -58,6 +61,10 @@ JPEG_REDUCTIONS = (1, 2, 4, 8)
 
 #: Environment variable holding the salt of DICOM pseudonyms.
 DICOM_SALT_ENV = "XMED_DICOM_SALT"
+
+#: File name endings read as DICOM whatever the file holds; other files are DICOM when they hold the
+#: ``DICM`` preamble at byte 128.
+DICOM_SUFFIXES = (".dcm", ".dicom")
 
 #: Salt used when neither ``salt=`` nor :data:`DICOM_SALT_ENV` is given. It is public, so anyone
 #: can recompute the pseudonym of a known SOP Instance UID: a site must set its own secret salt.
@@ -269,15 +276,26 @@ def _check_pixel_count(path: Path, width: int, height: int, max_pixels: int) -> 
                                    f"max_pixels={max_pixels} (possible decompression bomb)")
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
+def is_dicom_file(path: PathLike) -> bool:
+    """Whether a file is read as DICOM: a name ending in one of :data:`DICOM_SUFFIXES`, or the
+    ``DICM`` preamble at byte 128 (the first 132 bytes are read; an ``OSError`` when they cannot be).
+
+    Example:
+        >>> is_dicom_file("IM0001.dcm")                              # by its name: nothing is read
+        True
+    """
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
         return True
+    with open(path, "rb") as f:
+        return f.read(132)[128:132] == b"DICM"
+
+
+def _is_dicom(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
-            header = f.read(132)
+        return is_dicom_file(path)
     except OSError as err:
         raise ImageReadError(path, f"cannot open file ({err.strerror})") from None
-    return header[128:132] == b"DICM"
 
 
 # ----------------------------------------------------------------------------------- Pillow

@@ -1,8 +1,9 @@
-"""Screening photographs without labels (``xmed-predict``): a folder of JPEGs or a PACS export of
-DICOM files scored through :func:`xmed.inference.score_eyes`, written as ``predictions.csv`` — per
-eye its id (a DICOM file's salted pseudonym, never a patient identifier), laterality,
-P(glaucoma), the decision at the model's operating threshold, the vCDR, each finding's
-probability, the image-quality flags and a status — and ``summary.json``.
+"""Screening photographs without labels (``xmed-predict``): a folder of JPEGs, a PACS export of
+DICOM files or both together, scored through :func:`xmed.inference.score_eyes`, written as
+``predictions.csv`` — one row per entry of the folder: per eye its id (a DICOM file's salted
+pseudonym, never a patient identifier), laterality, P(glaucoma), the decision at the model's
+operating threshold, the vCDR, each finding's probability, the image-quality flags and a status;
+per entry that is not scored the reason — and ``summary.json``.
 
 Example::
 
@@ -24,29 +25,47 @@ from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
 from xmed.inference import NON_FINITE, UNREADABLE
 
-FORMATS = {"photos": "photo_folder", "dicom": "dicom_folder"}
+#: ``format`` -> the data set that reads the folder, and its options
+FORMATS = {"auto": ("photo_folder", {}), "photos": ("photo_folder", {"kinds": ("photo",)}),
+           "dicom": ("dicom_folder", {})}
 
 #: The columns of ``xmed-predict``'s ``predictions.csv``.
 PREDICTION_COLUMNS = ("id", "eye", "prob", "referable", "vcdr", *(f"p_{c}" for c in FINDINGS), "quality", "status")
 
 
 def input_dataset(folder: str | Path, format: str, on_error: str):
-    """The data set of a folder to screen: DICOM files (``format=dicom``, or ``auto`` when the
-    folder holds any ``.dcm``/``.dicom`` file) or photographs."""
+    """The data set of a folder to screen (:class:`~xmed.data.datasets.generic.FolderDataset`):
+    ``format=auto`` reads its photographs and DICOM files together, ``photos`` and ``dicom`` one
+    kind; every other entry is skipped saying why (or raises, ``on_error=raise``)."""
     from xmed.data.datasets import get_dataset
-    from xmed.data.datasets.generic import DicomFolderDataset
 
-    if format == "auto":
-        folder_path = Path(folder)
-        dicom = folder_path.is_dir() and any(p.suffix.lower() in DicomFolderDataset.SUFFIXES
-                                             for p in folder_path.rglob("*") if p.is_file())
-        format = "dicom" if dicom else "photos"
     if format not in FORMATS:
         raise ConfigError("format", f"expected auto, photos or dicom, got {format!r}")
+    name, options = FORMATS[format]
     try:
-        return get_dataset(FORMATS[format], folder, on_error=on_error)
+        return get_dataset(name, folder, on_error=on_error, **options)
     except ConfigError as err:  # get_dataset names data.* keys; here the folder is `input`
         raise ConfigError("input" if err.key == "data.root" else err.key, err.reason) from None
+
+
+def entry_order(dataset) -> list[str]:
+    """The row id of every entry of a folder data set, in folder order: the id of its record, or
+    the label of an entry left out while listing (:meth:`~xmed.data.datasets.generic.FolderDataset.entry_label`)."""
+    record_ids = {str(r.image_path): r.id for r in dataset.records}
+    return [record_ids.get(str(entry.path), entry.label) for entry in dataset.entries]
+
+
+def listing_records(dataset) -> list[dict[str, str]]:
+    """A ``{id, status}`` record (:data:`~xmed.inference.UNREADABLE`) of each entry the data set
+    left out while listing the folder: not an image, a folder that cannot be listed, a link loop…"""
+    return [{"id": dataset.entry_label(skip.path), "status": f"{UNREADABLE}: {skip.reason}"}
+            for skip in dataset.skipped]
+
+
+def in_order(records: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list[Mapping[str, Any]]:
+    """``records`` sorted by the place of their id in ``order`` (others last, in their order)."""
+    position = {eye_id: i for i, eye_id in enumerate(order)}
+    return sorted(records, key=lambda r: position.get(r["id"], len(position)))
 
 
 def prediction_row(record: Mapping[str, Any], threshold: float) -> dict[str, str]:
@@ -79,8 +98,10 @@ def predictions_table(records: Sequence[Mapping[str, Any]], threshold: float) ->
 
 
 def screening_summary(records: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, Any]:
-    """How many eyes were screened, scored and referable, and which failed, were unreadable or
-    were flagged by the image-quality gate."""
+    """How many rows (``n``: one per entry of the folder) there are, how many were scored and
+    referable, and which failed (non-finite output), were unreadable (every entry not scored for
+    what it is: ``scored + len(failed) + len(unreadable) == n``) or were flagged by the
+    image-quality gate."""
     return {
         "n": len(records), "scored": sum(not r["status"] for r in records),
         "referable": sum(not r["status"] and r["prob"] >= threshold for r in records),
@@ -121,13 +142,15 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
     loader = DataLoader(view, batch_size=int(cfg.batch_size), num_workers=choose_num_workers(cfg.num_workers).value,
                         collate_fn=collate_samples)
     trainer, precision = inference_trainer(cfg.trainer, out_dir)
-    records = score_eyes(trainer, model, loader, [r.id for r in dataset.records], out_dir / ".parts",
-                         id_of_file={str(r.image_path): r.id for r in dataset.records})
-    if records is None:
+    order = entry_order(dataset)
+    scored = score_eyes(trainer, model, loader, order, out_dir / ".parts",
+                        id_of_file={str(dataset.reported_path(r.image_path)): r.id for r in dataset.records})
+    if scored is None:
         return {}
+    records = in_order([*scored, *listing_records(dataset)], order)
     write_text_atomic(out_dir / "predictions.csv", predictions_table(records, threshold))
     summary = {"input": str(cfg.input), "ckpt_path": str(cfg.ckpt_path), **screening_summary(records, threshold),
-               "skipped_at_listing": [s.as_dict() for s in dataset.skipped], "precision": str(precision)}
+               "precision": str(precision)}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     print(f"screened {summary['n']} eyes: {summary['referable']} referable at P(glaucoma) >= {threshold:.3f}, "
           f"{len(summary['quality_flagged'])} failed the image-quality check, "

@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -161,16 +160,32 @@ def explain_run_config(path: Path):
 
 
 def _image_folder(folder: Path, net):
+    """The eyes of a folder of photographs and DICOM files that can be read, through the model's
+    eval transform, and every other entry as ``{"path", "reason"}`` in folder order: those the
+    listing left out and those that fail to decode (every eye is decoded once here to find them,
+    so that none drops out of the session unsaid). ``path`` is relative to the folder, or a DICOM
+    file's label (:attr:`xmed.data.folders.FolderEntry.label`), never its name."""
     from xmed.data.datamodule import SplitView
+    from xmed.data.datasets import SkippedSample, get_dataset
     from xmed.data.transforms import build_transforms
-    from xmed.pipeline.prediction import input_dataset
 
     if not folder.is_dir():
         raise PathError(folder, "no such folder of images")
-    dataset = input_dataset(folder, "auto", on_error="skip")
+    dataset = get_dataset("photo_folder", folder, on_error="skip")
+    left_out = [(s.path, s.reason) for s in dataset.skipped]
+    readable = []
+    for index, record in enumerate(dataset.records):
+        sample = dataset.load(index)
+        if isinstance(sample, SkippedSample):
+            left_out.append((record.image_path, sample.reason))
+        else:
+            readable.append(index)
+    position = {entry.label: entry.position for entry in dataset.entries}
+    skipped = sorted(({"path": dataset.entry_label(path), "reason": reason} for path, reason in left_out),
+                     key=lambda skip: position.get(skip["path"], len(position) + 1))
     dc = net.data_config
     transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess())
-    return SplitView(dataset, range(len(dataset)), transform), [s.as_dict() for s in dataset.skipped]
+    return SplitView(dataset, readable, transform), skipped
 
 
 def _explained_methods(config) -> list[str]:

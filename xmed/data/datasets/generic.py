@@ -14,10 +14,18 @@ folder name is an argument.
     root/{glaucoma,normal}/*.png                  or
     root/{train,val,test}/{glaucoma,normal}/*.png
 
+:class:`PhotoFolderDataset` (registry ``photo_folder``; what ``xmed-predict`` screens)::
+
+    root/**/*.{jpg,png,…,dcm}   (any depth; photographs and DICOM files together, no labels)
+
 :class:`DicomFolderDataset` (registry ``dicom_folder``)::
 
     root/**/*.dcm          (any depth; files with the DICM preamble count too)
     root/labels.csv        optional: file, label  (keyed by path relative to root, or file name)
+
+The three folder readers list a folder one way (:func:`xmed.data.folders.walk_folder`): every
+entry below ``root`` becomes a record or a skip that says why (not an image, unreadable folder,
+symbolic link loop, FIFO…), and a DICOM file is never named by its file name.
 
 Harmonisation: labels are read as 0/1 or as the usual words (``glaucoma``/``normal``,
 ``RG``/``NRG``, ``positive``/``negative``, …) — see :data:`LABEL_WORDS`; ``suspect``, ``-1``
@@ -40,17 +48,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
 
 from xmed.data.datasets.base import (
-    NAN, FundusDataset, Record, TableRow, read_csv_rows, require_file,
+    NAN, FundusDataset, Record, Skip, SkippedSample, TableRow, read_csv_rows, require_file,
 )
 from xmed.data.datasets.common import (
-    IMAGE_EXTENSIONS, findings_vector, label_cell, list_images, normalise_eye, normalise_split, published_eye,
-    published_split, relative_id,
+    IMAGE_EXTENSIONS, findings_vector, label_cell, normalise_eye, normalise_split, published_eye, published_split,
 )
-from xmed.errors import DatasetError
+from xmed.data.folders import DICOM, KIND_NAMES, PHOTO, FolderEntry, walk_folder
+from xmed.data.io import DICOM_SUFFIXES, dicom_pseudonym
+from xmed.errors import DatasetError, ImageReadError, InputError
 from xmed.findings import FINDINGS
+
+if TYPE_CHECKING:
+    from xmed.data.preprocess import PixelNeed
 
 #: label cells and class-folder names understood by default (compared case-insensitively)
 LABEL_WORDS: dict[Any, float] = {
@@ -176,14 +188,140 @@ def id_from_path(listed: str) -> str:
     return (path.with_suffix("") if path.name else path).as_posix()
 
 
-class ImageFolderDataset(FundusDataset):
-    """Images sorted into class folders, optionally below split folders.
+class FolderDataset(FundusDataset):
+    """Base of the readers of a folder (``photo_folder``, ``image_folder``, ``dicom_folder``): every
+    entry :func:`~xmed.data.folders.walk_folder` finds below ``root`` becomes a record or is
+    reported (:meth:`skip_or_raise`) saying why not, so that the records and :attr:`skipped`
+    account for all of :attr:`entries`.
+
+    A DICOM entry is never named by its file name, which may carry the patient's: its record's id
+    and patient are salted pseudonyms from its header, and its skips and read errors name it
+    ``root / "dicom#<position>-<hash>"`` (:attr:`~xmed.data.folders.FolderEntry.label`).
+
+    Args:
+        root: the folder, searched recursively.
+        salt: salt of the DICOM pseudonyms and labels (default as :func:`xmed.data.read_dicom`).
+        **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
+
+    Subclass contract: :meth:`load_records` calls :meth:`list_entries` once, then
+    :meth:`read_entry` for each entry.
+
+    Example:
+        >>> ds = get_dataset("photo_folder", "/data/clinic", on_error="skip")   # doctest: +SKIP
+        >>> len(ds.records) + len(ds.skipped) == len(ds.entries)              # doctest: +SKIP
+        True
+    """
+
+    #: the kinds of entry read; an entry of another kind is reported
+    kinds: tuple[str, ...] = (PHOTO, DICOM)
+
+    def __init__(self, root: str | os.PathLike, salt: str | None = None, **kwargs: Any):
+        self.salt = salt
+        self.entries: list[FolderEntry] = []
+        self._by_path: dict[str, FolderEntry] = {}
+        super().__init__(root, **kwargs)
+
+    def list_entries(self, exclude: Iterable[str | os.PathLike] = ()) -> list[FolderEntry]:
+        """Every entry below ``root`` but ``exclude`` (:func:`~xmed.data.folders.walk_folder`),
+        kept in :attr:`entries`."""
+        self.entries = walk_folder(self.root, salt=self.salt, exclude=exclude)
+        self._by_path = {str(entry.path): entry for entry in self.entries}
+        return self.entries
+
+    def read_entry(self, entry: FolderEntry, problem: str | None = None, **fields: Any) -> Record | None:
+        """The record of ``entry`` with ``fields`` (``label``, ``split``…): a photograph's id is its
+        path below ``root`` without extension; a DICOM file's id, eye and patient come from its
+        header. None, reported, when the entry cannot be read, is of a kind this data set does not
+        read, or has the ``problem`` the caller found."""
+        reason = entry.reason or self._kind_problem(entry) or problem
+        if entry.not_an_eye:  # a stray .DS_Store or notes.txt: listed, never a reason to stop
+            self.skipped.append(Skip(str(self.reported_path(entry.path)), entry.scrub(reason)))
+            return None
+        if reason:
+            self.skip_or_raise(entry.path, reason)
+            return None
+        if entry.kind == PHOTO:
+            return Record(id=id_from_path(entry.relative), image_path=entry.path, source=self.name, **fields)
+        header = self._dicom_header(entry)
+        return None if header is None else Record(image_path=entry.path, source=self.name, **header, **fields)
+
+    def entry_label(self, path: str | os.PathLike) -> str:
+        """How reports name what is at ``path`` (a record's image, a skip's path): its entry's
+        label, else its path below ``root`` (as given when outside it).
+
+        Example:
+            >>> ds.entry_label(ds.records[0].image_path)                           # doctest: +SKIP
+            'monday/eye_0001.jpg'
+        """
+        entry = self._by_path.get(str(path))
+        if entry is not None:
+            return entry.label
+        path = Path(path)
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+
+    def reported_path(self, path: str | os.PathLike) -> Path:
+        """``path`` as skips and errors name it: ``root / label`` for a DICOM entry, else itself."""
+        entry = self._by_path.get(str(path))
+        return self.root / entry.label if entry is not None and entry.dicom else Path(path)
+
+    def skip_or_raise(self, path: str | os.PathLike, reason: str) -> None:
+        """As :meth:`FundusDataset.skip_or_raise`; an entry's file named as :meth:`reported_path` does."""
+        entry = self._by_path.get(str(path))
+        if entry is not None:
+            path, reason = self.reported_path(path), entry.scrub(reason)
+        super().skip_or_raise(path, reason)
+
+    def load(self, index: int, pixel_need: PixelNeed | None = None) -> dict | SkippedSample:
+        """As :meth:`FundusDataset.load`; a DICOM file that cannot be decoded is named by its label."""
+        entry = self._by_path.get(str(self.records[index].image_path))
+        if entry is None or not entry.dicom:
+            return super().load(index, pixel_need)
+        try:
+            sample = super().load(index, pixel_need)
+        except (ImageReadError, DatasetError) as err:
+            raise type(err)(self.reported_path(entry.path), entry.scrub(err.reason)) from None
+        if isinstance(sample, SkippedSample):
+            return SkippedSample(str(self.reported_path(entry.path)), entry.scrub(sample.reason))
+        return sample
+
+    def _kind_problem(self, entry: FolderEntry) -> str | None:
+        if entry.kind in self.kinds:
+            return None
+        read = " and ".join(f"{KIND_NAMES[kind]}s" for kind in self.kinds)
+        return f"a {KIND_NAMES[entry.kind]}, not read (this {self.name} reads {read} only)"
+
+    def _dicom_header(self, entry: FolderEntry) -> dict[str, Any] | None:
+        """``id``, ``eye`` and ``patient`` of a DICOM entry from its header only, the ids salted
+        pseudonyms (``id`` as :func:`xmed.data.read_dicom` makes it); None, reported, when the
+        header cannot be read."""
+        from pydicom import dcmread
+
+        try:
+            ds = dcmread(entry.path, stop_before_pixels=True)
+            file_meta = getattr(ds, "file_meta", None)
+            instance = ds.get("SOPInstanceUID") or (
+                file_meta.get("MediaStorageSOPInstanceUID") if file_meta is not None else None)
+            patient = ds.get("PatientID")
+            laterality = ds.get("ImageLaterality") or ds.get("Laterality") or ""
+        except Exception as err:  # pydicom raises several types for a bad header or element
+            self.skip_or_raise(entry.path, f"cannot read the DICOM header ({type(err).__name__}: {err})")
+            return None
+        return {
+            "id": dicom_pseudonym(str(instance) if instance else f"file:{entry.relative}", self.salt),
+            "eye": normalise_eye(str(laterality)),
+            "patient": dicom_pseudonym(f"patient:{patient}", self.salt) if patient else None,
+        }
+
+
+class ImageFolderDataset(FolderDataset):
+    """Photographs (or DICOM files) sorted into class folders, optionally below split folders;
+    any other entry is reported (see :class:`FolderDataset`).
 
     Args:
         root: the folder holding the class (or split) folders.
         classes: class-folder name -> 0/1/NaN (case-insensitive; default :data:`LABEL_WORDS`).
-            A folder not in it is reported.
-        **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
+            What a folder not in it holds is reported.
+        **kwargs: :class:`FolderDataset` arguments.
     """
 
     name: ClassVar[str] = "image_folder"
@@ -196,38 +334,44 @@ class ImageFolderDataset(FundusDataset):
         super().__init__(root, **kwargs)
 
     def load_records(self) -> list[Record]:
-        folders = sorted(p for p in self.root.iterdir()
-                         if p.is_dir() and not p.name.startswith("."))
-        splits = [normalise_split(p.name) for p in folders]
-        by_split = bool(folders) and all(s is not None and p.name.lower() not in self.classes
-                                         for p, s in zip(folders, splits))
-        layers = list(zip(folders, splits)) if by_split else [(self.root, None)]
+        entries = self.list_entries()
+        folders = {entry.relative.split("/")[0] for entry in entries if "/" in entry.relative}
+        by_split = bool(folders) and all(normalise_split(f) is not None and f.lower() not in self.classes
+                                         for f in folders)
         records = []
-        for base, split in layers:
-            for class_dir in sorted(p for p in base.iterdir()
-                                    if p.is_dir() and not p.name.startswith(".")):
-                label = self.classes.get(class_dir.name.lower())
-                if label is None:
-                    self.skip_or_raise(class_dir, f"unknown class folder {class_dir.name!r} "
-                                                  "(pass classes={folder: label})")
-                    continue
-                for path in list_images(class_dir, recursive=True):
-                    records.append(Record(id=relative_id(path, self.root), image_path=path,
-                                          label=label, split=split, source=self.name))
+        for entry in entries:
+            fields, problem = self._placement(entry.relative, by_split)
+            record = self.read_entry(entry, problem, **fields)
+            if record is not None:
+                records.append(record)
         if not records and not self.skipped:
             raise DatasetError(self.root, "no images found in class folders "
                                           "(e.g. glaucoma/, normal/)")
         return records
 
+    def _placement(self, relative: str, by_split: bool) -> tuple[dict[str, Any], str | None]:
+        """``({"label", "split"}, None)`` from the folders an entry is in, or ``({}, why not)``."""
+        parts = relative.split("/")
+        depth = 2 if by_split else 1
+        if len(parts) <= depth:
+            return {}, f"not in a class folder{' below a split folder' if by_split else ''} (e.g. glaucoma/, normal/)"
+        label = self.classes.get(parts[depth - 1].lower())
+        if label is None:
+            return {}, f"in unknown class folder {parts[depth - 1]!r} (pass classes={{folder: label}})"
+        return {"label": label, "split": normalise_split(parts[0]) if by_split else None}, None
 
-class PhotoFolderDataset(FundusDataset):
-    """Every photograph below a folder (searched recursively), without labels: what a clinic
-    hands over to be screened (``xmed-predict input=<folder>``). The id is the path relative to
-    ``root`` without its extension; labels, findings and vCDR are unknown (NaN).
+
+class PhotoFolderDataset(FolderDataset):
+    """Every photograph and DICOM file below a folder (searched recursively), without labels: what
+    a clinic hands over to be screened (``xmed-predict input=<folder>``), read as a whole. A
+    photograph's id is its path relative to ``root`` without its extension, a DICOM file's a salted
+    pseudonym; labels, findings and vCDR are unknown (NaN). Any other entry is reported (see
+    :class:`FolderDataset`).
 
     Args:
         root: the folder to search.
-        **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
+        kinds: what is read, ``("photo", "dicom")`` by default; an entry of another kind is reported.
+        **kwargs: :class:`FolderDataset` arguments.
 
     Example:
         >>> ds = PhotoFolderDataset("/data/clinic_2026_11")           # doctest: +SKIP
@@ -237,17 +381,25 @@ class PhotoFolderDataset(FundusDataset):
 
     name: ClassVar[str] = "photo_folder"
 
+    def __init__(self, root: str | os.PathLike, kinds: Sequence[str] = (PHOTO, DICOM), **kwargs: Any):
+        unknown = [kind for kind in kinds if kind not in KIND_NAMES]
+        if unknown or not kinds:
+            raise InputError("kinds", f"got {list(kinds)!r}; give one or both of {', '.join(KIND_NAMES)}")
+        self.kinds = tuple(kinds)
+        super().__init__(root, **kwargs)
+
     def load_records(self) -> list[Record]:
-        records = [Record(id=relative_id(path, self.root), image_path=path, source=self.name)
-                   for path in list_images(self.root, recursive=True)]
-        if not records:
-            raise DatasetError(self.root, "no photographs found (looked for "
-                                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}, in every subfolder)")
+        records = [record for record in map(self.read_entry, self.list_entries()) if record is not None]
+        if not records and not self.skipped:
+            looked_for = {PHOTO: ", ".join(sorted(IMAGE_EXTENSIONS)), DICOM: "DICOM files"}
+            raise DatasetError(self.root, f"no photographs found (looked for "
+                                          f"{' and '.join(looked_for[k] for k in self.kinds)}, in every subfolder)")
         return records
 
 
-class DicomFolderDataset(FundusDataset):
-    """Every DICOM file below a folder, with optional labels from a CSV keyed by file name.
+class DicomFolderDataset(FolderDataset):
+    """Every DICOM file below a folder, with optional labels from a CSV keyed by file name; any other
+    entry is reported (see :class:`FolderDataset`).
 
     Args:
         root: the folder to search (recursively).
@@ -263,7 +415,8 @@ class DicomFolderDataset(FundusDataset):
 
     name: ClassVar[str] = "dicom_folder"
     has_patient_ids: ClassVar[bool] = True
-    SUFFIXES: ClassVar[tuple[str, ...]] = (".dcm", ".dicom")
+    kinds = (DICOM,)
+    SUFFIXES: ClassVar[tuple[str, ...]] = DICOM_SUFFIXES
 
     def __init__(
         self,
@@ -277,26 +430,19 @@ class DicomFolderDataset(FundusDataset):
     ):
         self.labels_file, self.file_column, self.label_column = labels, file_column, label_column
         self.label_words = dict(label_words) if label_words is not None else LABEL_WORDS
-        self.salt = salt
-        super().__init__(root, **kwargs)
+        super().__init__(root, salt=salt, **kwargs)
 
     def load_records(self) -> list[Record]:
         labels, csv_path = self._read_labels()
         records, seen = [], set()
-        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
-            if not self._looks_like_dicom(path):
-                continue
-            header = self._read_header(path)
-            if header is None:
-                continue
-            rel = path.relative_to(self.root).as_posix()
-            key = rel if rel in labels else path.name
+        for entry in self.list_entries(exclude=[csv_path] if csv_path else []):
+            key = entry.relative if entry.relative in labels else entry.path.name
             seen.add(key)
             listed = labels.get(key)
-            records.append(Record(id=header["id"], image_path=path,
-                                  label=listed.label if listed else NAN,
-                                  eye=header["eye"], patient=header["patient"], source=self.name))
-        for key, listed in labels.items():  # listed, but no such DICOM file: reported by the base
+            record = self.read_entry(entry, label=listed.label if listed else NAN)
+            if record is not None:
+                records.append(record)
+        for key, listed in labels.items():  # listed, but no such file: reported by the base
             if key not in seen:
                 records.append(listed)
         if not records and not self.skipped:
@@ -327,37 +473,3 @@ class DicomFolderDataset(FundusDataset):
 
         entries = self.validate_records(self.records_from_rows(rows, entry))
         return {e.id: e for e in entries}, csv_path
-
-    def _looks_like_dicom(self, path: Path) -> bool:
-        if path.suffix.lower() in self.SUFFIXES:
-            return True
-        if path.suffix:  # only extension-less files are sniffed (PACS exports)
-            return False
-        try:
-            with open(path, "rb") as f:
-                return f.read(132)[128:132] == b"DICM"
-        except OSError:
-            return False
-
-    def _read_header(self, path: Path) -> dict[str, Any] | None:
-        """Eye and pseudonyms from the header only; None (recorded) when it is unreadable."""
-        from pydicom import dcmread
-
-        from xmed.data.io import dicom_pseudonym  # the same pseudonyms as read_dicom's meta["id"]
-
-        try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except Exception as err:  # pydicom raises several types for a bad header
-            self.skip_or_raise(path, f"cannot read the DICOM header ({type(err).__name__}: {err})")
-            return None
-        file_meta = getattr(ds, "file_meta", None)
-        instance = ds.get("SOPInstanceUID") or (
-            file_meta.get("MediaStorageSOPInstanceUID") if file_meta is not None else None)
-        rel = path.relative_to(self.root).as_posix()
-        patient = ds.get("PatientID")
-        laterality = ds.get("ImageLaterality") or ds.get("Laterality") or ""
-        return {
-            "id": dicom_pseudonym(str(instance) if instance else f"file:{rel}", self.salt),
-            "eye": normalise_eye(str(laterality)),
-            "patient": dicom_pseudonym(f"patient:{patient}", self.salt) if patient else None,
-        }
