@@ -72,6 +72,11 @@ CONFIG_RULES: dict[str, Rule] = {
     "randomisation.n_images": integer(minimum=0),
     "faithfulness.n_steps": integer(minimum=1),
     "faithfulness.baseline": one_of(*BASELINES),
+    # xmed-study
+    "progress": BOOLEAN,
+    "rationale": BOOLEAN,
+    "min_change": number(above=0, below=1),
+    "adversarial.max_steps": integer(minimum=1),
 }
 
 

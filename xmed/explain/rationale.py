@@ -227,15 +227,15 @@ def sentence(r: Rationale) -> str:
         >>> print(sentence(r))
         The image failed the quality check (a nearly uniform image): do not rely on this decision. Referable glaucoma: probability of glaucoma 0.99 (referable from 0.50). No single finding explains it.
     """
-    toward_glaucoma = r.decision == "referable glaucoma"
-    terms = []
-    for f in r.findings:
-        name = FINDING_NAMES[f.code].short
+    by_code = {f.code: f for f in r.findings}
+    drivers = []
+    for code in main_reasons(r):
+        if code == VCDR:
+            drivers.append(f"the vCDR of {r.vcdr:.2f}")
+            continue
+        f, name = by_code[code], FINDING_NAMES[code].short
         term = _with_article(name) if f.probability >= 0.5 else f"no {name}"
-        terms.append((f.contribution, f"{term} (probability {f.probability:.2f})"))
-    terms.append((r.vcdr_contribution, f"the vCDR of {r.vcdr:.2f}"))
-    ranked = sorted(terms, key=lambda t: -t[0] if toward_glaucoma else t[0])
-    drivers = [name for value, name in ranked[:2] if (value > 0) == toward_glaucoma and abs(value) >= 0.05]
+        drivers.append(f"{term} (probability {f.probability:.2f})")
     parts = [f"{r.decision[0].upper()}{r.decision[1:]}: probability of glaucoma {r.probability:.2f} "
              f"(referable from {r.threshold:.2f})."]
     parts.append(f"Main reasons: {' and '.join(drivers)}." if drivers else "No single finding explains it.")
@@ -257,6 +257,22 @@ def sentence(r: Rationale) -> str:
         text = (f"The image failed the quality check ({Quality(tuple(r.quality)).describe()}): "
                 f"do not rely on this decision. {text}")
     return text
+
+
+def main_reasons(r: Rationale, most: int = 2, min_contribution: float = 0.05) -> list[str]:
+    """The codes (finding codes, ``"vcdr"``) of the terms that drive the decision most: the
+    ``most`` largest contributions toward the decision taken, each at least ``min_contribution``
+    of the logit. A finding is a reason by being there (probability ≥ 0.5) or by being absent.
+
+    Example:
+        >>> f = [FindingEvidence("LC", "large cup", 0.9, 1.2), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
+        >>> main_reasons(Rationale(0.87, 1.9, 0.42, "referable glaucoma", 0.78, f, 0.9, -0.5, 0.0, True, None, ""))
+        ['LC', 'vcdr']
+    """
+    toward_glaucoma = r.decision == "referable glaucoma"
+    terms = [(f.contribution, f.code) for f in r.findings] + [(r.vcdr_contribution, VCDR)]
+    ranked = sorted(terms, key=lambda t: -t[0] if toward_glaucoma else t[0])
+    return [code for value, code in ranked[:most] if (value > 0) == toward_glaucoma and abs(value) >= min_contribution]
 
 
 def _with_article(phrase: str) -> str:

@@ -628,7 +628,14 @@ def resample_indices(n: int, n_bootstrap: int, seed: int) -> Tensor:
     return _draw(torch.Generator().manual_seed(seed), n, n_bootstrap)
 
 
-def _percentile(values: Tensor, level: float) -> BootstrapCI:
+def percentile_interval(values: Tensor, level: float) -> BootstrapCI:
+    """The percentile interval at ``level`` of a metric's resampled values (NaN ones dropped and
+    counted).
+
+    Example:
+        >>> percentile_interval(torch.tensor([1.0, 2.0, float("nan"), 3.0]), 0.5)
+        BootstrapCI(low=1.5, high=2.5, n_resamples=4, n_dropped=1)
+    """
     valid = values[torch.isfinite(values)]
     dropped = values.numel() - valid.numel()
     if valid.numel() == 0:
@@ -672,7 +679,7 @@ def bootstrap_ci(metric: Callable[..., float | None], *arrays: ArrayLike | None,
     for r, idx in enumerate(resample_indices(n, n_bootstrap, seed)):
         v = metric(*[None if t is None else t[idx] for t in tensors])
         values[r] = math.nan if v is None else float(v)
-    return _percentile(values, level)
+    return percentile_interval(values, level)
 
 
 def _weighted_roc(score: Tensor, target: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -839,7 +846,7 @@ def bootstrap_predictions(test: Predictions, threshold: float | None, *, n_boots
     for key in CI_METRICS:
         values = (torch.cat([c[key] for c in chunks]) if chunks
                   else torch.empty(0, dtype=torch.float64))
-        result[key] = _percentile(values, level)
+        result[key] = percentile_interval(values, level)
         if result[key].n_dropped:
             log.info("bootstrap %s: %d of %d resamples undefined (e.g. one class) and dropped",
                      key, result[key].n_dropped, n_bootstrap)

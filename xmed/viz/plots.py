@@ -27,7 +27,8 @@ from torchmetrics.functional.classification import binary_roc
 
 from xmed.metrics.classification import ArrayLike, auroc, calibration_bins, ece, labelled
 
-__all__ = ["plot_roc", "plot_calibration", "plot_finding_auroc", "plot_learning_curve", "read_learning_curve"]
+__all__ = ["plot_roc", "plot_calibration", "plot_finding_auroc", "plot_forest", "plot_learning_curve",
+           "read_learning_curve"]
 
 log = logging.getLogger(__name__)
 
@@ -257,3 +258,35 @@ def plot_learning_curve(metrics_csv: str | os.PathLike | None, out_png: str | os
         ax.grid(alpha=0.3)
     _save(fig, out_png)
     return sorted(set(curve.get(TRAIN_LOSS, {})) | set(curve.get(validation, {})))
+
+
+def plot_forest(rows: list[Mapping[str, object]], path: str | os.PathLike, title: str,
+                label: str = "difference") -> Path:
+    """A forest plot: one line per row (``name``, ``estimate``, ``low``, ``high``; a ``marked``
+    row is drawn filled — e.g. significant after correction), the interval as a bar around the
+    estimate, zero as a dashed line. Rows without an estimate are listed with no bar.
+
+    Example:
+        >>> import tempfile, os
+        >>> rows = [{"name": "a", "estimate": 0.2, "low": 0.1, "high": 0.3, "marked": True},
+        ...         {"name": "b", "estimate": None, "low": None, "high": None}]
+        >>> plot_forest(rows, os.path.join(tempfile.mkdtemp(), "f.png"), "t").stat().st_size > 0
+        True
+    """
+    fig = _figure(7.0, 0.8 + 0.32 * max(len(rows), 1))
+    ax = fig.add_subplot(1, 1, 1)
+    for y, row in enumerate(reversed(rows)):
+        if row.get("estimate") is None:
+            continue
+        low = row["low"] if row.get("low") is not None else row["estimate"]
+        high = row["high"] if row.get("high") is not None else row["estimate"]
+        ax.plot([low, high], [y, y], color="#1f4e79", linewidth=1.6)
+        ax.plot([row["estimate"]], [y], marker="s", color="#1f4e79",
+                markerfacecolor="#1f4e79" if row.get("marked") else "white", markersize=6)
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([str(row["name"]) for row in reversed(rows)], fontsize=8)
+    ax.set_xlabel(label)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
