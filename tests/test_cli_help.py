@@ -12,7 +12,7 @@ import yaml
 
 from xmed.cli.common import CONFIG_DIR
 
-COMMANDS = ("train", "eval", "explain", "predict")
+COMMANDS = ("train", "eval", "explain", "predict", "study")
 
 
 def run_command(command: str, flag: str) -> subprocess.CompletedProcess:

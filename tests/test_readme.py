@@ -2,7 +2,7 @@
 
 Every ```python block runs in a fresh namespace, in a folder holding the files the blocks name (a
 small model where ``make demo`` puts its model, a concept-bottleneck one, ``eye.jpg``, ``eye.dcm``
-and a tiny REFUGE tree). In the ```bash blocks, every ``xmed-train``/``-eval``/``-explain``/``-predict``
+and a tiny REFUGE tree). In the ```bash blocks, every ``xmed-train``/``-eval``/``-explain``/``-predict``/``-study``
 line is composed with Hydra against the shipped configs and passes the value checks the commands
 apply before they start; every ``xmed-data`` and ``xmed-review`` line parses. A failure names its
 README line.
@@ -30,7 +30,8 @@ from test_train_cli import compose
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: the config each Hydra command composes
-HYDRA_COMMANDS = {"xmed-train": "train", "xmed-eval": "eval", "xmed-explain": "explain", "xmed-predict": "predict"}
+HYDRA_COMMANDS = {"xmed-train": "train", "xmed-eval": "eval", "xmed-explain": "explain", "xmed-predict": "predict",
+                  "xmed-study": "study"}
 #: ``<run>``, ``<phantom folder>``, ``<a folder of photographs or DICOM files>``…
 PLACEHOLDER = re.compile(r"<[^<>]+>")
 #: an optional argument written ``[key=value]`` or ``[--flag value]`` after a space

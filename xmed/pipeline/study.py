@@ -151,6 +151,7 @@ class StudyMethods:
     Args:
         model: a trained :class:`~xmed.models.FundusClassifier`.
         saliency: saliency method names (:data:`xmed.explain.EXPLAINERS`).
+        saliency_options: ``{name: options}`` of some of them (e.g. ``{"integrated_gradients": {"n_steps": 16}}``).
         adversarial: the adversarial edit's settings (None: no edit); it is carried to the
             review's confident goals.
         latent_shift: the latent shift's settings with its ``autoencoder`` (None: none).
@@ -159,12 +160,18 @@ class StudyMethods:
     """
 
     def __init__(self, model, saliency: list[str], adversarial: Mapping[str, Any] | None,
-                 latent_shift: Mapping[str, Any] | None, rationale: bool, min_change: float):
+                 latent_shift: Mapping[str, Any] | None, rationale: bool, min_change: float,
+                 saliency_options: Mapping[str, Any] | None = None):
         from xmed.explain import get_counterfactual, get_explainer
         from xmed.review.build import COUNTERFACTUAL_DEFAULTS, REVIEW_GOALS
 
         self.model, self.min_change, self.rationale = model, float(min_change), bool(rationale)
-        self.saliency = {name: get_explainer(name)(model) for name in saliency}
+        self.saliency = {}
+        for name, options in _method_options(saliency, saliency_options).items():
+            try:
+                self.saliency[name] = get_explainer(name)(model, **options)
+            except TypeError as err:  # an option the method does not take
+                raise ConfigError(f"saliency.{name}", str(err)) from None
         self.editors = {}
         if adversarial is not None:
             self.editors["adversarial"] = get_counterfactual("adversarial")(
@@ -209,6 +216,25 @@ class StudyMethods:
         named = torch.tensor([[code in main_reasons(r) for code in FINDINGS] for r in explained],
                              device=present.device)
         return reason_scores(named, present)
+
+
+def _method_options(saliency: Any, options: Any) -> dict[str, dict[str, Any]]:
+    """``{name: options}`` of the ``saliency`` methods (a list of names), each with its entry of
+    ``options`` (``{name: {option: value}}``; none by default).
+
+    Example:
+        >>> _method_options(["gradcam", "integrated_gradients"], {"integrated_gradients": {"n_steps": 16}})
+        {'gradcam': {}, 'integrated_gradients': {'n_steps': 16}}
+    """
+    options = options or {}
+    if not isinstance(saliency, (list, tuple)) or not all(isinstance(name, str) for name in saliency):
+        raise ConfigError("saliency", f"must be a list of method names, got {saliency!r}")
+    if not isinstance(options, Mapping) or not all(isinstance(o, (Mapping, type(None))) for o in options.values()):
+        raise ConfigError("saliency_options", f"must be {{method: {{option: value}}}}, got {options!r}")
+    unused = sorted(set(options) - set(saliency))
+    if unused:
+        raise ConfigError(f"saliency_options.{unused[0]}", f"options of a method that is not in saliency {saliency}")
+    return {name: dict(options.get(name) or {}) for name in saliency}
 
 
 def study_rows(model_name: str, methods: StudyMethods, loader, device: torch.device | str,
@@ -328,8 +354,8 @@ def study_run(cfg: DictConfig) -> dict[str, Any]:
         view = explained_view(cfg, datamodule_for_model(cfg.data, model))
         eyes[name] = len(view)
         loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples)
-        methods = StudyMethods(model, list(cfg.saliency), settings["adversarial"], latent_shift,
-                               bool(cfg.rationale), cfg.min_change)
+        methods = StudyMethods(model, settings["saliency"], settings["adversarial"], latent_shift,
+                               bool(cfg.rationale), cfg.min_change, settings.get("saliency_options"))
         rows += study_rows(name, methods, loader, device, progress=cfg.progress)
     summary = summarise(rows, reference=list(cfg.reference), n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     return write_study(out_dir, rows, summary, eyes=eyes, models={k: str(v) for k, v in models.items()},
