@@ -37,7 +37,7 @@ SUITES: dict[str, dict[str, tuple[float, float]]] = {
             "counterfactual_speed": (300, 20), "backbone_stride": (300, 20), "loader_cache": (300, 30),
             "machine_choices": (400, 60), "quality_gate": (180, 20), "train_throughput": (400, 30),
             "scale_out": (900, 120), "review_first_case": (120, 30), "loader_decode": (180, 30),
-            "loader_handover": (180, 30)},
+            "loader_handover": (180, 30), "reader_study": (300, 20)},
     "gpu": {"gpu_training": (200, 60), "gpu_loader": (150, 60), "gpu_explain": (80, 90)},
 }
 

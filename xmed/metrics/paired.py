@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,8 +48,8 @@ class PairedDifference:
         mean_a, mean_b: each method's mean over those eyes.
         difference, low, high: mean of A − B with its bootstrap interval.
         statistic, p_value: the Wilcoxon signed-rank test (two-sided; ``None`` below 2 pairs).
-        test: how its p-value was computed: ``"exact"``, ``"normal approximation"`` or
-            ``"none"`` (no pair differs, or fewer than 2 pairs: p = 1 / undefined).
+        test: how its p-value was computed: ``"exact"``, ``"permutation"``, ``"normal
+            approximation"`` or ``"none"`` (no pair differs, or fewer than 2 pairs: p = 1 / undefined).
         underpowered: fewer than :data:`MIN_PAIRS` pairs — no p-value can fall below 0.05.
     """
 
@@ -104,8 +105,7 @@ def paired_difference(a: Sequence[float] | Tensor, b: Sequence[float] | Tensor, 
                       seed: int = 0, level: float = 0.95) -> PairedDifference:
     """A − B over the eyes where both are finite (``a[i]`` and ``b[i]`` are the same eye's
     scores): means, the mean difference with its bootstrap interval, and the two-sided Wilcoxon
-    signed-rank test (scipy; zero differences dropped as in Wilcoxon's original test; exact for
-    fewer than 50 pairs without ties, else the normal approximation with tie correction).
+    signed-rank test (:func:`signed_rank_test`).
 
     Example:
         >>> d = paired_difference([1, 1, 1], [1, 1, 1], n_bootstrap=10)
@@ -123,24 +123,36 @@ def paired_difference(a: Sequence[float] | Tensor, b: Sequence[float] | Tensor, 
         return PairedDifference(0, None, None, None, None, None, None, None, "none", True)
     differences = a - b
     ci = _resampled_mean_ci(differences, n_bootstrap, seed, level)
-    statistic, p_value, test = _wilcoxon(differences)
+    statistic, p_value, test = signed_rank_test(differences.numpy()) if n >= 2 else (None, None, "none")
     return PairedDifference(n, float(a.mean()), float(b.mean()), float(differences.mean()), ci.low, ci.high,
                             statistic, p_value, test, n < MIN_PAIRS)
 
 
-def _wilcoxon(differences: Tensor) -> tuple[float | None, float | None, str]:
-    from scipy.stats import wilcoxon
+def signed_rank_test(differences: Sequence[float] | np.ndarray) -> tuple[float, float, str]:
+    """``(statistic, p-value, how the p-value was found)`` of the two-sided Wilcoxon signed-rank test
+    of paired ``differences`` (scipy), zeros ranked then dropped (Pratt). The method is the one
+    scipy's ``"auto"`` would pick, chosen here so that it can be reported: ``"exact"`` for up to 50
+    differences without zeros or ties, else ``"permutation"`` (every sign flip) for up to 13, else
+    the ``"normal approximation"`` (with tie and zero corrections). All differences zero: 0, 1, ``"none"``.
 
-    nonzero = differences[differences != 0]
-    if differences.numel() < 2:
-        return None, None, "none"
-    if nonzero.numel() == 0:
+    Example:
+        >>> signed_rank_test([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        (0.0, 0.03125, 'exact')
+    """
+    from scipy import stats
+
+    differences = np.asarray(differences, dtype=float)
+    if not np.any(differences):
         return 0.0, 1.0, "none"
-    values = nonzero.numpy()
-    has_ties = len(set(abs(values).tolist())) < len(values)
-    method = "exact" if len(values) < 50 and not has_ties else "approx"
-    result = wilcoxon(values, method=method)
-    return float(result.statistic), float(result.pvalue), "exact" if method == "exact" else "normal approximation"
+    magnitudes = np.abs(differences)
+    if len(differences) <= 50 and np.all(magnitudes > 0) and len(np.unique(magnitudes)) == len(magnitudes):
+        method, name = "exact", "exact"
+    elif len(differences) <= 13:
+        method, name = stats.PermutationMethod(), "permutation"  # 2**13 sign flips: all of them, no sampling
+    else:
+        method, name = "asymptotic", "normal approximation"
+    test = stats.wilcoxon(differences, zero_method="pratt", method=method)
+    return float(test.statistic), float(test.pvalue), name
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

@@ -9,7 +9,8 @@ study.
 - :mod:`~xmed.review.store`: the ratings in SQLite, acknowledged only once committed;
 - :mod:`~xmed.review.server`: the page (Starlette; ``templates/``, ``static/``);
 - :mod:`~xmed.review.export`: a self-contained HTML report and a PNG per case;
-- :mod:`~xmed.review.analysis` and :mod:`~xmed.review.study`: the statistics of the reader study.
+- :mod:`~xmed.review.analysis` and :mod:`~xmed.review.study`: the statistics of the reader study;
+- :mod:`~xmed.review.simulate`: simulated readers, and the power of a planned study.
 
 Nothing heavy loads here.
 

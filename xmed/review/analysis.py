@@ -3,9 +3,14 @@
 Readers rate, per eye (case) and per explanation method, *location* explainability and *rationale*
 explainability on a 1-5 scale, and whether they agree with the model's decision (``agree``, 0/1).
 This module reads those ratings and computes, per method, mean scores with case-bootstrap
-intervals; paired Wilcoxon signed-rank comparisons of methods; agreement between readers
-(weighted Cohen's kappa, Krippendorff's alpha, Fleiss' kappa); per-finding breakdowns; and the
-rank correlation between readers' scores and automatic explanation metrics.
+intervals; every pair of methods compared in two analyses, labelled in the report: with the
+readers fixed (a case-level Wilcoxon signed-rank test on reader-matched differences and the mean
+difference with its case-bootstrap interval: conclusions about *these* readers) and with the
+readers random (the Obuchowski-Rockette multi-reader multi-case analysis with Hillis' degrees of
+freedom: conclusions about readers like them); agreement between readers per method (weighted
+Cohen's kappa, Krippendorff's alpha) and on ``agree`` (Fleiss' kappa, once per case); per-finding
+breakdowns; and the rank correlation between readers' scores and automatic explanation metrics.
+:mod:`xmed.review.simulate` has simulated readers and the power of a planned study.
 
 Example:
     >>> rows = [dict(reader=reader, case=f"eye{case}", method=method, location=score,
@@ -33,18 +38,30 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from xmed.errors import InputError
+from xmed.errors import InputError, PathError
 
 __all__ = [
-    "SCALES", "Rating", "read_ratings", "method_scores", "compare_methods", "reader_agreement",
-    "krippendorff_alpha", "fleiss_kappa", "finding_breakdown", "automatic_vs_readers", "analyse",
-    "plot_scores",
+    "SCALES", "Rating", "ScoreTable", "read_ratings", "method_scores", "compare_methods", "paired_comparison",
+    "mrmc_analysis", "mrmc", "jackknife_covariances", "obuchowski_rockette", "reader_agreement",
+    "agree_agreement", "krippendorff_alpha", "fleiss_kappa", "finding_breakdown", "automatic_vs_readers",
+    "analyse", "plot_scores",
 ]
 
 SCALES = ("location", "rationale")
 SCORE_RANGE = range(1, 6)
 REQUIRED_COLUMNS = ("reader", "case", "method")
+#: the most bootstrap resamples an interval draws (each is a row of case indices held in memory)
+MAX_BOOTSTRAP = 100_000
 Scale = Literal["location", "rationale"]
+#: the two analyses of a comparison of methods, as the report labels them
+FIXED_READERS = "fixed readers: case-level Wilcoxon signed-rank test of reader-matched differences"
+RANDOM_READERS = "random readers: Obuchowski-Rockette MRMC with Hillis (2007) denominator degrees of freedom"
+#: with fewer paired cases no outcome of a two-sided signed-rank test reaches p < 0.05 (6: p = 2 / 2**6);
+#: the value of :data:`xmed.metrics.paired.MIN_PAIRS`, kept here so that this module does not import torch
+MIN_PAIRS = 6
+#: with fewer readers the random-readers test rejects more often than its level (simulated: about 8 % at 5 %
+#: with 3 readers when readers' preferences for a method vary as much as the case-level noise)
+FEW_READERS = 5
 
 
 @dataclass(frozen=True)
@@ -122,7 +139,8 @@ def read_ratings(path_or_rows: str | os.PathLike | Iterable[Mapping[str, Any]]) 
     Columns: ``reader``, ``case``, ``method``, ``location`` and ``rationale`` (1-5 or blank),
     ``agree`` (0/1 or blank), optionally ``finding``. A wrong value raises
     :class:`~xmed.errors.InputError` naming the row (in a CSV file the header is row 1; in a list,
-    ``rows[i]``) and the column; so does a (reader, case, method) rated twice.
+    ``rows[i]``) and the column; so does a (reader, case, method) rated twice. A file that cannot be
+    read as a CSV table raises :class:`~xmed.errors.PathError` naming it.
 
     Example:
         >>> read_ratings([{"reader": "r1", "case": "eye1", "method": "gradcam",
@@ -135,12 +153,17 @@ def read_ratings(path_or_rows: str | os.PathLike | Iterable[Mapping[str, Any]]) 
     """
     if isinstance(path_or_rows, (str, os.PathLike)):
         path = Path(path_or_rows)
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
-            missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(f"{path} row 1, column {missing[0]!r}", "the header lacks this column")
-            located = [(f"{path} row {number}", row) for number, row in enumerate(reader, start=2)]
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as file:
+                reader = csv.DictReader(file)
+                missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
+                if missing:
+                    raise InputError(f"{path} row 1, column {missing[0]!r}", "the header lacks this column")
+                located = [(f"{path} row {number}", row) for number, row in enumerate(reader, start=2)]
+        except OSError as err:
+            raise PathError(path, f"cannot read the ratings table ({err.strerror})") from None
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise PathError(path, f"is not a CSV ratings table: {err}") from None
     else:
         located = [(f"rows[{index}]", row) for index, row in enumerate(path_or_rows)]
     ratings, first_seen = [], {}
@@ -166,6 +189,60 @@ def _check_scale(scale: str) -> None:
 
 def _methods(ratings: Sequence[Rating]) -> list[str]:
     return sorted({rating.method for rating in ratings})
+
+
+def _check_methods(ratings: Sequence[Rating], *methods: str) -> None:
+    known = _methods(ratings)
+    for method in methods:
+        if method not in known:
+            raise InputError("method", f"{method!r} is not a method of these ratings "
+                                       f"({', '.join(map(repr, known)) or 'there are none'})")
+
+
+def _check_bootstrap(n_bootstrap: Any) -> None:
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or not 1 <= n_bootstrap <= MAX_BOOTSTRAP:
+        raise InputError("n_bootstrap", f"must be an integer from 1 to {MAX_BOOTSTRAP}, got {n_bootstrap!r}")
+
+
+def _check_level(level: Any) -> None:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise InputError("level", f"must be a number between 0 and 1, got {level!r}")
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """One scale's scores as an array ``scores[reader, method, case]``, NaN where none was given.
+
+    Example:
+        >>> table = ScoreTable.from_ratings([Rating("r1", "eye1", "gradcam", 4, None, None),
+        ...                                  Rating("r2", "eye2", "gradcam", 2, 5, None)], "location")
+        >>> table.readers, table.cases, table.method("gradcam").tolist()
+        (('r1', 'r2'), ('eye1', 'eye2'), [[4.0, nan], [nan, 2.0]])
+    """
+
+    readers: tuple[str, ...]
+    methods: tuple[str, ...]
+    cases: tuple[str, ...]
+    scores: np.ndarray
+
+    @classmethod
+    def from_ratings(cls, ratings: Sequence[Rating], scale: Scale, methods: Sequence[str] | None = None) -> ScoreTable:
+        """The scores on ``scale`` of ``methods`` (default: every method rated), over the readers and
+        cases with one of them."""
+        _check_scale(scale)
+        methods = tuple(_methods(ratings) if methods is None else methods)
+        scored = [rating for rating in ratings if rating.method in methods and getattr(rating, scale) is not None]
+        readers = tuple(sorted({rating.reader for rating in scored}))
+        cases = tuple(sorted({rating.case for rating in scored}))
+        index = [{name: position for position, name in enumerate(names)} for names in (readers, methods, cases)]
+        scores = np.full((len(readers), len(methods), len(cases)), np.nan)
+        for rating in scored:
+            scores[index[0][rating.reader], index[1][rating.method], index[2][rating.case]] = getattr(rating, scale)
+        return cls(readers, methods, cases, scores)
+
+    def method(self, name: str) -> np.ndarray:
+        """``scores[reader, case]`` of one method."""
+        return self.scores[:, self.methods.index(name), :]
 
 
 def _case_means(ratings: Sequence[Rating], method: str, scale: str) -> dict[str, float]:
@@ -201,12 +278,13 @@ def _json_ready(value: Any) -> Any:
 # -- scores --------------------------------------------------------------------------------------
 
 
-def _cluster_bootstrap_mean(scores_by_case: Sequence[Sequence[int]], n_bootstrap: int,
+def _cluster_bootstrap_mean(sums: Sequence[float], counts: Sequence[float], n_bootstrap: int,
                             seed: int) -> tuple[float, float]:
+    """The 2.5-97.5 percentile interval of ``sum(sums) / sum(counts)`` over resamples of the cases
+    (each case its own sum and count)."""
     from xmed.metrics.classification import resample_indices  # the resamples every xmed interval uses
 
-    sums = np.array([sum(scores) for scores in scores_by_case], dtype=float)
-    counts = np.array([len(scores) for scores in scores_by_case], dtype=float)
+    sums, counts = np.asarray(sums, dtype=float), np.asarray(counts, dtype=float)
     draws = resample_indices(len(sums), n_bootstrap, seed).numpy()
     means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
@@ -214,7 +292,8 @@ def _cluster_bootstrap_mean(scores_by_case: Sequence[Sequence[int]], n_bootstrap
 
 
 def method_scores(ratings: Sequence[Rating], n_bootstrap: int = 2000, seed: int = 0) -> dict[str, dict]:
-    """Per method and scale: number of scores, mean and 95% case-bootstrap interval; share of ``agree``.
+    """Per method and scale: number of scores (and of rating rows with this score blank), mean and
+    95% case-bootstrap interval; share of ``agree``.
 
     The interval is the 2.5-97.5 percentile of the mean over ``n_bootstrap`` resamples of the cases
     (a cluster bootstrap: all readers' ratings of a case move together, as readers' scores of one
@@ -229,6 +308,7 @@ def method_scores(ratings: Sequence[Rating], n_bootstrap: int = 2000, seed: int 
         >>> scores["location"]["ci_low"] >= 2.0 and scores["location"]["ci_high"] <= 4.0
         True
     """
+    _check_bootstrap(n_bootstrap)
     result = {}
     for method in _methods(ratings):
         own = [rating for rating in ratings if rating.method == method]
@@ -239,9 +319,11 @@ def method_scores(ratings: Sequence[Rating], n_bootstrap: int = 2000, seed: int 
                 if getattr(rating, scale) is not None:
                     by_case[rating.case].append(getattr(rating, scale))
             scores = [score for case_scores in by_case.values() for score in case_scores]
-            summary = {"n": len(scores), "n_cases": len(by_case), "mean": None, "ci_low": None, "ci_high": None}
+            summary = {"n": len(scores), "n_blank": len(own) - len(scores), "n_cases": len(by_case), "mean": None,
+                       "ci_low": None, "ci_high": None}
             if scores:
-                low, high = _cluster_bootstrap_mean(list(by_case.values()), n_bootstrap, seed)
+                low, high = _cluster_bootstrap_mean([sum(s) for s in by_case.values()],
+                                                    [len(s) for s in by_case.values()], n_bootstrap, seed)
                 summary.update(mean=float(np.mean(scores)), ci_low=low, ci_high=high)
             result[method][scale] = summary
         agrees = [rating.agree for rating in own if rating.agree is not None]
@@ -249,38 +331,259 @@ def method_scores(ratings: Sequence[Rating], n_bootstrap: int = 2000, seed: int 
     return result
 
 
-def compare_methods(ratings: Sequence[Rating], a: str, b: str, scale: Scale) -> dict[str, Any]:
-    """Paired Wilcoxon signed-rank test of method ``a`` against ``b`` on per-case mean scores.
+def _wilcoxon(differences: np.ndarray) -> dict[str, Any]:
+    """:func:`xmed.metrics.paired.signed_rank_test` as a comparison's fields."""
+    from xmed.metrics.paired import signed_rank_test  # here: `import xmed.review.analysis` stays free of torch
 
-    Each case's score for a method is the mean over its readers; cases scored under both methods
-    are the pairs. Zero differences (common with 1-5 scores) use scipy's ``zero_method="pratt"``:
-    they take part in the ranking and are then dropped, which is more conservative than discarding
-    them first (``"wilcox"``). ``median_difference`` is the median of ``a - b``. When every
-    difference is zero the test is not run: statistic 0 and p-value 1.
+    statistic, p_value, method = signed_rank_test(differences)
+    return {"statistic": _number(statistic), "p_value": _number(p_value),
+            "p_value_method": None if method == "none" else method}
+
+
+def paired_comparison(table: ScoreTable, a: str, b: str, n_bootstrap: int | None = 2000,
+                      seed: int = 0) -> dict[str, Any]:
+    """Method ``a`` against ``b`` on a :class:`ScoreTable`, the readers fixed: see :func:`compare_methods`
+    (``n_bootstrap=None``: no interval).
 
     Example:
-        >>> ratings = [Rating("r1", f"eye{case}", method, score, None, None)
-        ...            for case in range(6) for method, score in (("adversarial", 4), ("gradcam", 2))]
-        >>> compare_methods(ratings, "adversarial", "gradcam", "location")
-        {'a': 'adversarial', 'b': 'gradcam', 'scale': 'location', 'n_pairs': 6, 'statistic': 0.0, 'p_value': 0.03125, 'median_difference': 2.0}
+        >>> ratings = [Rating(reader, f"eye{case}", method, score, None, None) for reader in ("r1", "r2")
+        ...            for case in range(6) for method, score in (("a", 4), ("b", 2))]
+        >>> result = paired_comparison(ScoreTable.from_ratings(ratings, "location"), "a", "b", n_bootstrap=None)
+        >>> result["n_pairs"], result["mean_difference"], result["p_value"], result["p_value_method"]
+        (6, 2.0, 0.03125, 'permutation')
     """
-    from scipy.stats import wilcoxon
-
-    _check_scale(scale)
-    means_a, means_b = _case_means(ratings, a, scale), _case_means(ratings, b, scale)
-    cases = sorted(means_a.keys() & means_b.keys())
-    differences = np.array([means_a[case] - means_b[case] for case in cases])
-    result = {"a": a, "b": b, "scale": scale, "n_pairs": len(cases), "statistic": None, "p_value": None,
-              "median_difference": None}
-    if not cases:
+    first, second = table.method(a), table.method(b)
+    scored_a, scored_b = ~np.isnan(first), ~np.isnan(second)
+    matched = scored_a & scored_b
+    per_case = matched.sum(axis=0)
+    paired = per_case > 0
+    sums, counts = np.where(matched, first - second, 0.0).sum(axis=0)[paired], per_case[paired]
+    # integer sums and counts are exact and a division is correctly rounded, so equal mean
+    # differences stay equal (ties for the ranks), as differences of two rounded means would not
+    differences = sums / counts
+    n_pairs = int(paired.sum())
+    result = {"analysis": FIXED_READERS, "test": "Wilcoxon signed-rank, Pratt's zeros", "p_value_method": None,
+              "n_pairs": n_pairs, "n_matched": int(matched.sum()),
+              "unmatched": {a: int((scored_a & ~scored_b).sum()), b: int((scored_b & ~scored_a).sum())},
+              "statistic": None, "p_value": None, "mean_difference": None, "ci_low": None, "ci_high": None,
+              "median_difference": None, "can_reach_significance": n_pairs >= MIN_PAIRS, "note": None}
+    if n_pairs < MIN_PAIRS:
+        result["note"] = (f"{n_pairs} paired case(s): with fewer than {MIN_PAIRS} no outcome of a two-sided "
+                          "signed-rank test reaches p < 0.05")
+    if not n_pairs:
         return result
-    result["median_difference"] = float(np.median(differences))
-    if np.all(differences == 0):
-        result.update(statistic=0.0, p_value=1.0)
-    else:
-        test = wilcoxon(differences, zero_method="pratt")
-        result.update(statistic=_number(test.statistic), p_value=_number(test.pvalue))
+    result.update(_wilcoxon(differences), mean_difference=float(sums.sum() / counts.sum()),
+                  median_difference=float(np.median(differences)))
+    if n_bootstrap is not None:
+        _check_bootstrap(n_bootstrap)
+        result["ci_low"], result["ci_high"] = _cluster_bootstrap_mean(sums, counts, n_bootstrap, seed)
     return result
+
+
+def compare_methods(ratings: Sequence[Rating], a: str, b: str, scale: Scale, n_bootstrap: int = 2000,
+                    seed: int = 0) -> dict[str, Any]:
+    """Method ``a`` against ``b`` on ``scale`` with the readers fixed: a paired Wilcoxon signed-rank
+    test over cases, and the mean difference with its 95% case-bootstrap interval.
+
+    A case's difference is the mean of ``a - b`` over the readers who scored both there
+    (reader-matched): a score whose reader left the other method blank on that case is left out,
+    and counted in ``unmatched``. ``n_pairs`` is the number of cases with a difference,
+    ``n_matched`` that of reader-matched pairs of scores. Zero differences use scipy's
+    ``zero_method="pratt"`` (ranked, then dropped); ``p_value_method`` names how the p-value was
+    found (``"exact"``, ``"permutation"``, ``"normal approximation"``). ``mean_difference`` is the
+    mean of ``a - b`` over the matched pairs, ``ci_low``/``ci_high`` its interval over
+    ``n_bootstrap`` resamples of the cases, ``median_difference`` the median of the case
+    differences. ``can_reach_significance`` is false below 6 pairs. An unknown method raises
+    :class:`~xmed.errors.InputError`. The conclusions hold for these readers; :func:`mrmc_analysis`
+    generalises to readers like them.
+
+    Example (three readers, every case's difference exactly +1 or -1, so all are tied):
+        >>> ratings = [Rating(reader, f"eye{case}", method, score, None, None)
+        ...            for case, pair in enumerate([((1, 4, 5), (3, 5, 5))] + [((1, 1, 4), (1, 1, 1))] * 6)
+        ...            for method, scores in zip(("a", "b"), pair) for reader, score in zip(("r1", "r2", "r3"), scores)]
+        >>> result = compare_methods(ratings, "a", "b", "location", n_bootstrap=200)
+        >>> result["n_pairs"], result["statistic"], result["p_value"], result["p_value_method"]
+        (7, 4.0, 0.125, 'permutation')
+        >>> round(result["mean_difference"], 3), result["ci_low"] <= result["mean_difference"] <= result["ci_high"]
+        (0.714, True)
+    """
+    _check_scale(scale)
+    _check_methods(ratings, a, b)
+    if a == b:
+        raise InputError("method", f"compare {a!r} with another method, not with itself")
+    _check_bootstrap(n_bootstrap)
+    table = ScoreTable.from_ratings(ratings, scale, (a, b))
+    return {"a": a, "b": b, "scale": scale, **paired_comparison(table, a, b, n_bootstrap, seed)}
+
+
+# -- readers as a random effect ------------------------------------------------------------------
+
+
+def jackknife_covariances(scores: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """The figures of merit of a multi-reader study and the Obuchowski-Rockette covariances between
+    them, estimated by case jackknife.
+
+    ``scores[reader, method, case]`` (NaN: not given; every reader needs two or more scores of every
+    method). A reader's figure of merit for a method is their mean score of it over the cases they
+    scored, returned as ``fom[method, reader]``. The covariance of two figures of merit is
+    ``(c - 1) / c`` times the sum over the ``c`` cases of the products of their deviations with
+    that case left out (Hillis et al. 2005, Stat Med 24:1579-1607), averaged into ``var`` (each
+    with itself), ``cov1`` (same reader, other method), ``cov2`` (other reader, same method) and
+    ``cov3`` (other reader, other method); NaN where no pair is of that kind.
+
+    Example:
+        >>> scores = np.array([[[1, 2, 3, 4], [2, 2, 4, 4]], [[2, 3, 3, 5], [3, 3, 4, 5]]], dtype=float)
+        >>> fom, covariances = jackknife_covariances(scores)
+        >>> fom.tolist(), {name: round(value, 4) for name, value in covariances.items()}
+        ([[2.5, 3.25], [3.0, 3.75]], {'var': 0.3438, 'cov1': 0.3021, 'cov2': 0.3125, 'cov3': 0.2708})
+    """
+    scores = np.asarray(scores, dtype=float)
+    rated = ~np.isnan(scores)
+    counts = rated.sum(axis=-1)
+    if scores.ndim != 3 or np.any(counts < 2):
+        raise InputError("scores", "needs scores[reader, method, case] with two or more scores per reader and method")
+    given = np.where(rated, scores, 0.0)
+    totals = given.sum(axis=-1)
+    fom = totals / counts
+    # each case left out in turn; a case the reader did not score leaves their mean as it is
+    left_out = np.where(rated, (totals[..., None] - given) / (counts[..., None] - 1), fom[..., None])
+    n_cases = scores.shape[-1]
+    deviations = (left_out - left_out.mean(axis=-1, keepdims=True)).reshape(-1, n_cases)
+    covariance = (n_cases - 1) / n_cases * deviations @ deviations.T
+    readers, methods = (index.ravel() for index in np.indices(scores.shape[:2]))
+    same_reader, same_method = np.equal.outer(readers, readers), np.equal.outer(methods, methods)
+    kinds = {"var": same_reader & same_method, "cov1": same_reader & ~same_method,
+             "cov2": ~same_reader & same_method, "cov3": ~same_reader & ~same_method}
+    return fom.T, {name: float(covariance[kind].mean()) if kind.any() else math.nan for name, kind in kinds.items()}
+
+
+def obuchowski_rockette(fom: Any, covariances: Mapping[str, float], methods: Sequence[str] | None = None,
+                        level: float = 0.95) -> dict[str, Any]:
+    """The Obuchowski-Rockette test that the methods are equal, readers and cases random, with
+    Hillis' (2007) denominator degrees of freedom; and each pair's difference with its interval.
+
+    ``fom[method, reader]``: the figures of merit, two or more methods and readers; ``covariances``:
+    their ``cov2`` and ``cov3`` (:func:`jackknife_covariances`). With ``t`` methods, ``r`` readers::
+
+        MS(T)  = r * sum_i (mean_i - mean)**2 / (t - 1)
+        MS(TR) = sum_ij (fom_ij - mean_i - mean_j + mean)**2 / ((t - 1) * (r - 1))
+        D      = MS(TR) + r * max(cov2 - cov3, 0)
+        F      = MS(T) / D on t - 1 and ddf = D**2 * (t - 1) * (r - 1) / MS(TR)**2 degrees of freedom
+        a - b  = mean_a - mean_b, interval  ± t_ddf * sqrt(2 * D / r)
+
+    Written out here as no Python library has it (R has RJafroc and MRMCaov; the FDA's iMRMC is
+    Java). A zero ``D`` (nothing varies) leaves the test undefined: ``None``, with a ``note``.
+
+    Example:
+        >>> result = obuchowski_rockette([[3.0, 3.5, 4.0, 3.5], [2.5, 2.5, 3.5, 3.0]],
+        ...                              {"cov2": 0.01, "cov3": 0.005}, methods=["a", "b"])
+        >>> round(result["f_statistic"], 2), round(result["df_den"], 2), round(result["p_value"], 4)
+        (15.24, 8.07, 0.0044)
+        >>> pair = result["differences"][0]
+        >>> pair["difference"], round(pair["ci_low"], 3), round(pair["ci_high"], 3)
+        (0.625, 0.256, 0.994)
+    """
+    from scipy import stats
+
+    _check_level(level)
+    fom = np.asarray(fom, dtype=float)
+    if fom.ndim != 2 or min(fom.shape) < 2:
+        raise InputError("fom", f"needs fom[method, reader] of two or more methods and readers, got shape {fom.shape}")
+    n_methods, n_readers = fom.shape
+    methods = [str(index) for index in range(n_methods)] if methods is None else list(methods)
+    method_means, reader_means, grand = fom.mean(axis=1), fom.mean(axis=0), fom.mean()
+    ms_t = n_readers * float(((method_means - grand) ** 2).sum()) / (n_methods - 1)
+    interaction_df = (n_methods - 1) * (n_readers - 1)
+    ms_tr = float(((fom - method_means[:, None] - reader_means[None, :] + grand) ** 2).sum()) / interaction_df
+    error = ms_tr + n_readers * max(covariances["cov2"] - covariances["cov3"], 0.0)
+    result = {"method_means": dict(zip(methods, method_means.tolist())), "ms_t": ms_t, "ms_tr": ms_tr,
+              "f_statistic": None, "df_num": n_methods - 1, "df_den": None, "p_value": None, "level": level,
+              "differences": [], "note": None}
+    pairs = list(itertools.combinations(range(n_methods), 2))
+    if not error > 0:
+        result["note"] = "the error term MS(TR) + r * max(cov2 - cov3, 0) is zero: the test is undefined"
+        result["differences"] = [{"a": methods[i], "b": methods[k],
+                                  "difference": float(method_means[i] - method_means[k]), "std_error": None,
+                                  "df": None, "ci_low": None, "ci_high": None, "p_value": None} for i, k in pairs]
+        return result
+    # MS(TR) zero up to rounding (every reader's differences the same): infinite degrees of freedom
+    ddf = error ** 2 * interaction_df / ms_tr ** 2 if ms_tr > 1e-12 * error else math.inf
+    f_statistic = ms_t / error
+    p_value = (stats.f.sf(f_statistic, n_methods - 1, ddf) if math.isfinite(ddf)
+               else stats.chi2.sf(f_statistic * (n_methods - 1), n_methods - 1))
+    std_error = math.sqrt(2 * error / n_readers)
+    quantile = float(stats.t.ppf((1 + level) / 2, ddf))
+    result.update(f_statistic=f_statistic, df_den=ddf, p_value=float(p_value))
+    for i, k in pairs:
+        difference = float(method_means[i] - method_means[k])
+        result["differences"].append({
+            "a": methods[i], "b": methods[k], "difference": difference, "std_error": std_error, "df": ddf,
+            "ci_low": difference - quantile * std_error, "ci_high": difference + quantile * std_error,
+            "p_value": float(2 * stats.t.sf(abs(difference) / std_error, ddf))})
+    return result
+
+
+def mrmc(table: ScoreTable, level: float = 0.95) -> dict[str, Any]:
+    """The random-readers analysis of a :class:`ScoreTable`: see :func:`mrmc_analysis`."""
+    _check_level(level)
+    counts = (~np.isnan(table.scores)).sum(axis=-1)  # readers x methods
+    # the design must be complete: methods two readers scored, then readers who scored all of them
+    kept_methods = (counts >= 2).sum(axis=0) >= 2
+    kept_readers = np.all(counts[:, kept_methods] >= 2, axis=1) if kept_methods.any() else np.zeros(len(counts), bool)
+    methods = [name for name, kept in zip(table.methods, kept_methods) if kept]
+    readers = [name for name, kept in zip(table.readers, kept_readers) if kept]
+    scores = table.scores[np.ix_(kept_readers, kept_methods)]
+    scores = scores[:, :, ~np.isnan(scores).all(axis=(0, 1))]  # only the cases these readers scored
+    result = {"analysis": RANDOM_READERS,
+              "figure_of_merit": "a reader's mean score of the method over the cases they scored",
+              "methods": methods, "readers": readers, "n_cases": scores.shape[-1],
+              "methods_left_out": sorted(set(table.methods) - set(methods)),
+              "readers_left_out": sorted(set(table.readers) - set(readers)),
+              "fom": None, "covariance": None, "method_means": None, "ms_t": None, "ms_tr": None,
+              "f_statistic": None, "df_num": None, "df_den": None, "p_value": None, "level": level,
+              "differences": [], "note": None}
+    if len(methods) < 2 or len(readers) < 2:
+        result["note"] = ("needs two or more methods each scored by the same two or more readers, "
+                          "each on two or more cases")
+        return result
+    fom, covariances = jackknife_covariances(scores)
+    result.update(fom={method: dict(zip(readers, row.tolist())) for method, row in zip(methods, fom)},
+                  covariance={"estimator": "case jackknife", **covariances},
+                  **obuchowski_rockette(fom, covariances, methods, level))
+    if result["note"] is None and len(readers) < FEW_READERS:
+        result["note"] = (f"{len(readers)} readers: with fewer than {FEW_READERS} the test can reject more often "
+                          f"than its level (about 8 % at 5 % with 3 readers, in simulation)")
+    return result
+
+
+def mrmc_analysis(ratings: Sequence[Rating], scale: Scale, level: float = 0.95) -> dict[str, Any]:
+    """The methods compared on ``scale`` with readers *and* cases random: the Obuchowski-Rockette
+    multi-reader multi-case analysis (as the FDA's iMRMC and RJafroc run it) with Hillis' (2007)
+    denominator degrees of freedom, so that a conclusion holds for readers like these, not only
+    for them.
+
+    The figure of merit of a reader and a method is the reader's mean score of the method over the
+    cases they scored (``fom``); their covariances come from a case jackknife
+    (:func:`jackknife_covariances`); :func:`obuchowski_rockette` gives the F test of equal methods
+    (``f_statistic``, ``df_num``, ``df_den``, ``p_value``; ``ms_t``, ``ms_tr``) and, per pair of
+    methods, the difference of the means over readers with its ``level`` interval. Only a complete
+    design enters: methods scored by two or more readers, readers who scored each of them on two or
+    more cases (the others are listed in ``methods_left_out`` and ``readers_left_out``).
+
+    Example (two readers score method ``a`` a point above ``b``, the third barely: significant for
+    these readers, not for readers in general):
+        >>> scores = {"r1": ([4, 5, 3, 4, 4, 5], [3, 4, 2, 3, 3, 4]), "r2": ([4, 4, 3, 5, 4, 4], [4, 4, 3, 5, 3, 4]),
+        ...           "r3": ([5, 5, 4, 4, 4, 5], [3, 4, 3, 3, 3, 4])}
+        >>> ratings = [Rating(reader, f"eye{case}", method, score, None, None) for reader, pair in scores.items()
+        ...            for method, row in zip("ab", pair) for case, score in enumerate(row)]
+        >>> result, fixed = mrmc_analysis(ratings, "location"), compare_methods(ratings, "a", "b", "location")
+        >>> pair = result["differences"][0]
+        >>> round(pair["difference"], 3), round(pair["ci_low"], 2), round(pair["ci_high"], 2), result["df_den"]
+        (0.778, -0.55, 2.11, 2.0)
+        >>> round(result["p_value"], 3), fixed["p_value"]
+        (0.128, 0.03125)
+    """
+    return {"scale": scale, **mrmc(ScoreTable.from_ratings(ratings, scale), level)}
 
 
 # -- agreement -----------------------------------------------------------------------------------
@@ -348,9 +651,9 @@ def fleiss_kappa(counts: Sequence[Sequence[int]]) -> float | None:
         0.21
     """
     table = np.asarray(counts, dtype=float)
-    readers = table.sum(axis=1)
-    if len(table) == 0 or readers[0] < 2 or np.any(readers != readers[0]):
-        raise InputError("counts", "needs items each rated by the same number (two or more) of readers")
+    readers = table.sum(axis=1) if table.ndim == 2 else np.empty(0)
+    if len(readers) == 0 or readers[0] < 2 or np.any(readers != readers[0]):
+        raise InputError("counts", "needs one or more items, each rated by the same number (two or more) of readers")
     n = readers[0]
     observed = ((table * (table - 1)).sum(axis=1) / (n * (n - 1))).mean()
     shares = table.sum(axis=0) / table.sum()
@@ -358,46 +661,98 @@ def fleiss_kappa(counts: Sequence[Sequence[int]]) -> float | None:
     return float((observed - chance) / (1 - chance)) if chance < 1 else None
 
 
-def reader_agreement(ratings: Sequence[Rating], scale: Scale) -> dict[str, Any]:
-    """Agreement between readers on ``scale`` over the items (case, method) they rated, and on ``agree``.
+def _weighted_kappa(first: np.ndarray, second: np.ndarray, weights: str) -> float | None:
+    """Cohen's kappa with ``weights`` (scikit-learn) of two readers' scores over the cases both
+    scored (NaN: not scored); ``None`` when undefined."""
+    from sklearn.metrics import cohen_kappa_score
 
-    Two readers: Cohen's kappa with quadratic weights (scikit-learn) on the items both scored.
-    Three or more: Krippendorff's ordinal alpha, which uses every item scored by two or more
-    readers. ``agree``: Fleiss' kappa on the items every reader answered. A value that is undefined
-    (e.g. no variation) is ``None``.
+    both = ~np.isnan(first) & ~np.isnan(second)
+    first, second = first[both].astype(int), second[both].astype(int)
+    if len(np.unique(np.concatenate([first, second]))) < 2:  # one score throughout: kappa is 0 / 0
+        return None
+    # the labels fix the weights to the 1-5 distances even when a score is never given
+    return _number(cohen_kappa_score(first, second, labels=list(SCORE_RANGE), weights=weights))
+
+
+def reader_agreement(ratings: Sequence[Rating], scale: Scale, method: str | None = None) -> dict[str, Any]:
+    """Agreement between readers on ``scale`` over the cases of one ``method`` (it may be left out
+    when the ratings have one method only: pooled over methods, the methods' own difference would
+    count as agreement).
+
+    ``statistic`` and ``value``: with two readers, Cohen's kappa with quadratic weights over the
+    cases both scored; with three or more, Krippendorff's ordinal alpha, which uses every case
+    scored by two or more readers (``n_items``). ``kappa_linear`` and ``kappa_quadratic``: Cohen's
+    kappa with linear and quadratic weights (scikit-learn, on the 1-5 scale), with three or more
+    readers averaged over the ``n_reader_pairs`` pairs of readers where it is defined. An undefined
+    value (e.g. no variation) is ``None``.
 
     Example:
-        >>> ratings = [Rating(reader, f"eye{case}", "gradcam", score, None, int(score > 2))
-        ...            for reader in ("r1", "r2") for case, score in enumerate([1, 3, 5, 2])]
-        >>> reader_agreement(ratings, "location")
-        {'scale': 'location', 'n_readers': 2, 'statistic': 'cohen_kappa_quadratic', 'value': 1.0, 'n_items': 4, 'agree_fleiss_kappa': 1.0, 'n_agree_items': 4}
+        >>> ratings = [Rating(reader, f"eye{case}", "gradcam", score, None, None)
+        ...            for reader, scores in (("r1", [1, 3, 5, 2]), ("r2", [1, 3, 4, 2]))
+        ...            for case, score in enumerate(scores)]
+        >>> agreement = reader_agreement(ratings, "location")
+        >>> agreement["statistic"], agreement["n_items"], agreement["kappa_linear"], agreement["kappa_quadratic"]
+        ('cohen_kappa_quadratic', 4, 0.8333333333333334, 0.9285714285714286)
     """
     _check_scale(scale)
-    readers = sorted({rating.reader for rating in ratings})
-    items = sorted({(rating.case, rating.method) for rating in ratings})
-    scores = {(rating.reader, rating.case, rating.method): getattr(rating, scale) for rating in ratings}
-    table = [[scores.get((reader, *item)) for item in items] for reader in readers]
-    result = {"scale": scale, "n_readers": len(readers), "statistic": None, "value": None, "n_items": 0}
-    if len(readers) == 2:
-        from sklearn.metrics import cohen_kappa_score
-
-        pairs = [(first, second) for first, second in zip(*table) if first is not None and second is not None]
-        result.update(statistic="cohen_kappa_quadratic", n_items=len(pairs))
-        if len({score for pair in pairs for score in pair}) > 1:  # else kappa is 0 / 0
-            first, second = zip(*pairs)
-            # the labels fix the weights to the 1-5 distances even when a score is never given
-            value = cohen_kappa_score(first, second, labels=list(SCORE_RANGE), weights="quadratic")
-            result["value"] = _number(value)
-    elif len(readers) > 2:
-        result.update(statistic="krippendorff_alpha_ordinal",
-                      n_items=sum(sum(score is not None for score in column) >= 2 for column in zip(*table)),
-                      value=krippendorff_alpha(table, "ordinal"))
-    agrees = {(rating.reader, rating.case, rating.method): rating.agree for rating in ratings}
-    answered = [[agrees.get((reader, *item)) for reader in readers] for item in items]
-    complete = [[column.count(0), column.count(1)] for column in answered if None not in column]
-    result["agree_fleiss_kappa"] = fleiss_kappa(complete) if complete and len(readers) >= 2 else None
-    result["n_agree_items"] = len(complete)
+    methods = _methods(ratings)
+    if method is None and len(methods) != 1:
+        raise InputError("method", f"give one of {', '.join(map(repr, methods)) or 'the methods rated'}: pooled "
+                                   "over methods, their difference would count as agreement")
+    method = methods[0] if method is None else method
+    _check_methods(ratings, method)
+    table = ScoreTable.from_ratings(ratings, scale, [method])
+    scores = table.scores[:, 0, :]
+    scored = ~np.isnan(scores)
+    result = {"scale": scale, "method": method, "n_readers": len(table.readers), "statistic": None, "value": None,
+              "n_items": 0, "kappa_linear": None, "kappa_quadratic": None, "n_reader_pairs": 0}
+    kappas = [(_weighted_kappa(first, second, "linear"), _weighted_kappa(first, second, "quadratic"))
+              for first, second in itertools.combinations(scores, 2)]
+    defined = np.array([pair for pair in kappas if None not in pair])
+    if len(defined):
+        result.update(kappa_linear=float(defined[:, 0].mean()), kappa_quadratic=float(defined[:, 1].mean()),
+                      n_reader_pairs=len(defined))
+    if len(table.readers) == 2:
+        result.update(statistic="cohen_kappa_quadratic", n_items=int(scored.all(axis=0).sum()),
+                      value=result["kappa_quadratic"])
+    elif len(table.readers) > 2:
+        result.update(statistic="krippendorff_alpha_ordinal", n_items=int((scored.sum(axis=0) >= 2).sum()),
+                      value=krippendorff_alpha(scores, "ordinal"))
     return result
+
+
+def _agree_answers(ratings: Sequence[Rating]) -> dict[tuple[str, str], int]:
+    """``{(reader, case): agree}``: the answer repeats on each of the case's panel rows; one case
+    answered both ways raises :class:`~xmed.errors.InputError`."""
+    answers: dict[tuple[str, str], int] = {}
+    for rating in ratings:
+        if rating.agree is not None and answers.setdefault((rating.reader, rating.case), rating.agree) != rating.agree:
+            raise InputError("agree", f"reader {rating.reader!r} answered both 0 and 1 on case {rating.case!r}")
+    return answers
+
+
+def agree_agreement(ratings: Sequence[Rating]) -> dict[str, Any]:
+    """The readers' answers to "do you agree with the model's decision?", counted once per reader and
+    case: their number, the share of yes, and Fleiss' kappa between the readers over the cases all
+    of them answered (``None`` with fewer than two readers, or when undefined).
+
+    Example:
+        >>> ratings = [Rating(reader, f"eye{case}", method, 3, None, answer)
+        ...            for reader, answers in (("r1", [1, 1, 0, 1]), ("r2", [1, 0, 0, 1]))
+        ...            for case, answer in enumerate(answers) for method in ("gradcam", "adversarial")]
+        >>> result = agree_agreement(ratings)
+        >>> result["n_answers"], result["share"], result["n_cases"], round(result["fleiss_kappa"], 3)
+        (8, 0.625, 4, 0.467)
+    """
+    answers = _agree_answers(ratings)
+    readers = sorted({reader for reader, _ in answers})
+    by_case = defaultdict(list)
+    for (_, case), answer in answers.items():
+        by_case[case].append(answer)
+    complete = [[answers.count(0), answers.count(1)] for answers in by_case.values() if len(answers) == len(readers)]
+    return {"n_readers": len(readers), "n_answers": len(answers),
+            "share": float(np.mean(list(answers.values()))) if answers else None, "n_cases": len(complete),
+            "fleiss_kappa": fleiss_kappa(complete) if complete and len(readers) >= 2 else None}
 
 
 # -- breakdowns ----------------------------------------------------------------------------------
@@ -470,20 +825,24 @@ def analyse(ratings: Sequence[Rating], automatic: Mapping[tuple[str, str], Mappi
     """The whole reader study as one JSON-ready dict: every number finite or ``None``, never NaN.
 
     Keys: ``n_ratings``, ``readers``, ``methods``, ``n_cases``, ``scores`` (:func:`method_scores`),
-    ``comparisons`` (:func:`compare_methods` for every pair of methods and both scales),
-    ``agreement``, ``findings`` and ``automatic`` (per scale; ``automatic`` is ``None`` without
-    automatic scores).
+    ``comparisons`` (:func:`compare_methods`, the readers fixed, for every pair of methods and both
+    scales), ``mrmc`` (per scale, :func:`mrmc_analysis`, the readers random), ``agreement`` (per
+    scale and method :func:`reader_agreement`; under ``agree``, :func:`agree_agreement`),
+    ``findings`` and ``automatic`` (per scale; ``automatic`` is ``None`` without automatic scores).
 
     Example:
         >>> import json
         >>> ratings = [Rating(reader, f"eye{case}", method, 3, None, 1)
         ...            for reader in ("r1", "r2") for case in range(3) for method in ("a", "b")]
         >>> report = analyse(ratings, n_bootstrap=100)
-        >>> report["methods"], report["comparisons"][0]["p_value"], report["agreement"]["rationale"]["value"]
+        >>> report["methods"], report["comparisons"][0]["p_value"], report["agreement"]["rationale"]["a"]["value"]
         (['a', 'b'], 1.0, None)
+        >>> report["comparisons"][0]["analysis"].split(":")[0], report["mrmc"]["location"]["analysis"].split(":")[0]
+        ('fixed readers', 'random readers')
         >>> len(json.dumps(report, allow_nan=False)) > 0
         True
     """
+    _check_bootstrap(n_bootstrap)
     ratings = list(ratings)
     methods = _methods(ratings)
     report = {
@@ -492,9 +851,12 @@ def analyse(ratings: Sequence[Rating], automatic: Mapping[tuple[str, str], Mappi
         "methods": methods,
         "n_cases": len({rating.case for rating in ratings}),
         "scores": method_scores(ratings, n_bootstrap=n_bootstrap, seed=seed),
-        "comparisons": [compare_methods(ratings, a, b, scale)
+        "comparisons": [compare_methods(ratings, a, b, scale, n_bootstrap=n_bootstrap, seed=seed)
                         for a, b in itertools.combinations(methods, 2) for scale in SCALES],
-        "agreement": {scale: reader_agreement(ratings, scale) for scale in SCALES},
+        "mrmc": {scale: mrmc_analysis(ratings, scale) for scale in SCALES},
+        "agreement": {**{scale: {method: reader_agreement(ratings, scale, method) for method in methods}
+                         for scale in SCALES},
+                      "agree": agree_agreement(ratings)},
         "findings": {scale: finding_breakdown(ratings, scale) for scale in SCALES},
         "automatic": None if automatic is None
         else {scale: automatic_vs_readers(ratings, automatic, scale) for scale in SCALES},
