@@ -108,6 +108,48 @@ def json_object(text: str) -> dict:
     return value
 
 
+#: the most digits a JSON integer read by :func:`strict_json` may have (Python refuses more than 4300)
+JSON_DIGITS = 100
+
+
+def strict_json(data: str | bytes) -> Any:
+    """``data`` parsed as JSON text, refusing what Python's reader would take but nothing else
+    should: NaN and Infinity, integers of more than :data:`JSON_DIGITS` digits, lone surrogates
+    (``"\\ud800"``, which no text file can hold). Raises ValueError with a one-line reason for
+    those, for bad JSON and for nesting too deep to read (never RecursionError).
+
+    Example:
+        >>> strict_json('{"location": 4}')
+        {'location': 4}
+        >>> strict_json("[" * 100_000)
+        Traceback (most recent call last):
+        ...
+        ValueError: nested too deeply
+    """
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant, parse_int=_bounded_int)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{err.msg} at line {err.lineno}, column {err.colno}") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except UnicodeEncodeError as err:
+        raise ValueError(f"holds a lone surrogate {err.object[err.start:err.end]!r}, which is not text") from None
+    return value
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > JSON_DIGITS:
+        raise ValueError(f"holds an integer of {len(text.lstrip('-'))} digits; at most {JSON_DIGITS}")
+    return int(text)
+
+
 def at_least(minimum: int):
     """An argparse ``type``: a whole number, at least ``minimum``.
 

@@ -27,6 +27,8 @@ from typing import Any, Iterator
 from xmed.errors import PathError, UnsafeConfigError
 
 TARGET = "_target_"
+#: the largest config file read back (a saved command config is a few kilobytes)
+MAX_CONFIG_BYTES = 10_000_000
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,11 +83,21 @@ def load_saved_config(path: str | os.PathLike):
     """The OmegaConf config of a YAML file read from disk (e.g. a run's ``.hydra/config.yaml``),
     once every ``_target_`` in it has passed :func:`check_targets`; a file that is not a YAML
     mapping raises :class:`~xmed.errors.PathError` naming it."""
+    import yaml
     from omegaconf import DictConfig, OmegaConf
 
     try:
-        config = OmegaConf.load(path)  # YAML's safe loader: no tags that build Python objects
-    except Exception as err:  # yaml's and omegaconf's parse errors have no common base
+        if os.path.getsize(path) > MAX_CONFIG_BYTES:
+            raise PathError(path, f"not a config: larger than {MAX_CONFIG_BYTES // 1_000_000} MB")
+        text = open(path, encoding="utf-8").read()
+        # an alias repeats a node wherever it is named: nine aliases nested eight deep are 43 million
+        # values from a few lines (memory exhausted); a config a command saved has none
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise PathError(path, "not a config: it uses YAML aliases (*name), which a saved config never holds")
+        config = OmegaConf.create(text)  # YAML's safe loader: no tags that build Python objects
+    except PathError:
+        raise
+    except Exception as err:  # OS, yaml and omegaconf errors have no common base
         raise PathError(path, f"not a readable YAML config ({type(err).__name__}: {err})") from None
     if not isinstance(config, DictConfig):
         raise PathError(path, "not a config (a YAML mapping of settings)")

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from xmed.checks import strict_json
 from xmed.errors import CheckpointError, ConfigError
 from xmed.findings import FINDINGS
 from xmed.models.classifier import FundusClassifier
@@ -174,8 +175,8 @@ def _read_folder(path: Path, format: str, what: str) -> tuple[Mapping[str, Any],
         if not (path / name).is_file():
             raise CheckpointError(path, f"{name} is missing (an exported {what} folder has {CONFIG} and {WEIGHTS})")
     try:
-        config = json.loads((path / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        config = strict_json((path / CONFIG).read_bytes())
+    except ValueError as err:  # bad JSON, nesting too deep, huge integers, NaN, lone surrogates
         raise CheckpointError(path / CONFIG, f"not valid JSON: {err}") from None
     if not isinstance(config, dict) or config.get("format") != format or "model" not in config:
         found = config.get("format") if isinstance(config, dict) else None

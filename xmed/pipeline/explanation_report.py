@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 from omegaconf import DictConfig
 
-from xmed.checks import is_number
+from xmed.checks import is_number, strict_json
 from xmed.errors import ConfigError
 from xmed.runs import eye_file_stem, read_per_image, write_text_atomic
 
@@ -126,7 +125,7 @@ def run_comparison(summary: Mapping[str, Mapping[str, Any]], other_run: Path, ou
     if not path.is_file():
         raise ConfigError("compare_run", f"no metrics.json in {other_run} (give an xmed-explain run folder)")
     try:
-        other = json.loads(path.read_text(encoding="utf-8"))["methods"]
+        other = strict_json(path.read_bytes())["methods"]
         if not isinstance(other, dict) or not all(isinstance(v, dict) for v in other.values()):
             raise TypeError("methods is not a mapping of method names to their figures")
     except (ValueError, KeyError, TypeError) as err:  # bad JSON (a ValueError) or another shape
