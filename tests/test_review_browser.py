@@ -1,23 +1,30 @@
-"""The review page in a real browser (headless Chromium through selenium): sign in, rate a blinded
-case's panels with the keyboard only, move between cases, reload and find the ratings, export
-them with the true methods, and see a failed save reported rather than swallowed.
+"""The review page in a real browser (headless Chromium through selenium, one browser for the
+module): sign in, rate a blinded case's panels with the keyboard only, move between cases, reload
+and find the ratings, and see a failed save reported rather than swallowed; every key path (digits,
+arrows, Tab and Shift-Tab, Enter and Space, the next unrated question and case) stores the score the
+page shows; a blinded reader receives nothing that names a method or gives a raw scale until the
+coordinator locks the study, and after the lock a rating is refused and the download names the methods.
 
 Needs Debian's ``chromium`` and ``chromium-driver``; without them the test is skipped, or fails
 when ``XMED_REQUIRE_BROWSER=1`` (as in CI)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import importlib.util
 import io
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from test_review_durability import running_server
+from test_review_server import METHOD_WORDS, RAW_SCALE_TEXTS, with_distinct_scales
+from xmed.cli.review import main
 from xmed.review.session import intervene, load_session, panel_labels, reader_order
-from xmed.review.store import STORE_FILE, RatingStore
+from xmed.review.store import LETTER_COLUMNS, STORE_FILE, RatingStore
 from xmed.review.synthetic import synthetic_session
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -35,7 +42,7 @@ def _browser_or_skip():
         pytest.skip(message)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     _browser_or_skip()
     from selenium import webdriver
@@ -43,8 +50,11 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--disable-background-networking", "--window-size=1400,1000"):
         options.add_argument(argument)
+    # the performance log holds the network events: every response the page receives
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
     try:
@@ -93,7 +103,6 @@ def test_a_reader_rates_a_blinded_case_with_the_keyboard(tmp_path, browser):
     session = load_session(folder)
     token = RatingStore(folder / STORE_FILE).add_reader("ana")
     first, second = reader_order([case["id"] for case in session["cases"]], session["seed"], "ana")
-    labels = panel_labels(list(session["cases"][0]["panels"]), session["seed"], "ana", first)
     wait = WebDriverWait(browser, 10)
 
     with running_server(folder) as (base, process):
@@ -134,21 +143,18 @@ def test_a_reader_rates_a_blinded_case_with_the_keyboard(tmp_path, browser):
         wait.until(lambda _: browser.current_url == f"{base}/case/1")
 
         browser.refresh()
-        stored = {"location-A": "4", "rationale-A": "3", "location-B": "5", "rationale-B": "1", "agree": "1"}
-        assert choices(browser) == stored
+        shown = {"location-A": "4", "rationale-A": "3", "location-B": "5", "rationale-B": "1", "agree": "1"}
+        assert choices(browser) == shown
         assert browser.find_element(By.ID, "note").get_attribute("value") == "rim notch at 6 o'clock"
         assert browser.execute_script("return window.location.pathname") == "/case/1"
 
-        exported = browser.execute_async_script(
-            "const done = arguments[arguments.length - 1];"
-            "fetch('/export/ratings.csv').then((r) => r.text()).then(done);")
-        rows = {row["method"]: row for row in csv.DictReader(io.StringIO(exported))}
-        assert {method: (rows[method]["panel"], rows[method]["location"], rows[method]["rationale"])
-                for method in rows} == {labels["A"]: ("A", "4", "3"), labels["B"]: ("B", "5", "1")}
-        assert {row["agree"] for row in rows.values()} == {"1"}
+        rows = download(browser, "csv")
+        assert [(row["panel"], row["location"], row["rationale"], row["agree"]) for row in rows] == [
+            ("A", "4", "3", "1"), ("B", "5", "1", "1")]  # by letter: the study is not locked
+        assert list(rows[0]) == list(LETTER_COLUMNS)
+        assert stored(folder, "ana", 1) == shown
 
-        console = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-        assert console == []  # among others, no Content-Security-Policy violation
+        assert severe(browser) == []  # among others, no Content-Security-Policy violation
 
         process.kill()
         process.wait()
@@ -158,6 +164,207 @@ def test_a_reader_rates_a_blinded_case_with_the_keyboard(tmp_path, browser):
         wait.until(lambda _: status.get_attribute("data-state") == "failed")
         assert status.text.startswith("not saved")
         assert choices(browser)["location-B"] == "5"  # the page shows what is stored, not the refused choice
+
+
+def severe(driver) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def download(driver, kind: str) -> list[dict]:
+    """The signed-in reader's ratings download (``csv`` or ``json``), as the page fetches it."""
+    text = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        f"fetch('/export/ratings.{kind}').then((r) => r.text()).then(done);")
+    return list(csv.DictReader(io.StringIO(text))) if kind == "csv" else json.loads(text)
+
+
+def stored_case(folder: Path, reader: str, n: int) -> dict:
+    """The ``n``-th case ``reader`` sees."""
+    session = load_session(folder)
+    case_id = reader_order([c["id"] for c in session["cases"]], session["seed"], reader)[n - 1]
+    return next(case for case in session["cases"] if case["id"] == case_id)
+
+
+def stored(folder: Path, reader: str, n: int) -> dict[str, str]:
+    """What the store holds for ``reader``'s ``n``-th case, named as the page names its choices."""
+    case = stored_case(folder, reader, n)
+    held = RatingStore(folder / STORE_FILE, read_only=True).case_ratings(reader, case["id"])
+    found = {"agree": held["agree"]}
+    for letter, method in panel_labels(list(case["panels"]), load_session(folder)["seed"], reader, case["id"]).items():
+        for scale, value in held["panels"].get(method, {}).items():
+            found[f"{scale}-{letter}"] = value
+    return {name: str(value) for name, value in found.items() if value is not None}
+
+
+def settled(driver) -> None:
+    """Wait until every save the page started has its answer."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 10).until(lambda _: driver.execute_script(
+        "return document.querySelectorAll('.status[data-state=saving]').length === 0"))
+
+
+def focused(driver) -> tuple[str, str]:
+    """The name and value of the control that has the focus."""
+    return tuple(driver.execute_script("const e = document.activeElement; return [e.name || e.id, e.value || ''];"))
+
+
+def keys(driver, *pressed) -> None:
+    """Key presses into whatever has the focus, then wait for the saves they started."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).send_keys(*pressed).perform()
+    settled(driver)
+
+
+def shift_tab(driver) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+
+
+def signed_in(driver, base: str, folder: Path, reader: str) -> None:
+    """Sign a new reader in, with the browser's logs emptied of what earlier tests left there."""
+    driver.get_log("browser"), driver.get_log("performance")
+    driver.get(f"{base}/login?token={RatingStore(folder / STORE_FILE).add_reader(reader)}")
+
+
+def test_every_key_path_stores_the_score_the_page_shows(tmp_path, browser):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    folder = synthetic_session(tmp_path / "session", n_cases=3, mode="blinded", size=64)
+    wait = WebDriverWait(browser, 10)
+
+    def check(n: int, focus: tuple[str, str], shown: dict[str, str]) -> None:
+        assert (focused(browser), choices(browser)) == (focus, shown)
+        assert stored(folder, "ben", n) == shown
+
+    with running_server(folder) as (base, _):
+        signed_in(browser, base, folder, "ben")
+        assert browser.current_url == f"{base}/case/1"
+        press(browser, "u")                                    # to the first unrated question
+        check(1, ("location-A", "1"), {})
+        keys(browser, "3")                                     # a digit chooses and goes on
+        check(1, ("rationale-A", "1"), {"location-A": "3"})
+        keys(browser, "4")
+        check(1, ("location-B", "1"), {"location-A": "3", "rationale-A": "4"})
+        keys(browser, "5", "2")
+        done = {"location-A": "3", "rationale-A": "4", "location-B": "5", "rationale-B": "2"}
+        check(1, ("agree", "1"), done)
+        keys(browser, "0")                                     # the last question: the focus stays on the choice
+        check(1, ("agree", "0"), {**done, "agree": "0"})
+        keys(browser, Keys.ARROW_LEFT)                         # and an arrow moves from it
+        check(1, ("agree", "1"), {**done, "agree": "1"})
+
+        press(browser, "U")                                    # the next unrated case, at its first question
+        wait.until(lambda _: browser.current_url == f"{base}/case/2")
+        wait.until(lambda _: focused(browser) == ("location-A", "1"))
+        browser.execute_script("document.getElementById('note').focus()")
+        shift_tab(browser)
+        check(2, ("agree", "0"), {})                           # Shift-Tab enters an unrated group at its end
+        keys(browser, Keys.SPACE)                              # Space chooses and goes on, round to the top
+        check(2, ("location-A", "1"), {"agree": "0"})
+        keys(browser, Keys.ENTER)
+        check(2, ("rationale-A", "1"), {"agree": "0", "location-A": "1"})
+        keys(browser, "4", "5")
+        done = {"agree": "0", "location-A": "1", "rationale-A": "4", "location-B": "5"}
+        check(2, ("rationale-B", "1"), done)
+        shift_tab(browser)                                     # back to the rated group's choice
+        check(2, ("location-B", "5"), done)
+        keys(browser, Keys.TAB)                                # one Tab from one question to the next
+        check(2, ("rationale-B", "1"), done)
+        keys(browser, "3")
+        check(2, ("rationale-B", "3"), {**done, "rationale-B": "3"})
+        keys(browser, Keys.ARROW_RIGHT)                        # 3 -> 4, not 1 -> 2
+        check(2, ("rationale-B", "4"), {**done, "rationale-B": "4"})
+        keys(browser, "7")                                     # not a choice here: nothing changes
+        check(2, ("rationale-B", "4"), {**done, "rationale-B": "4"})
+
+        browser.refresh()
+        assert choices(browser) == stored(folder, "ben", 2)
+        case_id = stored_case(folder, "ben", 2)["id"]
+        rows = {row["panel"]: row for row in download(browser, "csv") if row["case"] == case_id}
+        assert {f"{scale}-{panel}": row[scale] for panel, row in rows.items() for scale in ("location", "rationale")
+                } == {name: value for name, value in choices(browser).items() if name != "agree"}
+        press(browser, "U")
+        wait.until(lambda _: browser.current_url == f"{base}/case/3" and focused(browser) == ("location-A", "1"))
+        keys(browser, "u")                                     # the next unrated question after this one
+        check(3, ("rationale-A", "1"), {})
+        assert severe(browser) == []
+
+
+def responses(driver) -> list[tuple[str, str]]:
+    """``(url, body)`` of every response the browser received since the last call (images decoded
+    as Latin-1, so their bytes are searched too)."""
+    found = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] != "Network.responseReceived":
+            continue
+        try:
+            body = driver.execute_cdp_cmd("Network.getResponseBody", {"requestId": message["params"]["requestId"]})
+        except Exception:  # a response without a body: a redirect, a 204
+            continue
+        text = base64.b64decode(body["body"]).decode("latin-1") if body["base64Encoded"] else body["body"]
+        found.append((message["params"]["response"]["url"], text))
+    return found
+
+
+def test_a_blinded_reader_receives_nothing_that_names_a_method_until_the_lock(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    folder = with_distinct_scales(synthetic_session(tmp_path / "session", n_cases=2, mode="blinded", size=64))
+    session = load_session(folder)
+    forbidden = [*METHOD_WORDS, *(m["title"].lower() for m in session["methods"]), *RAW_SCALE_TEXTS]
+    labels = panel_labels(["adversarial", "gradcam"], session["seed"], "carla", stored_case(folder, "carla", 1)["id"])
+    heatmap = next(letter for letter, method in labels.items() if method == "gradcam")
+    received = []
+
+    with running_server(folder) as (base, _):
+        signed_in(browser, base, folder, "carla")
+        press(browser, "u")
+        keys(browser, "4", "2", "5")
+        browser.execute_script("document.querySelector('select[data-concept=LC]').value = '1';"
+                               "document.querySelector('select[data-concept=LC]').dispatchEvent(new Event('change'));")
+        WebDriverWait(browser, 10).until(lambda _: browser.find_element(By.ID, "intervened").text != "…")
+        pages = [browser.page_source]
+        received += responses(browser)
+        for url in ("/case/2", "/summary", "/case/9", "/case/1/image/C/heatmap"):
+            browser.get(base + url)
+            pages.append(browser.page_source)
+            received += responses(browser)
+        browser.get(f"{base}/case/1")
+        tables = [download(browser, "csv"), download(browser, "json")]
+        received += responses(browser)
+        assert {url.split("?")[0].removeprefix(base) for url, _ in received} >= {
+            "/case/1", "/case/2", "/summary", "/case/1/photo", f"/case/1/image/{heatmap}/heatmap",
+            "/api/case/1/panel/A", "/api/intervene", "/export/ratings.csv", "/export/ratings.json", "/static/review.js"}
+        for url, body in received + [("the page as shown", page) for page in pages]:
+            assert [word for word in forbidden if word in body.lower()] == [], url
+        attributes = browser.execute_script(
+            "return Array.from(document.querySelectorAll('[alt], [title], [aria-label]')).map("
+            "(e) => [e.alt, e.title, e.getAttribute('aria-label')].join(' ')).concat([document.title]);")
+        assert [text for text in attributes if any(word in text.lower() for word in forbidden)] == []
+        assert [sorted(row) for row in tables[0] + tables[1]] == [sorted(LETTER_COLUMNS)] * 4
+
+        assert main(["lock", str(folder)]) == 0               # the coordinator, on the machine
+        fieldset = browser.find_element(By.XPATH, "//input[@name='location-A']/ancestor::fieldset")
+        press(browser, "1", on=fieldset.find_element(By.CSS_SELECTOR, "input[value='4']"))
+        status = fieldset.find_element(By.CSS_SELECTOR, ".status")
+        WebDriverWait(browser, 10).until(lambda _: status.get_attribute("data-state") == "failed")
+        assert "the study was locked by its coordinator" in status.text
+        assert choices(browser)["location-A"] == "4" and stored(folder, "carla", 1)["location-A"] == "4"
+        browser.refresh()
+        titles = {method["name"]: method["title"] for method in session["methods"]}
+        assert [h2.text for h2 in browser.find_elements(By.CSS_SELECTOR, ".panel h2")] == [
+            f"Explanation {letter}: {titles[labels[letter]]}" for letter in "AB"]
+        assert all(not radio.is_enabled() for radio in browser.find_elements(By.CSS_SELECTOR, "input[type=radio]"))
+        assert {(row["panel"], row["method"]) for row in download(browser, "csv")} == set(labels.items())
+        expected = ("/case/9 - ", "/image/C/heatmap - ", "/api/case/1/panel/A - ")  # the 404s asked for, the 409
+        assert [message for message in severe(browser) if not any(url in message for url in expected)] == []
 
 
 @pytest.mark.parametrize("required, outcome", [("", pytest.skip.Exception), ("1", pytest.fail.Exception)])

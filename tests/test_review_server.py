@@ -1,11 +1,15 @@
 """The review page (xmed.review.server) through Starlette's test client: the pages, the blinded
-protocol (reader order, A/B letters, nothing naming a method), ratings that map back to the true
-method, test-time intervention, the exports, and each attack the page must refuse."""
+protocol (reader order, A/B letters, nothing naming a method or giving a raw scale until the study is
+locked), ratings that map back to the true method, the lock, the next unrated case, test-time
+intervention, the exports, and each attack the page must refuse."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
+import shutil
 import warnings
 
 import pytest
@@ -14,8 +18,9 @@ from starlette.testclient import TestClient
 from xmed.errors import ConfigError, SecurityWarning
 from xmed.review.analysis import read_ratings
 from xmed.review.server import COOKIE, CSRF_HEADER, create_app, serve
-from xmed.review.session import case_file, intervene, load_session, panel_labels, reader_order
-from xmed.review.store import RatingStore
+from xmed.review.session import (ADDRESS_FILE, case_file, intervene, load_session, panel_labels, reader_order,
+                                 session_url)
+from xmed.review.store import LETTER_COLUMNS, RatingStore
 from xmed.review.synthetic import synthetic_session
 
 BASE = "http://127.0.0.1"
@@ -92,8 +97,8 @@ def test_a_bad_sign_in_link_is_refused(app, query):
     assert "not valid" in response.text
 
 
-PROTECTED = ["/", "/summary", "/case/1", "/case/1/photo", "/case/1/image/A/overlay", "/export/ratings.csv",
-             "/export/ratings.json"]
+PROTECTED = ["/", "/summary", "/case/1", "/case/1/next", "/case/1/photo", "/case/1/image/A/overlay",
+             "/export/ratings.csv", "/export/ratings.json"]
 POSTS = ["/api/case/1/panel/A", "/api/case/1", "/api/intervene"]
 
 
@@ -137,7 +142,7 @@ def test_a_blinded_page_names_no_method(app, store, blinded):
         assert "energy_in_truth" not in html and "Automatic scores" not in html
         urls = re.findall(r'(?:src|href|data-url)="([^"]*)"', html) + list(page_data(html).values())
         for url in filter(lambda value: isinstance(value, str) and value.startswith("/"), urls):
-            assert re.fullmatch(r"/(static/review\.(js|css)|summary|case/\d+(/photo|/image/[A-Z]/[a-z_]+)?"
+            assert re.fullmatch(r"/(static/review\.(js|css)|summary|case/\d+(/photo|/next|/image/[A-Z]/[a-z_]+)?"
                                 r"|api/case/\d+(/panel/[A-Z])?|api/intervene)", url), url
         answer = reader.post(f"/api/case/{n}/panel/A", {"location": 3})
         assert not any(word in answer.text.lower() for word in METHOD_WORDS)
@@ -209,23 +214,135 @@ def test_intervention_answers_as_the_bottleneck_computes(app, store, blinded):
     assert store.rows() == []  # not stored
 
 
-def test_the_export_holds_the_readers_own_ratings_with_true_methods(app, store, blinded):
+def test_the_export_holds_the_readers_own_ratings_by_letter_until_the_lock(app, store, blinded):
     session = load_session(blinded)
     ana, ben = Reader(app, store, "ana"), Reader(app, store, "ben")
+    ana.post("/api/case/1/panel/B", {"location": 2})
     ana.post("/api/case/1/panel/A", {"location": 5})
     ana.post("/api/case/1", {"agree": 1})
     ben.post("/api/case/2/panel/B", {"location": 1})
     case_id = reader_order([c["id"] for c in session["cases"]], session["seed"], "ana")[0]
-    method = panel_labels(["gradcam", "adversarial"], session["seed"], "ana", case_id)["A"]
+    labels = panel_labels(["gradcam", "adversarial"], session["seed"], "ana", case_id)
     exported = ana.client.get("/export/ratings.csv")
     assert exported.headers["content-disposition"] == 'attachment; filename="ratings.csv"'
-    ratings = read_ratings([dict(zip(exported.text.splitlines()[0].split(","), line.split(",")))
-                            for line in exported.text.splitlines()[1:]])
-    assert [(r.reader, r.case, r.method, r.location, r.agree) for r in ratings] == [("ana", case_id, method, 5, 1)]
+    assert exported.text.splitlines()[0] == ",".join(LETTER_COLUMNS)
+    assert [(row["case"], row["panel"], row["location"], row["agree"]) for row in csv.DictReader(io.StringIO(
+        exported.text))] == [(case_id, "A", "5", "1"), (case_id, "B", "2", "1")]  # letter order, not method order
+    assert [sorted(row) for row in ana.client.get("/export/ratings.json").json()] == [sorted(LETTER_COLUMNS)] * 2
+    assert not any(word in exported.text.lower() for word in METHOD_WORDS)
+
+    store.lock()
+    ratings = read_ratings(list(csv.DictReader(io.StringIO(ana.client.get("/export/ratings.csv").text))))
+    assert [(r.reader, r.case, r.method, r.location, r.agree) for r in ratings] == [
+        ("ana", case_id, labels["A"], 5, 1), ("ana", case_id, labels["B"], 2, 1)]
     assert [(r.reader, r.method) for r in read_ratings(ana.client.get("/export/ratings.json").json())] == [
-        ("ana", method)]
+        ("ana", "adversarial"), ("ana", "gradcam")]
     assert [r.reader for r in read_ratings(ben.client.get("/export/ratings.json").json())] == ["ben"]
     assert checked(ben.client.get("/case/1").text, "location-A") is None  # ana's 5 is hers alone
+
+
+# -- the lock -------------------------------------------------------------------------------------
+
+
+def test_after_the_lock_every_rating_is_refused_with_409_and_nothing_changes(app, store):
+    reader = Reader(app, store, "ana")
+    assert reader.post("/api/case/1/panel/A", {"location": 4}).status_code == 200
+    assert reader.post("/api/case/1", {"agree": 1, "note": "rim thin"}).status_code == 200
+    before = store.rows()
+    locked = store.lock()
+    for url, body in [("/api/case/1/panel/A", {"location": 2}), ("/api/case/1/panel/B", {"rationale": 3}),
+                      ("/api/case/1", {"agree": 0}), ("/api/case/2", {"note": "later"})]:
+        response = reader.post(url, body)
+        assert response.status_code == 409
+        assert response.json() == {"error": f"the study was locked by its coordinator on {locked[:10]} "
+                                            f"{locked[11:16]} UTC: ratings can no longer change"}
+    assert store.rows() == before
+    assert reader.post("/api/intervene", {"case": 1, "values": {"LC": 1}}).status_code == 200  # not a rating
+    html = reader.client.get("/case/1").text
+    assert "This study was locked by its coordinator" in html
+    assert html.count("<fieldset class=\"rating\"") == html.count(" disabled>") == 5
+    assert "readonly>rim thin</textarea>" in html
+
+
+def test_the_lock_unblinds_the_page(app, store, blinded):
+    session = load_session(blinded)
+    reader = Reader(app, store, "ana")
+    case_id = reader_order([c["id"] for c in session["cases"]], session["seed"], "ana")[0]
+    labels = panel_labels(["gradcam", "adversarial"], session["seed"], "ana", case_id)
+    titles = {"gradcam": "Grad-CAM", "adversarial": "Adversarial explanation"}
+    store.lock()
+    html = reader.client.get("/case/1").text
+    assert [f"Explanation {letter}: {titles[labels[letter]]}" in html for letter in "AB"] == [True, True]
+    assert "max of this map" not in html and "the method behind each letter is shown" in html
+
+
+# -- colour scales --------------------------------------------------------------------------------
+
+#: how the raw scale ends :func:`distinct_scales` gives may be written
+RAW_SCALE_TEXTS = ("0.322", "0.3217", "0.049", "0.0493", "7.25", "13 of 255")
+
+
+def with_distinct_scales(folder):
+    """Give a synthetic session's colour scales ends no other number on its pages has; returns it."""
+    session = json.loads((folder / "session.json").read_text())
+    for case in session["cases"]:
+        case["panels"]["gradcam"]["scale"]["high"] = 0.3217
+        for edit in case["panels"]["adversarial"]["edits"].values():
+            edit["difference_scale"].update(high=0.0493, gain=7.25,
+                                            label="pixel change, amplified 7.25×: full colour = 13 of 255 grey levels")
+    (folder / "session.json").write_text(json.dumps(session))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def distinct_scales(blinded, tmp_path_factory):
+    return with_distinct_scales(shutil.copytree(blinded, tmp_path_factory.mktemp("scales") / "session"))
+
+
+def test_a_blinded_reader_sees_scales_in_relative_terms_until_the_lock(distinct_scales, store):
+    reader = Reader(create_app(distinct_scales, store=store), store, "ana")
+    pages = [reader.client.get(f"/case/{n}").text for n in (1, 2, 3)]
+    for html in pages:
+        assert [text for text in RAW_SCALE_TEXTS if text in html] == []
+        assert "max of this map" in html and "largest change of this edit" in html
+    store.lock()
+    html = reader.client.get("/case/1").text
+    assert "0.322" in html and "0.049" in html and "13 of 255" in html
+
+
+def test_an_open_page_gives_the_raw_scale_ends(distinct_scales, tmp_path, store):
+    folder = shutil.copytree(distinct_scales, tmp_path / "open")
+    session = json.loads((folder / "session.json").read_text())
+    (folder / "session.json").write_text(json.dumps({**session, "mode": "open"}))
+    html = Reader(create_app(folder, store=store), store, "ana").client.get("/case/1").text
+    assert "<span>0.322</span>" in html and "0.049" in html and "max of this map" not in html
+
+
+# -- the next unrated case ------------------------------------------------------------------------
+
+
+def test_the_next_unrated_case_comes_after_this_one_wrapping_round(app, store):
+    reader = Reader(app, store, "ana")
+    client = TestClient(app, base_url=BASE, follow_redirects=False, cookies=reader.client.cookies)
+
+    def rate_fully(n):
+        for letter in "AB":
+            reader.post(f"/api/case/{n}/panel/{letter}", {"location": 3, "rationale": 3})
+        reader.post(f"/api/case/{n}", {"agree": 1})
+
+    def next_after(n):
+        response = client.get(f"/case/{n}/next")
+        assert response.status_code == 303
+        return response.headers["location"]
+
+    assert [next_after(n) for n in (1, 2, 3)] == ["/case/2#rate", "/case/3#rate", "/case/1#rate"]
+    rate_fully(2)
+    assert [next_after(n) for n in (1, 2, 3)] == ["/case/3#rate", "/case/3#rate", "/case/1#rate"]
+    rate_fully(1)
+    assert next_after(3) == "/case/3#rate"  # the only one left is this one
+    rate_fully(3)
+    assert next_after(2) == "/summary"
+    assert client.get("/case/4/next").status_code == 404
 
 
 # -- attacks --------------------------------------------------------------------------------------
@@ -401,3 +518,26 @@ def test_serve_refuses_other_machines_unless_allowed(blinded, monkeypatch):
     assert remote["access_log"] is False and local["access_log"] is False  # sign-in tokens stay out of logs
     assert TestClient(remote_app, base_url="http://192.168.1.20:9000").get("/case/1").status_code == 401
     assert TestClient(local_app, base_url="http://192.168.1.20:9000").get("/case/1").status_code == 400
+
+
+def test_serve_records_the_address_it_serves_at_and_not_one_it_cannot(tmp_path, monkeypatch):
+    import socket
+
+    import uvicorn
+
+    folder = synthetic_session(tmp_path / "session", n_cases=1, size=64)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit):  # uvicorn cannot listen there
+            serve(folder, port=port)
+        assert not (folder / ADDRESS_FILE).exists()
+        announced = []
+        with monkeypatch.context() as patch:
+            patch.setattr(uvicorn, "run", lambda app, **options: None)
+            serve(folder, port=9001, announce=announced.append)
+        assert announced == ["http://127.0.0.1:9001"] and session_url(folder) == "http://127.0.0.1:9001"
+        with pytest.raises(SystemExit):
+            serve(folder, port=port, announce=announced.append)
+        assert session_url(folder) == "http://127.0.0.1:9001"  # the earlier record, where it did listen

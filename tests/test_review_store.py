@@ -1,5 +1,6 @@
 """The rating store of the review page (xmed.review.store): durable commits, readers' tokens,
-validation naming the field, resume, and exports the reader-study analysis reads back."""
+validation naming the field, resume, exports the reader-study analysis reads back, and the lock
+(no save slips past it; a store of the format before locks gains it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from xmed.errors import InputError, PathError
 from xmed.review.analysis import Rating, read_ratings
-from xmed.review.store import COLUMNS, NOTE_LIMIT, RatingStore
+from xmed.review.store import COLUMNS, NOTE_LIMIT, RatingStore, StudyLocked
 
 
 @pytest.fixture
@@ -185,3 +186,41 @@ def test_a_file_that_is_not_a_ratings_file_is_refused(tmp_path):
         RatingStore(tmp_path / "ratings.sqlite")
     with pytest.raises(PathError, match="does not exist"):
         RatingStore(tmp_path / "missing" / "ratings.sqlite")
+
+
+def test_no_save_slips_past_the_lock(store):
+    acknowledged, started = {}, threading.Event()
+
+    def rate(case):
+        for n in range(10_000):
+            try:
+                store.save_panel_rating("ana", case, "gradcam", panel="A", mode="open", location=1 + n % 5)
+            except StudyLocked:
+                return
+            acknowledged[case] = 1 + n % 5
+            started.set()
+
+    threads = [threading.Thread(target=rate, args=(f"case-{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    assert started.wait(30)
+    locked = store.lock()
+    for thread in threads:
+        thread.join()
+    rows = store.rows()
+    assert {row["case"]: row["location"] for row in rows} == acknowledged  # each save acknowledged, none after
+    assert all(row["updated"] <= locked for row in rows)  # times of a millisecond's resolution
+
+
+def test_a_store_from_before_locks_gains_the_lock_and_keeps_its_ratings(store):
+    store.save_case_rating("ana", "case-001", agree=1)
+    with store.connect() as db:
+        db.executescript("DROP TABLE study_lock; PRAGMA user_version = 2;")
+    assert RatingStore(store.path, read_only=True).locked() is None  # read as it is: no upgrade
+    upgraded = RatingStore(store.path)
+    assert upgraded.locked() is None and [row["agree"] for row in upgraded.rows()] == [1]
+    upgraded.lock()
+    with pytest.raises(StudyLocked):
+        upgraded.save_case_rating("ana", "case-001", agree=0)
+    with store.connect() as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3

@@ -158,8 +158,13 @@ def test_an_explain_run_config_with_bad_settings_names_the_key(explain_config, t
     assert str(caught.value).startswith(str(folder / ".hydra" / "config.yaml"))
 
 
-@pytest.mark.parametrize("text", ["data: [unclosed", "- a list\n- not a mapping", "!!python/object/apply:os.system "
-                                                                                   "['touch payload_ran']"])
+ALIAS_BOMB = "\n".join([f"l0: &l0 [{', '.join(['x'] * 9)}]"] +
+                       [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)])  # 9**9 values
+
+
+@pytest.mark.parametrize("text", ["data: [unclosed", "- a list\n- not a mapping",
+                                  "!!python/object/apply:os.system ['touch payload_ran']", ALIAS_BOMB,
+                                  "x" * 10_000_001])
 def test_an_explain_run_config_that_is_no_yaml_mapping_is_named(tmp_path, text, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "explain_run"
@@ -280,3 +285,42 @@ def test_the_allow_list_is_what_the_shipped_configs_name():
         check_targets({"a": [0, {"_target_": 3}]}, "f.yaml")
     with pytest.raises(UnsafeConfigError, match="key 'data' cannot be resolved"):
         buildable(OmegaConf.create({"data": {"root": "${missing}"}}).data, "f.yaml", "data")
+
+
+# -- review sessions ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("place", ["top", "model", "case", "panel list"])
+def test_a_review_session_naming_a_callable_is_refused_and_runs_nothing(trap, tmp_path, place):
+    from xmed.review.server import create_app
+    from xmed.review.session import load_session
+    from xmed.review.synthetic import synthetic_session
+
+    marker, hostile = trap
+    folder = tmp_path / "session"
+    synthetic_session(folder)
+    path = folder / "session.json"
+    session = json.loads(path.read_text())
+    payload = hostile["file write"]
+    {"top": lambda: session.update(hook=payload), "model": lambda: session["model"].update(hook=payload),
+     "case": lambda: session["cases"][0].update(hook=payload),
+     "panel list": lambda: next(iter(session["cases"][0]["panels"].values())).update(extra=[0, payload])}[place]()
+    path.write_text(json.dumps(session))
+    for read in (load_session, create_app):
+        with pytest.raises(UnsafeConfigError, match=r"_target_' names 'builtins\.open'") as caught:
+            read(folder)
+        assert str(path) in str(caught.value)
+    assert not ran(marker)
+    assert not (folder / "ratings.sqlite").exists()
+
+
+@pytest.mark.parametrize("text, reason", [("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+                                          ('{"format": "xmed.FundusClassifier/1", "model": {"input_size": 1' + "0" * 5000 + "}}",
+                                           "holds an integer of 5001 digits"),
+                                          ('{"format": NaN}', "NaN is not a JSON number"),
+                                          ('{"format": "\\ud800"}', "lone surrogate")])
+def test_a_model_config_that_is_no_json_is_named(model_dir, tmp_path, text, reason):
+    folder = hostile_model(model_dir, tmp_path, lambda m: None)
+    (folder / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=f"config.json: not valid JSON: .*{reason}"):
+        load_model(folder)

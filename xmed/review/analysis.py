@@ -153,6 +153,8 @@ def read_ratings(path_or_rows: str | os.PathLike | Iterable[Mapping[str, Any]]) 
     """
     if isinstance(path_or_rows, (str, os.PathLike)):
         path = Path(path_or_rows)
+        if path.exists() and not path.is_file():  # a folder, a FIFO or a device would block or never end
+            raise PathError(path, "is not a file (give the ratings CSV an export wrote)")
         try:
             with path.open(newline="", encoding="utf-8-sig") as file:
                 reader = csv.DictReader(file)

@@ -40,7 +40,7 @@ from xmed.review.store import STORE_FILE, RatingStore
 from xmed.runs import eye_file_stem, staged_folder
 
 __all__ = ["REPORT_FILE", "PNG_DIR", "export_report", "ratings_summary", "case_png",
-           "stored_ratings"]
+           "stored_ratings", "stored_rows", "check_out_dir"]
 
 REPORT_FILE = "report.html"
 PNG_DIR = "cases"
@@ -76,18 +76,25 @@ def _data_uri(png: bytes) -> str:
 # -- ratings -------------------------------------------------------------------------------------
 
 
-def stored_ratings(session_dir: str | os.PathLike) -> list[dict[str, Any]] | None:
-    """The rating rows the live review stored in ``<session>/ratings.sqlite`` (opened read-only:
-    an export never changes a session), as :meth:`xmed.review.store.RatingStore.rows` gives them
-    less the readers' notes (never exported), or None when the session has no ratings file."""
+def stored_rows(session_dir: str | os.PathLike) -> list[dict[str, Any]] | None:
+    """Every row :meth:`xmed.review.store.RatingStore.rows` gives of ``<session>/ratings.sqlite``,
+    or None when the session has no ratings file. The file is opened read-only: an export never
+    changes a session, and never waits on a server saving ratings (the write-ahead log lets it
+    read what is committed meanwhile)."""
     path = Path(session_dir) / STORE_FILE
     if not path.is_file():
         return None
     try:
-        rows = RatingStore(path, read_only=True).rows()
+        return RatingStore(path, read_only=True).rows()
     except sqlite3.Error as err:
         raise PathError(path, f"cannot read the ratings: {err}") from None
-    return [{k: v for k, v in row.items() if k != "note"} for row in rows if row["method"]]
+
+
+def stored_ratings(session_dir: str | os.PathLike) -> list[dict[str, Any]] | None:
+    """The panel ratings of :func:`stored_rows` less the readers' notes (never in the report), or
+    None when the session has no ratings file."""
+    rows = stored_rows(session_dir)
+    return None if rows is None else [{k: v for k, v in row.items() if k != "note"} for row in rows if row["method"]]
 
 
 def _summary(ratings: Sequence[Rating]) -> dict[str, Any]:
@@ -431,15 +438,29 @@ def case_png(folder: str | os.PathLike, session: Mapping[str, Any], case: Mappin
 
 
 def _check_out_dir(out_dir: Path, session_dir: Path) -> None:
-    """Refuse a folder the export would replace that is not empty nor an earlier export."""
+    """Refuse a folder the export would replace that is in the session, or not empty nor an earlier export."""
     if out_dir.resolve() == session_dir.resolve() or session_dir.resolve() in out_dir.resolve().parents:
         raise PathError(out_dir, "is inside the review session; export to a folder of its own")
+    check_out_dir(out_dir, EXPORT_CONTENTS, "export")
+
+
+def check_out_dir(out_dir: str | os.PathLike, contents: Sequence[str], what: str) -> None:
+    """Refuse (:class:`~xmed.errors.PathError`) an output folder that is a file, or a folder holding
+    anything but ``contents``: the files of an earlier ``what`` (``"export"``), which it replaces.
+
+    Example:
+        >>> check_out_dir("/", ("analysis.json", "scores.png"), "analysis")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        xmed.errors.PathError: /: holds files that are not from an earlier analysis (...); choose an empty folder
+    """
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise PathError(out_dir, "is a file; give a folder for the export")
-    others = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_CONTENTS) if out_dir.exists() else []
+        raise PathError(out_dir, f"is a file; give a folder for the {what}")
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in contents) if out_dir.exists() else []
     if others:
-        raise PathError(out_dir, f"holds files that are not an export ({', '.join(others[:3])}); "
-                                 "choose an empty folder or an earlier export to replace")
+        raise PathError(out_dir, f"holds files that are not from an earlier {what} ({', '.join(others[:3])}); "
+                                 "choose an empty folder")
 
 
 def export_report(session_dir: str | os.PathLike, out_dir: str | os.PathLike,

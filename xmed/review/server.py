@@ -6,9 +6,12 @@ Routes (every one but ``/login`` and ``/static/…`` needs the reader's sign-in 
 
 ==========================================  =====================================================
 ``GET /login?token=…``                      sign in with a personal link; sets the cookie, goes to ``/``
+                                            (refused when another site started the request)
 ``GET /``                                   the first case not yet fully rated (or ``/summary``)
 ``GET /summary``                            every case with its state, and the export links
 ``GET /case/{n}``                           the n-th case (1-based) in the reader's order
+``GET /case/{n}/next``                      the next case after it the reader has not fully rated
+                                            (wrapping round; ``/summary`` when none is left)
 ``GET /case/{n}/photo``                     its photograph
 ``GET /case/{n}/image/{letter}/{kind}``     a panel image: ``overlay``, ``heatmap``, ``toward_normal``,
                                             ``toward_normal_difference``, ``toward_glaucoma``,
@@ -16,18 +19,25 @@ Routes (every one but ``/login`` and ``/static/…`` needs the reader's sign-in 
 ``POST /api/case/{n}/panel/{letter}``       ``{"location": 1-5, "rationale": 1-5}`` (either or both)
 ``POST /api/case/{n}``                      ``{"agree": 0 | 1, "note": "…"}`` (either or both)
 ``POST /api/intervene``                     ``{"case": n, "values": {"LC": 1, "vcdr": 0.4}}`` -> probability
-``GET /export/ratings.csv`` / ``.json``     the reader's own ratings (with the true methods)
+``GET /export/ratings.csv`` / ``.json``     the reader's own ratings (blinded: by letter until the lock)
 ==========================================  =====================================================
 
 In a blinded session (``mode: "blinded"``) each reader sees the cases in their own order
 (:func:`~xmed.review.session.reader_order`) and the panels as "Explanation A, B, …"
 (:func:`~xmed.review.session.panel_labels`); URLs carry positions and letters only, and the method
-behind a letter is looked up on the server, so nothing the browser receives names it.
+behind a letter is looked up on the server. Until the coordinator locks the study
+(:meth:`~xmed.review.store.RatingStore.lock`, ``xmed-review lock``) nothing the browser receives
+names a method: not a title, not an automatic score, not a colour scale's raw ends (they differ
+between methods: the page says "0 … max of this map"), and the reader's download gives letters
+(:func:`~xmed.review.store.letters_only`). After the lock the page and the download name the
+methods, and every rating is refused with 409.
 
 Safe by default: it listens on 127.0.0.1, answers only requests addressed to ``localhost`` or
 ``127.0.0.1`` (against DNS rebinding), takes state changes only as same-origin JSON POSTs with a
-per-reader CSRF header, and sends a strict Content-Security-Policy (the page runs one local script
-and no inline code).
+per-reader CSRF header, refuses a sign-in another site starts (login CSRF), and sends a strict
+Content-Security-Policy (the page runs one local script and no inline code). A request the page
+cannot serve is answered 4xx with the reason (JSON nested thousands deep, an integer of thousands
+of digits, a lone surrogate, an image that is a link loop), never 500.
 
 Example:
     >>> import tempfile
@@ -48,10 +58,12 @@ import base64
 import functools
 import hashlib
 import hmac
+import ipaddress
 import json
 import mimetypes
 import os
 import secrets
+import socket
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -64,14 +76,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xmed.errors import ConfigError, InputError, SecurityWarning
-from xmed.review.session import case_file, intervene, load_session, panel_labels, reader_order
-from xmed.review.store import STORE_FILE, RatingStore, ratings_csv, ratings_json
+from xmed.review.session import (ADDRESS_FILE, DEFAULT_HOST, DEFAULT_PORT, case_file, intervene, load_session,
+                                 panel_labels, reader_order, record_address, shown, strict_json)
+from xmed.review.store import (COLUMNS, LETTER_COLUMNS, STORE_FILE, RatingStore, StudyLocked, letters_only,
+                               ratings_csv, ratings_json)
 
 __all__ = ["create_app", "serve", "LOOPBACK_HOSTS", "COOKIE", "CSRF_HEADER"]
 
@@ -92,6 +106,12 @@ IMAGE_KINDS = {"overlay": (None, "overlay"), "heatmap": (None, "heatmap"),
                **{f"{edit}{suffix}": (edit, key) for edit in EDIT_TITLES
                   for suffix, key in (("", "image"), ("_difference", "difference"))}}
 CONCEPT_NAMES = {"vcdr": "vertical cup-to-disc ratio"}
+#: a colour scale as a blinded reader sees it before the lock (low end, high end, label): the raw
+#: ends differ between methods, and so would tell them apart
+RELATIVE_SCALES = {
+    "heatmap": ("0", "max of this map", "attribution relative to this map's maximum (transparent = none)"),
+    "difference": ("0", "largest change of this edit", "pixel change, amplified to fill the scale"),
+}
 
 
 class _SecurityHeaders:
@@ -133,12 +153,33 @@ def _colour_bar(colormap: str) -> str | None:
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode() if ok else None
 
 
+def _fixed(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def _scale_view(scale: Mapping[str, Any], relative: tuple[str, str, str] | None) -> dict[str, Any]:
+    """A colour scale as the page shows it: its ends, label and colour bar, with the raw ends or,
+    given ``relative`` (one of :data:`RELATIVE_SCALES`), in relative terms only.
+
+    Example:
+        >>> view = _scale_view({"low": 0.0, "high": 0.3217, "label": "attribution"}, None)
+        >>> view["low"], view["high"], _scale_view({"high": 0.3217}, RELATIVE_SCALES["heatmap"])["high"]
+        ('0.000', '0.322', 'max of this map')
+    """
+    bar = _colour_bar(scale.get("colormap", "inferno"))
+    if relative is not None:
+        low, high, label = relative
+        return {"low": low, "high": high, "label": label, "bar": bar}
+    return {"low": _fixed(scale.get("low", 0.0)), "high": _fixed(scale.get("high")), "label": scale.get("label", ""),
+            "bar": bar}
+
+
 class _Review:
     """The state the routes share: the session, its ratings and this process's CSRF secret."""
 
-    def __init__(self, folder: Path, store: RatingStore):
+    def __init__(self, folder: Path, session: dict[str, Any], store: RatingStore):
         self.folder = folder
-        self.session = load_session(folder)
+        self.session = session
         self.store = store
         self.blinded = self.session["mode"] == "blinded"
         self.secret = secrets.token_bytes(32)
@@ -180,9 +221,9 @@ class _Review:
             if len(body) > MAX_BODY:
                 raise HTTPException(413, f"request larger than {MAX_BODY} bytes")
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError("body", "is not valid JSON") from None
+            data = strict_json(body)
+        except ValueError as err:
+            raise InputError("body", f"is not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise InputError("body", "must be a JSON object")
         return reader, data
@@ -216,34 +257,50 @@ class _Review:
     def progress(self, reader: str) -> dict[str, bool]:
         return self.store.progress(reader, {case_id: list(case["panels"]) for case_id, case in self.cases.items()})
 
+    def first_unrated(self, reader: str, after: int = 0) -> int | None:
+        """The position of the first case ``reader`` has not fully rated after position ``after``,
+        wrapping round (``after`` itself last); None when every case is rated."""
+        done, order = self.progress(reader), self.order(reader)
+        positions = [*range(after + 1, len(order) + 1), *range(1, after + 1)]
+        return next((n for n in positions if not done[order[n - 1]]), None)
+
+    def hidden(self) -> bool:
+        """Whether the methods are hidden from readers: a blinded session not locked yet."""
+        return self.blinded and self.store.locked() is None
+
     def case_view(self, reader: str, n: int) -> dict[str, Any]:
         """What the case page shows: the case's facts, its panels by letter, the stored ratings."""
         case = self.case_at(reader, n)
         stored = self.store.case_ratings(reader, case["id"])
-        panels = [self.panel_view(n, letter, method, case["panels"][method], stored["panels"].get(method, {}))
+        hidden = self.hidden()
+        panels = [self.panel_view(n, letter, method, case["panels"][method], stored["panels"].get(method, {}), hidden)
                   for letter, method in self.labels(reader, case).items()]
         return {"case": case, "n": n, "panels": panels, "agree": stored["agree"], "note": stored["note"] or "",
                 "findings": case.get("findings") or [], "intervention": self.intervention_view(case)}
 
-    def panel_view(self, n: int, letter: str, method: str, panel: Mapping[str, Any],
-                   stored: Mapping[str, Any]) -> dict[str, Any]:
+    def panel_view(self, n: int, letter: str, method: str, panel: Mapping[str, Any], stored: Mapping[str, Any],
+                   hidden: bool) -> dict[str, Any]:
+        """One panel as the page shows it; ``hidden``: nothing that tells its method (:meth:`hidden`)."""
         from xmed.review.panels import FLAGS
 
         image = f"/case/{n}/image/{letter}"
+        title = self.methods[method].get("title") or method
         view = {"letter": letter, "kind": panel["kind"], "location": stored.get("location"),
                 "rationale": stored.get("rationale"), "rating_url": f"/api/case/{n}/panel/{letter}",
-                "title": f"Explanation {letter}" if self.blinded else self.methods[method].get("title") or method,
+                "title": (f"Explanation {letter}" + ("" if hidden else f": {title}")) if self.blinded else title,
                 "automatic": None if self.blinded else panel.get("automatic") or {}}
         if panel["kind"] == "saliency":
-            scale = panel.get("scale") or {}
-            view.update(heatmap=f"{image}/heatmap", scale=scale, scale_bar=_colour_bar(scale.get("colormap", "")))
+            view.update(heatmap=f"{image}/heatmap",
+                        scale=_scale_view(panel.get("scale") or {}, RELATIVE_SCALES["heatmap"] if hidden else None))
         else:
-            view["edits"] = [{**edit, "name": name, "title": EDIT_TITLES[name],
+            view["edits"] = [{"name": name, "title": EDIT_TITLES[name], "flag": edit.get("flag"),
+                              "flag_reason": FLAGS.get(edit.get("flag"), ""), "goal": edit.get("goal"),
+                              "probability_from": edit.get("probability_from"),
+                              "probability_to": edit.get("probability_to"),
                               "image": edit.get("image") and f"{image}/{name}",
                               "difference": edit.get("difference") and f"{image}/{name}_difference",
-                              "scale": edit.get("difference_scale") or {},
-                              "scale_bar": _colour_bar((edit.get("difference_scale") or {}).get("colormap", "")),
-                              "flag_reason": FLAGS.get(edit.get("flag"), "")}
+                              "scale": _scale_view(edit.get("difference_scale") or {},
+                                                   RELATIVE_SCALES["difference"] if hidden else None)}
                              for name, edit in (panel.get("edits") or {}).items() if name in EDIT_TITLES]
         return view
 
@@ -257,9 +314,16 @@ class _Review:
 
     def page(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("reader", None)
+        context.setdefault("locked", None)
         html = self.templates.get_template(name).render(title=self.session.get("title") or "Review",
                                                         blinded=self.blinded, session=self.session, **context)
         return HTMLResponse(html, status_code=status)
+
+
+def _started_here(request: Request) -> bool:
+    """False when the browser says another site started the request (``Sec-Fetch-Site``): a link
+    typed or pasted into the address bar is ``none``."""
+    return request.headers.get("sec-fetch-site", "none") in ("none", "same-origin")
 
 
 def _same_origin(request: Request) -> bool:
@@ -271,7 +335,16 @@ def _same_origin(request: Request) -> bool:
         return False
     if origin is None and referer is not None and referer != own and not referer.startswith(own + "/"):
         return False
-    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    return _started_here(request)
+
+
+def _position(request: Request) -> int:
+    """The case position a URL names (``/case/3``); 404 for anything but a number of a few digits
+    (a path of thousands of digits is more than Python turns into an int)."""
+    text = request.path_params["n"]
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):
+        raise HTTPException(404, f"there is no case {shown(text)}")
+    return int(text)
 
 
 def _only(data: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
@@ -290,10 +363,14 @@ def create_app(session_dir: str | os.PathLike, *, store: RatingStore | None = No
     (default ``<session_dir>/ratings.sqlite``). ``allowed_hosts``: the host names requests may be
     addressed to (others get 400)."""
     folder = Path(session_dir)
-    review = _Review(folder, store or RatingStore(folder / STORE_FILE))
+    session = load_session(folder)  # first: nothing is written beside a session that is refused
+    review = _Review(folder, session, store or RatingStore(folder / STORE_FILE))
 
     def login(request: Request) -> Response:
         token = request.query_params.get("token", "")
+        if not _started_here(request):  # else another site could sign a reader in as someone else
+            return review.page("error.html", 403, message="A sign-in started by another site is refused. Copy your "
+                                                          "personal link into the browser's address bar.")
         if review.store.reader_for(token) is None:
             return review.page("error.html", 403, message="This sign-in link is not valid for this session. "
                                                           "Ask the study coordinator for your personal link.")
@@ -304,36 +381,44 @@ def create_app(session_dir: str | os.PathLike, *, store: RatingStore | None = No
 
     def home(request: Request) -> Response:
         reader, _ = review.reader(request)
-        done = review.progress(reader)
-        for n, case_id in enumerate(review.order(reader), start=1):
-            if not done[case_id]:
-                return RedirectResponse(f"/case/{n}", status_code=303)
-        return RedirectResponse("/summary", status_code=303)
+        n = review.first_unrated(reader)
+        return RedirectResponse("/summary" if n is None else f"/case/{n}", status_code=303)
+
+    def next_unrated(request: Request) -> Response:
+        reader, _ = review.reader(request)
+        n = _position(request)
+        review.case_at(reader, n)  # a 404 for a case that is not there
+        found = review.first_unrated(reader, after=n)
+        # the fragment asks the page to put the focus on its first unrated question
+        return RedirectResponse("/summary" if found is None else f"/case/{found}#rate", status_code=303)
 
     def summary(request: Request) -> Response:
         reader, _ = review.reader(request)
         done = review.progress(reader)
         cases = [{"n": n, "id": case_id, "done": done[case_id]} for n, case_id in enumerate(review.order(reader), 1)]
-        return review.page("summary.html", reader=reader, cases=cases, n_done=sum(done.values()))
+        return review.page("summary.html", reader=reader, cases=cases, n_done=sum(done.values()),
+                           locked=review.store.locked(), hidden=review.hidden())
 
     def case_page(request: Request) -> Response:
         reader, token = review.reader(request)
-        view = review.case_view(reader, request.path_params["n"])
+        view = review.case_view(reader, _position(request))
         total = len(review.cases)
         n = view["n"]
         data = {"csrf": review.csrf(token), "csrf_header": CSRF_HEADER, "n": n, "total": total,
                 "previous": f"/case/{n - 1}" if n > 1 else None, "next": f"/case/{n + 1}" if n < total else "/summary",
-                "case_url": f"/api/case/{n}", "intervene_url": "/api/intervene" if view["intervention"] else None}
+                "next_unrated": f"/case/{n}/next", "case_url": f"/api/case/{n}",
+                "intervene_url": "/api/intervene" if view["intervention"] else None}
         n_done = sum(review.progress(reader).values())
-        return review.page("case.html", reader=reader, total=total, n_done=n_done, data=data, **view)
+        return review.page("case.html", reader=reader, total=total, n_done=n_done, data=data,
+                           locked=review.store.locked(), **view)
 
     def photo(request: Request) -> Response:
         reader, _ = review.reader(request)
-        return _image(review.folder, review.case_at(reader, request.path_params["n"])["photo"])
+        return _image(review.folder, review.case_at(reader, _position(request))["photo"])
 
     def panel_image(request: Request) -> Response:
         reader, _ = review.reader(request)
-        case = review.case_at(reader, request.path_params["n"])
+        case = review.case_at(reader, _position(request))
         panel = case["panels"][review.method_at(reader, case, request.path_params["letter"])]
         if request.path_params["kind"] not in IMAGE_KINDS:
             raise HTTPException(404, "no such image")
@@ -346,7 +431,7 @@ def create_app(session_dir: str | os.PathLike, *, store: RatingStore | None = No
 
     async def rate_panel(request: Request) -> Response:
         reader, data = await review.posted(request)
-        case = review.case_at(reader, request.path_params["n"])
+        case = review.case_at(reader, _position(request))
         letter = request.path_params["letter"]
         method = review.method_at(reader, case, letter)
         scores = _only(data, ("location", "rationale"))
@@ -356,7 +441,7 @@ def create_app(session_dir: str | os.PathLike, *, store: RatingStore | None = No
 
     async def rate_case(request: Request) -> Response:
         reader, data = await review.posted(request)
-        case = review.case_at(reader, request.path_params["n"])
+        case = review.case_at(reader, _position(request))
         fields = _only(data, ("agree", "note"))
         await run_in_threadpool(functools.partial(review.store.save_case_rating, reader, case["id"], **fields))
         return JSONResponse({"saved": True, **fields})
@@ -366,77 +451,140 @@ def create_app(session_dir: str | os.PathLike, *, store: RatingStore | None = No
         data = _only(data, ("case", "values"))
         n, values = data.get("case"), data.get("values", {})
         if isinstance(n, bool) or not isinstance(n, int):
-            raise InputError("case", f"must be the case's position (an integer), got {n!r}")
+            raise InputError("case", f"must be the case's position (an integer), got {shown(n)}")
         if not isinstance(values, dict):
             raise InputError("values", "must be an object {concept: value}")
-        return JSONResponse(intervene(review.session, review.case_at(reader, n), values))
+        case = review.case_at(reader, n)
+        if review.intervention_view(case) is None:
+            raise HTTPException(404, "no test-time intervention here: the session's model has no concept bottleneck")
+        return JSONResponse(intervene(review.session, case, values))
 
-    def export(render: Callable[[list], str], media_type: str, name: str) -> Callable[[Request], Response]:
+    def export(render: Callable[[list, Sequence[str]], str], media_type: str,
+               name: str) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
             reader, _ = review.reader(request)
-            return Response(render(review.store.rows(reader)), media_type=media_type,
+            rows, columns = review.store.rows(reader), COLUMNS
+            if review.hidden():
+                rows, columns = letters_only(rows), LETTER_COLUMNS
+            return Response(render(rows, columns), media_type=media_type,
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
         return endpoint
 
     async def refused(request: Request, error: Exception) -> Response:
-        status, message = (400, str(error)) if isinstance(error, InputError) else (error.status_code, error.detail)
+        if isinstance(error, (InputError, StudyLocked)):
+            status, message = (400 if isinstance(error, InputError) else 409), str(error)
+        else:
+            status, message = error.status_code, error.detail
         if request.url.path.startswith(("/api/", "/export/")) or status in (405, 413):
             body = {"error": message, **({"field": error.name} if isinstance(error, InputError) else {})}
-            return JSONResponse(body, status_code=status)
+            # ASCII JSON: a message quoting what a request held is sent whatever it holds
+            return Response(json.dumps(body), status_code=status, media_type="application/json")
         return review.page("error.html", status, message=message, signed_out=status in (401, 403))
 
     routes = [
         Route("/login", login),
         Route("/", home),
         Route("/summary", summary),
-        Route("/case/{n:int}", case_page),
-        Route("/case/{n:int}/photo", photo),
-        Route("/case/{n:int}/image/{letter}/{kind}", panel_image),
-        Route("/api/case/{n:int}/panel/{letter}", rate_panel, methods=["POST"]),
-        Route("/api/case/{n:int}", rate_case, methods=["POST"]),
+        Route("/case/{n}", case_page),
+        Route("/case/{n}/next", next_unrated),
+        Route("/case/{n}/photo", photo),
+        Route("/case/{n}/image/{letter}/{kind}", panel_image),
+        Route("/api/case/{n}/panel/{letter}", rate_panel, methods=["POST"]),
+        Route("/api/case/{n}", rate_case, methods=["POST"]),
         Route("/api/intervene", intervention, methods=["POST"]),
         Route("/export/ratings.csv", export(ratings_csv, "text/csv; charset=utf-8", "ratings.csv")),
-        Route("/export/ratings.json", export(ratings_json, "application/json", "ratings.json")),
+        Route("/export/ratings.json", export(lambda rows, _: ratings_json(rows), "application/json", "ratings.json")),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     middleware = [Middleware(_SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
     return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={HTTPException: refused, InputError: refused})
+                     exception_handlers={HTTPException: refused, InputError: refused, StudyLocked: refused})
 
 
 def _image(folder: Path, relative: str) -> Response:
-    """The session image ``relative`` (resolved by :func:`case_file`: never outside ``cases/``)."""
+    """The session image ``relative`` (resolved by :func:`case_file`: never outside ``cases/``);
+    404 for anything else there: a missing or unreadable file, a folder, a link loop."""
     try:
         path = case_file(folder, relative)
-    except InputError:
-        raise HTTPException(404, "no such image") from None
-    media_type = mimetypes.guess_type(path.name)[0] or ""
-    if not path.is_file() or not media_type.startswith("image/"):
-        raise HTTPException(404, "no such image")
-    return FileResponse(path, media_type=media_type)
+        media_type = mimetypes.guess_type(path.name)[0] or ""
+        if media_type.startswith("image/") and path.is_file():  # never opens a FIFO, which would block
+            return Response(path.read_bytes(), media_type=media_type)
+    except (InputError, OSError):
+        pass
+    raise HTTPException(404, "no such image")
 
 
-def serve(session_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False) -> None:
+def serve(session_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          allow_remote: bool = False, announce: Callable[[str], None] | None = None) -> None:
     """Serve the review page of ``session_dir`` with uvicorn until interrupted.
 
     Only this machine can reach it unless ``allow_remote`` (then a :class:`~xmed.errors.SecurityWarning`:
     the traffic is not encrypted; an SSH tunnel to 127.0.0.1 is the safer way to let readers in).
     The access log is off, so the sign-in tokens in ``/login`` URLs are not written anywhere.
+    The address is recorded in ``<session_dir>/address.json`` (the readers' links point there) and
+    given to ``announce`` before the page starts; a server that cannot start there (the port is
+    taken) leaves the earlier record.
+
+    Example::
+
+        serve("outputs/review", port=9000, announce=print)   # http://127.0.0.1:9000
     """
     import uvicorn
 
-    allowed = list(LOOPBACK_HOSTS)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError("port", f"must be a port number from 1 to 65535, got {port!r}")
+    host, allowed = host.strip(), list(LOOPBACK_HOSTS)
     if host not in LOOPBACK_HOSTS:
         if not allow_remote:
             raise ConfigError("host", f"{host!r} is not this machine's loopback address: the review page shows "
                                       "patient images, so it listens on 127.0.0.1 unless allowed otherwise "
                                       "(allow_remote=True, --allow-remote); an SSH tunnel is the safer way in")
-        if host in ("0.0.0.0", "::", ""):
+        if _unspecified(host):
             raise ConfigError("host", "give the one address readers will use (e.g. 192.168.1.20), not a wildcard: "
                                       "requests are accepted only when addressed to it")
         warnings.warn(f"the review page is served on {host}:{port} to other machines, without encryption; "
                       "prefer an SSH tunnel to 127.0.0.1", SecurityWarning, stacklevel=2)
         allowed.append(host)
     app = create_app(session_dir, allowed_hosts=allowed)
-    uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, proxy_headers=False,
-                log_level="info")
+    record = Path(session_dir) / ADDRESS_FILE
+    earlier = record.read_bytes() if record.is_file() else None
+    url = record_address(session_dir, host, port)
+    if announce is not None:
+        announce(url)
+    try:
+        uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, proxy_headers=False,
+                    log_level="info")
+    except SystemExit:  # uvicorn could not listen there: the page is not at the recorded address
+        _restore(record, earlier)
+        raise
+
+
+def _restore(path: Path, earlier: bytes | None) -> None:
+    """Put back ``path`` as it was: ``earlier``'s bytes, or no file."""
+    if earlier is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_bytes(earlier)
+
+
+def _unspecified(host: str) -> bool:
+    """Whether ``host`` is the wildcard address (every interface of the machine), however spelt:
+    empty, ``0.0.0.0`` or what the C library reads as it (``0``, ``0x0``, ``0.0``), ``::``,
+    ``0:0:0:0:0:0:0:0``, ``[::]``, ``::ffff:0.0.0.0``.
+
+    Example:
+        >>> [_unspecified(host) for host in ("0", "::0", " [::] ", "127.0.0.1", "review.example.org")]
+        [True, True, True, False, False]
+    """
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if not host:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return False  # a host name
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_unspecified or (mapped is not None and mapped.is_unspecified)

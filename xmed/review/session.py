@@ -35,6 +35,14 @@
             "flag": null | "not edited" | "too small to see" | "no flip within the budget",
             "findings_to": [floats] | null, "vcdr_to": float | null}
 
+:class:`SessionFile` and the classes it names are this schema as types: :func:`load_session` and
+:func:`write_session` check a session against them (every field, with the ranges above: threshold
+in (0, 1), probabilities in [0, 1], every number finite) and name the field at fault
+(``cases[3].size: expected [height, width] of positive integers, got "big"``).
+
+``<session>/address.json`` (:class:`AddressFile`) records where ``xmed-review serve`` serves the
+session, so that every link to it (:func:`session_url`) points where the page is.
+
 Every path is relative to the session folder and lies under ``cases/``; :func:`case_file` resolves
 one and refuses anything else. Case ids are pseudonyms; the link to the source eyes is kept
 apart in ``<session>/key.csv`` (never served or exported).
@@ -53,20 +61,26 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
 import os
 import random
-from dataclasses import dataclass
+import sys
+import types
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import (Annotated, Any, Iterator, Literal, Mapping, Sequence, Union, get_args, get_origin,
+                    get_type_hints)
 
 import numpy as np
 
+from xmed.checks import PROBABILITY, Rule, integer, number, one_of, strict_json
 from xmed.errors import ConfigError, InputError, PathError
 from xmed.runs import eye_file_stem, write_text_atomic
+from xmed.saved_config import check_targets
 
 FORMAT = 1
 MODES = ("blinded", "open")
@@ -74,64 +88,423 @@ EDITS = {"toward_normal": "decrease", "toward_glaucoma": "increase"}
 SESSION_FILE = "session.json"
 CASES_DIR = "cases"
 KEY_FILE = "key.csv"
+ADDRESS_FILE = "address.json"
+#: where ``xmed-review serve`` listens unless told otherwise
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 
 
 def load_session(folder: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``<folder>/session.json``; raises :class:`~xmed.errors.PathError` naming the
-    file when it is missing or malformed, or names a file that is not there."""
+    """Read and check ``<folder>/session.json`` (:func:`session_problems`); raises
+    :class:`~xmed.errors.PathError` naming the file, and the field at fault, when it is missing,
+    is not valid JSON, breaks the schema or names an image that is not there."""
     path = Path(folder) / SESSION_FILE
     if not path.is_file():
         raise PathError(path, "no review session here (session.json missing); build one with `xmed-review build`")
     try:
-        session = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        session = strict_json(path.read_bytes())
+    except OSError as err:
+        raise PathError(path, f"cannot be read ({err.strerror})") from None
+    except ValueError as err:
         raise PathError(path, f"is not valid JSON: {err}") from None
-    problems = _check(session, Path(folder))
+    check_targets(session, path, allowed=frozenset())  # a session names no class to build: data only
+    problems = session_problems(session, folder)
     if problems:
-        raise PathError(path, "; ".join(problems[:5]))
+        raise PathError(path, _listed(problems))
     return session
 
 
-def _check(session: Any, folder: Path) -> list[str]:
-    if not isinstance(session, dict):
-        return ["the top level must be an object"]
-    problems = []
-    if session.get("format") != FORMAT:
-        problems.append(f"format must be {FORMAT}, got {session.get('format')!r}")
-    if session.get("mode") not in MODES:
-        problems.append(f"mode must be one of {', '.join(MODES)}, got {session.get('mode')!r}")
-    methods = [m.get("name") for m in session.get("methods") or [] if isinstance(m, dict)]
-    if not methods:
-        problems.append("no methods")
-    cases = session.get("cases")
-    if not isinstance(cases, list) or not cases:
-        return problems + ["no cases"]
-    ids = [c.get("id") for c in cases if isinstance(c, dict)]
-    if len(set(ids)) != len(cases) or not all(isinstance(i, str) and i for i in ids):
-        problems.append("case ids must be distinct, non-empty strings")
-    for case in cases:
-        if not isinstance(case, dict):
-            continue
-        for relative in case_images(case):
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as JSON for an error message, cut to ``limit`` characters.
+
+    Example:
+        >>> shown("big"), shown(None), shown(list(range(100)))[-5:]
+        ('"big"', 'null', '16, …')
+    """
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _listed(problems: Sequence[str], most: int = 5) -> str:
+    more = len(problems) - most
+    return "; ".join(problems[:most]) + (f" (and {more} more)" if more > 0 else "")
+
+
+# -- the schema of session.json (the module's docstring, as types) -------------------------------
+
+
+def _is_id(value: str) -> bool:
+    return bool(value) and value.strip() == value and value.isprintable() and len(value) <= 200
+
+
+def _is_size(value: list) -> bool:
+    return len(value) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+
+
+Id = Annotated[str, Rule("a non-empty printable text without surrounding spaces, at most 200 characters", _is_id)]
+Probability = Annotated[float, PROBABILITY]
+NonNegative = Annotated[float, number(minimum=0)]
+NonEmpty = Rule("a non-empty list", bool)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColourScale:
+    """The colour scale of a heatmap or a difference map (``low`` and ``colormap`` may be left
+    out: sessions from before they were recorded are drawn from 0 with ``inferno``)."""
+
+    low: float = 0.0
+    high: NonNegative
+    label: str
+    colormap: str = "inferno"
+    gain: Annotated[float, number(above=0)] = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditEntry:
+    image: str | None
+    difference: str | None
+    difference_scale: ColourScale | None
+    goal: Probability
+    probability_from: Probability
+    probability_to: Probability
+    reached: bool
+    steps: Annotated[int, integer(0)]
+    changed_fraction: Probability
+    max_change: Probability
+    flag: Literal[None, "not edited", "too small to see", "no flip within the budget"]
+    findings_to: list[Probability] | None
+    vcdr_to: Probability | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaliencyPanel:
+    kind: Literal["saliency"]
+    overlay: str
+    heatmap: str
+    scale: ColourScale
+    automatic: dict[str, float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CounterfactualPanel:
+    kind: Literal["counterfactual"]
+    edits: dict[Literal["toward_normal", "toward_glaucoma"], EditEntry]
+    automatic: dict[str, float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindingEntry:
+    code: str
+    name: str
+    probability: Probability
+    contribution: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Truth:
+    label: Literal[0, 1, None]
+    findings: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaseEntry:
+    id: Id
+    side: Literal["right", "left", None]
+    probability: Probability
+    decision: Literal["referable glaucoma", "no referable glaucoma"]
+    photo: str
+    size: Annotated[list, Rule("[height, width] of positive integers", _is_size)]
+    findings: list[FindingEntry]
+    vcdr: Probability
+    vcdr_contribution: float
+    bias: float
+    unexplained: float
+    explained_share: Probability
+    contributions_exact: bool
+    sentence: str
+    quality: list[str]
+    concepts: list[float] | None
+    truth: Truth | None
+    panels: dict[Id, SaliencyPanel | CounterfactualPanel]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Method:
+    name: Id
+    kind: Literal["saliency", "counterfactual"]
+    title: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Model:
+    name: str
+    mode: Literal["multitask", "concept_bottleneck"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bottleneck:
+    concepts: Annotated[list[str], NonEmpty]
+    weights: list[float]
+    bias: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionFile:
+    """``session.json``. Keys beyond these are kept and not checked."""
+
+    format: Literal[1]
+    title: str
+    created: str
+    mode: Literal["blinded", "open"]
+    seed: Annotated[int, integer(0)]
+    target: str
+    threshold: Annotated[float, number(above=0, below=1)]
+    model: Model
+    bottleneck: Bottleneck | None
+    methods: Annotated[list[Method], NonEmpty]
+    cases: Annotated[list[CaseEntry], NonEmpty]
+    skipped: list[Skipped]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddressFile:
+    """``address.json``: the address ``xmed-review serve`` last served the session at, and since when."""
+
+    host: Id
+    port: Annotated[int, Rule("a port number from 1 to 65535", lambda value: 1 <= value <= 65535)]
+    recorded: str
+
+
+def base_url(host: str, port: int) -> str:
+    """The URL of the page served at ``host`` and ``port``.
+
+    Example:
+        >>> base_url("127.0.0.1", 8765), base_url("fd00::20", 9000)
+        ('http://127.0.0.1:8765', 'http://[fd00::20]:9000')
+    """
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def record_address(folder: str | os.PathLike, host: str, port: int) -> str:
+    """Record in ``<folder>/address.json`` that the session is served at ``host:port``; returns its URL."""
+    record = {"host": host, "port": port, "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    problems = list(_type_problems(record, AddressFile, ()))
+    if problems:
+        raise InputError("address", _listed(problems))
+    write_text_atomic(Path(folder) / ADDRESS_FILE, json.dumps(record, indent=1))
+    return base_url(host, port)
+
+
+def session_url(folder: str | os.PathLike) -> str | None:
+    """The URL ``<folder>/address.json`` records, or None when the session has not been served yet;
+    a damaged file raises :class:`~xmed.errors.PathError` naming it.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> session_url(folder), record_address(folder, "127.0.0.1", 9001), session_url(folder)
+        (None, 'http://127.0.0.1:9001', 'http://127.0.0.1:9001')
+    """
+    path = Path(folder) / ADDRESS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = strict_json(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise PathError(path, f"cannot be read: {err}; run `xmed-review serve` again to rewrite it") from None
+    problems = list(_type_problems(record, AddressFile, ()))
+    if problems:
+        raise PathError(path, f"{_listed(problems)}; run `xmed-review serve` again to rewrite it")
+    return base_url(record["host"], record["port"])
+
+
+def session_problems(session: Any, folder: str | os.PathLike) -> list[str]:
+    """Every way ``session`` (``session.json`` as read) breaks :class:`SessionFile`, each naming the
+    field; when the types are right, the rules across fields (distinct ids, panels of known methods,
+    one weight per concept) and the images on disk.
+
+    Example:
+        >>> session_problems({"format": 1, "title": 7}, ".")[:2]
+        ['title: expected text, got 7', 'created: missing']
+    """
+    problems = list(_type_problems(session, SessionFile, ()))
+    return problems or [*_consistency_problems(session), *_image_problems(session, Path(folder))]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to check a value against one type of the schema (worked out once per type)."""
+
+    shape: str  # str, bool, int, float, literal, list, dict, class or union (of classes told apart by kind)
+    expected: str  # what the type is, in the words of an error message
+    nullable: bool = False
+    rules: tuple[Rule, ...] = ()
+    args: tuple = ()  # a literal's rule; a list's item type; a dict's key and item types; a union's classes
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(hint: Any) -> _Plan:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType) and type(None) in args:
+        inner = _plan(Union[tuple(arg for arg in args if arg is not type(None))])
+        return _Plan(inner.shape, f"{inner.expected} or null", True, inner.rules, inner.args)
+    if origin is Annotated:
+        inner = _plan(args[0])
+        return _Plan(inner.shape, args[1].expected, inner.nullable, tuple(args[1:]), inner.args)
+    if origin in (Union, types.UnionType):
+        return _Plan("union", "an object", args=args)
+    if origin is Literal:
+        return _Plan("literal", one_of(*args).expected, args=(one_of(*args),))
+    if origin is list or hint is list:
+        return _Plan("list", "a list", args=args)
+    if origin is dict:
+        return _Plan("dict", "an object", args=args)
+    if is_dataclass(hint):
+        return _Plan("class", "an object", args=(hint,))
+    return _Plan(hint.__name__, {str: "text", bool: "true or false", int: "an integer", float: "a number"}[hint])
+
+
+_SHAPES = {
+    "str": lambda value: isinstance(value, str),
+    "bool": lambda value: isinstance(value, bool),
+    "int": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    # a number a float can hold: none of NaN, ±inf or an integer beyond 1.8e308
+    "float": lambda value: (isinstance(value, (int, float)) and not isinstance(value, bool)
+                            and abs(value) <= sys.float_info.max),
+    "list": lambda value: isinstance(value, list),
+    **dict.fromkeys(("dict", "class", "union"), lambda value: isinstance(value, dict)),
+    "literal": None,  # the plan's own rule
+}
+
+
+def _type_problems(value: Any, hint: Any, at: tuple) -> Iterator[str]:
+    """``field: expected …, got …`` for each part of ``value`` (at the keys ``at`` of the session)
+    that is not of type ``hint``."""
+    plan = _plan(hint)
+    if value is None and plan.nullable:
+        return
+    if not (_SHAPES[plan.shape] or plan.args[0].accepts)(value):
+        yield f"{_path(at)}: expected {plan.expected}, got {shown(value)}"
+        return
+    if plan.shape == "union" and value.get("kind") not in _kinds(plan.args):
+        yield f"{_path((*at, 'kind'))}: expected one of {', '.join(_kinds(plan.args))}, got {shown(value.get('kind'))}"
+    elif plan.shape in ("class", "union"):
+        cls = _kinds(plan.args)[value["kind"]] if plan.shape == "union" else plan.args[0]
+        for name, (field_hint, required) in _fields(cls).items():
+            if name in value:
+                yield from _type_problems(value[name], field_hint, (*at, name))
+            elif required:
+                yield f"{_path((*at, name))}: missing"
+    elif plan.shape == "list" and plan.args:
+        for index, item in enumerate(value):
+            yield from _type_problems(item, plan.args[0], (*at, index))
+    elif plan.shape == "dict":
+        key_hint, item_hint = plan.args
+        for key, item in value.items():
+            wrong_key = list(_type_problems(key, key_hint, (*at, key)))
+            yield from wrong_key or _type_problems(item, item_hint, (*at, key))
+    if not all(rule.accepts(value) for rule in plan.rules):
+        yield f"{_path(at)}: expected {plan.expected}, got {shown(value)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _kinds(classes: tuple[type, ...]) -> dict[Any, type]:
+    """``{kind: class}`` of classes told apart by their ``kind`` field."""
+    return {get_args(_fields(cls)["kind"][0])[0]: cls for cls in classes}
+
+
+@functools.lru_cache(maxsize=None)
+def _fields(cls: type) -> dict[str, tuple[Any, bool]]:
+    """``{field: (type, required)}`` of a schema class (a field with a default may be left out)."""
+    hints = get_type_hints(cls, include_extras=True)
+    return {f.name: (hints[f.name], f.default is MISSING) for f in fields(cls)}
+
+
+def _path(at: Sequence[Any]) -> str:
+    """The keys ``at`` as a field of the session: ``cases[0].panels.gradcam``, ``panels["grad cam"]``.
+
+    Example:
+        >>> _path(("cases", 0, "panels", "grad cam")), _path(())
+        ('cases[0].panels["grad cam"]', 'the top level')
+    """
+    text = ""
+    for key in at:
+        if isinstance(key, int):
+            text += f"[{key}]"
+        elif isinstance(key, str) and key.isidentifier():
+            text += f".{key}" if text else key
+        else:
+            text += f"[{shown(key)}]"
+    return text or "the top level"
+
+
+def _consistency_problems(session: Mapping[str, Any]) -> Iterator[str]:
+    kinds: dict[str, str] = {}
+    for index, method in enumerate(session["methods"]):
+        if method["name"] in kinds:
+            yield f"methods[{index}].name: {shown(method['name'])} is listed twice"
+        kinds[method["name"]] = method["kind"]
+    head, ids = session["bottleneck"], set()
+    if head and len(head["weights"]) != len(head["concepts"]):
+        yield f"bottleneck.weights: expected one per concept ({len(head['concepts'])}), got {len(head['weights'])}"
+    for index, case in enumerate(session["cases"]):
+        if case["id"] in ids:
+            yield f"cases[{index}].id: {shown(case['id'])} is the id of an earlier case; case ids must be distinct"
+        ids.add(case["id"])
+        for name, panel in case["panels"].items():
+            where = _path(("cases", index, "panels", name))
+            if kinds.get(name, panel["kind"]) != panel["kind"]:
+                yield f"{where}.kind: method {shown(name)} is a {kinds[name]} method"
+            elif name not in kinds:
+                yield f"{where}: panel of unknown method {shown(name)} (not in methods)"
+        if head and case["concepts"] is not None and len(case["concepts"]) != len(head["concepts"]):
+            yield (f"cases[{index}].concepts: expected one value per bottleneck concept ({len(head['concepts'])}), "
+                   f"got {len(case['concepts'])}")
+
+
+def _image_problems(session: Mapping[str, Any], folder: Path) -> Iterator[str]:
+    for index, case in enumerate(session["cases"]):
+        for at, relative in _image_fields(case, ("cases", index)):
+            if relative is None:
+                continue
             try:
-                if not case_file(folder, relative).is_file():
-                    problems.append(f"case {case.get('id')!r}: missing image {relative}")
+                path = case_file(folder, relative)
             except InputError as err:
-                problems.append(f"case {case.get('id')!r}: {err.reason}")
-        for name in case.get("panels") or {}:
-            if name not in methods:
-                problems.append(f"case {case.get('id')!r}: panel of unknown method {name!r}")
-    return problems
+                yield f"{_path(at)}: {err.reason}"
+                continue
+            if not _is_file(path):
+                yield f"{_path(at)}: missing image {relative}"
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a folder on the way that may not be searched
+        return False
+
+
+def _image_fields(case: Mapping[str, Any], at: tuple = ()) -> Iterator[tuple[tuple, str]]:
+    """``(keys, path)`` of every image a case names."""
+    yield (*at, "photo"), case.get("photo")
+    for name, panel in (case.get("panels") or {}).items():
+        yield (*at, "panels", name, "overlay"), panel.get("overlay")
+        yield (*at, "panels", name, "heatmap"), panel.get("heatmap")
+        for direction, edit in (panel.get("edits") or {}).items():
+            yield (*at, "panels", name, "edits", direction, "image"), edit.get("image")
+            yield (*at, "panels", name, "edits", direction, "difference"), edit.get("difference")
 
 
 def case_images(case: Mapping[str, Any]) -> list[str]:
     """Every image path a case names (photo, overlays, heatmaps, edits, difference maps)."""
-    paths = [case.get("photo")]
-    for panel in (case.get("panels") or {}).values():
-        paths += [panel.get("overlay"), panel.get("heatmap")]
-        for edit in (panel.get("edits") or {}).values():
-            paths += [edit.get("image"), edit.get("difference")]
-    return [p for p in paths if p]
+    return [relative for _, relative in _image_fields(case) if relative]
 
 
 def case_file(folder: str | os.PathLike, relative: str) -> Path:
@@ -144,10 +517,14 @@ def case_file(folder: str | os.PathLike, relative: str) -> Path:
         ...
         xmed.errors.InputError: path: '../etc/passwd' is not a file of this session's cases
     """
-    root = (Path(folder) / CASES_DIR).resolve()
     if not isinstance(relative, str) or "\x00" in relative or os.path.isabs(relative):
         raise InputError("path", f"{relative!r} is not a file of this session's cases")
-    target = (Path(folder) / relative).resolve()
+    try:
+        root, target = (Path(folder) / CASES_DIR).resolve(), (Path(folder) / relative).resolve()
+    except RuntimeError:  # what Python before 3.13 raises for a symbolic link loop
+        raise InputError("path", f"{relative!r} is a symbolic link loop") from None
+    except OSError as err:
+        raise InputError("path", f"{relative!r} cannot be resolved ({err.strerror})") from None
     if root not in target.parents:
         raise InputError("path", f"{relative!r} is not a file of this session's cases")
     return target
@@ -192,8 +569,8 @@ def intervene(session: Mapping[str, Any], case: Mapping[str, Any], values: Mappi
     for key, value in values.items():
         if key not in concepts:
             raise InputError("intervene", f"unknown concept {key!r}; use one of {', '.join(concepts)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-            raise InputError("intervene", f"{key} must be a number in [0, 1], got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise InputError("intervene", f"{key} must be a number in [0, 1], got {shown(value)}")
         concepts[key] = float(value)
     logit = head["bias"] + sum(w * concepts[c] for c, w in zip(head["concepts"], head["weights"]))
     probability = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
@@ -285,9 +662,9 @@ def write_session(folder: str | os.PathLike, *, title: str, mode: str, seed: int
                "mode": mode, "seed": int(seed), "target": target, "threshold": float(threshold),
                "model": dict(model), "bottleneck": dict(bottleneck) if bottleneck else None,
                "methods": [dict(m) for m in methods], "cases": list(cases), "skipped": [dict(s) for s in skipped]}
-    problems = _check(session, Path(folder))
+    problems = session_problems(session, folder)
     if problems:
-        raise InputError("session", "; ".join(problems[:5]))
+        raise InputError("session", _listed(problems))
     if key:
         with open(Path(folder) / KEY_FILE, "w", newline="") as handle:
             writer = csv.writer(handle)

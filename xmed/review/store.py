@@ -1,14 +1,21 @@
 """The ratings of a review session, kept in one SQLite file (``<session>/ratings.sqlite``).
 
-Readers are known by name; each holds a secret token (their login link) of which only the SHA-256
-digest is stored. A reader rates each panel of a case (``location`` and ``rationale``, 1-5) and
-the case as a whole (``agree`` with the model's decision, 0/1, and a free-text ``note``). Every
-save returns only after its transaction is committed to disk (write-ahead log, ``synchronous=FULL``),
-so a rating the page shows as saved survives a crash of the server or of the machine.
+Readers are known by name (stored NFKC-normalised; a name that looks the same as another one, in
+case, width or spacing, is refused); each holds a secret token (their login link) of which only the
+SHA-256 digest is stored. Revoking a reader (:meth:`RatingStore.revoke_reader`) ends their sign-in
+at once and keeps their ratings; a new token (:meth:`RatingStore.renew_token`) replaces a lost one.
+A reader rates each panel of a case (``location`` and ``rationale``, 1-5) and the case as a whole
+(``agree`` with the model's decision, 0/1, and a free-text ``note``). Every save returns only after
+its transaction is committed to disk (write-ahead log, ``synchronous=FULL``), so a rating the page
+shows as saved survives a crash of the server or of the machine. Once the study's coordinator
+locks it (:meth:`RatingStore.lock`), no rating changes any more (:class:`StudyLocked`); the lock is
+checked in the transaction of every save.
 
 :meth:`RatingStore.rows` gives one row per (reader, case, method) in the columns
 :func:`xmed.review.analysis.read_ratings` reads, plus ``note``, ``panel`` (the letter the reader
-saw), ``mode`` (blinded or open) and ``updated``.
+saw), ``mode`` (blinded or open) and ``updated``; the CSV export (:func:`ratings_csv`) writes no
+cell a spreadsheet would run as a formula (:func:`spreadsheet_safe`). :func:`letters_only` is what a
+blinded reader may download before the lock: the letters they saw, never the methods behind them.
 
 Example:
     >>> import tempfile
@@ -33,30 +40,37 @@ import json
 import os
 import secrets
 import sqlite3
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
-from xmed.errors import InputError, PathError
-from xmed.review.session import MODES
+from xmed.errors import InputError, PathError, XmedError
+from xmed.review.session import MODES, shown
 
-__all__ = ["RatingStore", "COLUMNS", "STORE_FILE", "NOTE_LIMIT", "ratings_csv", "ratings_json"]
+__all__ = ["RatingStore", "StudyLocked", "COLUMNS", "LETTER_COLUMNS", "STORE_FILE", "NOTE_LIMIT", "ratings_csv",
+           "ratings_json", "letters_only", "reader_name", "spreadsheet_safe"]
 
 STORE_FILE = "ratings.sqlite"
 #: the columns of :meth:`RatingStore.rows` and of the exports, in order
 COLUMNS = ("reader", "case", "method", "location", "rationale", "agree", "note", "panel", "mode", "updated")
+#: the columns of :func:`letters_only`: no method
+LETTER_COLUMNS = tuple(column for column in COLUMNS if column != "method")
 NOTE_LIMIT = 5000
 NAME_LIMIT = 100
 ID_LIMIT = 200
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 _KEEP = object()  # a score not given to save_panel_rating: keep what is stored
+#: the first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
-_SCHEMA = """
+_TABLES = ("""
 CREATE TABLE IF NOT EXISTS readers (
     name TEXT PRIMARY KEY,
     token_sha256 TEXT NOT NULL UNIQUE,
-    created TEXT NOT NULL
-);
+    created TEXT NOT NULL,
+    revoked TEXT
+)""", """
 CREATE TABLE IF NOT EXISTS panel_ratings (
     reader TEXT NOT NULL REFERENCES readers(name),
     case_id TEXT NOT NULL,
@@ -67,7 +81,7 @@ CREATE TABLE IF NOT EXISTS panel_ratings (
     rationale INTEGER CHECK (rationale BETWEEN 1 AND 5),
     updated TEXT NOT NULL,
     PRIMARY KEY (reader, case_id, method)
-);
+)""", """
 CREATE TABLE IF NOT EXISTS case_ratings (
     reader TEXT NOT NULL REFERENCES readers(name),
     case_id TEXT NOT NULL,
@@ -75,8 +89,31 @@ CREATE TABLE IF NOT EXISTS case_ratings (
     note TEXT CHECK (length(note) <= 5000),
     updated TEXT NOT NULL,
     PRIMARY KEY (reader, case_id)
-);
-"""
+)""", """
+CREATE TABLE IF NOT EXISTS study_lock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    locked TEXT NOT NULL
+)""")
+#: what brings a file of each older format up to :data:`SCHEMA_VERSION` (0: a new file), besides
+#: the tables of :data:`_TABLES` it lacks
+_UPGRADES = {0: (), 1: ("ALTER TABLE readers ADD COLUMN revoked TEXT",), 2: ()}
+
+
+class StudyLocked(XmedError):
+    """A rating sent after the study's coordinator locked it (``xmed-review lock``); ``locked`` is when.
+
+    Example:
+        >>> str(StudyLocked("2025-03-01T10:00:00.000+00:00"))
+        'the study was locked by its coordinator on 2025-03-01 10:00 UTC: ratings can no longer change'
+    """
+
+    def __init__(self, locked: str):
+        self.locked = locked
+        super().__init__(f"the study was locked by its coordinator on {locked[:10]} {locked[11:16]} UTC: "
+                         "ratings can no longer change")
+
+    def __reduce__(self):
+        return (type(self), (self.locked,))
 
 
 def _now() -> str:
@@ -96,11 +133,32 @@ def _name(field: str, value: Any, limit: int) -> str:
     return value
 
 
+def reader_name(name: Any) -> str:
+    """``name`` as a reader is stored: NFKC-normalised (full-width letters, ligatures and
+    non-breaking spaces become their plain forms), then checked.
+
+    Example:
+        >>> reader_name("Ｄｒ\u00a0Ana")
+        'Dr Ana'
+    """
+    return _name("name", unicodedata.normalize("NFKC", name) if isinstance(name, str) else name, NAME_LIMIT)
+
+
+def _lookalike(name: str) -> str:
+    """What two names that look the same have in common: NFKC, case folded, spaces collapsed.
+
+    Example:
+        >>> _lookalike("Dr  ANA ﬁtz") == _lookalike("dr ana fitz")
+        True
+    """
+    return " ".join(unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold()).split())
+
+
 def _score(field: str, value: Any, allowed: range) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
-        raise InputError(field, f"must be an integer {allowed.start}..{allowed.stop - 1} or null, got {value!r}")
+        raise InputError(field, f"must be an integer {allowed.start}..{allowed.stop - 1} or null, got {shown(value)}")
     return value
 
 
@@ -109,9 +167,19 @@ def _note(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or "\x00" in value:
         raise InputError("note", f"must be text, got {type(value).__name__}")
+    if not _encodable(value):
+        raise InputError("note", "holds a lone surrogate (half of a UTF-16 pair), which is not text")
     if len(value) > NOTE_LIMIT:
         raise InputError("note", f"is {len(value)} characters long; at most {NOTE_LIMIT}")
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _panel(value: Any) -> str | None:
@@ -140,13 +208,22 @@ class RatingStore:
                 if mode != "wal":
                     raise PathError(self.path, f"SQLite cannot keep a write-ahead log here (journal mode {mode!r}); "
                                                "put the session on a local disk")
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise PathError(self.path, f"ratings file format {version} is newer than this xmed "
-                                               f"reads ({SCHEMA_VERSION}); update xmed")
-                db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+                current = db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            if not current:  # a file of the current format is opened without waiting on its writers
+                self._upgrade()
         except sqlite3.DatabaseError as err:
             raise PathError(self.path, f"is not a ratings file SQLite can open: {err}") from None
+
+    def _upgrade(self) -> None:
+        """Create the tables of a new file, or bring an older format's up to date."""
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise PathError(self.path, f"ratings file format {version} is newer than this xmed "
+                                           f"reads ({SCHEMA_VERSION}); update xmed")
+            for statement in (*_TABLES, *_UPGRADES[version]):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -178,30 +255,101 @@ class RatingStore:
     # -- readers -------------------------------------------------------------------------------
 
     def add_reader(self, name: str) -> str:
-        """Register reader ``name`` and return their new secret token (shown once; only its digest
-        is kept). A name already registered raises :class:`~xmed.errors.InputError`."""
-        _name("name", name, NAME_LIMIT)
+        """Register reader ``name`` (stored as :func:`reader_name` gives it) and return their new
+        secret token (shown once; only its digest is kept). A name already registered, or one that
+        looks the same as a registered one (``ana`` beside ``Ana``), raises
+        :class:`~xmed.errors.InputError`."""
+        name = reader_name(name)
         token = secrets.token_urlsafe(32)
-        try:
-            with self._transaction() as db:
-                db.execute("INSERT INTO readers (name, token_sha256, created) VALUES (?, ?, ?)",
-                           (name, _digest(token), _now()))
-        except sqlite3.IntegrityError:
-            raise InputError("name", f"reader {name!r} already exists in {self.path}; choose another name") from None
+        with self._transaction() as db:
+            same = self._registered(db, name)
+            if same == name:
+                raise InputError("name", f"reader {name!r} already exists in {self.path}; choose another name")
+            if same is not None:
+                raise InputError("name", f"reader {name!r} looks the same as reader {same!r} of {self.path} "
+                                         "(names differing only in case, width or spacing are confused); "
+                                         "choose another name")
+            db.execute("INSERT INTO readers (name, token_sha256, created) VALUES (?, ?, ?)",
+                       (name, _digest(token), _now()))
         return token
 
+    @staticmethod
+    def _registered(db: sqlite3.Connection, name: str) -> str | None:
+        """The registered name that looks the same as ``name`` (:func:`_lookalike`), or None."""
+        wanted = _lookalike(name)
+        return next((known for (known,) in db.execute("SELECT name FROM readers") if _lookalike(known) == wanted),
+                    None)
+
+    def revoke_reader(self, name: str) -> str:
+        """End the sign-in of reader ``name`` now: their link, and the cookie it set, open nothing
+        from the next request on; their ratings stay. ``name`` is matched as :meth:`add_reader`
+        compares names. Returns the name as stored; an unknown name raises
+        :class:`~xmed.errors.InputError`. Revoking twice changes nothing."""
+        with self._transaction() as db:
+            stored = self._known(db, name)
+            db.execute("UPDATE readers SET revoked = ? WHERE name = ? AND revoked IS NULL", (_now(), stored))
+        return stored
+
+    def renew_token(self, name: str) -> tuple[str, str]:
+        """A new secret token for reader ``name`` (matched as :meth:`revoke_reader` matches),
+        replacing their old one, which opens nothing from now on: ``(name as stored, token)``. Only
+        digests are kept, so a lost link cannot be shown again, only replaced. An unknown or revoked
+        reader raises :class:`~xmed.errors.InputError`.
+
+        Example:
+            >>> import tempfile
+            >>> store = RatingStore(Path(tempfile.mkdtemp()) / "ratings.sqlite"); old = store.add_reader("ana")
+            >>> name, new = store.renew_token("ANA")
+            >>> name, store.reader_for(new), store.reader_for(old)
+            ('ana', 'ana', None)
+        """
+        token = secrets.token_urlsafe(32)
+        with self._transaction() as db:
+            stored = self._known(db, name)
+            revoked = db.execute("SELECT revoked FROM readers WHERE name = ?", (stored,)).fetchone()[0]
+            if revoked is not None:
+                raise InputError("name", f"the sign-in of {stored!r} was revoked on {revoked[:16]}; a revoked "
+                                         "reader gets no new link (add them under another name)")
+            db.execute("UPDATE readers SET token_sha256 = ? WHERE name = ?", (_digest(token), stored))
+        return stored, token
+
+    def _known(self, db: sqlite3.Connection, name: str) -> str:
+        """The registered name ``name`` stands for (:meth:`_registered`); InputError when none."""
+        stored = self._registered(db, reader_name(name))
+        if stored is None:
+            raise InputError("name", f"no reader {name!r} in {self.path}; `xmed-review readers list` names them")
+        return stored
+
     def readers(self) -> list[str]:
-        """The names of the registered readers, sorted."""
+        """The names of the registered readers (revoked ones too), sorted."""
         with self.connect() as db:
             return [name for (name,) in db.execute("SELECT name FROM readers ORDER BY name")]
 
+    def reader_list(self) -> list[dict[str, Any]]:
+        """Each reader, sorted by name: ``name``, ``created``, ``revoked`` (when, or None) and
+        ``cases`` (how many cases they stored anything for).
+
+        Example:
+            >>> import tempfile
+            >>> store = RatingStore(Path(tempfile.mkdtemp()) / "ratings.sqlite"); _ = store.add_reader("ana")
+            >>> store.save_case_rating("ana", "c1", agree=1); _ = store.revoke_reader("ANA")
+            >>> [(r["name"], r["cases"], r["revoked"] is not None) for r in store.reader_list()]
+            [('ana', 1, True)]
+        """
+        with self.connect() as db:
+            readers = db.execute("SELECT name, created, revoked FROM readers ORDER BY name").fetchall()
+            cases = dict(db.execute("SELECT reader, count(DISTINCT case_id) FROM (SELECT reader, case_id FROM "
+                                    "panel_ratings UNION SELECT reader, case_id FROM case_ratings) GROUP BY reader"))
+        return [{"name": name, "created": created, "revoked": revoked, "cases": cases.get(name, 0)}
+                for name, created, revoked in readers]
+
     def reader_for(self, token: Any) -> str | None:
-        """The name of the reader holding ``token``, or None for an unknown or malformed token."""
+        """The name of the reader holding ``token``, or None for an unknown, malformed or revoked token."""
         if not isinstance(token, str) or not 0 < len(token) <= 200:
             return None
         wanted = _digest(token)
         with self.connect() as db:
-            known = db.execute("SELECT name, token_sha256 FROM readers").fetchall()
+            known = db.execute("SELECT name, token_sha256 FROM readers WHERE revoked IS NULL").fetchall()
         found = None
         for name, digest in known:  # every digest is compared, so the time taken says nothing
             if hmac.compare_digest(digest, wanted):
@@ -210,8 +358,39 @@ class RatingStore:
 
     def _check_reader(self, db: sqlite3.Connection, reader: str) -> None:
         _name("reader", reader, NAME_LIMIT)
-        if db.execute("SELECT 1 FROM readers WHERE name = ?", (reader,)).fetchone() is None:
+        found = db.execute("SELECT revoked FROM readers WHERE name = ?", (reader,)).fetchone()
+        if found is None:
             raise InputError("reader", f"{reader!r} is not a registered reader of {self.path}")
+        if found[0] is not None:
+            raise InputError("reader", f"the sign-in of {reader!r} was revoked on {found[0]}")
+
+    # -- the lock ------------------------------------------------------------------------------
+
+    def lock(self) -> str:
+        """Lock the study: from now on every save raises :class:`StudyLocked`. Returns when it was
+        locked (the first lock's time, when it already was).
+
+        Example:
+            >>> import tempfile
+            >>> store = RatingStore(Path(tempfile.mkdtemp()) / "ratings.sqlite"); _ = store.add_reader("ana")
+            >>> store.locked() is None, store.lock() == store.lock() == store.locked()
+            (True, True)
+            >>> store.save_case_rating("ana", "c1", agree=1)
+            Traceback (most recent call last):
+            ...
+            xmed.review.store.StudyLocked: the study was locked by its coordinator on ...
+        """
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO study_lock (id, locked) VALUES (1, ?)", (_now(),))
+            return db.execute("SELECT locked FROM study_lock").fetchone()[0]
+
+    def locked(self) -> str | None:
+        """When the study was locked (ISO time), or None while ratings may change."""
+        with self.connect() as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'study_lock'").fetchone() is None:
+                return None  # a file of a format before locks, opened read-only
+            found = db.execute("SELECT locked FROM study_lock").fetchone()
+        return found and found[0]
 
     # -- ratings -------------------------------------------------------------------------------
 
@@ -255,6 +434,9 @@ class RatingStore:
         updates = ", ".join(f"{column} = excluded.{column}" for column in [*values, "updated"])
         with self._transaction() as db:
             self._check_reader(db, key["reader"])
+            locked = db.execute("SELECT locked FROM study_lock").fetchone()
+            if locked is not None:  # checked in the save's own transaction: no save slips past a lock
+                raise StudyLocked(locked[0])
             db.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
                        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
                        (*key.values(), *values.values(), _now()))
@@ -319,18 +501,48 @@ class RatingStore:
         return _write(path, ratings_json(self.rows(reader)))
 
 
-def ratings_csv(rows: list[Mapping[str, Any]]) -> str:
-    """Rows as CSV text with a header of :data:`COLUMNS` (an empty cell for None).
+def ratings_csv(rows: list[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    """Rows as CSV text with a header of ``columns`` (an empty cell for None), every cell
+    :func:`spreadsheet_safe`.
 
     Example:
-        >>> ratings_csv([{"reader": "ana", "case": "c1", "method": "gradcam", "location": 4}]).splitlines()
-        ['reader,case,method,location,rationale,agree,note,panel,mode,updated', 'ana,c1,gradcam,4,,,,,,']
+        >>> ratings_csv([{"reader": "ana", "case": "c1", "method": "gradcam", "location": 4, "note": "=1+1"}]
+        ...             ).splitlines()
+        ['reader,case,method,location,rationale,agree,note,panel,mode,updated', "ana,c1,gradcam,4,,,'=1+1,,,"]
     """
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    # with "\r\n" ending its lines, the writer quotes a cell holding either character
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({column: spreadsheet_safe(value) for column, value in row.items()} for row in rows)
     return text.getvalue()
+
+
+def letters_only(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` in :data:`LETTER_COLUMNS`, each case's panels in letter order: what a blinded reader
+    may see of their ratings before the lock (rows in method order would give away the methods'
+    alphabetical order).
+
+    Example:
+        >>> rows = [{"reader": "ana", "case": "c1", "method": m, "panel": p} for m, p in (("adversarial", "B"),
+        ...                                                                               ("gradcam", "A"))]
+        >>> [(row["panel"], "method" in row) for row in letters_only(rows)]
+        [('A', False), ('B', False)]
+    """
+    kept = [{column: row.get(column) for column in LETTER_COLUMNS} for row in rows]
+    return sorted(kept, key=lambda row: (row["reader"], row["case"], row["panel"] or ""))
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` as a CSV cell no spreadsheet runs as a formula: text that starts with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return gets a leading ``'`` (OWASP's advice against CSV
+    injection); numbers, negative ones too, and None are kept as they are.
+
+    Example:
+        >>> [spreadsheet_safe(value) for value in ("=SUM(A1:A9)", "-2", "disc tilted", -2, None)]
+        ["'=SUM(A1:A9)", "'-2", 'disc tilted', -2, None]
+    """
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def ratings_json(rows: list[Mapping[str, Any]]) -> str:

@@ -1,6 +1,7 @@
 // The review page's behaviour: ratings saved as JSON (shown "saved" only once the server has
-// committed them), heatmap opacity, flicker between a photograph and its edit, the keyboard, and
-// test-time intervention. The page's data comes from <script type="application/json" id="page-data">.
+// committed them), heatmap opacity, flicker between a photograph and its edit, the keyboard (a
+// digit chooses and goes on to the next unrated question), and test-time intervention. The page's
+// data comes from <script type="application/json" id="page-data">.
 "use strict";
 
 (function () {
@@ -113,6 +114,50 @@
     if (url) idle().then(() => { window.location.assign(url); });
   }
 
+  // The questions still open to rating (a locked study disables them all), in page order.
+  function questions() {
+    return Array.from(document.querySelectorAll("fieldset.rating")).filter((group) => !group.disabled);
+  }
+
+  function answered(group) {
+    return group.querySelector("input[type=radio]:checked") !== null;
+  }
+
+  // The first unanswered question after `from` (an element; null: the page's start), wrapping round;
+  // never the question holding `from`.
+  function nextUnrated(from) {
+    const open = questions().filter((group) => !answered(group) && !(from && group.contains(from)));
+    const follows = (group) => from && (from.compareDocumentPosition(group) & Node.DOCUMENT_POSITION_FOLLOWING);
+    return open.find(follows) || open[0] || null;
+  }
+
+  // Put the focus where the keyboard enters a question: on its choice, else on its first option.
+  function enter(group) {
+    (group.querySelector("input[type=radio]:checked") || group.querySelector("input[type=radio]")).focus();
+  }
+
+  // Choose `option` (its change event saves it) with the focus on it, then go on to the next
+  // unrated question; with none left the focus stays on the choice, so an arrow key moves from it.
+  function choose(option) {
+    if (!option.checked) option.click();
+    option.focus();
+    const next = nextUnrated(option);
+    if (next) enter(next);
+  }
+
+  function keyInQuestion(event, option) {
+    if (/^[0-9]$/.test(event.key)) {
+      const chosen = option.closest("fieldset").querySelector(`input[type=radio][value="${event.key}"]`);
+      if (chosen) choose(chosen);
+    } else if (event.key === "Enter" || event.key === " ") {
+      choose(option);
+    } else {
+      return false;
+    }
+    event.preventDefault();
+    return true;
+  }
+
   function setUpKeys() {
     document.addEventListener("keydown", (event) => {
       if (event.ctrlKey || event.metaKey || event.altKey) return;
@@ -122,20 +167,27 @@
         return;
       }
       const inRadio = target.matches("input[type=radio]");
-      if (inRadio && /^[0-9]$/.test(event.key)) {
-        const option = target.closest("fieldset").querySelector(`input[type=radio][value="${event.key}"]`);
-        if (option && !option.checked) option.click();
-        event.preventDefault();
-        return;
-      }
+      if (inRadio && keyInQuestion(event, target)) return;
       const arrow = event.key === "ArrowLeft" || event.key === "ArrowRight";
       if (arrow && target.matches("input[type=radio], input[type=range]")) return;  // they move the choice
-      if (event.key === "ArrowLeft" || event.key === "p") go(page && page.previous);
-      else if (event.key === "ArrowRight" || event.key === "n") go(page && page.next);
+      if (event.key === "u") {
+        const next = nextUnrated(target === document.body ? null : target);
+        if (next) enter(next);
+      } else if (event.key === "U") go(page.next_unrated);
+      else if (event.key === "ArrowLeft" || event.key === "p") go(page.previous);
+      else if (event.key === "ArrowRight" || event.key === "n") go(page.next);
       else if (event.key === "f") flickerAll();
       else return;
       event.preventDefault();
     });
+  }
+
+  // Arriving by "next unrated case" (the URL ends in #rate): the focus goes to its first unrated question.
+  function focusOnArrival() {
+    if (window.location.hash !== "#rate") return;
+    history.replaceState(null, "", window.location.pathname);
+    const next = nextUnrated(null);
+    if (next) enter(next);
   }
 
   function setUpIntervention() {
@@ -187,5 +239,6 @@
     setUpImages();
     setUpKeys();
     setUpIntervention();
+    focusOnArrival();
   }
 })();
