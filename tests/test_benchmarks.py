@@ -75,6 +75,7 @@ def test_the_quick_cpu_suite_writes_every_figure_with_its_baseline(tmp_path):
         "cached train epoch, 2 workers, uint8 hand-over: batch normalised in the main process (training on the CPU)"]
 
 
+@pytest.mark.slow  # about 30 s: it installs nothing but runs the whole GPU suite's code path on the CPU
 @pytest.mark.timeout(600)
 def test_the_gpu_script_runs_the_gpu_suite_on_a_cpu(tmp_path):
     done = subprocess.run(["bash", "benchmarks/gpu.sh", "--device", "cpu", "--quick", "--out", str(tmp_path)],
