@@ -197,8 +197,8 @@ class StudyMethods:
         for editor_name, editor in self.editors.items():
             for toward, direction in DIRECTIONS.items():
                 cf = editor(images, TARGET, direction)
-                notes = ["" if int(s) > 0 else f"not edited: already at the goal (P = {float(p):.3f})"
-                         for s, p in zip(cf.steps, cf.probability[0])]
+                notes = [unedited_note(int(s), bool(r), float(p))
+                         for s, r, p in zip(cf.steps, cf.reached, cf.probability[0])]
                 out[f"{editor_name}_{toward}"] = (edit_scores(cf, present, region, self.min_change), notes)
         if self.rationale:
             out["rationale"] = (self._rationale_scores(images, present), [""] * len(images))
@@ -216,6 +216,20 @@ class StudyMethods:
         named = torch.tensor([[code in main_reasons(r) for code in FINDINGS] for r in explained],
                              device=present.device)
         return reason_scores(named, present)
+
+
+def unedited_note(steps: int, reached: bool, probability: float) -> str:
+    """Why an edit scores nothing for an eye ("" when it was edited): it was at its goal already,
+    or no step moved the decision the asked way (latent shift stops when a step does not).
+
+    Example:
+        >>> unedited_note(0, True, 0.97), unedited_note(0, False, 0.39), unedited_note(3, True, 0.02)
+        ('not edited: already at the goal (P = 0.970)', 'not edited: no step moved the decision the asked way (P = 0.390)', '')
+    """
+    if steps > 0:
+        return ""
+    why = "already at the goal" if reached else "no step moved the decision the asked way"
+    return f"not edited: {why} (P = {probability:.3f})"
 
 
 def _method_options(saliency: Any, options: Any) -> dict[str, dict[str, Any]]:

@@ -84,7 +84,8 @@ def summarise(rows: Sequence[Mapping[str, Any]], reference: Sequence[str] | str 
 
 def accounting(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per model and method: how many eyes it was run on, how many got at least one score, and
-    how many were not scored for each reason.
+    how many were not scored for each reason (a note's details in brackets, such as the eye's
+    probability, left out of the count's reason).
 
     Example:
         >>> accounting([{"model": "m", "method": "a", "eye": "1", "score": "s", "value": 0.5, "note": ""},
@@ -98,7 +99,7 @@ def accounting(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if scored:
             eyes[key][row["eye"]] = None
         elif previous == "unset":
-            eyes[key][row["eye"]] = row["note"] or "not scored"
+            eyes[key][row["eye"]] = (row["note"] or "not scored").split(" (")[0]
     return [{"model": model, "method": method, "eyes": len(status),
              "scored": sum(v is None for v in status.values()),
              "not scored": dict(Counter(v for v in status.values() if v is not None))}
@@ -122,6 +123,17 @@ def write_long_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
         return path
     pq.write_table(pa.Table.from_pylist([{k: row[k] for k in COLUMNS} for row in rows]), path.with_suffix(".parquet"))
     return path
+
+
+def read_long_table(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a study's ``scores.csv`` (:func:`write_long_table`), values as floats or None.
+
+    Example::
+
+        summarise(read_long_table("outputs/study/scores.csv"), reference=["integrated_gradients"])
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{**row, "value": float(row["value"]) if row["value"] else None} for row in csv.DictReader(handle)]
 
 
 def _table(path: Path, entries: Sequence[Mapping[str, Any]]) -> None:
