@@ -74,6 +74,24 @@ def test_train_writes_every_artefact(run):
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"roc.png", "calibration.png", "finding_auroc.png"}
 
 
+def test_train_fits_the_feature_check_on_the_training_eyes(run):
+    """As training ends the exported model gets its out-of-distribution check: fitted on every
+    training eye, its threshold on every validation eye; the test eyes it flags are counted."""
+    from xmed.data import FundusDataModule
+
+    out, metrics, _ = run
+    dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 48, "size": 48}, image_size=48)
+    dm.setup()
+    check = json.loads((out / "model" / "config.json").read_text())["model"]["feature_check"]
+    assert (check["train_eyes"], check["val_eyes"], check["percentile"]) == (len(dm.splits["train"]),
+                                                                           len(dm.splits["val"]), 99.0)
+    assert check["threshold"] > 0 and check["features"] == 96
+    assert set(metrics["unfamiliar_features"]) == {"val", "test"}
+    assert metrics["unfamiliar_features"]["val"] <= 1    # the threshold lies at the largest distances of the few
+    assert f"- **Out-of-distribution check**: Mahalanobis distance of the 96 pooled backbone features from a " \
+           f"Gaussian fitted on {check['train_eyes']} training eyes" in (out / "model_card.md").read_text()
+
+
 def test_train_metrics_json(run):
     out, metrics, _ = run
     written = json.loads((out / "metrics.json").read_text())
@@ -191,7 +209,9 @@ def test_training_skips_masks_unless_a_mask_head_uses_them(tmp_path):
 
 def test_init_from_starts_a_run_from_the_trained_weights(run, tmp_path):
     """``init_from`` loads the trained model: with no epochs to train, the new run exports the
-    same weights and scores the same test AUROC; the card says where the weights came from."""
+    same weights and scores the same test AUROC; the card says where the weights came from. The
+    feature check is fitted anew, on the same eyes: the same statistics to float32 rounding (the
+    model that trained no epoch computes them in its training memory format)."""
     from safetensors.torch import load_file
 
     from xmed.pipeline.training import train
@@ -200,8 +220,10 @@ def test_init_from_starts_a_run_from_the_trained_weights(run, tmp_path):
     cfg = compose("train", tiny_overrides(tmp_path, epochs=0) + [f"init_from={out / 'model'}"])
     again = train(cfg)
     before, after = load_file(out / "model" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert before.keys() == after.keys() and {"feature_check.mean", "feature_check.whitening"} <= before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("feature_check."))
+    for k in ("feature_check.mean", "feature_check.whitening"):
+        torch.testing.assert_close(after[k], before[k], rtol=1e-4, atol=1e-5 * float(before[k].abs().max()))
     assert again["auroc"] == metrics["auroc"]
     assert f"- **initialised from**: `{out / 'model'}`" in (tmp_path / "model_card.md").read_text()
 

@@ -1,11 +1,13 @@
 """Running a trained model over photographs: one scoring step, through Lightning on any device.
 
 :func:`score_batch` turns one batch into per-eye outputs — P(glaucoma), the finding
-probabilities, the vCDR, the image-quality flags and a ``status`` that marks an eye whose output
-is not finite (it then gets no prediction). :class:`EyeScorer` runs it as Lightning's
-``predict_step``; :class:`RecordWriter` gathers the per-eye records of every process, so
-:func:`score_eyes` — the one path ``xmed-train``'s test, ``xmed-eval`` and ``xmed-predict`` take —
-runs on the CPU, a GPU or many (``trainer=ddp``) with no other change.
+probabilities, the vCDR, the image-quality flags (with ``unfamiliar_features`` where the model's
+own feature check finds the eye unlike its training eyes), the feature distance behind that flag
+and a ``status`` that marks an eye whose output is not finite (it then gets no prediction).
+:class:`EyeScorer` runs it as Lightning's ``predict_step``; :class:`RecordWriter` gathers the
+per-eye records of every process, so :func:`score_eyes` — the one path ``xmed-train``'s test,
+``xmed-eval`` and ``xmed-predict`` take — runs on the CPU, a GPU or many (``trainer=ddp``) with no
+other change.
 
 Example::
 
@@ -53,12 +55,16 @@ def score_batch(model: torch.nn.Module, batch: Mapping[str, Any], intervene_with
     """The per-eye outputs of ``model`` on one Sample batch (on the model's device): CPU tensors
     ``prob`` (B), ``finding_prob`` (B×10), ``vcdr_pred`` (B) — NaN for an eye whose output is not
     finite — and lists ``status`` (:data:`NON_FINITE` or empty), ``quality`` (each eye's
-    :class:`~xmed.data.quality.Quality`; ``str()`` joins its flags by ``;``), ``id`` and ``eye``.
+    :class:`~xmed.data.quality.Quality`; ``str()`` joins its flags by ``;``), ``id`` and ``eye``;
+    ``feature_distance`` (B, or None for a model without a feature check): the Mahalanobis distance
+    of each eye's features from the training eyes' (:mod:`xmed.models.feature_check`), and
+    ``unfamiliar_features`` among its quality flags where that is above the model's threshold.
 
     ``intervene_with_truth`` (concept-bottleneck models) replaces the predicted findings and vCDR
     with the batch's known values (unknown ones stay predicted) before the diagnosis.
     """
     from xmed.data.quality import Quality, assess_prepared
+    from xmed.models.feature_check import with_feature_flags
 
     images = batch["image"]
     intervene = None
@@ -70,12 +76,15 @@ def score_batch(model: torch.nn.Module, batch: Mapping[str, Any], intervene_with
     out = model(images.to(next(model.parameters()).device), intervene=intervene)
     logits, finding_logits, vcdr = (out[k].float().cpu() for k in ("logits", "finding_logits", "vcdr"))
     finite = finite_outputs(out).cpu()
+    distance = out["feature_distance"].float().cpu() if "feature_distance" in out else None
+    quality = with_feature_flags(quality, distance, getattr(model, "feature_check", None))
     return {
         "prob": torch.sigmoid(logits).masked_fill(~finite, math.nan),
         "finding_prob": torch.sigmoid(finding_logits).masked_fill(~finite[:, None], math.nan),
         "vcdr_pred": vcdr.masked_fill(~finite, math.nan),
         "status": ["" if ok else NON_FINITE for ok in finite.tolist()],
         "quality": quality,
+        "feature_distance": distance,
         "id": list(batch["meta"]["id"]),
         "eye": list(batch["meta"]["eye"]),
     }
@@ -89,15 +98,19 @@ def _value(x: float) -> float | None:
 
 def eye_records(scores: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One plain record per eye of :func:`score_batch`'s output: ``id``, ``eye``, ``prob``,
-    ``finding_prob`` (list), ``vcdr_pred``, ``quality`` (flags joined by ``;``), ``status``, and the
-    batch's truth ``label``, ``finding_label`` (list), ``vcdr_true`` — None where unknown or not
-    predicted. Floats keep every bit of the model's float32 output (they round-trip through JSON)."""
+    ``finding_prob`` (list), ``vcdr_pred``, ``feature_distance``, ``quality`` (flags joined by ``;``),
+    ``status``, and the batch's truth ``label``, ``finding_label`` (list), ``vcdr_true`` — None where
+    unknown or not predicted. Floats keep every bit of the model's float32 output (they round-trip
+    through JSON)."""
     # one tensor -> list conversion per batch, not one per eye and value
     prob, finding_prob, vcdr_pred = (scores[k].tolist() for k in ("prob", "finding_prob", "vcdr_pred"))
     label, finding_label, vcdr_true = (batch[k].tolist() for k in ("label", "findings", "vcdr"))
+    distance = scores.get("feature_distance")
+    distance = [math.nan] * len(scores["id"]) if distance is None else distance.tolist()
     return [{
         "id": eye_id, "eye": scores["eye"][i], "prob": _value(prob[i]),
         "finding_prob": [_value(p) for p in finding_prob[i]], "vcdr_pred": _value(vcdr_pred[i]),
+        "feature_distance": _value(distance[i]),
         "quality": str(scores["quality"][i]), "status": scores["status"][i], "label": _value(label[i]),
         "finding_label": [_value(v) for v in finding_label[i]], "vcdr_true": _value(vcdr_true[i]),
     } for i, eye_id in enumerate(scores["id"])]

@@ -279,7 +279,8 @@ def without_backbone(config):
 BROKEN_CONFIGS = [
     pytest.param(without_backbone, "not an xmed model config: missing key 'backbone'", id="missing-key"),
     pytest.param(lambda c: c["model"].update(colour="red"), "not an xmed model config: unknown key 'colour' (known: "
-                 "backbone, mode, input_size, drop_rate, data_config, backbone_kwargs, mask_head, findings, threshold)",
+                 "backbone, mode, input_size, drop_rate, data_config, backbone_kwargs, mask_head, findings, threshold, "
+                 "feature_check)",
                  id="unknown-key"),
     pytest.param(lambda c: c.update(model=["resnet18"]), "not an xmed model config: a list, not a mapping of settings",
                  id="model-not-a-mapping"),

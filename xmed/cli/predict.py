@@ -2,9 +2,10 @@
 
 Writes ``predictions.csv`` into the run folder — per eye its id (a DICOM file's salted pseudonym,
 never a patient identifier), laterality, P(glaucoma), the decision at the model's operating
-threshold (``referable`` 1/0), the vCDR, each finding's probability, the image-quality flags and a
-status (an unreadable file, or a model output that is not finite, gets no prediction) — and
-``summary.json``. Runs on the CPU, a GPU (``trainer=gpu``) or several (``trainer=ddp``).
+threshold (``referable`` 1/0), the vCDR, each finding's probability, the distance of its features
+from the training eyes' (``feature_distance``), the image-quality flags (``unfamiliar_features``
+among them when that distance is above the model's threshold) and a status (an unreadable file, or
+a model output that is not finite, gets no prediction) — and ``summary.json``. Runs on the CPU, a GPU (``trainer=gpu``) or several (``trainer=ddp``).
 
 Examples::
 

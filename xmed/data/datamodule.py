@@ -458,7 +458,7 @@ class FundusDataModule(L.LightningDataModule):
             batch = {**batch, "image": normalise_images(batch["image"], self.mean, self.std)}
         return batch
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, view: SplitView | None = None) -> DataLoader:
         if not self.splits:
             self.setup()
         sampler = None
@@ -469,7 +469,7 @@ class FundusDataModule(L.LightningDataModule):
                 weights=balanced_weights(self.splits[split].labels()) if self.balanced_sampling else None,
                 num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
         return SkipRecordingLoader(
-            self.splits[split], batch_size=self.batch_size, sampler=sampler,
+            view or self.splits[split], batch_size=self.batch_size, sampler=sampler,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             multiprocessing_context=worker_start_method(self.num_workers),
             collate_fn=collate_samples, worker_init_fn=_init_worker,
@@ -488,3 +488,22 @@ class FundusDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def unaugmented_dataloader(self, split: str) -> DataLoader:
+        """The eyes of ``split`` in order, through the evaluation transform — the training eyes
+        without their augmentation —: what a trained model's statistics are fitted on.
+
+        Example:
+            >>> dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 20, "size": 32},
+            ...                       image_size=32, batch_size=4)
+            >>> batch = next(iter(dm.unaugmented_dataloader("train")))
+            >>> first = [dm.base.records[i].id for i in dm.splits["train"].indices[:4]]
+            >>> batch["image"].dtype, batch["meta"]["id"] == first
+            (torch.float32, True)
+        """
+        if not self.splits:
+            self.setup()
+        view = self.splits[split]
+        if view.transform is not self.transforms["eval"]:
+            view = SplitView(self.base, view.indices, self.transforms["eval"], decode_reduced=self.decode_reduced)
+        return self._loader(split, shuffle=False, view=view)

@@ -90,7 +90,9 @@ class Quality:
     """The outcome of :func:`assess_quality` for one image.
 
     Attributes:
-        flags: the checks the image failed, in the order of :data:`CHECKS` (empty: it passed).
+        flags: the checks the image failed, in the order of :data:`CHECKS` (empty: it passed),
+            then ``unfamiliar_features`` where a model's feature check added it
+            (:func:`xmed.models.feature_check.with_feature_flags`).
         judged: the checks that were made (a prepared tensor cannot always be judged on all:
             see :func:`assess_prepared`).
         measures: the numbers the flags were decided on (brightness 0–255, colour 0–1).

@@ -3,8 +3,9 @@
 ``xmed.rationale(model, images)`` returns one :class:`Rationale` per eye: the diagnosis
 probability, each finding's probability and its contribution to the decision, the vCDR, what a
 counterfactual edit toward the other class changed, per-finding heatmaps, and one short sentence.
-An eye that fails the image-quality gate (:mod:`xmed.data.quality`) carries its flags, and its
-sentence starts by saying that the decision is not to be relied on.
+An eye that fails the image-quality gate (:mod:`xmed.data.quality`), or whose features the model's
+own feature check finds unlike its training eyes' (:mod:`xmed.models.feature_check`), carries its
+flags, and its sentence starts by saying that the decision is not to be relied on.
 
 Contributions are in logit units and add up to the diagnosis logit:
 ``logit = bias + Σ finding contributions + vCDR contribution + unexplained``.
@@ -57,7 +58,9 @@ class FindingEvidence:
 class Rationale:
     """Why the model decided for one eye (``to_dict()`` is JSON-serialisable; heatmaps are not
     part of it — they are tensors kept on the model's device). ``quality``: the image-quality
-    flags of the eye (:mod:`xmed.data.quality`), empty when its image passed."""
+    flags of the eye (:mod:`xmed.data.quality`), with ``unfamiliar_features`` when the model's
+    feature check flagged it, empty when it passed; ``feature_distance``: the Mahalanobis distance
+    of its features from the training eyes' (None: the model carries no feature check)."""
 
     probability: float
     logit: float
@@ -73,6 +76,7 @@ class Rationale:
     sentence: str
     heatmaps: dict[str, Tensor] = field(default_factory=dict, repr=False)
     quality: list[str] = field(default_factory=list)
+    feature_distance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Strict JSON: a value that is not finite becomes None (``json.dumps(..., allow_nan=False)`` works)."""
@@ -95,7 +99,8 @@ def concept_contributions(model: nn.Module, images: Tensor) -> dict[str, Tensor]
     """Per-eye decomposition of the diagnosis logit (see the module docstring).
 
     Returns ``logit`` (B), ``bias`` (scalar), ``findings`` (B×10), ``vcdr`` (B),
-    ``unexplained`` (B), ``finding_prob`` (B×10), ``vcdr_value`` (B), ``exact`` (bool).
+    ``unexplained`` (B), ``finding_prob`` (B×10), ``vcdr_value`` (B), ``exact`` (bool) and
+    ``feature_distance`` (B, or None for a model without a feature check).
     """
     if not all(hasattr(model, name) for name in ("glaucoma_head", "findings_head", "vcdr_head")):
         raise ConfigError("model", "a rationale needs a model with named heads (a FundusClassifier)")
@@ -105,11 +110,12 @@ def concept_contributions(model: nn.Module, images: Tensor) -> dict[str, Tensor]
         logit = out["logits"].float()
         finding_prob = torch.sigmoid(out["finding_logits"].float())
         bias = model.glaucoma_head.bias.float()[0]
+        distance = out.get("feature_distance")
         if model.mode == "concept_bottleneck":
             terms = model.bottleneck_terms(out["concepts"].float())
             return {"logit": logit, "bias": bias, "findings": terms[:, :len(FINDINGS)], "vcdr": terms[:, -1],
                     "unexplained": torch.zeros_like(logit), "finding_prob": finding_prob,
-                    "vcdr_value": out["vcdr"].float(), "exact": True}
+                    "vcdr_value": out["vcdr"].float(), "exact": True, "feature_distance": distance}
         pooled = model.backbone.forward_head(features, pre_logits=True).float()
         heads = torch.cat([model.findings_head.weight, model.vcdr_head.weight]).float()      # 11×C
         head_bias = torch.cat([model.findings_head.bias, model.vcdr_head.bias]).float()      # 11
@@ -119,7 +125,7 @@ def concept_contributions(model: nn.Module, images: Tensor) -> dict[str, Tensor]
         unexplained = logit - bias - terms.sum(dim=1)
         return {"logit": logit, "bias": bias, "findings": terms[:, :len(FINDINGS)], "vcdr": terms[:, -1],
                 "unexplained": unexplained, "finding_prob": finding_prob, "vcdr_value": out["vcdr"].float(),
-                "exact": False}
+                "exact": False, "feature_distance": distance}
 
 
 def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = None,
@@ -138,6 +144,7 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
             times 4) that the counterfactual summary mentions.
     """
     from xmed.data.quality import warn_flagged
+    from xmed.models.feature_check import with_feature_flags
 
     images = check_images(images, model).to(next(model.parameters()).device)
     if threshold is None:
@@ -149,7 +156,8 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
     if undecided:  # finite images, non-finite output: never read as a decision
         raise InputError("images", f"the model's output for image(s) {undecided[:10]} of the batch is not finite: "
                                    "no decision and no rationale can be stated")
-    qualities = _qualities(model, images)
+    distance = parts["feature_distance"]
+    qualities = with_feature_flags(_qualities(model, images), distance, getattr(model, "feature_check", None))
     warn_flagged(qualities)
     changes = _counterfactual_changes(model, images, probability, threshold, counterfactual,
                                       counterfactual_options or {}, min_change)
@@ -164,7 +172,8 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
                       decision=decision, vcdr=_round(parts["vcdr_value"][i]), findings=findings,
                       vcdr_contribution=_round(parts["vcdr"][i]), bias=_round(parts["bias"]),
                       unexplained=_round(parts["unexplained"][i]), contributions_exact=bool(parts["exact"]),
-                      counterfactual=changes[i], sentence="", heatmaps=maps[i], quality=list(qualities[i].flags))
+                      counterfactual=changes[i], sentence="", heatmaps=maps[i], quality=list(qualities[i].flags),
+                      feature_distance=None if distance is None else _round(distance[i]))
         r.sentence = sentence(r)
         out.append(r)
     return out
@@ -200,7 +209,8 @@ def sentence(r: Rationale) -> str:
     """The decision in plain clinical language: the decision with the probability of glaucoma and
     the model's threshold, the main reasons (or that no single finding explains it), how much of
     the decision the findings leave unexplained, and what the counterfactual edit changed — each
-    number named for what it is (after a warning when the image failed the image-quality gate).
+    number named for what it is (after a warning when the image failed the image-quality gate or the
+    model's feature check: :func:`reliance_warning`).
 
     Example:
         >>> f = [FindingEvidence("LC", "large cup", 0.9, 1.2), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
@@ -250,13 +260,32 @@ def sentence(r: Rationale) -> str:
                      else f"the probability of {_with_article(FINDING_NAMES[change['code']].short)}")
             moves.append(f"{verb} {label} from {change['from']:.2f} to {change['to']:.2f}")
         parts.append(f"An edit toward {r.counterfactual['toward']} " + " and ".join(moves) + ".")
-    text = " ".join(parts)
-    if r.quality:
-        from xmed.data.quality import Quality
+    warning = reliance_warning(r.quality)
+    return " ".join([warning, *parts] if warning else parts)
 
-        text = (f"The image failed the quality check ({Quality(tuple(r.quality)).describe()}): "
-                f"do not rely on this decision. {text}")
-    return text
+
+def reliance_warning(flags: list[str]) -> str:
+    """The sentence that opens the rationale of an eye with quality ``flags``: the decision is not
+    to be relied on, because the model was not trained on images like it (``unfamiliar_features``)
+    and/or the image failed the quality check (the image's own flags, in words); empty when none.
+
+    Example:
+        >>> reliance_warning(["unfamiliar_features"])
+        'The model was not trained on images like this one: do not rely on this decision.'
+        >>> reliance_warning(["unfamiliar_features", "nearly_uniform"])
+        'The model was not trained on images like this one, and the image failed the quality check (a nearly uniform image): do not rely on this decision.'
+    """
+    from xmed.data.quality import Quality
+    from xmed.models.feature_check import UNFAMILIAR_FEATURES
+
+    image_flags = tuple(flag for flag in flags if flag != UNFAMILIAR_FEATURES)
+    reasons = ["the model was not trained on images like this one"] if UNFAMILIAR_FEATURES in flags else []
+    if image_flags:
+        reasons.append(f"the image failed the quality check ({Quality(image_flags).describe()})")
+    if not reasons:
+        return ""
+    text = ", and ".join(reasons)
+    return f"{text[0].upper()}{text[1:]}: do not rely on this decision."
 
 
 def main_reasons(r: Rationale, most: int = 2, min_contribution: float = 0.05) -> list[str]:

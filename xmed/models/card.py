@@ -108,7 +108,7 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
     for key, label in (("splits", "Splits (eyes)"), ("prevalence", "Glaucoma prevalence per split"),
                        ("split_rule", "Split rule"), ("image_size", "Input size (px)"),
                        ("preprocess", "Preprocessing"), ("skipped", "Skipped files"),
-                       ("quality_checks", "Image-quality checks")):
+                       ("quality_checks", "Image-quality checks"), ("feature_check", "Out-of-distribution check")):
         if key in data:
             data_lines.append(f"- **{label}**: {data[key]}")
     arch_lines = [f"- **{k}**: `{v}`" for k, v in architecture.items()] or ["- not recorded"]
@@ -155,11 +155,14 @@ def render_model_card(*, title: str, metrics: Mapping[str, Any], data: Mapping[s
 
 def scoring_notes(metrics: Mapping[str, Any]) -> list[str]:
     """Sentences on the test eyes not scored (a non-finite model output) and those that failed the
-    image-quality check (scored, flagged); none when every eye was clean.
+    image-quality check (scored, flagged), of them those the model's feature check flagged; none
+    when every eye was clean.
 
     Example:
         >>> scoring_notes({"excluded": {"test": 1}, "quality_flagged": {"test": 0}})
         ['1 test eye was not scored: the model gave a non-finite output (`failed` in metrics.json).']
+        >>> scoring_notes({"quality_flagged": {"test": 3}, "unfamiliar_features": {"test": 2}})[1]
+        "2 of them by the model's feature check: their features are unlike the training eyes' (`unfamiliar_features`)."
     """
     notes = []
     excluded = (metrics.get("excluded") or {}).get("test", 0)
@@ -170,4 +173,8 @@ def scoring_notes(metrics: Mapping[str, Any]) -> list[str]:
     if flagged:
         notes.append(f"{flagged} test eye{'s' if flagged > 1 else ''} failed the image-quality check and "
                      f"{'were' if flagged > 1 else 'was'} scored all the same (`quality` column of predictions.csv).")
+    unfamiliar = (metrics.get("unfamiliar_features") or {}).get("test", 0)
+    if unfamiliar:
+        notes.append(f"{unfamiliar} of them by the model's feature check: {'their' if unfamiliar > 1 else 'its'} "
+                     "features are unlike the training eyes' (`unfamiliar_features`).")
     return notes

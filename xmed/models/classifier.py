@@ -120,11 +120,16 @@ class FundusClassifier(nn.Module):
         threshold: the operating threshold on P(glaucoma) — chosen on the validation split when
             ``xmed-train`` exports the model — from which a decision reads "referable glaucoma"
             (``xmed-predict``, :func:`xmed.rationale`); None: not chosen yet.
+        feature_check: the settings of the out-of-distribution check fitted on the training eyes'
+            features (:class:`~xmed.models.feature_check.FeatureCheck`, whose statistics come with
+            the weights); None: no check. ``xmed-train`` fits it as training ends.
 
     Output of ``forward``: ``{"logits": B, "finding_logits": B×10, "vcdr": B}`` (``vcdr`` in
     [0, 1]); in concept-bottleneck mode also ``"concepts"``: B×11, the finding probabilities and
     vCDR the diagnosis was computed from; with a ``mask_head``, ``"mask_logits"``: B×K×h×w on
-    the feature-map grid, one channel per name in ``mask_names``.
+    the feature-map grid, one channel per name in ``mask_names``; with a :attr:`feature_check`,
+    ``"feature_distance"``: B, the Mahalanobis distance of the pooled features from the training
+    eyes' (no gradient flows through it).
     """
 
     def __init__(
@@ -140,6 +145,7 @@ class FundusClassifier(nn.Module):
         backbone_kwargs: Mapping[str, Any] | None = None,
         mask_head: Sequence[str] | None = None,
         threshold: float | None = None,
+        feature_check: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if mode not in ("multitask", "concept_bottleneck"):
@@ -169,6 +175,11 @@ class FundusClassifier(nn.Module):
         self.glaucoma_head = nn.Linear(n_concepts if mode == "concept_bottleneck" else width, 1)
         self.mask_names: tuple[str, ...] = tuple(mask_head or ())
         self.mask_head = nn.Conv2d(width, len(self.mask_names), 1) if self.mask_names else None
+        self.feature_check = None  # a FeatureCheck: the statistics come with the weights
+        if feature_check is not None:
+            from xmed.models.feature_check import FeatureCheck
+
+            self.feature_check = FeatureCheck.from_settings(feature_check, width)
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: Tensor) -> Tensor:
@@ -200,10 +211,12 @@ class FundusClassifier(nn.Module):
         raise ConfigError("model.net.backbone", f"unsupported feature shape {tuple(features.shape)}")
 
     def forward_head(self, features: Tensor, intervene: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
-        pooled = self.dropout(self.backbone.forward_head(features, pre_logits=True))
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        out = {} if self.feature_check is None else {"feature_distance": self.feature_check(pooled)}
+        pooled = self.dropout(pooled)
         finding_logits = self.findings_head(pooled)
         vcdr = torch.sigmoid(self.vcdr_head(pooled)).squeeze(1)
-        out = {"finding_logits": finding_logits, "vcdr": vcdr}
+        out.update({"finding_logits": finding_logits, "vcdr": vcdr})
         if self.mask_head is not None:
             out["mask_logits"] = self.mask_head(self.feature_map(features))
         if self.mode == "concept_bottleneck":
@@ -225,6 +238,18 @@ class FundusClassifier(nn.Module):
         or a B tensor where NaN means "leave as predicted")."""
         x = normalise_images(x, self.data_config.mean, self.data_config.std)
         return self.forward_head(self.forward_features(x), intervene)
+
+    def pooled_features(self, x: Tensor) -> Tensor:
+        """The pooled backbone features (B×C) the heads read, of normalised images or uint8 pixels:
+        what :attr:`feature_check` measures.
+
+        Example:
+            >>> model = FundusClassifier("test_resnet.r160_in1k", input_size=32)
+            >>> tuple(model.pooled_features(torch.zeros(2, 3, 32, 32)).shape)
+            (2, 96)
+        """
+        x = normalise_images(x, self.data_config.mean, self.data_config.std)
+        return self.backbone.forward_head(self.forward_features(x), pre_logits=True)
 
     # ------------------------------------------------------------------ helpers
     def bottleneck_terms(self, concepts: Tensor) -> Tensor:
@@ -270,8 +295,9 @@ class FundusClassifier(nn.Module):
 
     def export_config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model (weights aside), JSON-able."""
+        check = {} if self.feature_check is None else {"feature_check": self.feature_check.settings()}
         return {**self.config, "data_config": self.data_config.as_dict(), "findings": list(FINDINGS),
-                "threshold": self.threshold}
+                "threshold": self.threshold, **check}
 
 
 def _photograph_list(images: Any) -> list[Any]:

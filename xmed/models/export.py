@@ -64,7 +64,7 @@ def save_folder(model: nn.Module, folder: str | os.PathLike, format: str,
 
 #: the keys of a model's config (``FundusClassifier.export_config()``): required, then optional
 MODEL_KEYS = ("backbone",), ("mode", "input_size", "drop_rate", "data_config", "backbone_kwargs", "mask_head",
-                             "findings", "threshold")
+                             "findings", "threshold", "feature_check")
 
 
 #: ``timm.create_model`` options that would read weights or configs from a file or the hub: a model
@@ -116,7 +116,7 @@ def model_from_config(config: Mapping[str, Any], source: str | os.PathLike = "co
             input_size=config.get("input_size"), drop_rate=config.get("drop_rate", 0.0),
             data_config=config.get("data_config"), backbone_kwargs=config.get("backbone_kwargs"),
             mask_head=config.get("mask_head"), threshold=config.get("threshold"),
-            pretrained=False,
+            feature_check=config.get("feature_check"), pretrained=False,
         )
     except ConfigError:
         raise  # load_weights_only names the file beside the key
@@ -143,10 +143,10 @@ def load_weights_only(path: str | os.PathLike, build: Callable[[Mapping[str, Any
     path = Path(path)
     if path.is_dir():
         config, state = _read_folder(path, format, what)
-        source = path / CONFIG
+        source, weights = path / CONFIG, path / WEIGHTS
     elif path.is_file():
         config, state = _read_lightning(path)
-        source = path
+        source = weights = path
     else:
         raise CheckpointError(path, "no such file or folder")
     check_targets(config, source, allowed=frozenset())  # a model's config names no class to build
@@ -157,14 +157,14 @@ def load_weights_only(path: str | os.PathLike, build: Callable[[Mapping[str, Any
     broken = {name: int((~torch.isfinite(t)).sum()) for name, t in state.items()
               if t.is_floating_point() and not bool(torch.isfinite(t).all())}
     if broken:  # such a model would turn every photograph into NaN: refuse it here, naming the file
-        raise CheckpointError(path, f"{sum(broken.values())} weights are NaN or infinite, in "
-                                    f"{', '.join(list(broken)[:3])}{' …' if len(broken) > 3 else ''}")
+        raise CheckpointError(weights, f"{sum(broken.values())} weights are NaN or infinite, in "
+                                       f"{', '.join(list(broken)[:3])}{' …' if len(broken) > 3 else ''}")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # tensors of the wrong shape (strict=False still checks shapes)
-        raise CheckpointError(path, f"weights do not fit the {what}: {err}") from None
+        raise CheckpointError(weights, f"weights do not fit the {what}: {err}") from None
     if missing or unexpected:
-        raise CheckpointError(path, f"weights do not fit the {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(weights, f"weights do not fit the {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device).eval()
 
 

@@ -124,10 +124,12 @@ def evaluate_model(model, datamodule, out_dir: Path, trainer=None, *, threshold_
 
     An eye with a non-finite output is scored nowhere (neither the threshold nor any metric);
     ``metrics.json`` lists it under ``failed`` and counts it per split under ``excluded``, and
-    counts the eyes flagged by the image-quality gate under ``quality_flagged`` (they are scored).
+    counts the eyes flagged by the image-quality gate or the model's feature check under
+    ``quality_flagged`` (they are scored), those the feature check flagged under ``unfamiliar_features``.
     """
     from xmed.inference import single_device_trainer
     from xmed.metrics import evaluate_predictions
+    from xmed.models.feature_check import UNFAMILIAR_FEATURES
 
     trainer = trainer or single_device_trainer()
     parts = out_dir / ".parts"
@@ -146,6 +148,8 @@ def evaluate_model(model, datamodule, out_dir: Path, trainer=None, *, threshold_
     metrics["failed"] = failed_eyes(val, "val") + failed_eyes(test, "test")
     metrics["excluded"] = {split: sum(e["split"] == split for e in metrics["failed"]) for split in ("val", "test")}
     metrics["quality_flagged"] = {"val": sum(map(bool, val["quality"])), "test": sum(map(bool, test["quality"]))}
+    metrics["unfamiliar_features"] = {"val": count_flag(val["quality"], UNFAMILIAR_FEATURES),
+                                      "test": count_flag(test["quality"], UNFAMILIAR_FEATURES)}
     metrics["oracle_auroc"] = oracle_auroc(datamodule.base, scored(test))
     if true_concepts is not None:
         with_truth = evaluate_predictions(to_predictions(val), to_predictions(true_concepts),
@@ -158,6 +162,16 @@ def evaluate_model(model, datamodule, out_dir: Path, trainer=None, *, threshold_
     write_predictions_csv(out_dir / "predictions.csv", test, metrics["threshold"])
     write_plots(out_dir / "plots", scored(test), metrics)
     return metrics
+
+
+def count_flag(qualities: Sequence[str], flag: str) -> int:
+    """How many of the ``;``-joined flag lists ``qualities`` hold ``flag``.
+
+    Example:
+        >>> count_flag(["", "nearly_uniform;unfamiliar_features", "unfamiliar_features"], "unfamiliar_features")
+        2
+    """
+    return sum(flag in q.split(";") for q in qualities)
 
 
 def write_plots(folder: Path, test: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:

@@ -2,8 +2,10 @@
 DICOM files or both together, scored through :func:`xmed.inference.score_eyes`, written as
 ``predictions.csv`` — one row per entry of the folder: per eye its id (a DICOM file's salted
 pseudonym, never a patient identifier), laterality, P(glaucoma), the decision at the model's
-operating threshold, the vCDR, each finding's probability, the image-quality flags and a status;
-per entry that is not scored the reason — and ``summary.json``.
+operating threshold, the vCDR, each finding's probability, the distance of its features from the
+training eyes' (``feature_distance``, for a model exported with a feature check), the image-quality
+flags (``unfamiliar_features`` among them where that distance is above the model's threshold) and a
+status; per entry that is not scored the reason — and ``summary.json``.
 
 Example::
 
@@ -30,7 +32,8 @@ FORMATS = {"auto": ("photo_folder", {}), "photos": ("photo_folder", {"kinds": ("
            "dicom": ("dicom_folder", {})}
 
 #: The columns of ``xmed-predict``'s ``predictions.csv``.
-PREDICTION_COLUMNS = ("id", "eye", "prob", "referable", "vcdr", *(f"p_{c}" for c in FINDINGS), "quality", "status")
+PREDICTION_COLUMNS = ("id", "eye", "prob", "referable", "vcdr", *(f"p_{c}" for c in FINDINGS), "feature_distance",
+                      "quality", "status")
 
 
 def input_dataset(folder: str | Path, format: str, on_error: str):
@@ -70,20 +73,23 @@ def in_order(records: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list
 
 def prediction_row(record: Mapping[str, Any], threshold: float) -> dict[str, str]:
     """One ``predictions.csv`` row of an eye record (:func:`xmed.inference.eye_records`, or an
-    unreadable file's ``{id, status}``): ``referable`` 1/0 at ``threshold``, empty without a prediction.
+    unreadable file's ``{id, status}``): ``referable`` 1/0 at ``threshold``, empty without a prediction;
+    ``feature_distance`` empty for a model without a feature check.
 
     Example:
         >>> row = prediction_row({"id": "a", "eye": "OD", "prob": 0.7, "vcdr_pred": 0.61, "finding_prob": [0.5] * 10,
-        ...                       "quality": "", "status": ""}, threshold=0.42)
-        >>> row["prob"], row["referable"], row["vcdr"]
-        ('0.700000', '1', '0.6100')
+        ...                       "feature_distance": 31.25, "quality": "", "status": ""}, threshold=0.42)
+        >>> row["prob"], row["referable"], row["vcdr"], row["feature_distance"]
+        ('0.700000', '1', '0.6100', '31.250')
     """
     if record["status"]:
         return {"id": record["id"], "eye": record.get("eye", ""), "quality": record.get("quality", ""),
                 "status": record["status"]}
+    distance = record.get("feature_distance")
     row = {"id": record["id"], "eye": record["eye"], "prob": f"{record['prob']:.6f}",
            "referable": str(int(record["prob"] >= threshold)), "vcdr": f"{record['vcdr_pred']:.4f}",
-           "quality": record["quality"], "status": ""}
+           "feature_distance": "" if distance is None else f"{distance:.3f}", "quality": record["quality"],
+           "status": ""}
     row.update({f"p_{code}": f"{p:.6f}" for code, p in zip(FINDINGS, record["finding_prob"])})
     return row
 
@@ -100,14 +106,18 @@ def predictions_table(records: Sequence[Mapping[str, Any]], threshold: float) ->
 def screening_summary(records: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, Any]:
     """How many rows (``n``: one per entry of the folder) there are, how many were scored and
     referable, and which failed (non-finite output), were unreadable (every entry not scored for
-    what it is: ``scored + len(failed) + len(unreadable) == n``) or were flagged by the
-    image-quality gate."""
+    what it is: ``scored + len(failed) + len(unreadable) == n``), were flagged by the
+    image-quality gate or the model's feature check (``quality_flagged``), and of those which by
+    the feature check (``unfamiliar_features``)."""
+    from xmed.models.feature_check import UNFAMILIAR_FEATURES
+
     return {
         "n": len(records), "scored": sum(not r["status"] for r in records),
         "referable": sum(not r["status"] and r["prob"] >= threshold for r in records),
         "failed": [r["id"] for r in records if r["status"] == NON_FINITE],
         "unreadable": [r["id"] for r in records if r["status"].startswith(UNREADABLE)],
         "quality_flagged": [r["id"] for r in records if r.get("quality")],
+        "unfamiliar_features": [r["id"] for r in records if UNFAMILIAR_FEATURES in r.get("quality", "").split(";")],
         "threshold": threshold,
     }
 
@@ -150,10 +160,13 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
     records = in_order([*scored, *listing_records(dataset)], order)
     write_text_atomic(out_dir / "predictions.csv", predictions_table(records, threshold))
     summary = {"input": str(cfg.input), "ckpt_path": str(cfg.ckpt_path), **screening_summary(records, threshold),
+               "feature_check": model.feature_check.settings() if model.feature_check is not None else None,
                "precision": str(precision)}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
+    unfamiliar = (f"{len(summary['unfamiliar_features'])} of them with features unlike the training eyes'"
+                  if model.feature_check is not None else "the model carries no feature check")
     print(f"screened {summary['n']} eyes: {summary['referable']} referable at P(glaucoma) >= {threshold:.3f}, "
-          f"{len(summary['quality_flagged'])} failed the image-quality check, "
+          f"{len(summary['quality_flagged'])} failed the image-quality check ({unfamiliar}), "
           f"{len(summary['failed']) + len(summary['unreadable'])} without a prediction")
     print_run_folder(out_dir, {name: out_dir / name for name in ("predictions.csv", "summary.json")})
     return summary

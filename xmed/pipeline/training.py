@@ -3,8 +3,10 @@ checkpoint, evaluate it on the training's devices (:func:`xmed.pipeline.evaluati
 and write the model card.
 
 A run writes, into its folder: ``checkpoints/``, ``model/`` (safetensors + JSON, for
-:func:`xmed.load_model`), ``metrics.json`` (test split), ``predictions.csv``, ``plots/``
-(learning curve, ROC, calibration, finding AUROCs) and ``model_card.md``.
+:func:`xmed.load_model`; with the image-quality checks the model is held to and its feature check,
+fitted on the training eyes' features as training ends), ``metrics.json`` (test split),
+``predictions.csv``, ``plots/`` (learning curve, ROC, calibration, finding AUROCs) and
+``model_card.md``.
 
 Example::
 
@@ -53,14 +55,45 @@ def quality_gate(datamodule, data_config: dict[str, Any]) -> tuple[tuple[str, ..
     from xmed.data.quality import calibrate_checks
     from xmed.models.classifier import DataConfig
 
-    batches = (batch["image"] for batch in datamodule.val_dataloader() if batch.get("size", 1))
-    checks, failing = calibrate_checks(batches, DataConfig.from_dict(data_config))
+    checks, failing = calibrate_checks(loader_images(datamodule.val_dataloader()), DataConfig.from_dict(data_config))
     for check, share in failing.items():
         if check not in checks:
             log.warning("image-quality check %s is off for this model: %.0f%% of its validation photographs fail it",
                         check, 100 * share)
     log.info("image-quality checks %s", ", ".join(checks) or "none")
     return checks, failing
+
+
+def loader_images(loader):
+    """The image batches of ``loader``, batches whose every file was skipped left out."""
+    return (batch["image"] for batch in loader if batch.get("size", 1))
+
+
+def fitted_feature_check(model, datamodule, device):
+    """The trained model's out-of-distribution check (:mod:`xmed.models.feature_check`): a Gaussian
+    over the pooled features of its training eyes (one pass without augmentation, at most
+    ``MAX_TRAIN_EYES``), the threshold at the ``PERCENTILE``-th percentile of its validation eyes'
+    distances; computed on ``device`` in full precision (every process of a distributed run
+    computes the same), logged. None, with a warning, without two training and one validation eye."""
+    from xmed.models.feature_check import MAX_TRAIN_EYES, PERCENTILE, fit_feature_check, pooled_features
+
+    place = next(model.parameters()).device
+    model.to(device)
+    try:
+        train = pooled_features(model, loader_images(datamodule.unaugmented_dataloader("train")), MAX_TRAIN_EYES)
+        val = pooled_features(model, loader_images(datamodule.unaugmented_dataloader("val")))
+    finally:
+        model.to(place)
+    if len(train) < 2 or len(val) < 1:
+        log.warning("no feature check: it needs 2 training and 1 validation eye, the splits hold %d and %d",
+                    len(train), len(val))
+        return None
+    check = fit_feature_check(train, val, PERCENTILE)
+    log.info("feature check: %s", check.describe())
+    if check.val_eyes < 100 / (100 - PERCENTILE):  # the percentile falls between the largest distances
+        log.warning("feature check: %d validation eyes are too few for a %gth percentile; about 1 in %d "
+                    "eyes like them will be flagged", check.val_eyes, PERCENTILE, check.val_eyes + 1)
+    return check
 
 
 def describe_gate(checks: tuple[str, ...], failing: dict[str, float]) -> str:
@@ -140,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # unless the config sets one; process 0 writes the outputs
     checkpoint = _best_checkpoint(trainer)
     model = load_model(checkpoint) if checkpoint else module.model.eval()
+    model.feature_check = fitted_feature_check(model, datamodule, trainer.strategy.root_device)
     evaluator, _ = inference_trainer(cfg.trainer, out_dir)
     metrics = evaluate_model(model, datamodule, out_dir, evaluator, threshold_rule=cfg.threshold_rule,
                              n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
@@ -151,10 +185,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     files = {f"model/{WEIGHTS}": sha256(model_dir / WEIGHTS)}
     if checkpoint:
         files[f"checkpoints/{checkpoint.name}"] = sha256(checkpoint)
+    checks = {"quality_checks": describe_gate(*gate)} if gate else {}
+    if model.feature_check is not None:
+        checks["feature_check"] = model.feature_check.describe()
     card = render_model_card(
         title=f"{model.config['backbone']} on {datamodule.dataset_name}"
               + (f" ({', '.join(cfg.tags)})" if cfg.get("tags") else ""),
-        metrics=metrics, data={**data_summary(datamodule), **({"quality_checks": describe_gate(*gate)} if gate else {})},
+        metrics=metrics, data={**data_summary(datamodule), **checks},
         config_yaml=OmegaConf.to_yaml(cfg, resolve=False),
         architecture={"backbone": model.config["backbone"], "mode": model.mode,
                       "input_size": model.data_config.input_size,
@@ -264,6 +301,7 @@ def initialise_from(module, path: str | Path, task: str = "classifier") -> None:
     if task != "classifier":
         raise ConfigError("init_from", f"fine-tuning starts a classifier; task {task!r} has no init_from")
     trained = load_model(path)
+    trained.feature_check = None  # fitted anew on the eyes the fine-tuned model learns from
     if trained.config.get("backbone") != module.model.config.get("backbone"):
         raise ConfigError("init_from", f"{path} holds a {trained.config.get('backbone')!r} model, "
                                        f"model.net.backbone is {module.model.config.get('backbone')!r}")
