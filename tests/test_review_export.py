@@ -256,3 +256,14 @@ def test_an_earlier_export_is_replaced_but_no_other_folder(session_dir, tmp_path
     with pytest.raises(PathError, match="inside the review session"):
         export_report(session_dir, session_dir / "export")
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
+
+
+def test_a_flagged_eye_is_explained_in_words_not_flag_names(session_dir, tmp_path):
+    session_dir = copied(session_dir, tmp_path)
+    session = json.loads((session_dir / SESSION_FILE).read_text())
+    session["cases"][0]["quality"] = ["unfamiliar_features", "nearly_uniform"]
+    (session_dir / SESSION_FILE).write_text(json.dumps(session))
+    text = export_report(session_dir, tmp_path / "out").read_text(encoding="utf-8")
+    assert ("The model was not trained on images like this one, and the image failed the quality check "
+            "(a nearly uniform image): do not rely on this decision.") in text
+    assert "unfamiliar_features" not in text

@@ -541,3 +541,15 @@ def test_serve_records_the_address_it_serves_at_and_not_one_it_cannot(tmp_path, 
         with pytest.raises(SystemExit):
             serve(folder, port=port, announce=announced.append)
         assert session_url(folder) == "http://127.0.0.1:9001"  # the earlier record, where it did listen
+
+
+def test_a_flagged_eye_is_explained_in_words_on_its_page(tmp_path, store):
+    folder = synthetic_session(tmp_path / "session", n_cases=1, size=64)
+    session = json.loads((folder / "session.json").read_text())
+    session["cases"][0]["quality"] = ["unfamiliar_features"]
+    (folder / "session.json").write_text(json.dumps(session))
+    reader = Reader(create_app(folder, store=store), store, "ana")
+    page = reader.client.get("/case/1")
+    assert page.status_code == 200
+    assert "The model was not trained on images like this one: do not rely on this decision." in page.text
+    assert "unfamiliar_features" not in page.text

@@ -35,7 +35,7 @@ import numpy as np
 from xmed.errors import PathError
 from xmed.review.analysis import SCALES, Rating, read_ratings
 from xmed.review.panels import COLORMAP, FLAGS
-from xmed.review.session import SESSION_FILE, case_file, case_images, load_session
+from xmed.review.session import SESSION_FILE, case_file, case_images, flags_in_words, load_session
 from xmed.review.store import STORE_FILE, RatingStore
 from xmed.runs import eye_file_stem, staged_folder
 
@@ -172,7 +172,7 @@ def _signed(value: Any, digits: int = 2) -> str:
 
 _ENVIRONMENT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                   lstrip_blocks=True)
-_ENVIRONMENT.filters.update(fixed=_fixed, signed=_signed)
+_ENVIRONMENT.filters.update(fixed=_fixed, signed=_signed, in_words=flags_in_words)
 _ENVIRONMENT.globals.update(flag_reasons=FLAGS, edit_titles=EDIT_TITLES)
 
 _REPORT = _ENVIRONMENT.from_string("""<!DOCTYPE html>
@@ -243,7 +243,7 @@ Created {{ session.created }}; a {{ session.mode }} session, shown here unblinde
 <p class="decision">Probability of glaucoma <b>{{ case.probability | fixed }}</b>: <b>{{ case.decision }}</b>
 (threshold {{ session.threshold | fixed }})</p>
 {% if case.quality %}
-<p class="flag">Image quality: {{ case.quality | join(", ") }}; the decision is not to be relied on.</p>
+<p class="flag">{{ case.quality | in_words }}</p>
 {% endif %}
 <div class="panels">
 <figure><figcaption>Photograph</figcaption>
@@ -360,7 +360,7 @@ def _case_text(case: Mapping[str, Any]) -> tuple[str, str]:
                  f"{_signed(case['vcdr_contribution']):>10}")
     explained = (f"The findings and the vCDR explain {_fixed(100 * case['explained_share'], 0)}% of the decision"
                  + ("" if case.get("contributions_exact") else " (contributions approximate)") + ".")
-    quality = [f"Image quality: {', '.join(case['quality'])}; not to be relied on."] if case.get("quality") else []
+    quality = [flags_in_words(case["quality"])] if case.get("quality") else []
     paragraph = "\n".join(textwrap.fill(text, 70) for text in [*quality, case["sentence"], explained])
     return "\n".join(lines), paragraph
 

@@ -82,8 +82,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xmed.errors import ConfigError, InputError, SecurityWarning
-from xmed.review.session import (ADDRESS_FILE, DEFAULT_HOST, DEFAULT_PORT, case_file, intervene, load_session,
-                                 panel_labels, reader_order, record_address, shown, strict_json)
+from xmed.review.session import (ADDRESS_FILE, DEFAULT_HOST, DEFAULT_PORT, case_file, flags_in_words, intervene,
+                                 load_session, panel_labels, reader_order, record_address, shown, strict_json)
 from xmed.review.store import (COLUMNS, LETTER_COLUMNS, STORE_FILE, RatingStore, StudyLocked, letters_only,
                                ratings_csv, ratings_json)
 
@@ -187,6 +187,7 @@ class _Review:
         self.cases = {case["id"]: case for case in self.session["cases"]}
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                             undefined=jinja2.StrictUndefined)
+        self.templates.filters["in_words"] = flags_in_words
 
     # -- who is asking -------------------------------------------------------------------------
 

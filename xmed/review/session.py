@@ -93,6 +93,19 @@ ADDRESS_FILE = "address.json"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 
 
+def flags_in_words(flags: Sequence[str]) -> str:
+    """An eye's quality flags as a reader reads them: why its decision is not to be relied on
+    (:func:`xmed.explain.rationale.reliance_warning`).
+
+    Example:
+        >>> flags_in_words(["unfamiliar_features"])
+        'The model was not trained on images like this one: do not rely on this decision.'
+    """
+    from xmed.explain.rationale import reliance_warning  # here: the review server does not load torch to start
+
+    return reliance_warning(list(flags))
+
+
 def load_session(folder: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``<folder>/session.json`` (:func:`session_problems`); raises
     :class:`~xmed.errors.PathError` naming the file, and the field at fault, when it is missing,
