@@ -23,12 +23,12 @@ from omegaconf import DictConfig
 
 from xmed.checks import is_number, strict_json
 from xmed.errors import ConfigError
-from xmed.runs import eye_file_stem, read_per_image, write_text_atomic
+from xmed.runs import PER_IMAGE_TEXT, eye_file_stem, read_per_image, write_text_atomic
 
 #: What every per-image record says of its eye besides the scores: the image-quality flags (``;``-joined,
 #: empty when the image passed) and the status (``non-finite output`` when the model's output for
 #: the eye is NaN or infinite: its scores are then left empty).
-EYE_COLUMNS = ("quality", "status")
+EYE_COLUMNS = PER_IMAGE_TEXT[2:]   # ("quality", "status"): the text columns after id and method
 
 
 def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:

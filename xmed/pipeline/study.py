@@ -267,11 +267,12 @@ def study_rows(model_name: str, methods: StudyMethods, loader, device: torch.dev
         with torch.no_grad():
             finite = finite_outputs(methods.model(images)).tolist()
         keep = [i for i, ok in enumerate(finite) if ok]
+        kept_at = {position: k for k, position in enumerate(keep)}   # batch position -> row of the results
         results = methods.run(images[keep], _subset(batch, keep)) if keep else {}
         for name in methods.names:
             scores, notes = results.get(name, ({}, []))
             for position, eye in enumerate(ids):
-                k = keep.index(position) if position in keep else None
+                k = kept_at.get(position)
                 note = "the model's output is not finite" if k is None else notes[k]
                 for score, values in scores.items() if k is not None else ():
                     value = float(values[k])
