@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from xmed.errors import ConfigError
-from xmed.explain.rationale import FindingEvidence, Rationale, concept_contributions, rationale, sentence
+from xmed.explain.rationale import (
+    FindingEvidence,
+    Rationale,
+    concept_contributions,
+    explained_share,
+    finding_phrase,
+    main_reasons,
+    rationale,
+    sentence,
+)
 from xmed.findings import FINDING_NAMES, FINDINGS, VCDR
 from xmed.models import FundusClassifier
 
@@ -70,7 +79,8 @@ def test_sentence_names_the_drivers_and_the_edit():
     r = Rationale(0.9, 2.2, 0.5, "referable glaucoma", 0.8, findings, 0.6, 0.2, 0.0, True,
                   {"toward": "normal", "changes": [{"code": "RNFLDI", "from": 0.91, "to": 0.1}]}, "")
     assert sentence(r) == ("Referable glaucoma: probability of glaucoma 0.90 (referable from 0.50). Main reasons: an "
-                           "inferior RNFL defect (probability 0.91) and the vCDR of 0.80. An edit toward normal lowers "
+                           "inferior RNFL defect (probability 0.91) and the vCDR of 0.80 (100% of the evidence for this decision). "
+                           "An edit toward normal lowers "
                            "the probability of an inferior RNFL defect from 0.91 to 0.10.")
 
 
@@ -82,7 +92,8 @@ def test_sentence_reads_the_vcdr_change_by_its_canonical_code():
                                                    {"code": "DH", "from": 0.4, "to": 0.2}]}, "")
     assert VCDR == "vcdr"
     assert sentence(r) == ("Referable glaucoma: probability of glaucoma 0.87 (referable from 0.50). Main reasons: a "
-                           "large cup (probability 0.90) and the vCDR of 0.78. An edit toward normal lowers the vCDR "
+                           "large cup (probability 0.90) and the vCDR of 0.78 (100% of the evidence for this decision). An edit "
+                           "toward normal lowers the vCDR "
                            "from 0.78 to 0.55 and lowers the probability of a disc haemorrhage from 0.40 to 0.20.")
 
 
@@ -104,3 +115,50 @@ def test_counterfactual_summary_points_to_the_other_decision(images):
         assert moved <= 1e-6 if cf["toward"] == "normal" else moved >= -1e-6
         assert all(change["code"] in (*FINDINGS, "vcdr") for change in cf["changes"])
         json.dumps(r.to_dict())
+
+
+def _referable(contributions: dict[str, tuple[float, float]], vcdr_term: float, unexplained: float) -> Rationale:
+    """A referable decision with ``{code: (probability, contribution)}`` findings (others absent, 0)."""
+    findings = [FindingEvidence(code, FINDING_NAMES[code].short, *contributions.get(code, (0.1, 0.0)))
+                for code in FINDINGS]
+    return Rationale(0.8, 1.4, 0.5, "referable glaucoma", 0.6, findings, vcdr_term, 0.0, unexplained, False, None, "")
+
+
+def test_a_mostly_unexplained_decision_names_no_reason():
+    """81-84 % of the evidence unexplained: no "Main reasons", the share is stated instead."""
+    r = _referable({"LC": (0.9, 0.25)}, 0.05, 1.4)
+    assert explained_share(r) == pytest.approx(0.3 / 1.7)
+    assert main_reasons(r) == []
+    assert "Main reasons" not in sentence(r)
+    assert "No finding explains this decision: the findings present and the vCDR account for 18% of the evidence" \
+        in sentence(r)
+
+
+def test_findings_pushing_the_other_way_never_explain_a_referral():
+    r = _referable({"LC": (0.9, -0.6), "DH": (0.7, -0.4)}, -0.2, 2.6)
+    assert explained_share(r) == 0.0 and main_reasons(r) == []
+    assert "account for 0% of the evidence" in sentence(r)
+
+
+def test_an_absent_finding_is_never_a_reason_to_refer():
+    """The projection can give an absent finding a positive term; it is not named, nor counted as explained."""
+    r = _referable({"RNFLDS": (0.05, 1.0), "LC": (0.9, 0.8)}, 0.4, 0.0)
+    assert main_reasons(r) == ["LC", "vcdr"]
+    assert "no superior RNFL defect" not in sentence(r)
+    assert explained_share(r) == pytest.approx(1.2 / 2.2)
+    # for no referable glaucoma, the absent signs are the reasons and a present one never is
+    findings = [FindingEvidence(code, "", 0.1, 0.0) for code in FINDINGS]
+    findings[FINDINGS.index("LC")] = FindingEvidence("LC", "", 0.02, -1.0)
+    findings[FINDINGS.index("DH")] = FindingEvidence("DH", "", 0.8, -0.9)
+    normal = Rationale(0.1, -2.2, 0.5, "no referable glaucoma", 0.3, findings, -0.2, -0.1, 0.0, False, None, "")
+    assert main_reasons(normal) == ["LC", "vcdr"]
+    assert sentence(normal).count("no large cup (probability 0.02)") == 1 and "haemorrhage" not in sentence(normal)
+
+
+def test_a_finding_has_one_name_in_the_table_and_the_sentence(images):
+    torch.manual_seed(3)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=64, mode="concept_bottleneck").eval()
+    with pytest.warns(Warning):
+        out = rationale(model, images, counterfactual=None, heatmaps=False)
+    assert [f.name for f in out[0].findings] == [FINDING_NAMES[code].short for code in FINDINGS]
+    assert finding_phrase("RNFLDS", True) == "a superior RNFL defect"

@@ -164,10 +164,10 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
     maps = _heatmaps(model, images, parts["finding_prob"]) if heatmaps else [{} for _ in range(len(images))]
     out = []
     for i in range(images.shape[0]):
-        findings = [FindingEvidence(code, FINDING_NAMES[code].full, _round(parts["finding_prob"][i, j]),
+        findings = [FindingEvidence(code, FINDING_NAMES[code].short, _round(parts["finding_prob"][i, j]),
                                     _round(parts["findings"][i, j])) for j, code in enumerate(FINDINGS)]
         p = float(probability[i])
-        decision = "referable glaucoma" if p >= threshold else "no referable glaucoma"
+        decision = REFERABLE if p >= threshold else "no referable glaucoma"
         r = Rationale(probability=round(p, 4), logit=_round(parts["logit"][i]), threshold=threshold,
                       decision=decision, vcdr=_round(parts["vcdr_value"][i]), findings=findings,
                       vcdr_contribution=_round(parts["vcdr"][i]), bias=_round(parts["bias"]),
@@ -190,68 +190,131 @@ def _qualities(model: nn.Module, images: Tensor) -> list[Quality]:
     return assess_prepared(images, data_config)
 
 
-def explained_share(r: Rationale) -> float:
-    """The share of the decision's evidence (the diagnosis logit less its bias) that the findings
-    and the vCDR account for, in absolute terms: 1.0 for a concept-bottleneck model (exact), less
-    when part of the logit comes from image features no finding head reads.
+#: the least share of the evidence for a decision (:func:`explained_share`) its reasons must account
+#: for before any is named: below it the sentence says that no finding explains the decision, rather
+#: than naming a small part of it as the reason
+MIN_EXPLAINED_SHARE = 0.5
+#: the unit of every contribution of a :class:`Rationale` (terms that add up to the diagnosis logit)
+CONTRIBUTION_UNIT = "logit (log-odds of glaucoma)"
+
+
+#: the smallest term, in logit units, named as a reason
+MIN_CONTRIBUTION = 0.05
+#: the decision a probability at or above the model's threshold reads as
+REFERABLE = "referable glaucoma"
+
+
+def reason_terms(r: Rationale) -> list[tuple[str, float]]:
+    """The terms that can be named as reasons for the decision taken, as ``(code, evidence)`` with
+    ``evidence`` > 0 in logit units toward that decision, largest first: the vCDR when it pushes
+    toward the decision; for a referable decision, each finding **present** (probability ≥ 0.5)
+    that pushes toward it; for no referable decision, each finding **absent** that pushes toward
+    that. A finding absent is never a reason to refer, a finding present never a reason not to,
+    and a term pushing the other way is never a reason.
 
     Example:
-        >>> explained_share(Rationale(0.8, 1.4, 0.5, "referable glaucoma", 0.7, [FindingEvidence("LC", "", 0.9, 0.6)],
-        ...                           0.2, 0.0, 0.6, False, None, ""))
-        0.571...
+        >>> f = [FindingEvidence("LC", "large cup", 0.9, 1.2), FindingEvidence("RNFLDS", "superior RNFL defect", 0.1, 0.7)]
+        >>> reason_terms(Rationale(0.87, 1.9, 0.42, "referable glaucoma", 0.78, f, 0.9, -0.5, 0.0, True, None, ""))
+        [('LC', 1.2), ('vcdr', 0.9)]
     """
-    named = sum(abs(f.contribution) for f in r.findings) + abs(r.vcdr_contribution)
-    total = named + abs(r.unexplained)
-    return 1.0 if total == 0 else named / total
+    sign = 1.0 if r.decision == REFERABLE else -1.0
+    terms = [(f.code, sign * f.contribution) for f in r.findings if (f.probability >= 0.5) == (sign > 0)]
+    terms.append((VCDR, sign * r.vcdr_contribution))
+    return sorted(((code, value) for code, value in terms if value > 0), key=lambda t: -t[1])
+
+
+def explained_share(r: Rationale) -> float:
+    """The share of the evidence for the decision taken that its possible reasons
+    (:func:`reason_terms`) account for: of every term of the logit that pushes toward the decision
+    (findings, vCDR and the part no finding head spans; the bias is the model's starting point, not
+    evidence), the part of the reason terms. 0 when nothing named pushes toward the decision — e.g.
+    a referable decision whose findings all push the other way — so such a decision is never said
+    to be explained.
+
+    Example:
+        >>> f = [FindingEvidence("LC", "large cup", 0.9, 0.6), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.3)]
+        >>> round(explained_share(Rationale(0.8, 1.4, 0.5, "referable glaucoma", 0.7, f, 0.2, 0.0, 0.6, False, None, "")), 3)
+        0.571
+        >>> f = [FindingEvidence("LC", "large cup", 0.9, -0.6)]
+        >>> explained_share(Rationale(0.8, 1.4, 0.5, "referable glaucoma", 0.7, f, -0.2, 0.0, 2.2, False, None, ""))
+        0.0
+    """
+    return _share(r, [value for _, value in reason_terms(r)])
+
+
+def _share(r: Rationale, values: list[float]) -> float:
+    """``values`` (evidence toward the decision, logit units) as a share of all the evidence toward it."""
+    sign = 1.0 if r.decision == REFERABLE else -1.0
+    every_term = [f.contribution for f in r.findings] + [r.vcdr_contribution, r.unexplained]
+    toward = sum(max(0.0, sign * value) for value in every_term)
+    return 0.0 if toward <= 0 else min(1.0, sum(values) / toward)
+
+
+def finding_phrase(code: str, present: bool) -> str:
+    """A finding as the rationale names it, everywhere (sentence, page, report): its short name with
+    an article when present, "no …" when absent.
+
+    Example:
+        >>> finding_phrase("LC", True), finding_phrase("RNFLDS", False), finding_phrase("LD", True)
+        ('a large cup', 'no superior RNFL defect', 'laminar dots')
+    """
+    name = FINDING_NAMES[code].short
+    return _with_article(name) if present else f"no {name}"
 
 
 def sentence(r: Rationale) -> str:
     """The decision in plain clinical language: the decision with the probability of glaucoma and
-    the model's threshold, the main reasons (or that no single finding explains it), how much of
-    the decision the findings leave unexplained, and what the counterfactual edit changed — each
-    number named for what it is (after a warning when the image failed the image-quality gate or the
-    model's feature check: :func:`reliance_warning`).
+    the model's threshold; the main reasons (:func:`main_reasons`) with the share of the evidence
+    for the decision they account for, or that no finding explains the decision when the possible
+    reasons account for less than :data:`MIN_EXPLAINED_SHARE` of it; and what the counterfactual
+    edit changed — each number named for what it is (after a warning when the image failed the
+    image-quality gate or the model's feature check: :func:`reliance_warning`).
 
     Example:
         >>> f = [FindingEvidence("LC", "large cup", 0.9, 1.2), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
         >>> r = Rationale(0.87, 1.9, 0.42, "referable glaucoma", 0.78, f, 0.9, -0.5, 0.0, True,
         ...               {"toward": "normal", "changes": [{"code": "vcdr", "from": 0.78, "to": 0.55}]}, "")
         >>> print(sentence(r))
-        Referable glaucoma: probability of glaucoma 0.87 (referable from 0.42). Main reasons: a large cup (probability 0.90) and the vCDR of 0.78. An edit toward normal lowers the vCDR from 0.78 to 0.55.
+        Referable glaucoma: probability of glaucoma 0.87 (referable from 0.42). Main reasons: a large cup (probability 0.90) and the vCDR of 0.78 (100% of the evidence for this decision). An edit toward normal lowers the vCDR from 0.78 to 0.55.
 
-    A finding drives the decision by being there or by being absent, and is named so; a share of
-    the decision the findings do not account for is stated:
+    No referable glaucoma is explained by the signs that are absent:
 
         >>> f = [FindingEvidence("LC", "large cup", 0.02, -1.4), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
-        >>> print(sentence(Rationale(0.04, -3.2, 0.5, "no referable glaucoma", 0.39, f, -0.3, -1.4, 1.2, False, None, "")))
-        No referable glaucoma: probability of glaucoma 0.04 (referable from 0.50). Main reasons: no large cup (probability 0.02) and the vCDR of 0.39. 40% of the decision is not explained by the findings or the vCDR.
+        >>> print(sentence(Rationale(0.04, -3.2, 0.5, "no referable glaucoma", 0.39, f, -0.3, -1.4, -0.4, False, None, "")))
+        No referable glaucoma: probability of glaucoma 0.04 (referable from 0.50). Main reasons: no large cup (probability 0.02) and the vCDR of 0.39 (77% of the evidence for this decision).
 
-        >>> f = [FindingEvidence("LC", "large cup", 0.5, 0.01)]
-        >>> print(sentence(Rationale(0.74, 1.0, 0.5, "referable glaucoma", 0.5, f, 0.02, 0.0, 0.97, False, None, "")))
-        Referable glaucoma: probability of glaucoma 0.74 (referable from 0.50). No single finding explains it. 97% of the decision is not explained by the findings or the vCDR.
+    When the findings account for too little of the decision, none is named:
+
+        >>> f = [FindingEvidence("LC", "large cup", 0.9, 0.3), FindingEvidence("RNFLDS", "superior RNFL defect", 0.1, 0.5)]
+        >>> print(sentence(Rationale(0.74, 1.0, 0.5, "referable glaucoma", 0.5, f, 0.02, 0.0, 1.4, False, None, "")))
+        Referable glaucoma: probability of glaucoma 0.74 (referable from 0.50). No finding explains this decision: the findings present and the vCDR account for 14% of the evidence for it (a reason is named from 50%).
 
     An image that failed the quality gate is said so first:
 
+        >>> f = [FindingEvidence("LC", "large cup", 0.5, 0.01)]
         >>> r = Rationale(0.99, 4.6, 0.5, "referable glaucoma", 0.5, f, 0.0, 4.6, 0.0, True, None, "",
         ...               quality=["nearly_uniform"])
         >>> print(sentence(r))
-        The image failed the quality check (a nearly uniform image): do not rely on this decision. Referable glaucoma: probability of glaucoma 0.99 (referable from 0.50). No single finding explains it.
+        The image failed the quality check (a nearly uniform image): do not rely on this decision. Referable glaucoma: probability of glaucoma 0.99 (referable from 0.50). No finding explains this decision: none moves it by 0.05 logit or more.
     """
     by_code = {f.code: f for f in r.findings}
-    drivers = []
-    for code in main_reasons(r):
-        if code == VCDR:
-            drivers.append(f"the vCDR of {r.vcdr:.2f}")
-            continue
-        f, name = by_code[code], FINDING_NAMES[code].short
-        term = _with_article(name) if f.probability >= 0.5 else f"no {name}"
-        drivers.append(f"{term} (probability {f.probability:.2f})")
     parts = [f"{r.decision[0].upper()}{r.decision[1:]}: probability of glaucoma {r.probability:.2f} "
              f"(referable from {r.threshold:.2f})."]
-    parts.append(f"Main reasons: {' and '.join(drivers)}." if drivers else "No single finding explains it.")
-    unexplained = 1.0 - explained_share(r)
-    if unexplained >= 0.005:
-        parts.append(f"{unexplained:.0%} of the decision is not explained by the findings or the vCDR.")
+    share = explained_share(r)
+    reasons = dict(reason_terms(r))
+    named = main_reasons(r)
+    if named:
+        phrases = [f"the vCDR of {r.vcdr:.2f}" if code == VCDR else
+                   f"{finding_phrase(code, by_code[code].probability >= 0.5)} (probability {by_code[code].probability:.2f})"
+                   for code in named]
+        parts.append(f"Main reasons: {' and '.join(phrases)} "
+                     f"({_share(r, [reasons[code] for code in named]):.0%} of the evidence for this decision).")
+    elif share < MIN_EXPLAINED_SHARE:
+        which = "the findings present" if r.decision == REFERABLE else "the findings absent"
+        parts.append(f"No finding explains this decision: {which} and the vCDR account for {share:.0%} of the "
+                     f"evidence for it (a reason is named from {MIN_EXPLAINED_SHARE:.0%}).")
+    else:
+        parts.append(f"No finding explains this decision: none moves it by {MIN_CONTRIBUTION:g} logit or more.")
     if r.counterfactual and r.counterfactual.get("changes"):
         moves = []
         for change in r.counterfactual["changes"][:2]:
@@ -288,20 +351,23 @@ def reliance_warning(flags: list[str]) -> str:
     return f"{text[0].upper()}{text[1:]}: do not rely on this decision."
 
 
-def main_reasons(r: Rationale, most: int = 2, min_contribution: float = 0.05) -> list[str]:
-    """The codes (finding codes, ``"vcdr"``) of the terms that drive the decision most: the
-    ``most`` largest contributions toward the decision taken, each at least ``min_contribution``
-    of the logit. A finding is a reason by being there (probability ≥ 0.5) or by being absent.
+def main_reasons(r: Rationale, most: int = 2, min_contribution: float | None = None) -> list[str]:
+    """The codes (finding codes, ``"vcdr"``) the rationale names as the reasons for the decision:
+    the ``most`` largest :func:`reason_terms`, each at least ``min_contribution`` logit (default
+    :data:`MIN_CONTRIBUTION`) — none when together they account for less than
+    :data:`MIN_EXPLAINED_SHARE` of the evidence for the decision (:func:`explained_share`).
 
     Example:
         >>> f = [FindingEvidence("LC", "large cup", 0.9, 1.2), FindingEvidence("DH", "disc haemorrhage", 0.1, -0.1)]
         >>> main_reasons(Rationale(0.87, 1.9, 0.42, "referable glaucoma", 0.78, f, 0.9, -0.5, 0.0, True, None, ""))
         ['LC', 'vcdr']
+        >>> main_reasons(Rationale(0.87, 1.9, 0.42, "referable glaucoma", 0.78, f, 0.9, -0.5, 3.0, False, None, ""))
+        []
     """
-    toward_glaucoma = r.decision == "referable glaucoma"
-    terms = [(f.contribution, f.code) for f in r.findings] + [(r.vcdr_contribution, VCDR)]
-    ranked = sorted(terms, key=lambda t: -t[0] if toward_glaucoma else t[0])
-    return [code for value, code in ranked[:most] if (value > 0) == toward_glaucoma and abs(value) >= min_contribution]
+    if explained_share(r) < MIN_EXPLAINED_SHARE:
+        return []
+    floor = MIN_CONTRIBUTION if min_contribution is None else min_contribution
+    return [code for code, value in reason_terms(r)[:most] if value >= floor]
 
 
 def _with_article(phrase: str) -> str:
