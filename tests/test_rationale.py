@@ -68,6 +68,7 @@ def test_rationale_is_json_with_heatmaps_kept_apart(images):
     for r in out:
         d = json.loads(json.dumps(r.to_dict()))
         assert [f["code"] for f in d["findings"]] == list(FINDINGS) and "heatmaps" not in d
+        assert d["contribution_unit"] == "logit (log-odds of glaucoma)"
         assert d["decision"] in ("referable glaucoma", "no referable glaucoma") and d["sentence"].endswith(".")
         assert set(r.heatmaps) >= {"glaucoma", "DH"} and r.heatmaps["DH"].shape == (64, 64)
         assert r.findings[FINDINGS.index("DH")].probability > 0.99

@@ -79,9 +79,11 @@ class Rationale:
     feature_distance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Strict JSON: a value that is not finite becomes None (``json.dumps(..., allow_nan=False)`` works)."""
+        """Strict JSON: a value that is not finite becomes None (``json.dumps(..., allow_nan=False)`` works);
+        ``contribution_unit`` names the unit of the contributions (:data:`CONTRIBUTION_UNIT`)."""
         out = asdict(self)
         out.pop("heatmaps")
+        out["contribution_unit"] = CONTRIBUTION_UNIT
         return _finite_or_none(out)
 
 

@@ -52,7 +52,7 @@ def synthetic_session(folder: str | os.PathLike, n_cases: int = 3, mode: str = "
         logit = float(bias + terms.sum())
         probability = round(1 / (1 + math.exp(-logit)), 4)
         decision = "referable glaucoma" if probability >= THRESHOLD else "no referable glaucoma"
-        findings = [{"code": code, "name": FINDING_NAMES[code].full, "probability": float(finding_p[j]),
+        findings = [{"code": code, "name": FINDING_NAMES[code].short, "probability": float(finding_p[j]),
                      "contribution": round(float(terms[j]), 4)} for j, code in enumerate(FINDINGS)]
         case = {"id": case_id, "side": {"OD": "right", "OS": "left"}.get(eye.eye), "probability": probability,
                 "decision": decision, "findings": findings, "vcdr": concepts[-1],
