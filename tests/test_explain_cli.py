@@ -19,12 +19,17 @@ from test_train_cli import compose
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: the exported model's operating threshold (not 0.5, so that a decision taken at 0.5 shows)
+OPERATING_THRESHOLD = 0.37
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from xmed.models import FundusClassifier, export_model
 
     torch.manual_seed(0)
-    model = FundusClassifier("test_resnet.r160_in1k", input_size=48, data_config={"crop_fov": False})
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=48, data_config={"crop_fov": False},
+                             threshold=OPERATING_THRESHOLD)
     with torch.no_grad():  # an untrained head can make every CAM negative (all zero after ReLU)
         model.glaucoma_head.weight.fill_(0.1)
     return export_model(model.eval(), tmp_path_factory.mktemp("model") / "model")
@@ -227,6 +232,10 @@ def test_counterfactuals_and_rationale_in_the_same_run(exported, tmp_path):
     first = json.loads(rationales[0].read_text())
     assert [f["code"] for f in first["findings"]] == list(FINDINGS) and first["sentence"].endswith(".")
     assert first["counterfactual"]["toward"] in ("normal", "glaucoma")
+    # the decision at the model's own operating threshold, as xmed-predict and the review take it
+    assert first["threshold"] == OPERATING_THRESHOLD
+    assert first["decision"] == ("referable glaucoma" if first["probability"] >= OPERATING_THRESHOLD
+                                 else "no referable glaucoma")
 
 
 def test_goal_per_direction_from_the_command_line(exported):
