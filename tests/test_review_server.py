@@ -273,20 +273,20 @@ def test_the_lock_unblinds_the_page(app, store, blinded):
     store.lock()
     html = reader.client.get("/case/1").text
     assert [f"Explanation {letter}: {titles[labels[letter]]}" in html for letter in "AB"] == [True, True]
-    assert "max of this map" not in html and "the method behind each letter is shown" in html
+    assert "top of this map" not in html and "the method behind each letter is shown" in html
 
 
 # -- colour scales --------------------------------------------------------------------------------
 
 #: how the raw scale ends :func:`distinct_scales` gives may be written
-RAW_SCALE_TEXTS = ("0.322", "0.3217", "0.049", "0.0493", "7.25", "13 of 255")
+RAW_SCALE_TEXTS = ("0.322", "0.3217", "0.049", "0.0493", "7.25", "13 of 255", "0.871", "0.8713")
 
 
 def with_distinct_scales(folder):
     """Give a synthetic session's colour scales ends no other number on its pages has; returns it."""
     session = json.loads((folder / "session.json").read_text())
     for case in session["cases"]:
-        case["panels"]["gradcam"]["scale"]["high"] = 0.3217
+        case["panels"]["gradcam"]["scale"].update(high=0.3217, max=0.8713)
         for edit in case["panels"]["adversarial"]["edits"].values():
             edit["difference_scale"].update(high=0.0493, gain=7.25,
                                             label="pixel change, amplified 7.25×: full colour = 13 of 255 grey levels")
@@ -304,7 +304,7 @@ def test_a_blinded_reader_sees_scales_in_relative_terms_until_the_lock(distinct_
     pages = [reader.client.get(f"/case/{n}").text for n in (1, 2, 3)]
     for html in pages:
         assert [text for text in RAW_SCALE_TEXTS if text in html] == []
-        assert "max of this map" in html and "largest change of this edit" in html
+        assert "top of this map" in html and "largest change of this edit" in html
     store.lock()
     html = reader.client.get("/case/1").text
     assert "0.322" in html and "0.049" in html and "13 of 255" in html
@@ -315,7 +315,7 @@ def test_an_open_page_gives_the_raw_scale_ends(distinct_scales, tmp_path, store)
     session = json.loads((folder / "session.json").read_text())
     (folder / "session.json").write_text(json.dumps({**session, "mode": "open"}))
     html = Reader(create_app(folder, store=store), store, "ana").client.get("/case/1").text
-    assert "<span>0.322</span>" in html and "0.049" in html and "max of this map" not in html
+    assert "<span>0.322</span>" in html and "0.049" in html and "top of this map" not in html
 
 
 # -- the next unrated case ------------------------------------------------------------------------

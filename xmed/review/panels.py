@@ -1,7 +1,14 @@
 """The images of a review case's panels, at the photograph's full resolution: a heatmap as a
 colour layer the page lays over the photograph (its opacity under the reader's control), and a
 counterfactual edit's difference map, amplified so that the change can be seen, with the scale
-that says by how much — plus the flags a reader needs before trusting an edit.
+that says by how much — plus what an edit changed in the model's own words and the flags a reader
+needs before trusting it.
+
+A heatmap is drawn in :data:`HEATMAP_COLORMAP` (blue to magenta: its top can be mistaken neither
+for the pale disc and cup nor for the orange retina) and scaled to its *top*, the value 1 % of its
+positive pixels exceed (:data:`TOP_PERCENTILE`; Integrated Gradients' own
+visualisation clips at the 99th percentile too), so that a sparse map, whose few extreme pixels
+dwarf the rest, still shows its strong part; from :data:`STRONG` of the top up the layer is opaque.
 
 Example:
     >>> import numpy as np
@@ -14,43 +21,116 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Mapping
 
-import cv2
 import numpy as np
 
-#: matplotlib/OpenCV name of the colour map of heatmaps and difference maps (perceptually uniform)
+#: the colour map of difference maps (perceptually uniform; shown on their own, on black)
 COLORMAP = "inferno"
+#: the colour map of heatmaps laid over a photograph: blue (weak) through violet to magenta (the
+#: top), every colour far from fundus tones (CIE76 colour difference above 70 from a pale cup, a
+#: yellow disc rim, the orange retina and a vessel)
+HEATMAP_COLORMAP = "bluemagenta"
+_STOPS = {HEATMAP_COLORMAP: ((0.0, (30, 70, 240)), (0.5, (150, 40, 235)), (1.0, (240, 0, 170)))}
+#: a heatmap's top, full colour, is this percentile of its positive values: on the demo's Integrated
+#: Gradients maps the largest value is 20-100 times it, and scaled by that the map is invisible
+TOP_PERCENTILE = 99
+#: from this share of the top up a heatmap's layer is opaque; below it, it fades out linearly
+STRONG = 0.5
+#: the page's heatmap opacity until the reader moves its slider
+DEFAULT_OPACITY = 0.6
 #: a pixel counts as changed when a channel moves by at least this much (in [0, 1] units, 8 of 255
 #: grey levels): smaller steps are not seen on a photograph shown at its own size
 VISIBLE_CHANGE = 8 / 255
 #: an edit that changes less than this share of the field of view is flagged "too small to see"
 VISIBLE_SHARE = 0.005
+#: a finding an edit moves by at least this much (probability) is named among its changes
+MOVED = 0.2
 FLAGS = {"not edited": "the eye was already past the goal; nothing was changed",
          "no flip within the budget": "the edit did not reach the goal within its budget",
          "too small to see": "the edit changes too few pixels, too little, to be seen"}
 
 
-def heatmap_layer(saliency: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """An H×W×4 uint8 colour layer of a saliency map (its positive part scaled by its maximum;
-    alpha grows with the value, so weak evidence stays transparent) and its colour scale.
+@functools.lru_cache(maxsize=8)
+def colour_table(name: str) -> np.ndarray:
+    """The 256 × 3 uint8 RGB colours of colour map ``name``: :data:`HEATMAP_COLORMAP`, or any
+    matplotlib map (``inferno``, the difference maps' and older sessions' heatmaps). An unknown
+    name raises ``KeyError``.
 
     Example:
-        >>> layer, scale = heatmap_layer(np.array([[0.0, 0.5], [1.0, 2.0]]))
-        >>> layer[..., 3].tolist(), scale["high"]
-        ([[0, 64], [128, 255]], 2.0)
+        >>> colour_table("bluemagenta")[[0, 255]].tolist(), colour_table("inferno")[255].tolist()
+        ([[30, 70, 240], [240, 0, 170]], [252, 255, 164])
+    """
+    if name in _STOPS:
+        positions, colours = zip(*_STOPS[name])
+        ramp = np.linspace(0, 1, 256)
+        table = np.stack([np.interp(ramp, positions, [c[k] for c in colours]) for k in range(3)], axis=1)
+    else:
+        import matplotlib
+
+        if name not in matplotlib.colormaps:
+            raise KeyError(f"unknown colour map {name!r}")
+        table = matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255
+    table = (table + 0.5).astype(np.uint8)
+    table.flags.writeable = False
+    return table
+
+
+def known_colormap(name: Any) -> bool:
+    """Whether :func:`colour_table` can draw ``name``.
+
+    Example:
+        >>> known_colormap("bluemagenta"), known_colormap("inferno"), known_colormap("rainbow-unicorn")
+        (True, True, False)
+    """
+    try:
+        colour_table(str(name))
+    except KeyError:
+        return False
+    return True
+
+
+def _coloured(scaled: np.ndarray, name: str) -> np.ndarray:
+    """``scaled`` (values in [0, 1]) in the colours of colour map ``name``, H×W×3 uint8."""
+    return colour_table(name)[(np.clip(scaled, 0, 1) * 255 + 0.5).astype(np.uint8)]
+
+
+def heatmap_top(positive: np.ndarray) -> float:
+    """The value a heatmap's colours are scaled to: the :data:`TOP_PERCENTILE` th percentile of its
+    positive values (0 for a map with none), so that a few extreme pixels do not hide the rest.
+
+    Example:
+        >>> heatmap_top(np.array([0.0] * 50 + [1.0] * 99 + [100.0])), heatmap_top(np.zeros(4))
+        (1.0, 0.0)
+    """
+    values = positive[positive > 0]
+    return float(np.percentile(values, TOP_PERCENTILE, method="lower")) if values.size else 0.0
+
+
+def heatmap_layer(saliency: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """An H×W×4 uint8 colour layer of a saliency map and its colour scale: the positive part scaled
+    by its top (:func:`heatmap_top`) in :data:`HEATMAP_COLORMAP`; alpha grows with the value up to
+    opaque at :data:`STRONG` of the top, so weak evidence stays transparent and the strong part
+    shows however sparse the map.
+
+    Example:
+        >>> layer, scale = heatmap_layer(np.linspace(0, 1, 101).reshape(1, -1))
+        >>> layer[0, [0, 25, 50, 100], 3].tolist(), scale["high"], scale["max"]
+        ([0, 129, 255, 255], 0.99, 1.0)
     """
     positive = np.clip(np.nan_to_num(np.asarray(saliency, np.float32)), 0, None)
-    top = float(positive.max())
-    scaled = positive / top if top > 0 else positive
-    colour = cv2.applyColorMap((scaled * 255 + 0.5).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
-    alpha = (scaled * 255 + 0.5).astype(np.uint8)
-    scale = {"low": 0.0, "high": round(top, 6), "colormap": COLORMAP,
-             "label": "attribution, relative to this map's maximum (transparent = none)"}
-    return np.dstack([colour, alpha]), scale
+    top = heatmap_top(positive)
+    scaled = np.clip(positive / top, 0, 1) if top > 0 else positive
+    alpha = (np.clip(scaled / STRONG, 0, 1) * 255 + 0.5).astype(np.uint8)
+    scale = {"low": 0.0, "high": round(top, 6), "max": round(float(positive.max(initial=0.0)), 6),
+             "colormap": HEATMAP_COLORMAP,
+             "label": f"attribution relative to this map's top (the value {100 - TOP_PERCENTILE}% of its positive "
+                      f"pixels exceed): transparent = none, opaque from {STRONG:.0%} of the top"}
+    return np.dstack([_coloured(scaled, HEATMAP_COLORMAP), alpha]), scale
 
 
-def blend(photo: np.ndarray, layer: np.ndarray, opacity: float = 0.6) -> np.ndarray:
+def blend(photo: np.ndarray, layer: np.ndarray, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
     """The photograph with a colour layer (:func:`heatmap_layer`) laid over it at ``opacity``.
 
     Example:
@@ -92,7 +172,7 @@ def difference_map(photo: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, d
     high = float(np.percentile(change, 99.9, method="higher")) if change.any() else 0.0
     high = high if high > 0 else float(change.max(initial=0.0))
     scaled = np.clip(change / high, 0, 1) if high > 0 else change
-    image = cv2.applyColorMap((scaled * 255 + 0.5).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
+    image = _coloured(scaled, COLORMAP)
     gain = round(1.0 / high, 2) if high > 0 else 1.0
     scale = {"low": 0.0, "high": round(high, 6), "gain": gain, "colormap": COLORMAP,
              "label": f"pixel change, amplified {gain:g}×: full colour = {high * 255:.0f} of 255 grey levels"}
@@ -113,3 +193,32 @@ def edit_flag(steps: int, reached: bool, changed_fraction: float) -> str | None:
     if changed_fraction < VISIBLE_SHARE:
         return "too small to see"
     return None
+
+
+def edit_changes(case: Mapping[str, Any], edit: Mapping[str, Any], most: int = 3) -> list[dict[str, Any]]:
+    """What an edit changed in the model's own words: ``[{"code", "name", "from", "to"}, …]``, the
+    vCDR first, then the findings it moved by :data:`MOVED` or more (at most ``most``, largest move
+    first). The edit's own ``changes`` when it recorded them, else worked out from its
+    ``findings_to`` and ``vcdr_to`` against the case's findings and vCDR.
+
+    Example:
+        >>> case = {"vcdr": 0.74, "findings": [{"code": "LC", "probability": 0.9}, {"code": "DH", "probability": 0.1}]}
+        >>> [(c["name"], c["from"], c["to"]) for c in edit_changes(case, {"findings_to": [0.2, 0.15], "vcdr_to": 0.48})]
+        [('vCDR', 0.74, 0.48), ('large cup', 0.9, 0.2)]
+    """
+    from xmed.findings import FINDING_NAMES, VCDR
+
+    recorded = edit.get("changes")
+    if recorded is None:
+        recorded = []
+        if edit.get("vcdr_to") is not None and case.get("vcdr") is not None:
+            recorded.append({"code": VCDR, "from": case["vcdr"], "to": edit["vcdr_to"]})
+        findings = case.get("findings") or []
+        recorded += [{"code": f["code"], "from": f["probability"], "to": to}
+                     for f, to in zip(findings, edit.get("findings_to") or [])]
+    vcdr = [c for c in recorded if c["code"] == VCDR]
+    moved = sorted((c for c in recorded if c["code"] != VCDR and abs(c["to"] - c["from"]) >= MOVED),
+                   key=lambda c: -abs(c["to"] - c["from"]))
+    names = {code: name.short for code, name in FINDING_NAMES.items()}
+    return [{"code": c["code"], "name": "vCDR" if c["code"] == VCDR else names.get(c["code"], c["code"]),
+             "from": c["from"], "to": c["to"]} for c in vcdr + moved[:most]]

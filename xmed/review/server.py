@@ -60,6 +60,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import mimetypes
 import os
 import secrets
@@ -100,7 +101,9 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; object-src
 SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
                     "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin"}
-EDIT_TITLES = {"toward_normal": "Edit toward normal", "toward_glaucoma": "Edit toward glaucoma"}
+#: the edits in the order the page shows them, around the original: ``name -> (title, how it was made)``
+EDIT_TITLES = {"toward_normal": ("Less glaucomatous", "edited toward normal"),
+               "toward_glaucoma": ("More glaucomatous", "edited toward glaucoma")}
 #: the images of a panel a URL may ask for: ``kind -> (edit or None, key)``
 IMAGE_KINDS = {"overlay": (None, "overlay"), "heatmap": (None, "heatmap"),
                **{f"{edit}{suffix}": (edit, key) for edit in EDIT_TITLES
@@ -109,9 +112,21 @@ CONCEPT_NAMES = {"vcdr": "vertical cup-to-disc ratio"}
 #: a colour scale as a blinded reader sees it before the lock (low end, high end, label): the raw
 #: ends differ between methods, and so would tell them apart
 RELATIVE_SCALES = {
-    "heatmap": ("0", "max of this map", "attribution relative to this map's maximum (transparent = none)"),
+    "heatmap": ("0", "top of this map", "relative to this map's own top; transparent = none, opaque from half "
+                                         "the top"),
     "difference": ("0", "largest change of this edit", "pixel change, amplified to fill the scale"),
 }
+#: what a reader rates on each kind of panel: ``kind -> {scale: question}``
+QUESTIONS = {
+    "saliency": {"location": "Location: does the colour mark where the evidence is?",
+                 "rationale": "Rationale: do the marked regions show the findings behind the decision?"},
+    "counterfactual": {"location": "Location: are the changes where the evidence is?",
+                       "rationale": "Rationale: do the changes from less to more glaucomatous (the findings named "
+                                    "above each edit) show why the model decided so?"},
+}
+#: the display width of the shared photograph and of a panel's image, in CSS pixels: at 1280 px, the photograph
+#: and the findings beside three heatmap panels or one counterfactual panel (three images wide)
+PHOTO_PIXELS, PANEL_PIXELS = 448, 224
 
 
 class _SecurityHeaders:
@@ -140,17 +155,65 @@ class _SecurityHeaders:
 
 @functools.lru_cache(maxsize=8)
 def _colour_bar(colormap: str) -> str | None:
-    """A ``data:`` PNG of ``colormap`` (an OpenCV colour map name, e.g. ``inferno``) from low to
-    high, or None for a name OpenCV lacks."""
-    import cv2
-    import numpy as np
+    """A ``data:`` PNG of ``colormap`` (:func:`xmed.review.panels.colour_table`) from low to high,
+    or None for a name it does not know."""
+    import io
 
-    code = getattr(cv2, f"COLORMAP_{str(colormap).upper()}", None)
-    if not isinstance(code, int):
+    import numpy as np
+    from PIL import Image
+
+    from xmed.review.panels import colour_table, known_colormap
+
+    if not known_colormap(colormap):
         return None
-    ramp = np.tile(np.arange(256, dtype=np.uint8), (12, 1))
-    ok, png = cv2.imencode(".png", cv2.applyColorMap(ramp, code))
-    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode() if ok else None
+    buffer = io.BytesIO()
+    Image.fromarray(np.repeat(colour_table(str(colormap))[None], 12, axis=0)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _layout(size: Sequence[int]) -> dict[str, Any]:
+    """The display sizes of a case of ``size`` ([height, width]): the shared photograph
+    :data:`PHOTO_PIXELS` wide, each panel's image :data:`PANEL_PIXELS` wide, and how many times the
+    photograph is enlarged.
+
+    Example:
+        >>> view = _layout([128, 128])
+        >>> view["photo_width"], view["photo_height"], view["factor"], view["panel_width"]
+        (448, 448, '3.5', 224)
+        >>> _layout([512, 1024])["photo_height"], _layout([512, 1024])["factor"]
+        (224, '0.44')
+    """
+    height, width = size
+
+    def scaled(pixels: int) -> tuple[int, int]:
+        return pixels, max(1, round(pixels * height / width))
+
+    photo, panel = scaled(PHOTO_PIXELS), scaled(PANEL_PIXELS)
+    return {"photo_width": photo[0], "photo_height": photo[1], "factor": f"{PHOTO_PIXELS / width:.2g}",
+            "width": width, "height": height, "panel_width": panel[0], "panel_height": panel[1]}
+
+
+def _short_name(finding: Mapping[str, Any]) -> str:
+    """A finding's name in a few words (:data:`xmed.findings.FINDING_NAMES`), else as the session gives it.
+
+    Example:
+        >>> _short_name({"code": "ANRS", "name": "appearance of the neuroretinal rim superiorly"})
+        'superior rim thinning'
+    """
+    from xmed.findings import FINDING_NAMES
+
+    known = FINDING_NAMES.get(finding.get("code"))
+    return known.short if known else str(finding.get("name", ""))
+
+
+def _change_text(change: Mapping[str, Any]) -> str:
+    """One change of an edit as the page writes it.
+
+    Example:
+        >>> _change_text({"name": "vCDR", "from": 0.7367, "to": 0.4759})
+        'vCDR 0.74 → 0.48'
+    """
+    return f"{change['name']} {change['from']:.2f} → {change['to']:.2f}"
 
 
 def _fixed(value: Any, digits: int = 3) -> str:
@@ -271,38 +334,49 @@ class _Review:
 
     def case_view(self, reader: str, n: int) -> dict[str, Any]:
         """What the case page shows: the case's facts, its panels by letter, the stored ratings."""
+        from xmed.review.panels import DEFAULT_OPACITY, MOVED
+
         case = self.case_at(reader, n)
         stored = self.store.case_ratings(reader, case["id"])
         hidden = self.hidden()
-        panels = [self.panel_view(n, letter, method, case["panels"][method], stored["panels"].get(method, {}), hidden)
-                  for letter, method in self.labels(reader, case).items()]
+        panels = [self.panel_view(case, n, letter, method, case["panels"][method], stored["panels"].get(method, {}),
+                                  hidden) for letter, method in self.labels(reader, case).items()]
+        intervention = self.intervention_view(case)
         return {"case": case, "n": n, "panels": panels, "agree": stored["agree"], "note": stored["note"] or "",
-                "findings": case.get("findings") or [], "intervention": self.intervention_view(case)}
+                "findings": [{**finding, "short": _short_name(finding)} for finding in case.get("findings") or []],
+                "intervention": intervention,
+                "concepts": {concept["code"]: concept for concept in intervention or []},
+                "layout": _layout(case["size"]), "opacity": round(DEFAULT_OPACITY * 100), "moved": MOVED}
 
-    def panel_view(self, n: int, letter: str, method: str, panel: Mapping[str, Any], stored: Mapping[str, Any],
-                   hidden: bool) -> dict[str, Any]:
-        """One panel as the page shows it; ``hidden``: nothing that tells its method (:meth:`hidden`)."""
-        from xmed.review.panels import FLAGS
+    def panel_view(self, case: Mapping[str, Any], n: int, letter: str, method: str, panel: Mapping[str, Any],
+                   stored: Mapping[str, Any], hidden: bool) -> dict[str, Any]:
+        """One panel as the page shows it; ``hidden``: nothing that tells its method (:meth:`hidden`).
+        A counterfactual panel's edits come in :data:`EDIT_TITLES` order, each with what it changed
+        (:func:`xmed.review.panels.edit_changes`)."""
+        from xmed.review.panels import FLAGS, edit_changes
 
         image = f"/case/{n}/image/{letter}"
         title = self.methods[method].get("title") or method
         view = {"letter": letter, "kind": panel["kind"], "location": stored.get("location"),
                 "rationale": stored.get("rationale"), "rating_url": f"/api/case/{n}/panel/{letter}",
                 "title": (f"Explanation {letter}" + ("" if hidden else f": {title}")) if self.blinded else title,
-                "automatic": None if self.blinded else panel.get("automatic") or {}}
+                "automatic": None if self.blinded else panel.get("automatic") or {},
+                "questions": QUESTIONS[panel["kind"]]}
         if panel["kind"] == "saliency":
             view.update(heatmap=f"{image}/heatmap",
                         scale=_scale_view(panel.get("scale") or {}, RELATIVE_SCALES["heatmap"] if hidden else None))
-        else:
-            view["edits"] = [{"name": name, "title": EDIT_TITLES[name], "flag": edit.get("flag"),
-                              "flag_reason": FLAGS.get(edit.get("flag"), ""), "goal": edit.get("goal"),
-                              "probability_from": edit.get("probability_from"),
-                              "probability_to": edit.get("probability_to"),
-                              "image": edit.get("image") and f"{image}/{name}",
-                              "difference": edit.get("difference") and f"{image}/{name}_difference",
-                              "scale": _scale_view(edit.get("difference_scale") or {},
-                                                   RELATIVE_SCALES["difference"] if hidden else None)}
-                             for name, edit in (panel.get("edits") or {}).items() if name in EDIT_TITLES]
+            return view
+        edits = panel.get("edits") or {}
+        view["edits"] = {name: {"name": name, "title": EDIT_TITLES[name][0], "made": EDIT_TITLES[name][1],
+                                "flag": edit.get("flag"), "flag_reason": FLAGS.get(edit.get("flag"), ""),
+                                "goal": edit.get("goal"), "probability_from": edit.get("probability_from"),
+                                "probability_to": edit.get("probability_to"),
+                                "changes": [_change_text(change) for change in edit_changes(case, edit)],
+                                "image": edit.get("image") and f"{image}/{name}",
+                                "difference": edit.get("difference") and f"{image}/{name}_difference",
+                                "scale": _scale_view(edit.get("difference_scale") or {},
+                                                     RELATIVE_SCALES["difference"] if hidden else None)}
+                         for name, edit in ((name, edits[name]) for name in EDIT_TITLES if name in edits)}
         return view
 
     def intervention_view(self, case: Mapping[str, Any]) -> list[dict[str, Any]] | None:

@@ -21,7 +21,9 @@
             "panels": {method name: panel}}
 
     saliency panel = {"kind": "saliency", "overlay": path, "heatmap": path,
-                      "scale": {"low": 0.0, "high": float (the map's maximum), "label": str, "colormap": "inferno"},
+                      "scale": {"low": 0.0, "high": float (the map's top: full colour), "max": float (its
+                                maximum; absent in older sessions), "label": str, "colormap": "bluemagenta"
+                                (older sessions: "inferno")},
                       "automatic": {metric: value}}
     counterfactual panel = {"kind": "counterfactual",
                             "edits": {"toward_normal" | "toward_glaucoma": edit},
@@ -33,7 +35,9 @@
             "goal": float, "probability_from": float, "probability_to": float, "reached": bool,
             "steps": int, "changed_fraction": float, "max_change": float,
             "flag": null | "not edited" | "too small to see" | "no flip within the budget",
-            "findings_to": [floats] | null, "vcdr_to": float | null}
+            "findings_to": [floats] | null, "vcdr_to": float | null,
+            "changes": [{"code": finding code | "vcdr", "from": float, "to": float}, …] | null (what the
+                       edit changed, as the model reads it; may be left out)}
 
 :class:`SessionFile` and the classes it names are this schema as types: :func:`load_session` and
 :func:`write_session` check a session against them (every field, with the ranges above: threshold
@@ -69,7 +73,7 @@ import os
 import random
 import sys
 import types
-from dataclasses import MISSING, dataclass, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import (Annotated, Any, Iterator, Literal, Mapping, Sequence, Union, get_args, get_origin,
@@ -156,6 +160,15 @@ def _is_size(value: list) -> bool:
     return len(value) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_changes(value: list) -> bool:
+    return all(isinstance(change, dict) and isinstance(change.get("code"), str)
+               and _is_number(change.get("from")) and _is_number(change.get("to")) for change in value)
+
+
 Id = Annotated[str, Rule("a non-empty printable text without surrounding spaces, at most 200 characters", _is_id)]
 Probability = Annotated[float, PROBABILITY]
 NonNegative = Annotated[float, number(minimum=0)]
@@ -169,6 +182,7 @@ class ColourScale:
 
     low: float = 0.0
     high: NonNegative
+    max: NonNegative | None = None
     label: str
     colormap: str = "inferno"
     gain: Annotated[float, number(above=0)] = 1.0
@@ -189,6 +203,7 @@ class EditEntry:
     flag: Literal[None, "not edited", "too small to see", "no flip within the budget"]
     findings_to: list[Probability] | None
     vcdr_to: Probability | None
+    changes: Annotated[list, Rule("a list of {code, from, to} with numbers from and to", _is_changes)] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -599,7 +614,9 @@ class Edit:
     """One counterfactual edit of a case's photograph (toward normal or toward glaucoma).
 
     ``image`` is the edited photograph (H×W×3 uint8; None when the edit failed outright), ``goal``
-    the probability it aimed past, ``steps`` the gradient steps taken (0: not edited)."""
+    the probability it aimed past, ``steps`` the gradient steps taken (0: not edited),
+    ``changes`` what the edit changed in the model's words, largest first
+    (:func:`xmed.explain.counterfactual.edit_changes`: ``[{"code": "vcdr", "from": 0.74, "to": 0.48}, …]``)."""
 
     image: np.ndarray | None
     goal: float
@@ -609,6 +626,7 @@ class Edit:
     steps: int
     findings_to: list[float] | None = None
     vcdr_to: float | None = None
+    changes: list[dict] = field(default_factory=list)
 
 
 def write_case(folder: str | os.PathLike, case: Mapping[str, Any], photo: np.ndarray,
@@ -650,6 +668,8 @@ def write_case(folder: str | os.PathLike, case: Mapping[str, Any], photo: np.nda
                       "probability_from": edit.probability_from, "probability_to": edit.probability_to,
                       "reached": bool(edit.reached), "steps": int(edit.steps), "changed_fraction": 0.0,
                       "max_change": 0.0, "findings_to": edit.findings_to, "vcdr_to": edit.vcdr_to}
+            if getattr(edit, "changes", None) is not None:  # what the editor says it changed
+                record["changes"] = [dict(change) for change in edit.changes]
             if edit.image is not None and edit.steps > 0:
                 difference, scale = difference_map(photo, edit.image)
                 record.update(edit_change(photo, edit.image, fov), image=save(f"{method}_{name}.png", edit.image),

@@ -1,7 +1,8 @@
 // The review page's behaviour: ratings saved as JSON (shown "saved" only once the server has
-// committed them), heatmap opacity, flicker between a photograph and its edit, the keyboard (a
-// digit chooses and goes on to the next unrated question), and test-time intervention. The page's
-// data comes from <script type="application/json" id="page-data">.
+// committed them), heatmap opacity, flicker between a photograph and its edit (and an edit's
+// change), a panel's image laid over the large photograph on a click, the keyboard (a digit
+// chooses and goes on to the next unrated question), and test-time intervention. The page's data
+// comes from <script type="application/json" id="page-data">.
 "use strict";
 
 (function () {
@@ -83,31 +84,75 @@
     note.addEventListener("change", saveNote);
   }
 
+  // The large photograph's layer: the panel image a click chose (null: none).
+  const main = { layer: document.getElementById("main-layer"), caption: document.getElementById("main-caption"),
+                 shown: null };
+
+  function opacityOf(button) {
+    const slider = button.closest(".panel").querySelector("input.opacity");
+    return slider ? String(Number(slider.value) / 100) : "1";
+  }
+
+  function enlarge(button) {
+    if (!main.layer) return;
+    if (main.shown) main.shown.setAttribute("aria-pressed", "false");
+    if (button === null || button === main.shown) {
+      main.shown = null;
+      main.layer.hidden = true;
+      main.caption.textContent = main.caption.dataset.plain;
+      return;
+    }
+    main.shown = button;
+    button.setAttribute("aria-pressed", "true");
+    main.layer.src = button.dataset.layer;
+    main.layer.alt = button.dataset.caption;
+    main.layer.style.opacity = button.dataset.heatmap ? opacityOf(button) : "1";
+    main.layer.hidden = false;
+    main.caption.textContent = `Shown over the photograph: ${button.dataset.caption}. Click it again or press Esc to take it off.`;
+  }
+
   function setUpImages() {
     document.querySelectorAll(".panel").forEach((panel) => {
       const slider = panel.querySelector("input.opacity");
       const heatmap = panel.querySelector("img.heatmap");
       if (!slider || !heatmap) return;
-      const apply = () => { heatmap.style.opacity = String(Number(slider.value) / 100); };
+      const apply = () => {
+        heatmap.style.opacity = String(Number(slider.value) / 100);
+        if (main.shown && panel.contains(main.shown)) main.layer.style.opacity = heatmap.style.opacity;
+      };
       slider.addEventListener("input", apply);
       apply();
     });
+    document.querySelectorAll("button.enlarge").forEach((button) => {
+      button.setAttribute("aria-pressed", "false");
+      button.addEventListener("click", () => enlarge(button));
+    });
     document.querySelectorAll(".flicker-toggle").forEach((button) => {
-      button.addEventListener("click", () => flicker(button.previousElementSibling));
+      button.addEventListener("click", () => flicker(button.closest(".edit-column").querySelector(".flicker")));
     });
   }
 
   function flicker(stack, original) {
     const showOriginal = original === undefined ? !stack.classList.contains("show-original") : original;
     stack.classList.toggle("show-original", showOriginal);
-    stack.nextElementSibling.textContent = showOriginal
-      ? "Showing the original: show the edit (f)" : "Showing the edit: show the original (f)";
+    stack.closest(".edit-column").querySelector(".flicker-toggle").textContent = showOriginal
+      ? "Show the edit (f)" : "Show the original (f)";
   }
 
   function flickerAll() {
     const stacks = Array.from(document.querySelectorAll(".flicker"));
     const showOriginal = stacks.some((stack) => !stack.classList.contains("show-original"));
     stacks.forEach((stack) => flicker(stack, showOriginal));
+  }
+
+  // Each edit in its place, or what it changed (its amplified difference map).
+  function changesAll() {
+    const stacks = Array.from(document.querySelectorAll(".flicker"));
+    const showChange = stacks.some((stack) => !stack.classList.contains("show-change"));
+    stacks.forEach((stack) => {
+      stack.classList.toggle("show-change", showChange);
+      if (showChange) flicker(stack, false);
+    });
   }
 
   function go(url) {
@@ -166,6 +211,7 @@
         if (event.key === "Escape") target.blur();
         return;
       }
+      if (event.key === "Escape") { enlarge(null); return; }
       const inRadio = target.matches("input[type=radio]");
       if (inRadio && keyInQuestion(event, target)) return;
       const arrow = event.key === "ArrowLeft" || event.key === "ArrowRight";
@@ -177,6 +223,7 @@
       else if (event.key === "ArrowLeft" || event.key === "p") go(page.previous);
       else if (event.key === "ArrowRight" || event.key === "n") go(page.next);
       else if (event.key === "f") flickerAll();
+      else if (event.key === "d") changesAll();
       else return;
       event.preventDefault();
     });
