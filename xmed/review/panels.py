@@ -196,10 +196,10 @@ def edit_flag(steps: int, reached: bool, changed_fraction: float) -> str | None:
 
 
 def edit_changes(case: Mapping[str, Any], edit: Mapping[str, Any], most: int = 3) -> list[dict[str, Any]]:
-    """What an edit changed in the model's own words: ``[{"code", "name", "from", "to"}, …]``, the
-    vCDR first, then the findings it moved by :data:`MOVED` or more (at most ``most``, largest move
-    first). The edit's own ``changes`` when it recorded them, else worked out from its
-    ``findings_to`` and ``vcdr_to`` against the case's findings and vCDR.
+    """What an edit changed in the model's own words: ``[{"code", "name", "from", "to"}, …]``, at
+    most ``most`` findings besides the vCDR. The edit's own ``changes`` when it recorded them (in
+    their order), else worked out from its ``findings_to`` and ``vcdr_to`` against the case's
+    findings and vCDR: the vCDR, then the findings it moved by :data:`MOVED` or more, largest move first.
 
     Example:
         >>> case = {"vcdr": 0.74, "findings": [{"code": "LC", "probability": 0.9}, {"code": "DH", "probability": 0.1}]}
@@ -208,17 +208,16 @@ def edit_changes(case: Mapping[str, Any], edit: Mapping[str, Any], most: int = 3
     """
     from xmed.findings import FINDING_NAMES, VCDR
 
-    recorded = edit.get("changes")
-    if recorded is None:
-        recorded = []
+    changes = edit.get("changes")
+    if changes is None:
+        changes = []
         if edit.get("vcdr_to") is not None and case.get("vcdr") is not None:
-            recorded.append({"code": VCDR, "from": case["vcdr"], "to": edit["vcdr_to"]})
-        findings = case.get("findings") or []
-        recorded += [{"code": f["code"], "from": f["probability"], "to": to}
-                     for f, to in zip(findings, edit.get("findings_to") or [])]
-    vcdr = [c for c in recorded if c["code"] == VCDR]
-    moved = sorted((c for c in recorded if c["code"] != VCDR and abs(c["to"] - c["from"]) >= MOVED),
-                   key=lambda c: -abs(c["to"] - c["from"]))
+            changes.append({"code": VCDR, "from": case["vcdr"], "to": edit["vcdr_to"]})
+        moved = [{"code": f["code"], "from": f["probability"], "to": to}
+                 for f, to in zip(case.get("findings") or [], edit.get("findings_to") or [])
+                 if abs(to - f["probability"]) >= MOVED]
+        changes += sorted(moved, key=lambda c: -abs(c["to"] - c["from"]))
+    findings = [c for c in changes if c["code"] != VCDR][:most]
     names = {code: name.short for code, name in FINDING_NAMES.items()}
     return [{"code": c["code"], "name": "vCDR" if c["code"] == VCDR else names.get(c["code"], c["code"]),
-             "from": c["from"], "to": c["to"]} for c in vcdr + moved[:most]]
+             "from": c["from"], "to": c["to"]} for c in changes if c["code"] == VCDR or c in findings]

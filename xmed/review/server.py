@@ -227,7 +227,7 @@ def _scale_view(scale: Mapping[str, Any], relative: tuple[str, str, str] | None)
     Example:
         >>> view = _scale_view({"low": 0.0, "high": 0.3217, "label": "attribution"}, None)
         >>> view["low"], view["high"], _scale_view({"high": 0.3217}, RELATIVE_SCALES["heatmap"])["high"]
-        ('0.000', '0.322', 'max of this map')
+        ('0.000', '0.322', 'top of this map')
     """
     bar = _colour_bar(scale.get("colormap", "inferno"))
     if relative is not None:
