@@ -2,7 +2,8 @@
 module): sign in, rate a blinded case's panels with the keyboard only, move between cases, reload
 and find the ratings, and see a failed save reported rather than swallowed; every key path (digits,
 arrows, Tab and Shift-Tab, Enter and Space, the next unrated question and case) stores the score the
-page shows; a blinded reader receives nothing that names a method or gives a raw scale until the
+page shows; every case fits two screens of 1280 × 800, with both edits around the original and the
+questions in view; a blinded reader receives nothing that names a method or gives a raw scale until the
 coordinator locks the study, and after the lock a rating is refused and the download names the methods.
 
 Needs Debian's ``chromium`` and ``chromium-driver``; without them the test is skipped, or fails
@@ -230,69 +231,130 @@ def signed_in(driver, base: str, folder: Path, reader: str) -> None:
     driver.get(f"{base}/login?token={RatingStore(folder / STORE_FILE).add_reader(reader)}")
 
 
-def test_every_key_path_stores_the_score_the_page_shows(tmp_path, browser):
+#: what the edits of :func:`served`'s session say they changed, and what the page writes for them
+RECORDED = [{"code": "vcdr", "from": 0.7367, "to": 0.4759}, {"code": "ANRI", "from": 0.9, "to": 0.31}]
+RECORDED_TEXT = "vCDR 0.74 → 0.48 · inferior rim thinning 0.90 → 0.31"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A blinded three-case session served for the module's tests that neither lock it nor stop its
+    server: its folder and base URL. Every edit toward normal records what it changed; every edit
+    toward glaucoma gives the model's findings and vCDR after it, from which the page works it out."""
+    folder = synthetic_session(tmp_path_factory.mktemp("served") / "session", n_cases=3, mode="blinded", size=64)
+    session = json.loads((folder / "session.json").read_text())
+    for case in session["cases"]:
+        edits = case["panels"]["adversarial"]["edits"]
+        edits["toward_normal"]["changes"] = RECORDED
+        edits["toward_glaucoma"].update(vcdr_to=0.9, findings_to=[
+            (0.0 if f["probability"] >= 0.5 else 1.0) if f["code"] == "LC" else f["probability"]
+            for f in case["findings"]])
+    (folder / "session.json").write_text(json.dumps(session))
+    with running_server(folder) as (base, _):
+        yield folder, base
+
+
+def test_every_key_path_stores_the_score_the_page_shows(served, browser):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    folder = synthetic_session(tmp_path / "session", n_cases=3, mode="blinded", size=64)
+    folder, base = served
     wait = WebDriverWait(browser, 10)
 
     def check(n: int, focus: tuple[str, str], shown: dict[str, str]) -> None:
         assert (focused(browser), choices(browser)) == (focus, shown)
         assert stored(folder, "ben", n) == shown
 
-    with running_server(folder) as (base, _):
-        signed_in(browser, base, folder, "ben")
-        assert browser.current_url == f"{base}/case/1"
-        press(browser, "u")                                    # to the first unrated question
-        check(1, ("location-A", "1"), {})
-        keys(browser, "3")                                     # a digit chooses and goes on
-        check(1, ("rationale-A", "1"), {"location-A": "3"})
-        keys(browser, "4")
-        check(1, ("location-B", "1"), {"location-A": "3", "rationale-A": "4"})
-        keys(browser, "5", "2")
-        done = {"location-A": "3", "rationale-A": "4", "location-B": "5", "rationale-B": "2"}
-        check(1, ("agree", "1"), done)
-        keys(browser, "0")                                     # the last question: the focus stays on the choice
-        check(1, ("agree", "0"), {**done, "agree": "0"})
-        keys(browser, Keys.ARROW_LEFT)                         # and an arrow moves from it
-        check(1, ("agree", "1"), {**done, "agree": "1"})
+    signed_in(browser, base, folder, "ben")
+    assert browser.current_url == f"{base}/case/1"
+    press(browser, "u")                                    # to the first unrated question
+    check(1, ("location-A", "1"), {})
+    keys(browser, "3")                                     # a digit chooses and goes on
+    check(1, ("rationale-A", "1"), {"location-A": "3"})
+    keys(browser, "4")
+    check(1, ("location-B", "1"), {"location-A": "3", "rationale-A": "4"})
+    keys(browser, "5", "2")
+    done = {"location-A": "3", "rationale-A": "4", "location-B": "5", "rationale-B": "2"}
+    check(1, ("agree", "1"), done)
+    keys(browser, "0")                                     # the last question: the focus stays on the choice
+    check(1, ("agree", "0"), {**done, "agree": "0"})
+    keys(browser, Keys.ARROW_LEFT)                         # and an arrow moves from it
+    check(1, ("agree", "1"), {**done, "agree": "1"})
 
-        press(browser, "U")                                    # the next unrated case, at its first question
-        wait.until(lambda _: browser.current_url == f"{base}/case/2")
-        wait.until(lambda _: focused(browser) == ("location-A", "1"))
-        browser.execute_script("document.getElementById('note').focus()")
-        shift_tab(browser)
-        check(2, ("agree", "0"), {})                           # Shift-Tab enters an unrated group at its end
-        keys(browser, Keys.SPACE)                              # Space chooses and goes on, round to the top
-        check(2, ("location-A", "1"), {"agree": "0"})
-        keys(browser, Keys.ENTER)
-        check(2, ("rationale-A", "1"), {"agree": "0", "location-A": "1"})
-        keys(browser, "4", "5")
-        done = {"agree": "0", "location-A": "1", "rationale-A": "4", "location-B": "5"}
-        check(2, ("rationale-B", "1"), done)
-        shift_tab(browser)                                     # back to the rated group's choice
-        check(2, ("location-B", "5"), done)
-        keys(browser, Keys.TAB)                                # one Tab from one question to the next
-        check(2, ("rationale-B", "1"), done)
-        keys(browser, "3")
-        check(2, ("rationale-B", "3"), {**done, "rationale-B": "3"})
-        keys(browser, Keys.ARROW_RIGHT)                        # 3 -> 4, not 1 -> 2
-        check(2, ("rationale-B", "4"), {**done, "rationale-B": "4"})
-        keys(browser, "7")                                     # not a choice here: nothing changes
-        check(2, ("rationale-B", "4"), {**done, "rationale-B": "4"})
+    press(browser, "U")                                    # the next unrated case, at its first question
+    wait.until(lambda _: browser.current_url == f"{base}/case/2")
+    wait.until(lambda _: focused(browser) == ("location-A", "1"))
+    browser.execute_script("document.getElementById('note').focus()")
+    shift_tab(browser)
+    check(2, ("agree", "0"), {})                           # Shift-Tab enters an unrated group at its end
+    keys(browser, Keys.SPACE)                              # Space chooses and goes on, round to the top
+    check(2, ("location-A", "1"), {"agree": "0"})
+    keys(browser, Keys.ENTER)
+    check(2, ("rationale-A", "1"), {"agree": "0", "location-A": "1"})
+    keys(browser, "4", "5")
+    done = {"agree": "0", "location-A": "1", "rationale-A": "4", "location-B": "5"}
+    check(2, ("rationale-B", "1"), done)
+    shift_tab(browser)                                     # back to the rated group's choice
+    check(2, ("location-B", "5"), done)
+    keys(browser, Keys.TAB)                                # one Tab from one question to the next
+    check(2, ("rationale-B", "1"), done)
+    keys(browser, "3")
+    check(2, ("rationale-B", "3"), {**done, "rationale-B": "3"})
+    keys(browser, Keys.ARROW_RIGHT)                        # 3 -> 4, not 1 -> 2
+    check(2, ("rationale-B", "4"), {**done, "rationale-B": "4"})
+    keys(browser, "7")                                     # not a choice here: nothing changes
+    check(2, ("rationale-B", "4"), {**done, "rationale-B": "4"})
 
-        browser.refresh()
-        assert choices(browser) == stored(folder, "ben", 2)
-        case_id = stored_case(folder, "ben", 2)["id"]
-        rows = {row["panel"]: row for row in download(browser, "csv") if row["case"] == case_id}
-        assert {f"{scale}-{panel}": row[scale] for panel, row in rows.items() for scale in ("location", "rationale")
-                } == {name: value for name, value in choices(browser).items() if name != "agree"}
-        press(browser, "U")
-        wait.until(lambda _: browser.current_url == f"{base}/case/3" and focused(browser) == ("location-A", "1"))
-        keys(browser, "u")                                     # the next unrated question after this one
-        check(3, ("rationale-A", "1"), {})
-        assert severe(browser) == []
+    browser.refresh()
+    assert choices(browser) == stored(folder, "ben", 2)
+    case_id = stored_case(folder, "ben", 2)["id"]
+    rows = {row["panel"]: row for row in download(browser, "csv") if row["case"] == case_id}
+    assert {f"{scale}-{panel}": row[scale] for panel, row in rows.items() for scale in ("location", "rationale")
+            } == {name: value for name, value in choices(browser).items() if name != "agree"}
+    press(browser, "U")
+    wait.until(lambda _: browser.current_url == f"{base}/case/3" and focused(browser) == ("location-A", "1"))
+    keys(browser, "u")                                     # the next unrated question after this one
+    check(3, ("rationale-A", "1"), {})
+    assert severe(browser) == []
+
+
+def test_every_case_fits_two_screens_with_both_edits_around_the_original(served, browser):
+    from selenium.webdriver.common.by import By
+
+    folder, base = served
+    session = load_session(folder)
+    signed_in(browser, base, folder, "dana")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        for n in range(1, len(session["cases"]) + 1):
+            browser.get(f"{base}/case/{n}")
+            case = stored_case(folder, "dana", n)
+            assert browser.execute_script("return document.documentElement.scrollHeight") <= 2 * 800
+            # the questions are in view before any scrolling, and come after the model's reasons
+            top, bottom = browser.execute_script(
+                "const r = document.querySelector('.rating-bar').getBoundingClientRect(); return [r.top, r.bottom];")
+            assert 0 < top < bottom <= 800
+            assert browser.execute_script(
+                "return Boolean(document.querySelector('.findings .sentence').compareDocumentPosition("
+                "document.querySelector('fieldset.rating')) & Node.DOCUMENT_POSITION_FOLLOWING)")
+            assert "logit" in browser.find_element(By.CSS_SELECTOR, ".findings thead").text
+            # less glaucomatous | original | more glaucomatous, side by side, each edit saying what it changed
+            columns = sorted(browser.find_elements(By.CSS_SELECTOR, ".triptych h3"), key=lambda h3: h3.location["x"])
+            assert [h3.text.split(" (")[0] for h3 in columns] == ["Less glaucomatous", "Original", "More glaucomatous"]
+            assert len({h3.location["y"] for h3 in columns}) == 1
+            assert browser.execute_script(
+                "return Array.from(document.querySelectorAll('.triptych img:not(.change):not(.bar)')).map("
+                "(img) => img.complete && img.naturalWidth > 0);") == [True] * 5  # each edit over the original
+            changes = {column.get_attribute("data-edit"): column.find_element(By.CSS_SELECTOR, ".changes").text
+                       for column in browser.find_elements(By.CSS_SELECTOR, ".edit-column[data-edit]")}
+            large_cup = next(f["probability"] for f in case["findings"] if f["code"] == "LC")
+            assert changes["toward_normal"].startswith(RECORDED_TEXT)
+            assert changes["toward_glaucoma"].startswith(
+                f"vCDR {case['vcdr']:.2f} → 0.90 · large cup {large_cup:.2f} → {0.0 if large_cup >= 0.5 else 1.0:.2f}")
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert severe(browser) == []
 
 
 def responses(driver) -> list[tuple[str, str]]:

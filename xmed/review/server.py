@@ -28,7 +28,7 @@ In a blinded session (``mode: "blinded"``) each reader sees the cases in their o
 behind a letter is looked up on the server. Until the coordinator locks the study
 (:meth:`~xmed.review.store.RatingStore.lock`, ``xmed-review lock``) nothing the browser receives
 names a method: not a title, not an automatic score, not a colour scale's raw ends (they differ
-between methods: the page says "0 … max of this map"), and the reader's download gives letters
+between methods: the page says "0 … top of this map"), and the reader's download gives letters
 (:func:`~xmed.review.store.letters_only`). After the lock the page and the download name the
 methods, and every rating is refused with 409.
 
@@ -334,7 +334,7 @@ class _Review:
 
     def case_view(self, reader: str, n: int) -> dict[str, Any]:
         """What the case page shows: the case's facts, its panels by letter, the stored ratings."""
-        from xmed.review.panels import DEFAULT_OPACITY, MOVED
+        from xmed.review.panels import DEFAULT_OPACITY
 
         case = self.case_at(reader, n)
         stored = self.store.case_ratings(reader, case["id"])
@@ -346,7 +346,7 @@ class _Review:
                 "findings": [{**finding, "short": _short_name(finding)} for finding in case.get("findings") or []],
                 "intervention": intervention,
                 "concepts": {concept["code"]: concept for concept in intervention or []},
-                "layout": _layout(case["size"]), "opacity": round(DEFAULT_OPACITY * 100), "moved": MOVED}
+                "layout": _layout(case["size"]), "opacity": round(DEFAULT_OPACITY * 100)}
 
     def panel_view(self, case: Mapping[str, Any], n: int, letter: str, method: str, panel: Mapping[str, Any],
                    stored: Mapping[str, Any], hidden: bool) -> dict[str, Any]:
@@ -372,6 +372,8 @@ class _Review:
                                 "goal": edit.get("goal"), "probability_from": edit.get("probability_from"),
                                 "probability_to": edit.get("probability_to"),
                                 "changes": [_change_text(change) for change in edit_changes(case, edit)],
+                                "findings_read": any(edit.get(key) is not None
+                                                     for key in ("changes", "findings_to", "vcdr_to")),
                                 "image": edit.get("image") and f"{image}/{name}",
                                 "difference": edit.get("difference") and f"{image}/{name}_difference",
                                 "scale": _scale_view(edit.get("difference_scale") or {},

@@ -668,8 +668,8 @@ def write_case(folder: str | os.PathLike, case: Mapping[str, Any], photo: np.nda
                       "probability_from": edit.probability_from, "probability_to": edit.probability_to,
                       "reached": bool(edit.reached), "steps": int(edit.steps), "changed_fraction": 0.0,
                       "max_change": 0.0, "findings_to": edit.findings_to, "vcdr_to": edit.vcdr_to}
-            if getattr(edit, "changes", None) is not None:  # what the editor says it changed
-                record["changes"] = [dict(change) for change in edit.changes]
+            if edit.findings_to is not None or edit.vcdr_to is not None:  # the model's findings were read
+                record["changes"] = [dict(change) for change in getattr(edit, "changes", None) or []]
             if edit.image is not None and edit.steps > 0:
                 difference, scale = difference_map(photo, edit.image)
                 record.update(edit_change(photo, edit.image, fov), image=save(f"{method}_{name}.png", edit.image),
