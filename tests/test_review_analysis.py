@@ -16,9 +16,9 @@ from scipy.stats import wilcoxon
 
 from xmed.errors import InputError
 from xmed.review.analysis import (
-    Rating, ScoreTable, agree_agreement, analyse, automatic_vs_readers, compare_methods, finding_breakdown,
-    fleiss_kappa, jackknife_covariances, krippendorff_alpha, method_scores, mrmc_analysis, obuchowski_rockette,
-    plot_scores, read_ratings, reader_agreement,
+    Rating, ScoreTable, agree_agreement, analyse, automatic_vs_readers, compare_methods, decision_agreement,
+    finding_breakdown, flagged_cases, fleiss_kappa, jackknife_covariances, krippendorff_alpha, method_scores,
+    mrmc_analysis, obuchowski_rockette, plot_scores, read_ratings, reader_agreement, weighted_kappa,
 )
 from xmed.review.simulate import SimulatedReader, simulate_ratings
 
@@ -287,6 +287,77 @@ def test_weighted_kappas_on_the_1_to_5_scale_equal_scikit_learn():
     for weights in ("linear", "quadratic"):
         expected = np.mean([kappa(first, second, weights) for first, second in itertools.combinations(scores, 2)])
         assert three[f"kappa_{weights}"] == pytest.approx(expected)
+
+
+def test_the_kappas_bootstrap_interval_resamples_cases_as_scikit_learn_would_score_them():
+    # the vectorised interval equals scikit-learn's kappa computed on each resample of the cases
+    from sklearn.metrics import cohen_kappa_score
+
+    from xmed.metrics.classification import resample_indices
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(1, 6, 30)
+    scores = {reader: np.clip(truth + rng.integers(-1, 2, 30), 1, 5) for reader in ("r1", "r2", "r3")}
+    scores["r3"] = scores["r3"].astype(float)
+    scores["r3"][:4] = np.nan                                   # r3 left four cases blank
+    ratings = [Rating(reader, f"eye{case:02d}", "gradcam", int(score), None, None)
+               for reader, row in scores.items() for case, score in enumerate(row) if not np.isnan(score)]
+    result = reader_agreement(ratings, "location", n_bootstrap=200, seed=5)
+    means = []
+    for draw in resample_indices(30, 200, 5).numpy():
+        kappas = []
+        for first, second in itertools.combinations(scores, 2):
+            a, b = scores[first][draw], scores[second][draw]
+            both = ~np.isnan(a) & ~np.isnan(b)
+            kappas.append(cohen_kappa_score(a[both].astype(int), b[both].astype(int), labels=[1, 2, 3, 4, 5],
+                                            weights="quadratic"))
+        means.append(np.mean(kappas))
+    assert result["kappa_quadratic_ci"] == pytest.approx(list(np.percentile(means, [2.5, 97.5])))
+    assert result["kappa_quadratic_ci"][0] < result["kappa_quadratic"] < result["kappa_quadratic_ci"][1]
+    assert result["kappa_linear_ci"][0] < result["kappa_linear"] < result["kappa_linear_ci"][1]
+    assert reader_agreement(ratings, "location")["kappa_quadratic_ci"] is None    # asked for no interval
+    counts = np.bincount(5 * (scores["r1"] - 1) + scores["r2"] - 1, minlength=25)
+    assert weighted_kappa(counts, "linear") == pytest.approx(
+        cohen_kappa_score(scores["r1"], scores["r2"], labels=[1, 2, 3, 4, 5], weights="linear"))
+
+
+def test_the_report_holm_corrects_every_comparison(low_noise):
+    from xmed.metrics.paired import holm
+
+    ratings, _, _ = low_noise
+    third = [dataclasses.replace(r, method="rise", location=r.rationale) for r in ratings if r.method == "gradcam"]
+    report = analyse(ratings + third, n_bootstrap=100)
+    comparisons = report["comparisons"]
+    assert len(comparisons) == 6 and "Holm" in report["multiple_comparisons"]
+    assert [c["p_holm"] for c in comparisons] == holm([c["p_value"] for c in comparisons])
+    assert all(c["p_holm"] >= c["p_value"] for c in comparisons)
+
+
+def test_agreement_with_the_model_is_counted_per_reader_and_decision():
+    answers = {"r1": [1, 1, 1, 0], "r2": [0, 1, None, 0]}
+    ratings = [Rating(reader, f"eye{case}", method, 3, None, answer)
+               for reader, row in answers.items() for case, answer in enumerate(row)
+               for method in ("gradcam", "adversarial")]
+    decisions = {"eye0": "referable glaucoma", "eye1": "referable glaucoma", "eye2": "no referable glaucoma",
+                 "eye3": "no referable glaucoma"}
+    result = decision_agreement(ratings, decisions)
+    assert result["overall"] == {"n": 7, "share": 4 / 7}
+    assert result["readers"] == {"r1": {"n": 4, "share": 0.75}, "r2": {"n": 3, "share": 1 / 3}}
+    assert result["by_decision"] == {"no referable glaucoma": {"n": 3, "share": 1 / 3},
+                                     "referable glaucoma": {"n": 4, "share": 0.75}}
+
+
+def test_cases_readers_disagree_on_are_flagged_with_the_reason():
+    ratings = [Rating("r1", "eye0", "gradcam", 1, 2, 1), Rating("r2", "eye0", "gradcam", 4, 4, 1),     # 3 apart
+               Rating("r1", "eye1", "gradcam", 3, 2, 1), Rating("r2", "eye1", "gradcam", 4, 4, 0),     # split
+               Rating("r1", "eye2", "gradcam", 3, 3, 0), Rating("r2", "eye2", "gradcam", 3, 4, 0),     # both no
+               Rating("r1", "eye3", "gradcam", 2, 3, 1), Rating("r2", "eye3", "gradcam", 4, 5, 1)]     # 2 apart: fine
+    assert flagged_cases(ratings) == [
+        {"case": "eye0", "reasons": ["gradcam location scores 1 to 4 (3 points apart)"]},
+        {"case": "eye1", "reasons": ["readers split on the model's decision (1 of 2 agree)",
+                                     "1 of 2 readers disagree with the model's decision"]},
+        {"case": "eye2", "reasons": ["2 of 2 readers disagree with the model's decision"]}]
+    assert [f["case"] for f in flagged_cases(ratings, score_margin=2)] == ["eye0", "eye1", "eye2", "eye3"]
 
 
 def test_agree_is_counted_once_per_case():

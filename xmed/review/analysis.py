@@ -7,9 +7,12 @@ intervals; every pair of methods compared in two analyses, labelled in the repor
 readers fixed (a case-level Wilcoxon signed-rank test on reader-matched differences and the mean
 difference with its case-bootstrap interval: conclusions about *these* readers) and with the
 readers random (the Obuchowski-Rockette multi-reader multi-case analysis with Hillis' degrees of
-freedom: conclusions about readers like them); agreement between readers per method (weighted
-Cohen's kappa, Krippendorff's alpha) and on ``agree`` (Fleiss' kappa, once per case); per-finding
-breakdowns; and the rank correlation between readers' scores and automatic explanation metrics.
+freedom: conclusions about readers like them), the fixed-readers p-values Holm-corrected across
+every comparison reported; agreement between readers per method (weighted Cohen's kappa with its
+case-bootstrap interval, Krippendorff's alpha) and on ``agree`` (Fleiss' kappa, once per case);
+each reader's agreement with the model's decision; the cases readers disagree on, with each other
+or with the model (:func:`flagged_cases`); per-finding breakdowns; and the rank correlation between
+readers' scores and automatic explanation metrics.
 :mod:`xmed.review.simulate` has simulated readers and the power of a planned study.
 
 Example:
@@ -43,8 +46,8 @@ from xmed.errors import InputError, PathError
 __all__ = [
     "SCALES", "Rating", "ScoreTable", "read_ratings", "method_scores", "compare_methods", "paired_comparison",
     "mrmc_analysis", "mrmc", "jackknife_covariances", "obuchowski_rockette", "reader_agreement",
-    "agree_agreement", "krippendorff_alpha", "fleiss_kappa", "finding_breakdown", "automatic_vs_readers",
-    "analyse", "plot_scores",
+    "agree_agreement", "decision_agreement", "flagged_cases", "krippendorff_alpha", "fleiss_kappa",
+    "weighted_kappa", "finding_breakdown", "automatic_vs_readers", "analyse", "plot_scores",
 ]
 
 SCALES = ("location", "rationale")
@@ -62,6 +65,12 @@ MIN_PAIRS = 6
 #: with fewer readers the random-readers test rejects more often than its level (simulated: about 8 % at 5 %
 #: with 3 readers when readers' preferences for a method vary as much as the case-level noise)
 FEW_READERS = 5
+#: a case is flagged when two readers' scores of one method on it are this many points apart (1-5 scale)
+SCORE_MARGIN = 3
+#: … or when at least this share of the readers who answered disagree with the model's decision
+DISAGREE_SHARE = 0.5
+#: the family the fixed-readers p-values are corrected over, as the report states it
+HOLM_FAMILY = "Holm over every comparison reported (each pair of methods on both scales)"
 
 
 @dataclass(frozen=True)
@@ -663,6 +672,65 @@ def fleiss_kappa(counts: Sequence[Sequence[int]]) -> float | None:
     return float((observed - chance) / (1 - chance)) if chance < 1 else None
 
 
+def weighted_kappa(pairs: np.ndarray, weights: Literal["linear", "quadratic"]) -> np.ndarray:
+    """Cohen's weighted kappa of score pairs on the 1-5 scale, from ``pairs[..., 25]``: the counts
+    of each (first score, second score) in row-major order (any leading shape: one table per
+    bootstrap resample); NaN where undefined (one score throughout). As scikit-learn's
+    ``cohen_kappa_score`` with ``labels=[1, …, 5]``, vectorised for the bootstrap.
+
+    Example:
+        >>> counts = np.zeros(25); counts[[0, 12, 18, 24]] = 1   # (1, 1), (3, 3), (4, 4), (5, 5)
+        >>> counts[23] += 1                                       # (5, 4)
+        >>> round(float(weighted_kappa(counts, "quadratic")), 4)
+        0.9515
+    """
+    table = np.asarray(pairs, dtype=float).reshape(*np.shape(pairs)[:-1], 5, 5)
+    index = np.arange(5)
+    distance = np.abs(np.subtract.outer(index, index)).astype(float)
+    weight = distance ** 2 if weights == "quadratic" else distance
+    total = table.sum(axis=(-1, -2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = table.sum(axis=-1)[..., :, None] * table.sum(axis=-2)[..., None, :] / total[..., None, None]
+        disagreement = (weight * expected).sum(axis=(-1, -2))
+        return np.where(disagreement > 0, 1 - (weight * table).sum(axis=(-1, -2)) / disagreement, np.nan)
+
+
+def _pair_codes(scores: np.ndarray) -> list[np.ndarray]:
+    """Per pair of readers (rows of ``scores[reader, case]``, NaN: not scored), the code
+    ``5 * (first - 1) + (second - 1)`` of each case, -1 where one of them did not score it."""
+    codes = []
+    for first, second in itertools.combinations(scores, 2):
+        both = ~np.isnan(first) & ~np.isnan(second)
+        codes.append(np.where(both, 5 * (np.nan_to_num(first) - 1) + np.nan_to_num(second) - 1, -1).astype(int))
+    return codes
+
+
+def _kappa_interval(scores: np.ndarray, weights: Literal["linear", "quadratic"], n_bootstrap: int,
+                    seed: int) -> tuple[float | None, float | None]:
+    """The 2.5-97.5 percentile interval of the mean weighted kappa over pairs of readers
+    (``scores[reader, case]``) over resamples of the cases (all readers' scores of a case move
+    together); a resample's mean is over the pairs where kappa is defined there."""
+    from xmed.metrics.classification import resample_indices
+
+    codes = _pair_codes(scores)
+    if not codes or scores.shape[1] == 0:
+        return None, None
+    draws = resample_indices(scores.shape[1], n_bootstrap, seed).numpy()
+    rows = np.arange(n_bootstrap)[:, None] * 25
+    kappas = []
+    for code in codes:
+        drawn = code[draws]
+        counts = np.bincount((rows + drawn)[drawn >= 0], minlength=n_bootstrap * 25).reshape(n_bootstrap, 25)
+        kappas.append(weighted_kappa(counts, weights))
+    stacked = np.stack(kappas)
+    defined = ~np.isnan(stacked)
+    means = np.nansum(stacked, axis=0)[defined.any(axis=0)] / defined.sum(axis=0)[defined.any(axis=0)]
+    if len(means) == 0:
+        return None, None
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def _weighted_kappa(first: np.ndarray, second: np.ndarray, weights: str) -> float | None:
     """Cohen's kappa with ``weights`` (scikit-learn) of two readers' scores over the cases both
     scored (NaN: not scored); ``None`` when undefined."""
@@ -676,7 +744,8 @@ def _weighted_kappa(first: np.ndarray, second: np.ndarray, weights: str) -> floa
     return _number(cohen_kappa_score(first, second, labels=list(SCORE_RANGE), weights=weights))
 
 
-def reader_agreement(ratings: Sequence[Rating], scale: Scale, method: str | None = None) -> dict[str, Any]:
+def reader_agreement(ratings: Sequence[Rating], scale: Scale, method: str | None = None,
+                     n_bootstrap: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Agreement between readers on ``scale`` over the cases of one ``method`` (it may be left out
     when the ratings have one method only: pooled over methods, the methods' own difference would
     count as agreement).
@@ -685,7 +754,9 @@ def reader_agreement(ratings: Sequence[Rating], scale: Scale, method: str | None
     cases both scored; with three or more, Krippendorff's ordinal alpha, which uses every case
     scored by two or more readers (``n_items``). ``kappa_linear`` and ``kappa_quadratic``: Cohen's
     kappa with linear and quadratic weights (scikit-learn, on the 1-5 scale), with three or more
-    readers averaged over the ``n_reader_pairs`` pairs of readers where it is defined. An undefined
+    readers averaged over the ``n_reader_pairs`` pairs of readers where it is defined. With
+    ``n_bootstrap``, ``kappa_linear_ci`` and ``kappa_quadratic_ci``: their 95 % case-bootstrap
+    intervals (``[low, high]``; all readers' scores of a case resampled together). An undefined
     value (e.g. no variation) is ``None``.
 
     Example:
@@ -707,13 +778,18 @@ def reader_agreement(ratings: Sequence[Rating], scale: Scale, method: str | None
     scores = table.scores[:, 0, :]
     scored = ~np.isnan(scores)
     result = {"scale": scale, "method": method, "n_readers": len(table.readers), "statistic": None, "value": None,
-              "n_items": 0, "kappa_linear": None, "kappa_quadratic": None, "n_reader_pairs": 0}
+              "n_items": 0, "kappa_linear": None, "kappa_quadratic": None, "n_reader_pairs": 0,
+              "kappa_linear_ci": None, "kappa_quadratic_ci": None}
     kappas = [(_weighted_kappa(first, second, "linear"), _weighted_kappa(first, second, "quadratic"))
               for first, second in itertools.combinations(scores, 2)]
     defined = np.array([pair for pair in kappas if None not in pair])
     if len(defined):
         result.update(kappa_linear=float(defined[:, 0].mean()), kappa_quadratic=float(defined[:, 1].mean()),
                       n_reader_pairs=len(defined))
+        if n_bootstrap is not None:
+            _check_bootstrap(n_bootstrap)
+            result.update({f"kappa_{weights}_ci": list(_kappa_interval(scores, weights, n_bootstrap, seed))
+                           for weights in ("linear", "quadratic")})
     if len(table.readers) == 2:
         result.update(statistic="cohen_kappa_quadratic", n_items=int(scored.all(axis=0).sum()),
                       value=result["kappa_quadratic"])
@@ -755,6 +831,69 @@ def agree_agreement(ratings: Sequence[Rating]) -> dict[str, Any]:
     return {"n_readers": len(readers), "n_answers": len(answers),
             "share": float(np.mean(list(answers.values()))) if answers else None, "n_cases": len(complete),
             "fleiss_kappa": fleiss_kappa(complete) if complete and len(readers) >= 2 else None}
+
+
+def decision_agreement(ratings: Sequence[Rating], decisions: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """How often readers agree with the model's decision, each answer counted once per reader and
+    case: overall, per reader and, given ``decisions`` (``{case: decision}``), per decision.
+    Each entry is ``{"n": answers, "share": share of yes}`` (``share`` None without answers).
+
+    Example:
+        >>> ratings = [Rating(reader, f"eye{case}", method, None, None, answer)
+        ...            for reader, answers in (("r1", [1, 1, 0, 1]), ("r2", [1, 0, 0, 0]))
+        ...            for case, answer in enumerate(answers) for method in ("gradcam", "adversarial")]
+        >>> result = decision_agreement(ratings, {"eye0": "referable", "eye1": "referable", "eye2": "not", "eye3": "not"})
+        >>> result["overall"], result["readers"]["r2"]["share"], result["by_decision"]["not"]
+        ({'n': 8, 'share': 0.5}, 0.25, {'n': 4, 'share': 0.25})
+    """
+    answers = _agree_answers(ratings)
+
+    def share(keys: Iterable[tuple[str, str]]) -> dict[str, Any]:
+        values = [answers[key] for key in keys]
+        return {"n": len(values), "share": float(np.mean(values)) if values else None}
+
+    readers = sorted({reader for reader, _ in answers})
+    result = {"overall": share(answers), "readers": {r: share(k for k in answers if k[0] == r) for r in readers}}
+    if decisions is not None:
+        result["by_decision"] = {decision: share(k for k in answers if decisions.get(k[1]) == decision)
+                                 for decision in sorted(set(decisions.values()))}
+    return result
+
+
+def flagged_cases(ratings: Sequence[Rating], score_margin: int = SCORE_MARGIN,
+                  disagree_share: float = DISAGREE_SHARE) -> list[dict[str, Any]]:
+    """The cases to look at again: where readers disagree with each other — two readers' scores of
+    one method ``score_margin`` points or more apart, or readers answering both yes and no to
+    "do you agree with the model's decision?" — or with the model (``disagree_share`` or more of
+    the answers no). Each: ``{"case", "reasons": [str, …]}``, in case order.
+
+    Example:
+        >>> ratings = [Rating("r1", "eye1", "gradcam", 1, 3, 0), Rating("r2", "eye1", "gradcam", 4, 3, 0),
+        ...            Rating("r1", "eye2", "gradcam", 3, 3, 1), Rating("r2", "eye2", "gradcam", 4, 4, 0)]
+        >>> for flagged in flagged_cases(ratings):
+        ...     print(flagged["case"], "|", "; ".join(flagged["reasons"]))
+        eye1 | gradcam location scores 1 to 4 (3 points apart); 2 of 2 readers disagree with the model's decision
+        eye2 | readers split on the model's decision (1 of 2 agree); 1 of 2 readers disagree with the model's decision
+    """
+    scores: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for rating in ratings:
+        for scale in SCALES:
+            if getattr(rating, scale) is not None:
+                scores[rating.case, rating.method, scale].append(getattr(rating, scale))
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for (case, method, scale), given in sorted(scores.items()):
+        if max(given) - min(given) >= score_margin:
+            reasons[case].append(f"{method} {scale} scores {min(given)} to {max(given)} "
+                                 f"({max(given) - min(given)} points apart)")
+    by_case: dict[str, list[int]] = defaultdict(list)
+    for (_, case), answer in sorted(_agree_answers(ratings).items()):
+        by_case[case].append(answer)
+    for case, answers in sorted(by_case.items()):
+        if 0 < sum(answers) < len(answers):
+            reasons[case].append(f"readers split on the model's decision ({sum(answers)} of {len(answers)} agree)")
+        if answers.count(0) >= disagree_share * len(answers):
+            reasons[case].append(f"{answers.count(0)} of {len(answers)} readers disagree with the model's decision")
+    return [{"case": case, "reasons": reasons[case]} for case in sorted(reasons)]
 
 
 # -- breakdowns ----------------------------------------------------------------------------------
@@ -823,14 +962,17 @@ def automatic_vs_readers(ratings: Sequence[Rating], automatic: Mapping[tuple[str
 
 
 def analyse(ratings: Sequence[Rating], automatic: Mapping[tuple[str, str], Mapping[str, float]] | None = None,
-            n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
+            n_bootstrap: int = 2000, seed: int = 0, decisions: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The whole reader study as one JSON-ready dict: every number finite or ``None``, never NaN.
 
     Keys: ``n_ratings``, ``readers``, ``methods``, ``n_cases``, ``scores`` (:func:`method_scores`),
     ``comparisons`` (:func:`compare_methods`, the readers fixed, for every pair of methods and both
-    scales), ``mrmc`` (per scale, :func:`mrmc_analysis`, the readers random), ``agreement`` (per
-    scale and method :func:`reader_agreement`; under ``agree``, :func:`agree_agreement`),
-    ``findings`` and ``automatic`` (per scale; ``automatic`` is ``None`` without automatic scores).
+    scales, each with ``p_holm``: its p-value Holm-corrected over them all, as ``multiple_comparisons``
+    says), ``mrmc`` (per scale, :func:`mrmc_analysis`, the readers random), ``agreement`` (per
+    scale and method :func:`reader_agreement` with the kappas' bootstrap intervals; under ``agree``,
+    :func:`agree_agreement`), ``decision`` (:func:`decision_agreement`, per decision given
+    ``decisions``, ``{case: decision}``), ``flagged`` (:func:`flagged_cases`), ``findings`` and
+    ``automatic`` (per scale; ``automatic`` is ``None`` without automatic scores).
 
     Example:
         >>> import json
@@ -839,26 +981,36 @@ def analyse(ratings: Sequence[Rating], automatic: Mapping[tuple[str, str], Mappi
         >>> report = analyse(ratings, n_bootstrap=100)
         >>> report["methods"], report["comparisons"][0]["p_value"], report["agreement"]["rationale"]["a"]["value"]
         (['a', 'b'], 1.0, None)
+        >>> report["comparisons"][0]["p_holm"], report["decision"]["overall"], report["flagged"]
+        (1.0, {'n': 6, 'share': 1.0}, [])
         >>> report["comparisons"][0]["analysis"].split(":")[0], report["mrmc"]["location"]["analysis"].split(":")[0]
         ('fixed readers', 'random readers')
         >>> len(json.dumps(report, allow_nan=False)) > 0
         True
     """
+    from xmed.metrics.paired import holm
+
     _check_bootstrap(n_bootstrap)
     ratings = list(ratings)
     methods = _methods(ratings)
+    comparisons = [compare_methods(ratings, a, b, scale, n_bootstrap=n_bootstrap, seed=seed)
+                   for a, b in itertools.combinations(methods, 2) for scale in SCALES]
+    for comparison, adjusted in zip(comparisons, holm([c["p_value"] for c in comparisons])):
+        comparison["p_holm"] = adjusted
     report = {
         "n_ratings": len(ratings),
         "readers": sorted({rating.reader for rating in ratings}),
         "methods": methods,
         "n_cases": len({rating.case for rating in ratings}),
         "scores": method_scores(ratings, n_bootstrap=n_bootstrap, seed=seed),
-        "comparisons": [compare_methods(ratings, a, b, scale, n_bootstrap=n_bootstrap, seed=seed)
-                        for a, b in itertools.combinations(methods, 2) for scale in SCALES],
+        "comparisons": comparisons,
+        "multiple_comparisons": HOLM_FAMILY,
         "mrmc": {scale: mrmc_analysis(ratings, scale) for scale in SCALES},
-        "agreement": {**{scale: {method: reader_agreement(ratings, scale, method) for method in methods}
-                         for scale in SCALES},
+        "agreement": {**{scale: {method: reader_agreement(ratings, scale, method, n_bootstrap, seed)
+                                 for method in methods} for scale in SCALES},
                       "agree": agree_agreement(ratings)},
+        "decision": decision_agreement(ratings, decisions),
+        "flagged": flagged_cases(ratings),
         "findings": {scale: finding_breakdown(ratings, scale) for scale in SCALES},
         "automatic": None if automatic is None
         else {scale: automatic_vs_readers(ratings, automatic, scale) for scale in SCALES},
