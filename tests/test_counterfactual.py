@@ -223,6 +223,34 @@ def test_a_goal_per_direction_edits_eyes_already_past_the_decision_threshold():
         AdversarialExplainer(model, threshold={"increase": "high"})
 
 
+def test_a_logit_step_gives_every_image_its_own_goal():
+    region = square(8, 24, 8, 24)
+    model = RegionScore(region, offset=0.5)      # logit = 20 × (mean of channel 0 over the region − 0.5)
+    images = rand_images(3, seed=4)
+    images[0, 0][region] = 0.675                 # logit 3.5: P ≈ 0.97, past a fixed goal of 0.95
+    images[1, 0][region] = 0.5                   # P = 0.5
+    images[2, 0][region] = 0.3                   # logit −4: P ≈ 0.018
+    explainer = AdversarialExplainer(model, epsilon=8.0, max_steps=20, logit_step=3.0, threshold=0.95)
+    for direction, sign in (("increase", 1.0), ("decrease", -1.0)):
+        cf = explainer(images, 0, direction)
+        start = cf.probability[0]
+        torch.testing.assert_close(cf.threshold, torch.sigmoid(torch.logit(start) + sign * 3.0))
+        assert bool((cf.steps >= 1).all()) and bool(cf.reached.all())   # every eye edited, each to its goal
+        past = cf.probability[-1] > cf.threshold if direction == "increase" else cf.probability[-1] < cf.threshold
+        assert torch.equal(cf.reached, past)
+        moved = sign * (model(cf.images) - model(images))[:, 0]
+        assert bool((moved >= 3.0).all()), moved                        # the logit moved by the step
+        assert evaluate_counterfactuals(cf)["validity"].tolist() == [1.0, 1.0, 1.0]
+    assert cf.threshold[1].item() == pytest.approx(0.0474, abs=1e-4)
+    up = explainer(images, 0, "increase")
+    assert up.threshold[0].item() == pytest.approx(0.9985, abs=1e-4) and up.probability[-1, 0] > 0.9985
+    # reached iff past its own goal: a budget too small to get there is no flip, not "not edited"
+    short = AdversarialExplainer(model, epsilon=0.05, max_steps=3, logit_step=3.0)(images, 0, "increase")
+    assert short.steps.tolist() == [3, 3, 3] and not bool(short.reached.any())
+    assert bool((short.probability[-1] > short.probability[0]).all())
+    assert evaluate_counterfactuals(short)["validity"].tolist() == [0.0, 0.0, 0.0]
+
+
 def test_all_at_goal_takes_no_step():
     model = RegionScore(torch.ones(SIZE, SIZE, dtype=torch.bool), offset=0.9)
     images = rand_images(2, seed=5)

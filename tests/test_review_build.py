@@ -1,6 +1,7 @@
 """``xmed-review build``: a review session from an ``xmed-explain`` run or from a model and a folder
-of photographs / DICOM files — the photographs the model saw, the explain run's own maps, edits
-carried to confident goals and flagged, pseudonymous case ids, and no patient identifier anywhere."""
+of photographs / DICOM files — the photographs the model saw, the explain run's own maps, both edits
+of every eye carried to its own goal and flagged, pseudonymous case ids, and no patient identifier
+anywhere."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from xmed.data.folders import walk_folder
 from xmed.errors import ConfigError, PathError
 from xmed.models import FundusClassifier
 from xmed.models.export import export_model, load_model
+from xmed.explain.counterfactual import step_goals
 from xmed.review.build import REVIEW_GOALS, build_session
 from xmed.review.panels import edit_flag, heatmap_layer
-from xmed.review.session import intervene, load_session
+from xmed.review.session import EDITS, intervene, load_session
 from xmed.review.study import analyse_session, automatic_scores, main_finding
 
 from test_io import PHI, write_dicom
@@ -86,16 +88,20 @@ def test_a_session_from_an_explain_run(explain_run, session_dir):
         assert case["truth"]["label"] in (0, 1)
 
 
-def test_edits_aim_at_confident_goals_and_say_what_they_did(session_dir):
+def test_every_eye_gets_both_edits_each_to_its_own_goal_saying_what_they_did(session_dir):
     session = load_session(session_dir)
     seen_edit = False
     for case in session["cases"]:
         for name, edit in case["panels"]["adversarial"]["edits"].items():
-            goal = REVIEW_GOALS["decrease" if name == "toward_normal" else "increase"]
-            assert edit["goal"] == goal and edit["probability_from"] == pytest.approx(case["probability"], abs=1e-3)
+            # a step of the logit from where the eye starts (P as stored: rounded to 4 decimals)
+            goal = step_goals(torch.tensor([edit["probability_from"]]), EDITS[name], REVIEW_GOALS["logit_step"]).item()
+            assert edit["goal"] == pytest.approx(goal, abs=2e-3)
+            assert edit["probability_from"] == pytest.approx(case["probability"], abs=1e-3)
+            assert edit["steps"] > 0 and edit["flag"] != "not edited"
             assert edit["flag"] == edit_flag(edit["steps"], edit["reached"], edit["changed_fraction"])
-            if edit["reached"] and edit["steps"] > 0:
-                assert (edit["probability_to"] < goal) if name == "toward_normal" else (edit["probability_to"] > goal)
+            if edit["reached"]:
+                assert (edit["probability_to"] < edit["goal"] + 1e-4) if name == "toward_normal" else \
+                    (edit["probability_to"] > edit["goal"] - 1e-4)
             if edit["image"]:
                 seen_edit = True
                 before = np.asarray(Image.open(session_dir / case["photo"]).convert("RGB")).astype(int)

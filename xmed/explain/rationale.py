@@ -381,7 +381,7 @@ def _with_article(phrase: str) -> str:
 def _counterfactual_changes(model, images, probability, threshold, method, options, min_change):
     if method is None:
         return [None] * images.shape[0]
-    from xmed.explain.counterfactual import counterfactual
+    from xmed.explain.counterfactual import counterfactual, edit_changes
 
     out: list[dict[str, Any] | None] = [None] * images.shape[0]
     positive = probability >= threshold
@@ -391,21 +391,10 @@ def _counterfactual_changes(model, images, probability, threshold, method, optio
             continue
         cf = counterfactual(model, images[index], method=method, target="glaucoma", direction=direction, **options)
         for k, i in enumerate(index.tolist()):
-            first, last = 0, -1
-            changes = []
-            if cf.vcdr is not None:
-                a, b = float(cf.vcdr[first, k]), float(cf.vcdr[last, k])
-                if abs(b - a) * 4 >= min_change:
-                    changes.append({"code": VCDR, "from": round(a, 3), "to": round(b, 3)})
-            if cf.findings is not None:
-                for j, code in enumerate(FINDINGS):
-                    a, b = float(cf.findings[first, k, j]), float(cf.findings[last, k, j])
-                    if abs(b - a) >= min_change:
-                        changes.append({"code": code, "from": round(a, 3), "to": round(b, 3)})
-            changes.sort(key=lambda c: -abs(c["to"] - c["from"]) * (4 if c["code"] == VCDR else 1))
             out[i] = {"method": method, "toward": "normal" if direction == "decrease" else "glaucoma",
-                      "probability": [round(float(cf.probability[first, k]), 4), round(float(cf.probability[last, k]), 4)],
-                      "reached": bool(cf.reached[k]), "steps": int(cf.steps[k]), "changes": changes}
+                      "probability": [round(float(cf.probability[0, k]), 4), round(float(cf.probability[-1, k]), 4)],
+                      "reached": bool(cf.reached[k]), "steps": int(cf.steps[k]),
+                      "changes": edit_changes(cf, k, min_change)}
     return out
 
 

@@ -1,5 +1,6 @@
 """Counterfactual-quality metrics: validity, proximity, the changed fraction, localisation, clinical
-sense, realism.
+sense, realism — and, as functions, the colour of an edit (:func:`hue_share`) and its agreement
+with a known change (:func:`change_correlation`).
 
 Quantus style, as :mod:`xmed.metrics.explanation`: every metric is a class with ``name``,
 ``score_direction`` (``"higher"`` or ``"lower"`` is better), ``category`` (``"counterfactual"``)
@@ -50,8 +51,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ChangedFraction", "CounterfactualMetric", "EnergyInMask", "ProximityL1", "ProximityL2",
     "L1InMask", "ReconstructionError", "VCDRFalls", "VCDRMonotonic", "Validity", "energy_in_mask",
-    "evaluate_counterfactuals", "flip_rate", "mask_coverage", "reconstruction_error", "seconds_per_image",
-    "vcdr_falls", "vcdr_monotonic_fraction",
+    "change_correlation", "evaluate_counterfactuals", "flip_rate", "hue_share", "mask_coverage",
+    "reconstruction_error", "seconds_per_image", "vcdr_falls", "vcdr_monotonic_fraction",
 ]
 
 #: The way a counterfactual moves its target (and the way the vCDR should move with it).
@@ -516,6 +517,87 @@ def vcdr_monotonic_fraction(vcdr: Tensor, expected: Expected = "decrease", toler
     """
     per_image = VCDRMonotonic(expected, tolerance)(vcdr)
     return _nanmean(nan_unless(~torch.isnan(per_image), (per_image == 1).to(per_image.dtype)))
+
+
+# --------------------------------------------------------------------------------------------
+# colour, and agreement with a known change
+
+
+def hue_share(original: Tensor, edited: Tensor, fov: Tensor | None = None, mean: Sequence[float] | None = None,
+              std: Sequence[float] | None = None) -> Tensor:
+    """B shares of an edit's change in CIELAB that is colour rather than lightness:
+    ``Σ(Δa² + Δb²) / Σ(ΔL² + Δa² + Δb²)`` over the field of view (0: a pure lightness change,
+    1: a pure change of hue or saturation).
+
+    ``original`` and ``edited`` are B×3×H×W in the model's input space, un-normalised with
+    ``mean`` and ``std`` (None: pixel units already), clipped to [0, 1] and converted with
+    OpenCV's float32 RGB→Lab (sRGB, D65). Note that an equal change of R, G and B is grey only on
+    a grey pixel: on the orange of a fundus it also changes a and b a little. NaN for an empty
+    field of view, no change inside it, or non-finite values.
+
+    Example:
+        >>> grey = torch.full((1, 3, 4, 4), 0.5)
+        >>> hue_share(grey, grey + 0.1).item() < 1e-4
+        True
+        >>> redder = grey.clone(); redder[:, 0] += 0.1; redder[:, 1:] -= 0.05
+        >>> round(hue_share(grey, redder).item(), 2)
+        0.99
+    """
+    import cv2
+
+    original, edited = _pair(original, edited)
+    if original.shape[1] != 3:
+        raise ConfigError("original", f"expected RGB images, got {original.shape[1]} channel(s)")
+    region = _region(fov, original, "fov")
+    shift = torch.zeros(3) if mean is None else torch.as_tensor(mean, dtype=torch.float32).flatten()
+    scale = torch.ones(3) if std is None else torch.as_tensor(std, dtype=torch.float32).flatten()
+    out = torch.full((original.shape[0],), math.nan, dtype=torch.float64)
+    for i in range(original.shape[0]):
+        lab = []
+        for image in (original[i], edited[i]):
+            pixels = (image.float().cpu() * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)).clamp(0, 1)
+            lab.append(cv2.cvtColor(pixels.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2Lab))
+        delta = torch.from_numpy(lab[1] - lab[0]).double()              # H×W×3: ΔL, Δa, Δb
+        inside = torch.ones(delta.shape[:2], dtype=torch.bool) if region is None else region[i, 0].cpu()
+        energy = delta[inside].pow(2)
+        total = energy.sum()
+        if inside.any() and bool(torch.isfinite(total)) and total > 0:
+            out[i] = energy[:, 1:].sum() / total
+    return out.to(device=original.device, dtype=original.dtype)
+
+
+def change_correlation(change: Tensor, ideal: Tensor, fov: Tensor | None = None,
+                       std: Sequence[float] | None = None) -> Tensor:
+    """B Pearson correlations between an edit's signed change and an ideal one (both B×C×H×W
+    changes in the model's input space; ``std`` turns them into pixel units, None: they are) over
+    every channel of every pixel of the field of view: 1 when the edit changes the image as the
+    ideal does (up to its size), 0 when it is unrelated. On the phantom the ideal is the eye
+    re-rendered with another cup (:func:`xmed.data.render_phantom`'s ``cup_vcdr``) less the eye.
+    NaN for an empty field of view, a change or ideal that is constant there, or non-finite values.
+
+    Example:
+        >>> ideal = torch.zeros(1, 3, 4, 4); ideal[0, :, 1:3, 1:3] = 0.2
+        >>> change_correlation(0.5 * ideal, ideal).item(), change_correlation(-ideal, ideal).item()
+        (1.0, -1.0)
+    """
+    if not isinstance(change, Tensor) or not isinstance(ideal, Tensor) or change.shape != ideal.shape \
+            or change.ndim != 4:
+        raise ConfigError("ideal", f"expected two B×C×H×W changes of one shape, got "
+                                   f"{tuple(getattr(change, 'shape', ()))} and {tuple(getattr(ideal, 'shape', ()))}")
+    zeros = torch.zeros_like(change)
+    a = _pixel_change(zeros, change, std).double()
+    b = _pixel_change(zeros, ideal.to(change.device), std).double()
+    region = _region(fov, a, "fov")
+    weight = torch.ones_like(a) if region is None else region.expand_as(a).double()
+    count = weight.flatten(1).sum(1)
+    safe = count.clamp_min(1)
+    a = a - (a * weight).flatten(1).sum(1).div(safe).view(-1, 1, 1, 1)
+    b = b - (b * weight).flatten(1).sum(1).div(safe).view(-1, 1, 1, 1)
+    covariance = (a * b * weight).flatten(1).sum(1)
+    spread = ((a * a * weight).flatten(1).sum(1) * (b * b * weight).flatten(1).sum(1)).sqrt()
+    valid = (count > 0) & (spread > 0) & torch.isfinite(spread)
+    value = covariance / torch.where(spread > 0, spread, torch.ones_like(spread))
+    return nan_unless(valid, value.clamp(-1.0, 1.0)).to(change.dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ Per eye, method and model (the long table, ``scores.csv``):
   the findings whose probability it moved the asked way by at least ``min_change`` (what the
   rationale's edit summary would name); precision and recall per eye, and for an edit the share
   of the present findings, and the vCDR, it moved the asked way;
-- *validity* of an edit — whether it reached its goal (the review's confident goals, P ≤ 0.05 /
-  P ≥ 0.95) and the share of the field of view it changed.
+- *validity* of an edit — whether it reached its goal (the review's: a step of the diagnosis logit
+  from where the eye starts for the adversarial edit, P ≤ 0.05 / P ≥ 0.95 for latent shift) and
+  the share of the field of view it changed.
 
 An eye a method cannot score (an edit of an eye already at its goal, a model output that is not
 finite) keeps its row, with the reason in ``note``. :func:`xmed.pipeline.study_report.summarise`
@@ -153,7 +154,7 @@ class StudyMethods:
         saliency: saliency method names (:data:`xmed.explain.EXPLAINERS`).
         saliency_options: ``{name: options}`` of some of them (e.g. ``{"integrated_gradients": {"n_steps": 16}}``).
         adversarial: the adversarial edit's settings (None: no edit); it is carried to the
-            review's confident goals.
+            review's goals (:data:`xmed.review.build.REVIEW_GOALS`).
         latent_shift: the latent shift's settings with its ``autoencoder`` (None: none).
         rationale: whether to score the finding-level rationale.
         min_change: the smallest change of a finding's probability an edit names.
@@ -163,7 +164,7 @@ class StudyMethods:
                  latent_shift: Mapping[str, Any] | None, rationale: bool, min_change: float,
                  saliency_options: Mapping[str, Any] | None = None):
         from xmed.explain import get_counterfactual, get_explainer
-        from xmed.review.build import COUNTERFACTUAL_DEFAULTS, REVIEW_GOALS
+        from xmed.review.build import COUNTERFACTUAL_DEFAULTS, FIXED_GOALS, REVIEW_GOALS
 
         self.model, self.min_change, self.rationale = model, float(min_change), bool(rationale)
         self.saliency = {}
@@ -175,10 +176,10 @@ class StudyMethods:
         self.editors = {}
         if adversarial is not None:
             self.editors["adversarial"] = get_counterfactual("adversarial")(
-                model, **{**COUNTERFACTUAL_DEFAULTS, **dict(adversarial), "threshold": dict(REVIEW_GOALS)})
+                model, **{**COUNTERFACTUAL_DEFAULTS, **dict(adversarial), **REVIEW_GOALS})
         if latent_shift is not None:
             self.editors["latent_shift"] = get_counterfactual("latent_shift")(
-                model, **{**dict(latent_shift), "threshold": dict(REVIEW_GOALS)})
+                model, **{**dict(latent_shift), "threshold": dict(FIXED_GOALS)})
 
     @property
     def names(self) -> list[str]:

@@ -35,9 +35,14 @@ from xmed.findings import FINDINGS, VCDR
 from xmed.review.session import EDITS, Edit, write_case, write_session
 from xmed.runs import eye_file_stem, read_per_image
 
-#: the goal of each edit: far enough past any operating threshold that the change is the model's
-#: idea of a clearly normal / clearly glaucomatous eye
-REVIEW_GOALS = {"decrease": 0.05, "increase": 0.95}
+#: how far each edit goes, one rule for the review and the study's adversarial pair
+#: (:mod:`xmed.pipeline.study`): each eye's goal is a step of 3 of the diagnosis logit from where it
+#: starts (P 0.5 → 0.047 / 0.953, P 0.97 → 0.80 / 0.9985: :func:`xmed.explain.counterfactual.step_goals`),
+#: so every eye gets both edits however sure the model was of it
+REVIEW_GOALS = {"logit_step": 3.0}
+#: fixed goals for an edit method without a per-eye step (the study's latent shift): where the step
+#: takes an eye the model is unsure of (P ≤ 0.05 toward normal, P ≥ 0.95 toward glaucoma)
+FIXED_GOALS = {"decrease": 0.05, "increase": 0.95}
 #: the adversarial edit's settings for readers: a budget that can reach a confident goal, and a
 #: smoothed gradient so that the edit changes structures, not single pixels
 COUNTERFACTUAL_DEFAULTS = {"relative_epsilon": 0.08, "max_steps": 100, "smooth": 2.0}
@@ -208,7 +213,7 @@ def _saliency_explainers(net, methods: Iterable[str]) -> dict[str, Any]:
 def _editor(net, options: Mapping[str, Any] | None):
     from xmed.explain.counterfactual.adversarial import AdversarialExplainer
 
-    settings = {**COUNTERFACTUAL_DEFAULTS, **dict(options or {}), "threshold": dict(REVIEW_GOALS)}
+    settings = {**COUNTERFACTUAL_DEFAULTS, **dict(options or {}), **REVIEW_GOALS}
     return AdversarialExplainer(net, **settings)
 
 
@@ -263,21 +268,24 @@ def _maps(name: str, explainer, images: Tensor, ids: list[str], maps_dir: Path |
 
 
 def _edits(editor, images: Tensor, dc) -> tuple[dict[str, list[Edit]], np.ndarray]:
-    """``{"toward_normal": [Edit per eye], "toward_glaucoma": […]}`` and the B×H×W fields of view."""
+    """``{"toward_normal": [Edit per eye], "toward_glaucoma": […]}`` and the B×H×W fields of view;
+    each edit with its own goal and what it changed in the model's words."""
+    from xmed.explain.counterfactual import edit_changes
     from xmed.viz.overlay import to_uint8_image
 
     fov = editor.field_of_view(images)[:, 0].cpu().numpy()
     edits = {}
     for name, direction in EDITS.items():
         cf = editor(images, "glaucoma", direction)
+        goals = torch.as_tensor(cf.threshold).float().cpu().expand(images.shape[0])   # one goal, or one per eye
         findings = None if cf.findings is None else cf.findings[-1].float().cpu()
         vcdr = None if cf.vcdr is None else cf.vcdr[-1].float().cpu()
-        edits[name] = [Edit(image=to_uint8_image(cf.images[i], dc.mean, dc.std), goal=REVIEW_GOALS[direction],
+        edits[name] = [Edit(image=to_uint8_image(cf.images[i], dc.mean, dc.std), goal=round(float(goals[i]), 6),
                             probability_from=round(float(cf.probability[0, i]), 4),
                             probability_to=round(float(cf.probability[-1, i]), 4), reached=bool(cf.reached[i]),
                             steps=int(cf.steps[i]),
                             findings_to=None if findings is None else [round(float(v), 4) for v in findings[i]],
-                            vcdr_to=None if vcdr is None else round(float(vcdr[i]), 4))
+                            vcdr_to=None if vcdr is None else round(float(vcdr[i]), 4), changes=edit_changes(cf, i))
                        for i in range(images.shape[0])]
     return edits, fov
 

@@ -16,11 +16,18 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from xmed.data.phantom.cause import Cause, draw_cause, oracle_probability
+from xmed.data.phantom.cause import (
+    LARGE_CUP_VCDR,
+    VCDR_HIGH,
+    VCDR_LOW,
+    Cause,
+    draw_cause,
+    oracle_probability,
+)
 from xmed.data.phantom.render import render_eye
 from xmed.errors import ConfigError
 
@@ -102,13 +109,17 @@ def draw_phantom_cause(seed: int, **options) -> tuple[Cause, str, bool]:
     return cause, eye, marker
 
 
-def render_phantom(seed: int, size: int = 512, **options) -> PhantomSample:
+def render_phantom(seed: int, size: int = 512, *, cup_vcdr: float | None = None, **options) -> PhantomSample:
     """Render one phantom eye, deterministically from ``seed``.
 
     Args:
         seed: any non-negative int; the same seed gives the same eye (labels at every size,
             pixels at the same size).
         size: image side in pixels (>= 32).
+        cup_vcdr: the same eye with its cup drawn at this vCDR (in [0.15, 0.92], the range the
+            phantom draws), every other draw as it was, the disc included: the eye as it would
+            look with a smaller or larger cup. Its ``vcdr``, ``LC`` and ``oracle`` follow the new
+            cup; its label and severity stay the drawn ones. None: the cup as drawn.
         **options: fields of :class:`PhantomOptions` (``prevalence``, ``shortcut``, ``camera``,
             ``distractors``, ``p_od``); an unknown option raises :class:`ConfigError`.
 
@@ -116,15 +127,24 @@ def render_phantom(seed: int, size: int = 512, **options) -> PhantomSample:
         >>> eye = render_phantom(seed=1, size=128, prevalence=0.5)
         >>> set(eye.findings) == set(__import__("xmed").FINDINGS)
         True
+        >>> smaller = render_phantom(seed=1, size=128, prevalence=0.5, cup_vcdr=eye.vcdr - 0.1)
+        >>> bool(smaller.masks["cup"].sum() < eye.masks["cup"].sum()), (smaller.masks["disc"] == eye.masks["disc"]).all()
+        (True, np.True_)
     """
     if int(size) < _min_size():
         raise ConfigError("size", f"must be at least {_min_size()} pixels, got {size}")
     if int(seed) < 0:
         raise ConfigError("seed", f"must be non-negative, got {seed}")
+    if cup_vcdr is not None and not VCDR_LOW <= cup_vcdr <= VCDR_HIGH:
+        raise ConfigError("cup_vcdr", f"must lie in [{VCDR_LOW}, {VCDR_HIGH}], got {cup_vcdr!r}")
     opts = PhantomOptions.from_kwargs(**options)
     cause, eye, marker = draw_phantom_cause(seed, **options)
-    rendered = render_eye(cause, eye, int(size), int(seed), shortcut=marker,
-                          camera=opts.camera, distractors=opts.distractors)
+    rendered = render_eye(cause, eye, int(size), int(seed), shortcut=marker, camera=opts.camera,
+                          distractors=opts.distractors, cup_vcdr=cup_vcdr)
+    if cup_vcdr is not None:  # the disc was sized by the drawn vCDR above; the cup is the new one
+        findings = {**cause.findings, "LC": int(cup_vcdr >= LARGE_CUP_VCDR)}
+        cause = replace(cause, findings=findings, vcdr=float(cup_vcdr),
+                        oracle=oracle_probability(findings, float(cup_vcdr), opts.prevalence))
     return PhantomSample(
         image=rendered.image, label=cause.label, findings=dict(cause.findings), vcdr=cause.vcdr,
         masks=rendered.masks, eye=eye, oracle=cause.oracle, seed=int(seed),

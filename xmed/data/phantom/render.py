@@ -19,7 +19,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from xmed.data.phantom.cause import Cause
+from xmed.data.phantom.cause import LARGE_CUP_VCDR, Cause
 
 SUPERIOR, INFERIOR = math.pi / 2, -math.pi / 2
 _CUP_PROFILE_SAMPLES = 720
@@ -150,8 +150,12 @@ class Rendered:
 
 
 def render_eye(cause: Cause, eye: str, size: int, seed: int, *, shortcut: bool,
-               camera: bool = True, distractors: bool = True) -> Rendered:
-    """Render the eye of ``cause``; ``seed`` drives every appearance draw."""
+               camera: bool = True, distractors: bool = True, cup_vcdr: float | None = None) -> Rendered:
+    """Render the eye of ``cause``; ``seed`` drives every appearance draw.
+
+    ``cup_vcdr`` draws the cup at that vCDR instead of the cause's, everything else as drawn (the
+    disc too, which the cause's vCDR sizes): the same eye with a smaller or larger cup.
+    """
     look = np.random.default_rng([seed, 1])
     cam = np.random.default_rng([seed, 2])
     cv = _canvas(size)
@@ -234,7 +238,7 @@ def render_eye(cause: Cause, eye: str, size: int, seed: int, *, shortcut: bool,
         ppa = (rho_n[win] > 1.0) & (rho_n[win] < ppa_extent) & (np.cos(theta[win]) > 0.3)
         _blend(local, (0.80, 0.62, 0.45), 0.55 * _soft(ppa, 0.004 * S))
 
-    cup = _cup_shape(look, cause.vcdr, bool(f["ANRS"]), bool(f["ANRI"]))
+    cup = _cup_shape(look, cause.vcdr if cup_vcdr is None else float(cup_vcdr), bool(f["ANRS"]), bool(f["ANRI"]))
     disc_mask = rho_n[win] <= 1.0
     cu, cvv = un_w - cup.centre_u, vn_w - cup.centre_v
     cup_rho = np.sqrt(cu * cu + cvv * cvv)
@@ -251,7 +255,7 @@ def render_eye(cause: Cause, eye: str, size: int, seed: int, *, shortcut: bool,
         if f[code]:
             near_pole = np.abs(np.angle(np.exp(1j * (cup_phi - pole)))) < math.radians(40)
             masks[code] = full(disc_mask & near_pole & (cup_rho > cup.radius(cup_phi, base=True)))
-    if f["LC"]:
+    if f["LC"] if cup_vcdr is None else cup_vcdr >= LARGE_CUP_VCDR:
         masks["LC"] = masks["cup"].copy()
 
     # laminar dots: grey pores in the cup floor

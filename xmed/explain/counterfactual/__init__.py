@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from xmed.errors import ConfigError
@@ -41,6 +42,7 @@ from xmed.explain.base import (
     synchronize,
 )
 from xmed.explain.targets import Target
+from xmed.findings import FINDINGS, VCDR
 from xmed.registry import Registry
 
 Direction = Literal["decrease", "increase"]
@@ -76,9 +78,25 @@ def direction_thresholds(threshold: Threshold) -> dict[str, float]:
     return {d: float(v) for d, v in values.items()}
 
 
-def at_goal(probability: Tensor, direction: str, threshold: float) -> Tensor:
-    """B bool: whether each probability is on the requested side of ``threshold``."""
+def at_goal(probability: Tensor, direction: str, threshold: float | Tensor) -> Tensor:
+    """B bool: whether each probability is on the requested side of ``threshold`` (one goal, or B)."""
     return probability > threshold if direction == "increase" else probability < threshold
+
+
+def step_goals(probability: Tensor, direction: str, step: float) -> Tensor:
+    """B goals a fixed step of the logit from where each image starts: ``sigmoid(logit(p) + step)``
+    for ``"increase"``, ``sigmoid(logit(p) − step)`` for ``"decrease"`` — so an image already past
+    any fixed goal still has one to move to. (A probability of exactly 0 or 1 has its goal there:
+    one it cannot pass.)
+
+    Example:
+        >>> [round(v, 4) for v in step_goals(torch.tensor([0.5, 0.97]), "increase", 3.0).tolist()]
+        [0.9526, 0.9985]
+        >>> round(step_goals(torch.tensor([0.5]), "decrease", 3.0).item(), 4)
+        0.0474
+    """
+    sign = 1.0 if direction == "increase" else -1.0
+    return torch.sigmoid(torch.logit(probability) + sign * float(step))
 
 
 @dataclass
@@ -109,7 +127,8 @@ class Counterfactual:
             (``Δpixel = Δinput × std``), from the model's data config; None when the input was
             taken to be in pixel units.
         fov: B×1×H×W bool, where edits were allowed (the field of view).
-        threshold: the goal in this direction (``reached`` and the validity metric use it).
+        threshold: the goal in this direction (``reached`` and the validity metric use it): one
+            probability, or B of them when each image has its own (``logit_step``: :func:`step_goals`).
     """
 
     images: Tensor
@@ -127,7 +146,7 @@ class Counterfactual:
     epsilon: Tensor | None = None
     std: tuple[float, ...] | None = None
     fov: Tensor | None = None
-    threshold: float = 0.5
+    threshold: float | Tensor = 0.5
 
     @property
     def original(self) -> Tensor:
@@ -180,6 +199,38 @@ def get_counterfactual(method: str) -> type[CounterfactualExplainer]:
     return COUNTERFACTUALS.lookup(method)
 
 
+def edit_changes(cf: Counterfactual, index: int, min_change: float = 0.15) -> list[dict[str, Any]]:
+    """What the edit of image ``index`` changed, in the model's words: ``[{"code", "from", "to"}]``
+    for the predicted vCDR when it moved by at least ``min_change / 4`` and for each finding whose
+    probability moved by at least ``min_change`` (from the input to the result, rounded to 3
+    decimals), largest first (a vCDR move weighs 4× a probability move). Empty for a
+    counterfactual without finding heads (``findings`` and ``vcdr`` None).
+
+    Example:
+        >>> findings = torch.zeros(2, 1, len(FINDINGS))
+        >>> findings[:, 0, FINDINGS.index("ANRI")] = torch.tensor([0.9, 0.3])
+        >>> cf = Counterfactual(images=torch.zeros(1, 3, 2, 2), frames=torch.zeros(2, 1, 3, 2, 2),
+        ...                     probability=torch.tensor([[0.8], [0.1]]), findings=findings,
+        ...                     vcdr=torch.tensor([[0.74], [0.48]]), difference=torch.zeros(1, 1, 2, 2),
+        ...                     steps=torch.tensor([5]), reached=torch.tensor([True]), method="adversarial",
+        ...                     target="glaucoma", direction="decrease", seconds=0.0)
+        >>> edit_changes(cf, 0)
+        [{'code': 'vcdr', 'from': 0.74, 'to': 0.48}, {'code': 'ANRI', 'from': 0.9, 'to': 0.3}]
+    """
+    changes = []
+    if cf.vcdr is not None:
+        a, b = float(cf.vcdr[0, index]), float(cf.vcdr[-1, index])
+        if abs(b - a) * 4 >= min_change:
+            changes.append({"code": VCDR, "from": round(a, 3), "to": round(b, 3)})
+    if cf.findings is not None:
+        for j, code in enumerate(FINDINGS):
+            a, b = float(cf.findings[0, index, j]), float(cf.findings[-1, index, j])
+            if abs(b - a) >= min_change:
+                changes.append({"code": code, "from": round(a, 3), "to": round(b, 3)})
+    changes.sort(key=lambda c: -abs(c["to"] - c["from"]) * (4 if c["code"] == VCDR else 1))
+    return changes
+
+
 def counterfactual(model: nn.Module, images: Tensor, method: str = "adversarial", target: Target | None = "glaucoma",
                    direction: Direction = "decrease", fov_mask: Tensor | None = None,
                    **options: Any) -> Counterfactual:
@@ -210,6 +261,8 @@ __all__ = [
     "at_goal",
     "counterfactual",
     "direction_thresholds",
+    "edit_changes",
     "get_counterfactual",
     "register_counterfactual",
+    "step_goals",
 ]

@@ -48,6 +48,24 @@ Regularisers that keep the edit anatomical rather than high-frequency noise (bot
 ``tv_weight`` subtracts ``tv_weight × TV(δ)`` (mean absolute difference between neighbouring
 pixels of the change) from the objective.
 
+**The colours an edit may change** (``colour``). Unconstrained (``"free"``), the steepest way to
+move a fundus classifier often changes hue — cyan, blue or white blobs at the cup margin, which a
+reader takes for colour artefacts, not for a smaller or larger cup. ``"lightness"`` allows only
+grey changes in pixel space (R, G and B of a pixel change alike); ``"fundus"`` only changes along
+the photograph's own colour axes: the top ``colour_axes`` principal components of the RGB of its
+field-of-view pixels, per image (a fundus photograph's colours lie near a plane of RGB). The
+gradient of every step is projected, in input space, onto the changes whose pixel-space change
+(``Δpixel = Δinput × std``) lies in that subspace (orthogonally in input space, where the step and
+the budget are measured), and the valid-range clamp becomes a per-pixel shrink of the change
+toward zero (every channel of the pixel by the same factor), so every iterate, and the result,
+stays in the subspace (:func:`colour_projection`, :func:`shrink_into_box`).
+
+**The goal.** ``threshold`` sets a fixed goal probability; ``logit_step`` instead sets each
+image's own goal a fixed step of the logit from where it starts, ``sigmoid(logit(p₀) ± step)``
+(:func:`step_goals`): with a step of 3 an eye at P 0.5 is edited to 0.047 / 0.953, and an eye at
+P 0.97 is still edited toward more glaucoma (to 0.9985), so no eye is left unedited because it was
+already past a fixed goal. ``Counterfactual.threshold`` is then the B goals.
+
 The model's parameters get no gradients (``torch.autograd.grad`` with respect to the image only)
 and its train/eval mode is left as it is; everything stays on the model's device. Each step costs
 one forward and one input-gradient pass (of the images still moving); the last step's point only
@@ -85,12 +103,15 @@ from xmed.explain.counterfactual import (
     at_goal,
     direction_thresholds,
     register_counterfactual,
+    step_goals,
 )
 from xmed.explain.targets import Target, fix_target, select_target
 from xmed.findings import VCDR, canonical_target
 
 DEFAULT_RELATIVE_EPSILON = 0.03
 DEFAULT_FOV_THRESHOLD = 0.05  # un-normalised brightness (max over RGB, 0..1) of the field of view
+#: the colours an edit may change: any, grey only, the photograph's own colour axes
+COLOURS = ("free", "lightness", "fundus")
 
 
 class InputSpace:
@@ -121,6 +142,15 @@ class InputSpace:
             raise ConfigError(key, f"has {len(values)} values for images with {images.shape[1]} channels")
         return torch.tensor(values, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
 
+    def pixels(self, images: Tensor) -> Tensor:
+        """``images`` un-normalised: in [0, 1] pixel units.
+
+        Example:
+            >>> InputSpace(torch.nn.Identity(), mean=(0.5,), std=(0.25,)).pixels(torch.ones(1, 1, 1, 1)).item()
+            0.75
+        """
+        return images * self.channel(self.std, 1.0, images, "std") + self.channel(self.mean, 0.0, images, "mean")
+
     def field_of_view(self, images: Tensor, fov_mask: Tensor | None = None) -> Tensor:
         """B×1×H×W bool: where edits are allowed (``fov_mask`` checked, or the default).
 
@@ -145,9 +175,7 @@ class InputSpace:
             return mask.to(images.device)
         if self.fov_threshold is None:
             return torch.ones(b, 1, h, w, dtype=torch.bool, device=images.device)
-        mean = self.channel(self.mean, 0.0, images, "mean")
-        std = self.channel(self.std, 1.0, images, "std")
-        return (images * std + mean).amax(dim=1, keepdim=True) > self.fov_threshold
+        return self.pixels(images).amax(dim=1, keepdim=True) > self.fov_threshold
 
 
 @register_counterfactual
@@ -172,6 +200,14 @@ class AdversarialExplainer(CounterfactualExplainer):
         rho: APGD's share of successful steps below which the step size is halved.
         smooth: σ in pixels of a Gaussian low-pass filter on the gradient (0: off).
         tv_weight: weight of the total-variation penalty on the change (0: off).
+        colour: the colours the edit may change (:data:`COLOURS`): ``"free"`` any; ``"lightness"``
+            grey changes only (equal change of R, G and B in pixel space); ``"fundus"`` changes
+            along the photograph's own colour axes (the top ``colour_axes`` principal components
+            of its field-of-view pixels' RGB). Needs RGB images unless ``"free"``.
+        colour_axes: how many principal components ``"fundus"`` keeps (1 or 2).
+        logit_step: each image's goal a step of the logit from where it starts,
+            ``sigmoid(logit(p₀) ± logit_step)`` (:func:`step_goals`), instead of ``threshold``
+            (which is then not used); None: the goal is ``threshold``.
         fov_threshold: default field of view: pixels whose un-normalised RGB has a maximum above
             this (in [0, 1]); None: the whole image. A ``fov_mask`` given to the call wins.
         pixel_range: the valid range of un-normalised pixel values; None: no clamp.
@@ -193,7 +229,8 @@ class AdversarialExplainer(CounterfactualExplainer):
                  early_stop: bool = True, step_size: float = 2.0, momentum: float = 0.75, rho: float = 0.75,
                  smooth: float = 0.0, tv_weight: float = 0.0, fov_threshold: float | None = DEFAULT_FOV_THRESHOLD,
                  pixel_range: tuple[float, float] | None = (0.0, 1.0), mean: tuple[float, ...] | None = None,
-                 std: tuple[float, ...] | None = None, record_every: int = 10):
+                 std: tuple[float, ...] | None = None, record_every: int = 10, colour: str = "free",
+                 colour_axes: int = 2, logit_step: float | None = None):
         super().__init__(model)
         self.epsilon = None if epsilon is None else positive("epsilon", epsilon)
         self.relative_epsilon = positive("relative_epsilon", relative_epsilon)
@@ -209,6 +246,14 @@ class AdversarialExplainer(CounterfactualExplainer):
         self.rho = float(rho)
         self.smooth = non_negative("smooth", smooth)
         self.tv_weight = non_negative("tv_weight", tv_weight)
+        if colour not in COLOURS:
+            raise ConfigError("colour", f"must be one of {', '.join(COLOURS)}, got {colour!r}")
+        self.colour = colour
+        self.colour_axes = int_at_least("colour_axes", colour_axes, 1)
+        if self.colour_axes > 2:
+            raise ConfigError("colour_axes", f"must be 1 or 2 (3 axes are every colour: colour='free'), "
+                                             f"got {colour_axes!r}")
+        self.logit_step = None if logit_step is None else positive("logit_step", logit_step)
         self.space = InputSpace(model, fov_threshold, mean, std)
         self.fov_threshold, self.mean, self.std = self.space.fov_threshold, self.space.mean, self.space.std
         if pixel_range is not None and (len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]):
@@ -247,19 +292,35 @@ class AdversarialExplainer(CounterfactualExplainer):
         return torch.minimum(low, images), torch.maximum(high, images)
 
     # ------------------------------------------------------------------ pieces of a step
-    @staticmethod
-    def _project_(delta: Tensor, eps: Tensor, low: Tensor | None, high: Tensor | None) -> Tensor:
-        """In place: scale each change into its L2 ball, then clamp it into the valid range
-        (``low``/``high`` are bounds on the change; both contain 0, so the clamp only shrinks)."""
+    def _project_(self, delta: Tensor, eps: Tensor, low: Tensor | None, high: Tensor | None) -> Tensor:
+        """In place: scale each change into its L2 ball, then into the valid range (``low``/``high``
+        are bounds on the change; both contain 0, so this only shrinks): a clamp per value, or,
+        when the colours are constrained, a shrink per pixel that keeps its colour direction."""
         norm = delta.flatten(1).norm(dim=1).clamp_min_(1e-12)
         delta.mul_((eps / norm).clamp_(max=1.0).view(-1, 1, 1, 1))
-        return delta if low is None else delta.clamp_(low, high)
+        if low is None:
+            return delta
+        return delta.clamp_(low, high) if self.colour == "free" else shrink_into_box(delta, low, high)
 
-    def _masked(self, grad: Tensor, fov: Tensor) -> Tensor:
-        """The (optionally smoothed) gradient inside the field of view; ``grad`` is consumed."""
+    def _masked(self, grad: Tensor, fov: Tensor, projection: Tensor | None) -> Tensor:
+        """The gradient, smoothed and projected onto the allowed colours (each when asked), inside
+        the field of view; ``grad`` is consumed."""
         if self.smooth > 0:
             grad = gaussian_blur(grad, self.smooth)
+        if projection is not None:
+            grad = torch.einsum("bij,bjhw->bihw", projection, grad)
         return grad.mul_(fov)
+
+    def colour_projection(self, images: Tensor, fov: Tensor) -> Tensor | None:
+        """B×3×3 projections, in input space, onto the changes :attr:`colour` allows
+        (:func:`colour_projection`); None for ``"free"``."""
+        if self.colour == "free":
+            return None
+        if images.shape[1] != 3:
+            raise ConfigError("colour", f"{self.colour!r} needs RGB images, got {images.shape[1]} channel(s)")
+        basis = colour_basis(self.space.pixels(images), fov, self.colour, self.colour_axes)
+        std = self.space.channel(self.std, 1.0, images, "std").flatten().expand(3)
+        return colour_projection(basis, std)
 
     def _evaluate(self, x: Tensor, x0: Tensor, target: Target, sign: float,
                   need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
@@ -289,22 +350,24 @@ class AdversarialExplainer(CounterfactualExplainer):
         b = x0.shape[0]
         fov = self.field_of_view(x0, fov_mask)
         fov_f = fov.to(x0.dtype)
+        projection = self.colour_projection(x0, fov)
         eps = self.budget(x0, fov)
         low, high = self._box(x0)
         d_low, d_high = (None, None) if low is None else (low - x0, high - x0)
         if target is None:
             target = fix_target(self.model, x0, None)  # each image's predicted class, fixed once
         sign = 1.0 if direction == "increase" else -1.0
-        threshold = self.thresholds[direction]
-
-        def done(p: Tensor) -> Tensor:
-            return at_goal(p, direction, threshold)
 
         def view(mask: Tensor) -> Tensor:
             return mask.view(-1, 1, 1, 1)
 
         f, p, g, findings, vcdr = self._evaluate(x0, x0, target, sign, need_grad=True)
-        g = self._masked(g, fov_f)
+        g = self._masked(g, fov_f, projection)
+        threshold = self.thresholds[direction] if self.logit_step is None else step_goals(p, direction, self.logit_step)
+
+        def done(p: Tensor) -> Tensor:
+            return at_goal(p, direction, threshold)
+
         frames, probs, find_path, vcdr_path = [x0.clone()], [p.clone()], [], []
         if findings is not None:
             find_path.append(findings.clone())
@@ -344,7 +407,7 @@ class AdversarialExplainer(CounterfactualExplainer):
                 successes += (f_new > f).long()
                 f, p = f_new, p_new
                 if g_new is not None:
-                    g = self._masked(g_new, fov_f)
+                    g = self._masked(g_new, fov_f, projection)
                 findings = fi_new if fi_new is not None else findings
                 vcdr = v_new if v_new is not None else vcdr
             else:
@@ -359,7 +422,8 @@ class AdversarialExplainer(CounterfactualExplainer):
                 successes[idx] += (f_new > f[idx]).long()
                 f, p = f.index_copy(0, idx, f_new), p.index_copy(0, idx, p_new)
                 if g_new is not None:
-                    g = g.index_copy(0, idx, self._masked(g_new, fov_f.index_select(0, idx)))
+                    sub_projection = None if projection is None else projection.index_select(0, idx)
+                    g = g.index_copy(0, idx, self._masked(g_new, fov_f.index_select(0, idx), sub_projection))
                 if fi_new is not None:
                     findings = findings.index_copy(0, idx, fi_new)
                 if v_new is not None:
@@ -402,8 +466,8 @@ class AdversarialExplainer(CounterfactualExplainer):
 
         # the result: where each frozen image stopped, the best point of the others
         final = x0 + torch.where(view(frozen), delta, best_delta)
-        if low is not None:
-            final = torch.clamp(final, low, high)  # undo rounding in x₀ + δ; only shrinks the change
+        if low is not None:  # undo rounding in x₀ + δ (an ulp at most: the colour constraint holds to it)
+            final = torch.clamp(final, low, high)
         final = torch.where(fov, final, x0)  # bit-identical outside the field of view
         final_p = torch.where(frozen, p, best_p)
         final_findings = None if findings is None else torch.where(frozen[:, None], findings, best_findings)
@@ -489,6 +553,71 @@ def _copy_rows(dst: Tensor, src: Tensor, rows: Tensor) -> None:
         dst.index_copy_(0, idx, src.index_select(0, idx))
 
 
+def colour_basis(pixels: Tensor, fov: Tensor, colour: str, axes: int = 2) -> Tensor:
+    """B×3×k orthonormal bases, in pixel RGB, of the colour changes ``colour`` allows: the grey
+    axis (k = 1) for ``"lightness"``; for ``"fundus"`` the top ``axes`` principal components of
+    the RGB of each image's field-of-view pixels (``pixels``: B×3×H×W in [0, 1] units, ``fov``:
+    B×1×H×W bool), strongest first. Computed in float64 on the CPU (3×3 matrices), returned on
+    the pixels' device and dtype.
+
+    Example:
+        >>> pixels = torch.zeros(1, 3, 2, 2)
+        >>> pixels[0, :, 0, 0] = torch.tensor([0.9, 0.5, 0.3])   # one bright orange pixel on black
+        >>> fov = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+        >>> [round(abs(v), 4) for v in colour_basis(pixels, fov, "fundus", axes=1)[0, :, 0].tolist()]
+        [0.8393, 0.4663, 0.2798]
+        >>> colour_basis(pixels, fov, "lightness")[0, :, 0]
+        tensor([0.5774, 0.5774, 0.5774])
+    """
+    b = pixels.shape[0]
+    if colour == "lightness":
+        grey = torch.full((b, 3, 1), 1 / math.sqrt(3), dtype=torch.float64)
+        return grey.to(device=pixels.device, dtype=pixels.dtype)
+    if colour != "fundus":
+        raise ConfigError("colour", f"must be 'lightness' or 'fundus' for a colour basis, got {colour!r}")
+    values = pixels.detach().double().cpu().flatten(2)                  # B×3×N
+    weight = fov.detach().cpu().flatten(2).double()                      # B×1×N
+    count = weight.sum(2, keepdim=True).clamp_min(1)
+    centred = (values - (values * weight).sum(2, keepdim=True) / count) * weight
+    covariance = centred @ centred.transpose(1, 2) / count               # B×3×3
+    _, vectors = torch.linalg.eigh(covariance)                           # ascending eigenvalues
+    return vectors.flip(-1)[..., :axes].to(device=pixels.device, dtype=pixels.dtype)
+
+
+def colour_projection(basis: Tensor, std: Tensor) -> Tensor:
+    """B×3×3 matrices that project a change of the model's input onto the changes whose pixel-space
+    change (``Δpixel = Δinput × std``) lies in the span of ``basis`` (B×3×k, pixel RGB):
+    ``P = V (VᵀV)⁻¹ Vᵀ`` with ``V = basis / std``, orthogonal in input space, where the step and
+    the budget are measured. ``P`` applied to a pixel's 3 input values ``x`` is ``P @ x``.
+
+    Example:
+        >>> grey = torch.full((1, 3, 1), 3 ** -0.5)
+        >>> P = colour_projection(grey, torch.tensor([0.5, 0.25, 0.25]))
+        >>> change = P[0] @ torch.tensor([1.0, 0.0, 0.0])        # input space
+        >>> [round(v, 4) for v in (change * torch.tensor([0.5, 0.25, 0.25])).tolist()]   # pixels: grey
+        [0.0556, 0.0556, 0.0556]
+    """
+    v = basis.detach().double().cpu() / std.detach().double().cpu().view(1, -1, 1)
+    projection = v @ torch.linalg.solve(v.transpose(1, 2) @ v, v.transpose(1, 2))
+    return projection.to(device=basis.device, dtype=basis.dtype)
+
+
+def shrink_into_box(delta: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """In place: each pixel's change (B×C×H×W) scaled by the largest factor in [0, 1] that brings
+    every channel into ``[low, high]`` (bounds on the change, like ``delta``, that contain 0). The
+    change keeps its colour direction — a per-value clamp would turn a grey change of a pixel
+    with one saturated channel into a coloured one.
+
+    Example:
+        >>> d = torch.tensor([0.5, 0.2, -0.1]).view(1, 3, 1, 1)
+        >>> shrink_into_box(d, torch.full_like(d, -1.0), torch.full_like(d, 0.25)).flatten().tolist()
+        [0.25, 0.10000000149011612, -0.05000000074505806]
+    """
+    limit = torch.where(delta > 0, high, low)
+    ratio = torch.where(delta != 0, limit / delta, torch.full_like(delta, math.inf))
+    return delta.mul_(ratio.amin(dim=1, keepdim=True).clamp_(min=0.0, max=1.0))
+
+
 def total_variation(delta: Tensor) -> Tensor:
     """B anisotropic total variation of a change: mean |vertical| + mean |horizontal| neighbour
     difference (so the weight does not depend on the image size).
@@ -542,5 +671,6 @@ def apgd_checkpoints(n_steps: int) -> frozenset[int]:
 
 
 
-__all__ = ["DEFAULT_FOV_THRESHOLD", "DEFAULT_RELATIVE_EPSILON", "AdversarialExplainer", "InputSpace", "apgd_checkpoints",
-           "gaussian_blur", "recorded_heads", "target_score", "total_variation"]
+__all__ = ["COLOURS", "DEFAULT_FOV_THRESHOLD", "DEFAULT_RELATIVE_EPSILON", "AdversarialExplainer", "InputSpace",
+           "apgd_checkpoints", "colour_basis", "colour_projection", "gaussian_blur", "recorded_heads",
+           "shrink_into_box", "target_score", "total_variation"]
