@@ -1,6 +1,7 @@
 """The static export of a review session: one self-contained report.html (every case in session
 order, every image the session's own file as a data URI, nothing fetched, all text escaped, the
-readers' mean scores) and one composite PNG per case."""
+readers' mean scores, each reader's progress and the study's statistics) and one composite PNG per
+case, wide enough for a slide."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import pytest
 from PIL import Image
 
 from xmed.errors import PathError
-from xmed.review.export import PNG_DIR, REPORT_FILE, TILE_PIXELS, export_report, ratings_summary
+from xmed.metrics.paired import holm
+from xmed.review.export import (PNG_DIR, REPORT_FILE, TILE_PIXELS, export_report, ratings_summary, reader_progress,
+                                study_statistics)
 from xmed.review.session import SESSION_FILE, load_session
 from xmed.review.store import RatingStore
 from xmed.review.synthetic import synthetic_session
@@ -27,13 +30,16 @@ HOSTILE = "<script>alert(1)</script>"
 
 
 class ReportParser(HTMLParser):
-    """The case sections of a report: each one's id, heading text, image sources and table cells."""
+    """The case sections of a report: each one's id, heading text, image sources and table cells;
+    before them, the header's tables by class (``scores``, ``readers``, ``comparisons``, …), each a
+    list of rows of cell texts."""
 
     def __init__(self):
         super().__init__()
         self.cases: list[dict] = []
         self.images_outside: list[str] = []
-        self.header_cells: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table = None
         self._heading = self._cell = False
 
     def handle_starttag(self, tag, attrs):
@@ -42,20 +48,36 @@ class ReportParser(HTMLParser):
             self.cases.append({"id": attrs["id"], "heading": "", "images": [], "cells": []})
         elif tag == "img":
             (self.cases[-1]["images"] if self.cases else self.images_outside).append(attrs["src"])
+        elif tag == "table" and not self.cases:
+            self._table = self.tables.setdefault(attrs.get("class", ""), [])
+        elif tag == "tr" and self._table is not None and not self.cases:
+            self._table.append([])
         self._heading |= tag == "h2" and bool(self.cases)
-        self._cell |= tag == "td"
+        if tag == "td":
+            self._cell = True
+            if self.cases:
+                self.cases[-1]["cells"].append("")
+            elif self._table is not None:
+                self._table[-1].append("")
 
     def handle_endtag(self, tag):
         if tag == "h2":
             self._heading = False
         if tag == "td":
             self._cell = False
+        if tag == "table":
+            self._table = None
 
     def handle_data(self, data):
         if self._heading:
             self.cases[-1]["heading"] += data
         if self._cell:
-            (self.cases[-1]["cells"] if self.cases else self.header_cells).append(data.strip())
+            cells = self.cases[-1]["cells"] if self.cases else self._table[-1]
+            cells[-1] = " ".join(f"{cells[-1]} {data.strip()}".split())
+
+    def header_rows(self, table: str) -> list[list[str]]:
+        """The rows of cells (a header row of ``th`` has none) of the header's table ``table``."""
+        return [row for row in self.tables.get(table, []) if row]
 
 
 def parsed(report: Path) -> ReportParser:
@@ -65,13 +87,15 @@ def parsed(report: Path) -> ReportParser:
 
 
 def shown_images(case: dict) -> list[str]:
-    """The session's images a case shows, in page order: photograph, overlays, each edit's image and
-    difference map (a heatmap alone is the live page's layer, not shown in the export)."""
-    paths = [case["photo"]]
-    for panel in case["panels"].values():
-        paths.append(panel.get("overlay"))
-        for edit in (panel.get("edits") or {}).values():
-            paths += [edit["image"], edit["difference"]]
+    """The session's images a case shows, in page order: photograph, saliency overlays, then per
+    counterfactual method the edit toward normal (image, difference map), the photograph again and
+    the edit toward glaucoma (a heatmap alone is the live page's layer, not shown in the export)."""
+    panels = case["panels"].values()
+    paths = [case["photo"], *(panel["overlay"] for panel in panels if panel["kind"] == "saliency")]
+    for panel in panels:
+        if panel["kind"] == "counterfactual":
+            less, more = panel["edits"]["toward_normal"], panel["edits"]["toward_glaucoma"]
+            paths += [less["image"], less["difference"], case["photo"], more["image"], more["difference"]]
     return [path for path in paths if path]
 
 
@@ -180,7 +204,8 @@ def test_the_readers_scores_are_the_means_of_their_ratings(session_dir, tmp_path
 
     report = parsed(out)
     # header: per method over the session's cases; case-999 is left out and said so
-    assert report.header_cells == ["Adversarial explanation", *means("adversarial"), "Grad-CAM", *means("gradcam")]
+    assert report.header_rows("scores") == [["Adversarial explanation", *means("adversarial")],
+                                            ["Grad-CAM", *means("gradcam")]]
     assert "1 ratings of cases not in this session are left out" in out.read_text(encoding="utf-8")
     first, second, third = report.cases
     n_findings = len(load_session(session_dir)["cases"][0]["findings"]) + 1
@@ -202,7 +227,7 @@ def test_the_ratings_the_server_stored_are_read_without_changing_them(session_di
         store.save_case_rating(reader, case_id, agree=agree, note=HOSTILE)
     before = (session_dir / "ratings.sqlite").read_bytes()
     out = export_report(session_dir, tmp_path / "out")
-    assert parsed(out).header_cells == ["Grad-CAM", "2", "2.50", "—", "0.50"]
+    assert parsed(out).header_rows("scores") == [["Grad-CAM", "2", "2.50", "—", "0.50"]]
     assert (session_dir / "ratings.sqlite").read_bytes() == before
     assert HOSTILE not in out.read_text(encoding="utf-8")  # a note is never shown, let alone unescaped
 
@@ -213,11 +238,27 @@ def test_each_case_has_its_own_composite_png(session_dir, exported):
     for case in session["cases"]:
         with Image.open(exported.parent / PNG_DIR / f"{eye_file_stem(case['id'])}.png") as image:
             assert image.format == "PNG"
-            # four tiles across (an edit and its difference map, both ways); two rows of tiles and the text
-            assert image.width == 4 * TILE_PIXELS
-            assert 2 * TILE_PIXELS < image.height < 4.5 * TILE_PIXELS
-            pictures.append(np.asarray(image.convert("RGB")).astype(np.int16))
+            # a slide's width: the edits around the photograph and the model's reasons; then the
+            # heatmap and the two difference maps
+            assert image.width == 4 * TILE_PIXELS >= 1600
+            assert 2 * TILE_PIXELS < image.height < 3.5 * TILE_PIXELS
+            picture = np.asarray(image.convert("RGB"))
+        for relative in (case["photo"], *(e["image"] for e in case["panels"]["adversarial"]["edits"].values()),
+                         case["panels"]["gradcam"]["overlay"]):
+            assert found_in(picture, session_dir / relative) > 0.98, relative
+        pictures.append(picture.astype(np.int16))
     assert all(np.abs(a - b).mean() > 1 for i, a in enumerate(pictures) for b in pictures[i + 1:])
+
+
+def found_in(picture: np.ndarray, path: Path) -> float:
+    """How well the image at ``path``, enlarged to a tile, matches its best place in ``picture``
+    (normalised cross-correlation, 1: exactly)."""
+    import cv2
+
+    with Image.open(path) as image:
+        side = TILE_PIXELS - 12
+        tile = np.asarray(image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS))
+    return float(cv2.matchTemplate(picture, tile, cv2.TM_CCOEFF_NORMED).max())
 
 
 def test_a_missing_image_is_named_and_nothing_is_written(session_dir, tmp_path):
@@ -267,3 +308,45 @@ def test_a_flagged_eye_is_explained_in_words_not_flag_names(session_dir, tmp_pat
     assert ("The model was not trained on images like this one, and the image failed the quality check "
             "(a nearly uniform image): do not rely on this decision.") in text
     assert "unfamiliar_features" not in text
+
+
+def test_the_coordinator_sees_each_readers_progress_and_the_studys_statistics(session_dir, tmp_path):
+    session_dir = copied(session_dir, tmp_path)
+    session = load_session(session_dir)
+    ids = [case["id"] for case in session["cases"]]
+    store = RatingStore(session_dir / "ratings.sqlite")
+    scores = {"ana": [(5, 4, 2, 2, 1), (4, 4, 1, 2, 1), (5, 5, 2, 1, 1)],   # adversarial loc/rat, gradcam loc/rat, agree
+              "ben": [(2, 4, 5, 2, 0), (4, 3, 2, 3, 1), (3, 5, 2, 2, None)]}
+    for reader, cases in scores.items():
+        store.add_reader(reader)
+        for case, (a_loc, a_rat, g_loc, g_rat, agree) in zip(ids, cases):
+            store.save_panel_rating(reader, case, "adversarial", panel="A", mode="blinded", location=a_loc,
+                                    rationale=a_rat)
+            store.save_panel_rating(reader, case, "gradcam", panel="B", mode="blinded", location=g_loc,
+                                    rationale=g_rat)
+            if agree is not None:
+                store.save_case_rating(reader, case, agree=agree)
+    store.add_reader("cem")
+    store.revoke_reader("ben")
+    report = parsed(export_report(session_dir, tmp_path / "out", n_bootstrap=200))
+
+    assert report.header_rows("readers") == [["ana", "3 / 3", "3", "can sign in"], ["ben", "2 / 3", "3", "revoked"],
+                                             ["cem", "0 / 3", "0", "can sign in"]]
+    assert reader_progress(store.rows(), session) == [
+        {"reader": reader, "rated": rated, "started": started, "total": 3, "state": None}
+        for reader, rated, started in (("ana", 3, 3), ("ben", 2, 3))]
+    study = study_statistics(session, store.rows(), n_bootstrap=200)
+    random = {scale: study["mrmc"][scale]["differences"][0]["p_value"] for scale in ("location", "rationale")}
+    assert [row[1:] for row in report.header_rows("comparisons")] == [
+        [c["scale"], str(c["n_pairs"]), f"{c['mean_difference']:+.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]",
+         f"{c['p_value']:.3f}", f"{c['p_holm']:.3f}", f"{random[c['scale']]:.3f}"] for c in study["comparisons"]]
+    assert [c["p_holm"] for c in study["comparisons"]] == holm([c["p_value"] for c in study["comparisons"]])
+    kappa = study["agreement"]["location"]["gradcam"]
+    assert report.header_rows("agreement")[1][3] == (
+        f"{kappa['kappa_quadratic']:.2f} [{kappa['kappa_quadratic_ci'][0]:.2f}, {kappa['kappa_quadratic_ci'][1]:.2f}]")
+    assert report.header_rows("decision-agreement")[:3] == [["all", "5", "0.80"], ["ana", "3", "1.00"],
+                                                            ["ben", "2", "0.50"]]  # once per case, not per panel
+    assert report.header_rows("flagged") == [[ids[0], "adversarial location scores 2 to 5 (3 points apart); "
+                                              "gradcam location scores 2 to 5 (3 points apart); readers split on the "
+                                              "model's decision (1 of 2 agree); 1 of 2 readers disagree with the "
+                                              "model's decision"]]
