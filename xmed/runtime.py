@@ -180,3 +180,157 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+#: where photographs are decoded and prepared (``data.pipeline``; ``pipeline`` for xmed-predict)
+PIPELINES = ("auto", "cpu", "gpu")
+
+
+def check_pipeline(requested: Any, key: str = "data.pipeline") -> str:
+    """``requested`` as one of :data:`PIPELINES` (any case); anything else is a :class:`ConfigError` on ``key``.
+
+    Example:
+        >>> check_pipeline("GPU")
+        'gpu'
+    """
+    value = requested.lower() if isinstance(requested, str) else requested
+    if value not in PIPELINES:
+        raise ConfigError(key, f"must be auto, cpu or gpu; got {requested!r}")
+    return value
+
+
+def choose_pipeline(requested: Any, device: str | None, obstacle: str | None = None,
+                    key: str = "data.pipeline") -> Choice:
+    """Where a run's photographs are decoded and prepared: ``gpu`` — the loader workers only read
+    the files, and the batch is decoded (nvJPEG for JPEG files) and prepared on the device the model
+    runs on (:mod:`xmed.data.device_pipeline`); ``cpu`` — in the loader workers.
+
+    ``auto`` is ``gpu`` when the model runs on CUDA (``device``, a torch device type; None when no
+    run's device is known, e.g. a loader used before training starts) and nothing stands in the
+    way (``obstacle``: why the photographs cannot be prepared on the device — masks read, contrast
+    normalisation, eyes rendered rather than read), else ``cpu``. ``gpu`` where an obstacle stands is a
+    :class:`ConfigError` on ``key``; ``gpu`` on a CPU-only run prepares the batch with the same
+    tensor code on the CPU (slower than the workers: for checking, not for speed).
+
+    Example:
+        >>> choose_pipeline("auto", "cuda").value, choose_pipeline("auto", "cpu").value
+        ('gpu', 'cpu')
+        >>> choose_pipeline("auto", "cuda", obstacle="the data set's masks are read").reason
+        "the data set's masks are read"
+    """
+    value = check_pipeline(requested, key)
+    if value == "cpu":
+        return Choice("cpu", "set in the config")
+    if obstacle is not None:
+        if value == "gpu":
+            raise ConfigError(key, f"gpu cannot prepare these photographs: {obstacle}; use {key}=cpu")
+        return Choice("cpu", obstacle)
+    if value == "gpu":
+        return Choice("gpu", "set in the config" + ("" if device in (None, "cuda") else
+                                                   f"; on {device}, the tensor pipeline is slower than the loader workers"))
+    if device == "cuda":
+        return Choice("gpu", "the model runs on CUDA: the loader workers read the files, the GPU decodes (nvJPEG) and "
+                             "prepares each batch")
+    return Choice("cpu", f"the model runs on {device}: the loader workers prepare the photographs" if device
+                  else "no run's device is known yet: the loader workers prepare the photographs")
+
+
+@dataclass(frozen=True)
+class EyeCost:
+    """Device memory one eye takes in a model's passes, in bytes, measured by :func:`eye_cost`:
+    ``graph`` — every module output of its forward pass, what a backward pass keeps;
+    ``transient`` — twice the largest module output, what a forward pass without gradients holds
+    at once (a layer's input and its output); ``input`` — the eye as the model takes it (float32)."""
+
+    graph: int
+    transient: int
+    input: int
+
+
+def eye_cost(model: Any, input_size: int, device: Any = "cpu", channels: int = 3) -> EyeCost:
+    """:class:`EyeCost` of ``model`` at ``input_size``: one forward pass of one zero eye on ``device``
+    (without gradients), every leaf module's tensor output counted in float32.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+        >>> eye_cost(net, 8)    # two outputs of 4×8×8 float32 (1 KiB each); the eye, 3×8×8
+        EyeCost(graph=2048, transient=2048, input=768)
+    """
+    import torch
+
+    sizes: list[int] = []
+
+    def count(_module, _inputs, output) -> None:
+        for tensor in (output if isinstance(output, (tuple, list)) else [output]):
+            if isinstance(tensor, torch.Tensor):
+                sizes.append(tensor.numel() * 4)
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, input_size, input_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return EyeCost(sum(sizes), 2 * max(sizes, default=0), channels * input_size * input_size * 4)
+
+
+def choose_batch_size(requested: Any, device: Any, eye_bytes: Any, cpu_default: int, limit: int = 1024,
+                      share: float = 0.5, key: str = "batch_size") -> Choice:
+    """How many eyes a batch of explanations or screening holds: the number set in the config, or,
+    for ``auto``, on a CUDA device the largest power of two up to ``limit`` whose eyes fit in ``share``
+    of the memory the device has free now (``torch.cuda.mem_get_info``), at ``eye_bytes()`` bytes per
+    eye (the caller's cost model, e.g. from :func:`eye_cost`; called only there); elsewhere
+    ``cpu_default`` (on a CPU a larger batch is no faster, and memory is not what limits it).
+
+    Example:
+        >>> choose_batch_size("auto", "cpu", lambda: 1.0, cpu_default=8).value
+        8
+        >>> choose_batch_size(12, "cuda", lambda: 1.0, cpu_default=8)
+        Choice(value=12, reason='set in the config')
+    """
+    import torch
+
+    if not is_auto(requested):
+        whole = (isinstance(requested, int) and not isinstance(requested, bool)) or (
+            isinstance(requested, str) and requested.strip().isdigit())
+        if not whole or int(requested) < 1:
+            raise ConfigError(key, f"must be a whole number, 1 or more, or 'auto'; got {requested!r}")
+        return Choice(int(requested), "set in the config")
+    device = torch.device(device)
+    if device.type != "cuda":
+        return Choice(cpu_default, f"on {device.type}: a larger batch is no faster there")
+    free, _ = torch.cuda.mem_get_info(device)
+    per_eye = float(eye_bytes())
+    fits = int(share * free // max(per_eye, 1.0))
+    value = 1 << max(0, min(fits, limit).bit_length() - 1) if fits >= 1 else 1
+    return Choice(value, f"{free / 2**30:.1f} GiB free on {torch.cuda.get_device_name(device)}, "
+                         f"{per_eye / 2**20:.1f} MiB per eye: {fits} eyes fit in {share:.0%} of it; "
+                         f"the largest power of two up to {limit}")
+
+
+def choose_autocast(requested: Any, device: Any) -> Choice:
+    """Whether explanation methods run their forward and backward passes in bf16 autocast
+    (``autocast`` of ``xmed-explain``): ``auto`` on a CUDA device that runs bf16 natively (the maps
+    are still summed and scored in fp32), never on a CPU, where full precision keeps maps and
+    scores as they were; true or false as set.
+
+    Example:
+        >>> choose_autocast("auto", "cpu").value, choose_autocast(True, "cpu").value
+        (False, True)
+    """
+    import torch
+
+    if isinstance(requested, bool):
+        return Choice(requested, "set in the config")
+    if not is_auto(requested):
+        raise ConfigError("autocast", f"must be true, false or auto; got {requested!r}")
+    device = torch.device(device)
+    if device.type != "cuda":
+        return Choice(False, f"full precision on {device.type}")
+    precision = choose_precision("cuda")
+    if precision.value == "bf16-mixed":
+        return Choice(True, f"{precision.reason}: forward and backward passes in bf16, maps summed in fp32")
+    return Choice(False, f"full precision: {precision.reason}")

@@ -38,6 +38,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "data.seed": integer(),
     "data.cache_mb": number(minimum=0),
     "data.normalise_on_device": BOOLEAN,
+    "data.pipeline": one_of("auto", "cpu", "gpu"),
     "data.on_error": one_of("raise", "skip"),
     "data.augment.hflip": PROBABILITY,
     "data.augment.vflip": PROBABILITY,
@@ -63,9 +64,11 @@ CONFIG_RULES: dict[str, Rule] = {
     "format": one_of("auto", "photos", "dicom"),
     "on_error": one_of("raise", "skip"),
     "num_workers": integer(minimum=0) | one_of("auto"),
+    "pipeline": one_of("auto", "cpu", "gpu"),
     # xmed-explain
     "n": integer(minimum=1),
-    "batch_size": integer(minimum=1),
+    "batch_size": integer(minimum=1) | one_of("auto"),
+    "autocast": BOOLEAN | one_of("auto"),
     "split": one_of("train", "val", "test"),  # FundusDataModule's splits
     "label": one_of(None, 0, 1),
     "overlays": integer(minimum=0),

@@ -41,7 +41,7 @@ from xmed.data.sampling import EpochSampler, SeededIndex
 from xmed.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise_images
 from xmed.data.transforms import build_transforms
 from xmed.errors import ConfigError
-from xmed.runtime import choose_num_workers
+from xmed.runtime import Choice, check_pipeline, choose_num_workers, choose_pipeline
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -195,7 +195,8 @@ class SplitView(Dataset):
 class SkipRecordingLoader(DataLoader):
     """A DataLoader that hands each batch's ``"skipped"`` list to ``record_skips`` as the batch
     reaches the main process, so that samples skipped inside loader worker processes are
-    known there too.
+    known there too; with ``prepare`` (a :class:`~xmed.data.device_pipeline.DevicePipeline`), each
+    batch goes through it there first (its files decoded and its eyes prepared on the device).
 
     Example:
         >>> from xmed.data.datasets import SkippedSample, collate_samples
@@ -207,9 +208,9 @@ class SkipRecordingLoader(DataLoader):
     """
 
     def __init__(self, *args: Any, record_skips: Callable[[list[dict]], Any] | None = None,
-                 **kwargs: Any):
+                 prepare: Callable[[dict], dict] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.record_skips = record_skips
+        self.record_skips, self.prepare = record_skips, prepare
 
     def __iter__(self) -> Iterator:
         with _single_threaded_opencv(self.num_workers > 0):
@@ -218,6 +219,8 @@ class SkipRecordingLoader(DataLoader):
 
     def _recording(self, batches: Iterator) -> Iterator:
         for batch in batches:
+            if self.prepare is not None:
+                batch = self.prepare(batch)
             if self.record_skips is not None and batch.get("skipped"):
                 self.record_skips(batch["skipped"])
             yield batch
@@ -276,6 +279,51 @@ def _init_worker(worker_id: int) -> None:
         transform.set_random_seed(info.seed % 2**32)
 
 
+def pipeline_obstacle(view: SplitView) -> str | None:
+    """Why ``view``'s eyes cannot be prepared on the device (None when they can): see
+    :func:`~xmed.data.device_pipeline.bytes_obstacle` and :func:`~xmed.data.device_pipeline.unsupported`."""
+    from xmed.data.device_pipeline import bytes_obstacle, unsupported
+
+    transform = view.transform
+    if not hasattr(transform, "prepare"):
+        return "the split's transform is not one of xmed's"
+    return bytes_obstacle(view.base) or (unsupported(transform.preprocess) if transform.preprocess else None)
+
+
+def view_pipeline(view: SplitView, device: torch.device | str, mean: Sequence[float], std: Sequence[float],
+                  augment: dict[str, Any] | None = None, cache=None):
+    """The :class:`~xmed.data.device_pipeline.DevicePipeline` that prepares ``view``'s eyes on
+    ``device`` as its transform prepares them in the workers (``augment``: the training
+    augmentations, as :func:`~xmed.data.transforms.build_transforms` takes them)."""
+    from xmed.data.device_pipeline import DeviceAugment, DevicePipeline
+    from xmed.data.preprocess import FundusPreprocess
+
+    transform = view.transform
+    return DevicePipeline(view.base, transform.preprocess or FundusPreprocess(crop_fov=False), transform.size, device,
+                          mean, std, normalise=transform.normalised,
+                          augment=DeviceAugment(**augment) if augment is not None else None, cache=cache)
+
+
+def eval_loader(view: SplitView, batch_size: int, num_workers: int, device: torch.device | str,
+                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> DataLoader:
+    """The eyes of ``view`` in order, prepared on ``device`` as its (evaluation) transform prepares
+    them: the loader workers read the files, :func:`view_pipeline` decodes and prepares each batch in
+    this process (what ``xmed-predict`` and ``xmed-explain`` read under ``pipeline: gpu``).
+
+    Example:
+        >>> from xmed.data.datasets import get_dataset
+        >>> base = get_dataset("phantom", "data/phantom")                                     # doctest: +SKIP
+        >>> view = SplitView(base, range(len(base)), build_transforms("eval", 256))           # doctest: +SKIP
+        >>> next(iter(eval_loader(view, 32, 4, "cuda")))["image"].device                      # doctest: +SKIP
+        device(type='cuda', index=0)
+    """
+    from xmed.data.device_pipeline import EncodedView, collate_encoded
+
+    return SkipRecordingLoader(EncodedView(view), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                               multiprocessing_context=worker_start_method(num_workers), collate_fn=collate_encoded,
+                               worker_init_fn=_init_worker, prepare=view_pipeline(view, device, mean, std))
+
+
 class FundusDataModule(L.LightningDataModule):
     """Train/val/test/predict loaders for a registered data set.
 
@@ -305,6 +353,14 @@ class FundusDataModule(L.LightningDataModule):
             :meth:`on_after_batch_transfer` normalises where the batch then is (a quarter of the
             bytes out of the workers: ``benchmarks/loader_handover.py``); False: float32 images its
             workers normalised, for a loop that reads the loader's images without that hook.
+        pipeline: where the photographs are decoded and prepared: ``cpu`` in the loader workers;
+            ``gpu`` on the device the trainer runs on — the workers only read the files, and each
+            batch is decoded (nvJPEG) and prepared there (:mod:`xmed.data.device_pipeline`; the
+            prepared eyes of train and val kept on the device within ``cache_mb``); ``auto``: gpu
+            when the trainer runs on CUDA and the photographs can be read as files without their
+            masks, else cpu (:func:`xmed.runtime.choose_pipeline`; the choice is kept in
+            :attr:`pipeline_choice` and logged). A loader made before a trainer is attached uses
+            the CPU pipeline under ``auto``.
     """
 
     def __init__(
@@ -328,6 +384,7 @@ class FundusDataModule(L.LightningDataModule):
         cache_mb: float = 0,
         decode_reduced: bool = False,
         normalise_on_device: bool = True,
+        pipeline: str = "auto",
     ):
         super().__init__()
         if image_size < 16:
@@ -350,6 +407,10 @@ class FundusDataModule(L.LightningDataModule):
         self.cache_mb = cache_mb
         self.decode_reduced = decode_reduced
         self.normalise_on_device = normalise_on_device
+        self.pipeline = check_pipeline(pipeline)
+        #: where the last loader made prepares its photographs, and why (:func:`xmed.runtime.choose_pipeline`)
+        self.pipeline_choice: Choice | None = None
+        self._device_caches: dict[str, Any] = {}
         self.used_published_splits = False
         self.base: FundusDataset | None = None
         self.splits: dict[str, SplitView] = {}
@@ -461,6 +522,7 @@ class FundusDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, view: SplitView | None = None) -> DataLoader:
         if not self.splits:
             self.setup()
+        view = view or self.splits[split]
         sampler = None
         if shuffle:  # order and augmentations from (seed, epoch): a resumed run replays the same epochs
             trainer = self.trainer
@@ -468,14 +530,44 @@ class FundusDataModule(L.LightningDataModule):
                 len(self.splits[split]), self.seed,
                 weights=balanced_weights(self.splits[split].labels()) if self.balanced_sampling else None,
                 num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
+        dataset, collate, prepare = view, collate_samples, self._device_pipeline(split, view)
+        if prepare is not None:  # the workers read the files; the device decodes and prepares
+            from xmed.data.device_pipeline import EncodedView, collate_encoded
+
+            dataset, collate = EncodedView(view, prepare.augment, prepare.cache), collate_encoded
         return SkipRecordingLoader(
-            view or self.splits[split], batch_size=self.batch_size, sampler=sampler,
+            dataset, batch_size=self.batch_size, sampler=sampler,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             multiprocessing_context=worker_start_method(self.num_workers),
-            collate_fn=collate_samples, worker_init_fn=_init_worker,
+            collate_fn=collate, worker_init_fn=_init_worker,
             persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
-            record_skips=self.record_skips,
+            record_skips=self.record_skips, prepare=prepare,
         )
+
+    def _device_pipeline(self, split: str, view: SplitView):
+        """The :class:`~xmed.data.device_pipeline.DevicePipeline` of ``view``'s loader when its
+        photographs are prepared on the device (:attr:`pipeline`), else None; the choice is logged
+        when it changes."""
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else None
+        if device is None and self.pipeline == "gpu":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        choice = choose_pipeline(self.pipeline, device.type if device is not None else None, pipeline_obstacle(view))
+        if choice != self.pipeline_choice:
+            log.info("input pipeline %s", choice)
+            self.pipeline_choice = choice
+        if choice.value != "gpu":
+            return None
+        cache = None
+        if split in ("train", "val") and self.cache_mb:  # an unaugmented train loader shares the train eyes
+            if split not in self._device_caches:
+                from xmed.data.device_pipeline import DeviceEyeCache
+
+                self._device_caches[split] = DeviceEyeCache.for_budget(len(view), self.image_size,
+                                                                       cache_bytes(self.cache_mb))
+            cache = self._device_caches[split]
+        augment = self.augment if view.transform is self.transforms["train"] else None
+        return view_pipeline(view, device, self.mean, self.std, augment=augment, cache=cache)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

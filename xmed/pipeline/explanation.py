@@ -129,13 +129,16 @@ class ExplainModule(L.LightningModule):
     ``overlay_ids`` and the rationales."""
 
     def __init__(self, model: torch.nn.Module, explainers: Mapping[str, Any], target: str,
-                 metrics: Mapping[str, Any], overlay_ids: set[str] = frozenset()):
+                 metrics: Mapping[str, Any], overlay_ids: set[str] = frozenset(), autocast: bool = False):
         super().__init__()
         self.model = model
         self.explainers = dict(explainers)
         self.target = target
         self.metrics = dict(metrics)
         self.overlay_ids = overlay_ids
+        #: the saliency methods' passes in bf16 autocast (:func:`xmed.runtime.choose_autocast`); their
+        #: maps, the metrics and the eyes' scores stay in fp32
+        self.autocast = autocast
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         from xmed.explain.targets import target_function
@@ -164,7 +167,7 @@ class ExplainModule(L.LightningModule):
             if isinstance(explainer, RationaleRun):
                 out["rationales"][name] = self._rationales(explainer, images, ids, per_eye)
                 continue
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(images.device.type, torch.bfloat16, enabled=self.autocast):
                 explanation = explainer(images, self.target)
             maps = explanation.maps.float()
             evidence = Evidence(maps=maps, masks=truth, forward=forward, images=images)
@@ -389,9 +392,58 @@ def explained_view(cfg: DictConfig, datamodule) -> Any:
     return view
 
 
+#: graphs per eye a method holds at once, beyond one (the cost model of ``batch_size: auto``):
+#: guided Grad-CAM keeps Grad-CAM's and guided backpropagation's; SmoothGrad its noisy copies
+_EXTRA_GRAPHS = {"guided_gradcam": lambda options: 2}
+for _name in ("smoothgrad", "smoothgrad_sq"):
+    _EXTRA_GRAPHS[_name] = lambda options: options.get("batch_size") or options.get("n_samples", 25)
+
+
+def explanation_eye_bytes(model, explainer_cfg: Mapping[str, Any], device) -> float:
+    """Device memory one eye takes in an ``xmed-explain`` step (the cost model of ``batch_size:
+    auto``), from :func:`xmed.runtime.eye_cost` measured on ``device``: the graphs of its forward
+    pass the most demanding method keeps for its backward pass (one; guided Grad-CAM two;
+    SmoothGrad one per noisy copy it runs at once), or the passes without gradients of the
+    faithfulness metrics (four eyes' worth at once), whichever is larger; plus the eye itself and
+    the frames a counterfactual path records."""
+    from xmed.runtime import eye_cost
+
+    cost = eye_cost(model.to(device), model.data_config.input_size, device)
+    graphs, frames = 1, 1
+    for name, options in explainer_cfg.items():
+        options = dict(options or {})
+        method = options.get("method", name)
+        graphs = max(graphs, int(_EXTRA_GRAPHS.get(method, lambda o: 1)(options)))
+        if method in ("adversarial", "rationale"):
+            frames += int(options.get("max_steps", 50)) // max(int(options.get("record_every", 10)), 1) + 2
+    return max(graphs * cost.graph, 4 * cost.transient) + frames * cost.input
+
+
+def explanation_loader(cfg: DictConfig, view, datamodule, model, device, explainer_cfg: Mapping[str, Any]):
+    """The loader ``xmed-explain`` reads ``view`` through, and the choices behind it: where the
+    photographs are prepared (``data.pipeline``), how many eyes a batch holds (``batch_size``: 8 on a
+    CPU) and whether the methods run in bf16 autocast (``autocast``)."""
+    from torch.utils.data import DataLoader
+
+    from xmed.data.datamodule import eval_loader, pipeline_obstacle
+    from xmed.data.datasets.base import collate_samples
+    from xmed.runtime import choose_autocast, choose_batch_size, choose_pipeline
+
+    pipeline = choose_pipeline(datamodule.pipeline, device.type, pipeline_obstacle(view))
+    batch = choose_batch_size(cfg.batch_size, device, lambda: explanation_eye_bytes(model, explainer_cfg, device),
+                              cpu_default=8)
+    autocast = choose_autocast(cfg.get("autocast", False), device)
+    if pipeline.value == "gpu":
+        loader = eval_loader(view, batch.value, datamodule.num_workers, device, datamodule.mean, datamodule.std)
+    else:
+        loader = DataLoader(view, batch_size=batch.value, shuffle=False, collate_fn=collate_samples,
+                            num_workers=datamodule.num_workers)
+    return loader, {"pipeline": pipeline, "batch_size": batch, "autocast": autocast}
+
+
 def explain_run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``xmed-explain`` for a composed config; returns the summary written to metrics.json."""
-    from torch.utils.data import DataLoader
+    import logging
 
     from xmed.data.datamodule import SplitView
     from xmed.data.datasets.base import collate_samples
@@ -406,16 +458,17 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     model = load_model(cfg.ckpt_path)
     datamodule = datamodule_for_model(cfg.data, model)
     view = explained_view(cfg, datamodule)
-    loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples,
-                        num_workers=datamodule.num_workers)
     explainer_cfg = OmegaConf.to_container(cfg.explainer, resolve=True)
     explainers = build_explainers(model, explainer_cfg)
     metrics = build_metrics(list(cfg.metrics), cfg.faithfulness)
     eye_ids = [view.base.records[i].id for i in view.indices]
     overlay_ids = set(eye_ids[:int(cfg.overlays)])
-    module = ExplainModule(model, explainers, target, metrics, overlay_ids)
     writer = ExplanationWriter(out_dir, eye_ids, model.data_config, overlay_ids)
     trainer, _ = inference_trainer(cfg.trainer, out_dir, inference_mode=False, callbacks=[writer])
+    loader, choices = explanation_loader(cfg, view, datamodule, model, trainer.strategy.root_device, explainer_cfg)
+    for name, choice in choices.items():
+        logging.getLogger(__name__).info("%s %s", name, choice)
+    module = ExplainModule(model, explainers, target, metrics, overlay_ids, autocast=choices["autocast"].value)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     if not trainer.is_global_zero:
         return {}
@@ -432,6 +485,7 @@ def explain_run(cfg: DictConfig) -> dict[str, Any]:
     result = {"target": target, "split": cfg.split, "n": len(view), "ckpt_path": str(cfg.ckpt_path),
               "failed": sorted(i for i, r in eyes.items() if r.get("status")),
               "quality_flagged": sorted(i for i, r in eyes.items() if r.get("quality")),
+              "settings": {name: str(choice) for name, choice in choices.items()},
               "methods": summary}
     write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, allow_nan=False))
     table = comparison_table(summary, target)

@@ -122,14 +122,45 @@ def screening_summary(records: Sequence[Mapping[str, Any]], threshold: float) ->
     }
 
 
+def screening_eye_bytes(model, device) -> float:
+    """Device memory one screened eye takes (the cost model of ``batch_size: auto``): a forward pass
+    without gradients (:attr:`~xmed.runtime.EyeCost.transient`), the eye as the model takes it, and
+    its prepared uint8 copy (:func:`xmed.runtime.eye_cost`, measured on ``device``)."""
+    from xmed.runtime import eye_cost
+
+    size = model.data_config.input_size
+    cost = eye_cost(model.to(device), size, device)
+    return cost.transient + cost.input + 3 * size * size
+
+
+def screening_loader(view, cfg: DictConfig, model, device):
+    """The loader ``xmed-predict`` reads ``view`` through, and the choices behind it: where the
+    photographs are prepared (``pipeline``, :func:`xmed.runtime.choose_pipeline`) and how many eyes a
+    batch holds (``batch_size``, :func:`xmed.runtime.choose_batch_size`: 16 on a CPU)."""
+    from torch.utils.data import DataLoader
+
+    from xmed.data.datamodule import eval_loader, pipeline_obstacle
+    from xmed.data.datasets.base import collate_samples
+    from xmed.runtime import choose_batch_size, choose_num_workers, choose_pipeline
+
+    pipeline = choose_pipeline(cfg.get("pipeline", "auto"), device.type, pipeline_obstacle(view), key="pipeline")
+    batch = choose_batch_size(cfg.batch_size, device, lambda: screening_eye_bytes(model, device), cpu_default=16)
+    workers = choose_num_workers(cfg.num_workers).value
+    if pipeline.value == "gpu":
+        dc = model.data_config
+        loader = eval_loader(view, batch.value, workers, device, dc.mean, dc.std)
+    else:
+        loader = DataLoader(view, batch_size=batch.value, num_workers=workers, collate_fn=collate_samples)
+    return loader, {"pipeline": str(pipeline), "batch_size": str(batch)}
+
+
 def predict_run(cfg: DictConfig) -> dict[str, Any]:
     """``xmed-predict`` for a composed config; returns the summary written to summary.json (an
     empty dict on processes other than 0)."""
-    from torch.utils.data import DataLoader
+    import logging
 
     from xmed.cli.rundir import command_folder
     from xmed.data.datamodule import SplitView
-    from xmed.data.datasets.base import collate_samples
     from xmed.data.transforms import build_transforms
     from xmed.inference import score_eyes
     from xmed.models.classifier import check_threshold
@@ -137,7 +168,6 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
     from xmed.pipeline.instantiate import inference_trainer
     from xmed.pipeline.reports import print_run_folder
     from xmed.runs import write_text_atomic
-    from xmed.runtime import choose_num_workers
 
     out_dir = command_folder(cfg)
     model = load_model(cfg.ckpt_path)
@@ -149,9 +179,10 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
     dc = model.data_config
     view = SplitView(dataset, range(len(dataset)),
                      build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess()))
-    loader = DataLoader(view, batch_size=int(cfg.batch_size), num_workers=choose_num_workers(cfg.num_workers).value,
-                        collate_fn=collate_samples)
     trainer, precision = inference_trainer(cfg.trainer, out_dir)
+    loader, choices = screening_loader(view, cfg, model, trainer.strategy.root_device)
+    for name, choice in choices.items():
+        logging.getLogger(__name__).info("%s %s", name, choice)
     order = entry_order(dataset)
     scored = score_eyes(trainer, model, loader, order, out_dir / ".parts",
                         id_of_file={str(dataset.reported_path(r.image_path)): r.id for r in dataset.records})
@@ -161,7 +192,7 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
     write_text_atomic(out_dir / "predictions.csv", predictions_table(records, threshold))
     summary = {"input": str(cfg.input), "ckpt_path": str(cfg.ckpt_path), **screening_summary(records, threshold),
                "feature_check": model.feature_check.settings() if model.feature_check is not None else None,
-               "precision": str(precision)}
+               "precision": str(precision), **choices}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     unfamiliar = (f"{len(summary['unfamiliar_features'])} of them with features unlike the training eyes'"
                   if model.feature_check is not None else "the model carries no feature check")

@@ -282,6 +282,8 @@ def compute_summary(trainer, module, datamodule, precision) -> dict[str, str]:
         compute["channels_last"] = str(module.channels_last_choice)
     compute["torch.compile"] = f"{bool(module.hparams.get('compile', False))} (set in the config)"
     compute["loader workers"] = str(datamodule.num_workers_choice)
+    if getattr(datamodule, "pipeline_choice", None) is not None:  # where the photographs were prepared
+        compute["input pipeline"] = str(datamodule.pipeline_choice)
     compute.update({k: str(v) for k, v in machine_summary().items()})
     return compute
 
