@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# The GPU suite on one GPU, in under 8 minutes:
+# The GPU suite on one GPU, in under 8 minutes: training throughput (gpu_training); JPEG files through the
+# training loader with the photographs prepared on the GPU (data.pipeline=gpu: first and later epochs against
+# the cached step, nvJPEG's own decode rate as the bound) and in the workers (gpu_loader); Grad-CAM and the
+# adversarial edit at the batch batch_size=auto chooses, xmed-predict on 3,000 JPEG eyes with its start-up
+# and the image-quality gate's rate, every explainer at batch 32 (gpu_explain). What each line must show: docs/gpu.md.
 #   bash benchmarks/gpu.sh                      # results in benchmarks/results/<gpu name>/results.{json,md}
 #   bash benchmarks/gpu.sh --out /tmp/gpu       # elsewhere; any option of `python -m benchmarks` is passed on
 #   PYTHON=.venv/bin/python bash benchmarks/gpu.sh --device cpu --quick --out /tmp/gpu_quick   # a check on a CPU

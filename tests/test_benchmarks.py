@@ -89,11 +89,20 @@ def test_the_gpu_script_runs_the_gpu_suite_on_a_cpu(tmp_path):
     assert "resnet18 64 px, batch 4: torch.compile (aot_eager)" in training
     assert any(name.startswith("Lightning Trainer") for name in training)
     loader = figures(results, "gpu_loader")
-    assert loader[0] == "2 workers, epochs after the first (prepared eyes cached): JPEG -> loader -> training step"
-    assert loader[1].startswith("2 workers, a first epoch (workers started, every photograph decoded)")
+    assert loader[0].startswith("libjpeg (CPU) decode alone") and loader[1].startswith("device preparation alone")
+    assert [name.split(",")[0] + "," + name.split(",")[2].split("(")[0] for name in loader[2:]] == [
+        "data.pipeline=gpu, epochs after the first ", "data.pipeline=gpu, a first epoch ",
+        "data.pipeline=cpu, epochs after the first ", "data.pipeline=cpu, a first epoch "]
+    goals = {f["name"].split(",")[0]: f["goal"] for p in results["parts"] for f in p["figures"] if f["goal"]}
+    assert goals["gradcam (batch_size: auto)"] == "value >= 20000" and goals["xmed-predict"] == "value >= 3000"
+    assert goals["adversarial edit"] == "value >= 1000"
     explained = figures(results, "gpu_explain")
-    assert [name.split(",")[0] for name in explained[:len(EXPLAINERS)]] == list(EXPLAINERS)
-    assert explained[-2].startswith("adversarial counterfactual") and explained[-1].startswith("xmed-predict")
+    assert [name.split(",")[0] for name in explained[:5]] == [
+        "gradcam (batch_size: auto)", "gradcam (batch_size: auto)", "adversarial edit", "adversarial edit",
+        "xmed-predict"]
+    assert explained[5] == "xmed-predict start-up: a folder of one eye" and explained[6].startswith("image-quality gate")
+    assert [name.split(",")[0] for name in explained[7:7 + len(EXPLAINERS)]] == list(EXPLAINERS)
+    assert explained[-1].startswith("adversarial counterfactual")
 
 
 def test_a_failing_benchmark_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
