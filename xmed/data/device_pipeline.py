@@ -592,19 +592,21 @@ class DeviceAugment:
         ], dtype=np.float64)
 
     def __call__(self, images: Tensor, params: Tensor) -> Tensor:
-        """B×3×S×S uint8 eyes augmented with their B×:data:`AUGMENT_PARAMS` parameters (uint8)."""
+        """B×3×S×S uint8 eyes augmented with their B×:data:`AUGMENT_PARAMS` parameters (uint8).
+
+        Which eyes a step takes and what it takes them with are worked out on the CPU from the
+        parameters and sent ahead: nothing here waits for the device, so the augmentations queue up
+        behind the training step still running there."""
         from torchvision.transforms.v2 import functional as TF
 
-        params = params.to(images.device, torch.float64)
-
-        def fired(name: str) -> Tensor:
-            return params[:, _COLUMN[name]] > 0.5
+        params = params.detach().to("cpu", torch.float64)
 
         def on_some(name: str, step) -> None:
             nonlocal images
-            chosen = fired(name).nonzero().flatten()
+            chosen = (params[:, _COLUMN[name]] > 0.5).nonzero().flatten()
             if chosen.numel():
-                images = images.index_copy(0, chosen, step(images[chosen], params[chosen]))
+                index = to_device(chosen, images.device)
+                images = images.index_copy(0, index, step(images.index_select(0, index), params[chosen]))
 
         on_some("hflip", lambda x, p: TF.horizontal_flip(x))
         on_some("vflip", lambda x, p: TF.vertical_flip(x))
@@ -636,36 +638,46 @@ def _param(params: Tensor, name: str) -> Tensor:
     return params[:, _COLUMN[name]]
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor on ``device`` without the host waiting for it (through pinned memory)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _affine(images: Tensor, params: Tensor) -> Tensor:
     """``A.Affine`` (scale, rotation about the centre, bilinear, black outside) per eye: the inverse of
-    albumentations' matrix as one ``affine_grid`` over the batch."""
+    albumentations' matrix as one ``affine_grid`` over the batch. Its forward matrix is
+    ``s·[[cos, sin], [-sin, cos]]`` about the centre (``w/2 - 0.5, h/2 - 0.5``); its inverse
+    ``[[cos, -sin], [sin, cos]] / s``, in ``grid_sample``'s units ``D⁻¹·A·D`` (D: half the sides)."""
     b, _, h, w = images.shape
     angle = torch.deg2rad(torch.remainder(_param(params, "angle"), 360))
     scale = _param(params, "scale")
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    # albumentations: M = shift_centre @ R @ S @ shift_topleft, R = [[cos, sin], [-sin, cos]], centre (w/2 - .5, h/2 - .5)
-    forward = torch.stack([torch.stack([cos * scale, sin * scale], 1), torch.stack([-sin * scale, cos * scale], 1)], 1)
-    inverse = torch.linalg.inv(forward)                              # output pixel -> source pixel, about the centre
-    half = torch.tensor([w / 2.0, h / 2.0], dtype=torch.float64, device=images.device)
-    theta = inverse * half[None, None, :] / half[None, :, None]       # D⁻¹ A D in grid_sample's normalised units
-    theta = torch.cat([theta, torch.zeros(b, 2, 1, dtype=torch.float64, device=images.device)], dim=2)
-    grid = F.affine_grid(theta.float(), [b, 3, h, w], align_corners=False)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    inverse = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    half = torch.tensor([w / 2.0, h / 2.0], dtype=torch.float64)
+    theta = torch.cat([inverse * half[None, None, :] / half[None, :, None], torch.zeros(b, 2, 1, dtype=torch.float64)], 2)
+    grid = F.affine_grid(to_device(theta.float(), images.device), [b, 3, h, w], align_corners=False)
     warped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return warped.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _per_eye(values: Tensor, device: torch.device) -> Tensor:
+    """B values as a B×1×1×1 float32 tensor on ``device``."""
+    return to_device(values.float().view(-1, 1, 1, 1), device)
 
 
 def _brightness_contrast(images: Tensor, params: Tensor) -> Tensor:
     """``A.RandomBrightnessContrast`` (brightness by the maximum): ``x·alpha + beta``, clipped and cut to
     whole levels, as albumentations' lookup table is."""
-    alpha = _param(params, "alpha").float().view(-1, 1, 1, 1)
-    beta = _param(params, "beta").float().view(-1, 1, 1, 1)
+    alpha, beta = (_per_eye(_param(params, name), images.device) for name in ("alpha", "beta"))
     return (images.float() * alpha + beta).clamp_(0, 255).to(torch.uint8)
 
 
 def _gamma(images: Tensor, params: Tensor) -> Tensor:
     """``A.RandomGamma``: albumentations' table ``(k/255)^γ · 255``, cut to whole levels, per eye."""
-    levels = torch.arange(256, dtype=torch.float64, device=images.device) * (1.0 / 255)
-    tables = (levels[None] ** _param(params, "gamma")[:, None] * 255).to(torch.uint8)   # B×256
+    levels = torch.arange(256, dtype=torch.float64) * (1.0 / 255)
+    tables = to_device((levels[None] ** _param(params, "gamma")[:, None] * 255).to(torch.uint8), images.device)
     b = images.shape[0]
     return tables.gather(1, images.reshape(b, -1).long()).view(images.shape)
 
@@ -675,8 +687,8 @@ def _hue_saturation(images: Tensor, params: Tensor) -> Tensor:
     ``hue_shift`` (mod 180, cut to whole steps), saturation raised by ``int(sat_shift)`` except on grey
     pixels, and back."""
     h, s, v = rgb_to_hsv8(images)
-    hue_shift = _param(params, "hue_shift").view(-1, 1, 1)
-    sat_shift = torch.trunc(_param(params, "sat_shift")).long().view(-1, 1, 1)
+    hue_shift = to_device(_param(params, "hue_shift").view(-1, 1, 1), images.device)
+    sat_shift = to_device(torch.trunc(_param(params, "sat_shift")).long().view(-1, 1, 1), images.device)
     h = torch.where(hue_shift != 0, torch.remainder(h.double() + hue_shift, 180).long(), h)
     s = torch.where(s == 0, s, (s + sat_shift).clamp(0, 255))
     return hsv8_to_rgb(h, s, v)
@@ -715,11 +727,9 @@ def _blur(images: Tensor, params: Tensor) -> Tensor:
     """``A.GaussianBlur``: albumentations' kernel (size 3 or 5, σ drawn) as one separable depthwise
     convolution over the batch (BORDER_REFLECT_101), rounded."""
     b, c, h, w = images.shape
-    size = _param(params, "kernel")
-    sigma = _param(params, "sigma")
-    x = torch.arange(-2, 3, dtype=torch.float64, device=images.device)[None]
-    kernel = torch.exp(-0.5 * (x / sigma[:, None]) ** 2) * (x.abs() <= size[:, None] // 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).float().repeat_interleave(c, dim=0)   # (B·C)×5
+    x = torch.arange(-2, 3, dtype=torch.float64)[None]
+    kernel = torch.exp(-0.5 * (x / _param(params, "sigma")[:, None]) ** 2) * (x.abs() <= _param(params, "kernel")[:, None] // 2)
+    kernel = to_device((kernel / kernel.sum(dim=1, keepdim=True)).float().repeat_interleave(c, dim=0), images.device)
     flat = F.pad(images.float().view(1, b * c, h, w), (2, 2, 2, 2), mode="reflect")
     flat = F.conv2d(flat, kernel.view(b * c, 1, 1, 5), groups=b * c)
     flat = F.conv2d(flat, kernel.view(b * c, 1, 5, 1), groups=b * c)
@@ -730,7 +740,7 @@ def _noise(images: Tensor, params: Tensor) -> Tensor:
     """``A.GaussNoise``: per-pixel, per-channel normal noise of the drawn standard deviation, rounded."""
     generator = torch.Generator(device=images.device).manual_seed(int(_param(params, "noise_seed")[0]))
     noise = torch.randn(images.shape, generator=generator, device=images.device)
-    noise = noise * _param(params, "noise_std").float().view(-1, 1, 1, 1)
+    noise = noise * _per_eye(_param(params, "noise_std"), images.device)
     return (images.float() + noise).round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -831,6 +841,13 @@ class DeviceEyeCache:
     def get(self, positions: Sequence[int]) -> list[Tensor | None]:
         """The stored eye at each position (a view of the device memory), or None."""
         return [self._images[p] if self._images is not None and self._stored(p) else None for p in positions]
+
+    def gather(self, positions: Sequence[int]) -> Tensor | None:
+        """The stored eyes at ``positions`` as one B×3×side×side tensor (one gather on the device, the
+        host never waiting), or None unless every one is stored."""
+        if self._images is None or not all(self._stored(p) for p in positions):
+            return None
+        return self._images.index_select(0, to_device(torch.tensor(list(positions)), self._images.device))
 
     def put(self, positions: Sequence[int], images: Tensor) -> None:
         """Store B prepared eyes at their positions (those beyond the slots are not kept)."""
@@ -946,13 +963,14 @@ class DevicePipeline:
         self.augment, self.cache = augment, cache
 
     def __call__(self, batch: dict) -> dict:
-        from xmed.data.normalise import normalise_images
-
         out = {k: v for k, v in batch.items() if k not in HANDOVER_KEYS}
         n = int(batch.get("size", 0))
         if not n:
             return out
         positions = batch["position"].tolist()
+        stored = self.cache.gather(positions) if self.cache is not None else None
+        if stored is not None:  # every eye on the device already: only the augmentations are left
+            return self._finish(out, batch, list(range(n)), stored, [])
         images = self.cache.get(positions) if self.cache is not None else [None] * n
         skipped: list[dict] = []
         for group in _by_area([i for i in range(n) if images[i] is None], batch["area"]):
@@ -967,11 +985,16 @@ class DevicePipeline:
             for row, i in enumerate(fresh):
                 images[i] = prepared[row]
         keep = [i for i in range(n) if images[i] is not None]
+        return self._finish(out, batch, keep, torch.stack([images[i] for i in keep]) if keep else None, skipped)
+
+    def _finish(self, out: dict, batch: dict, keep: list[int], stacked: Tensor | None, skipped: list[dict]) -> dict:
+        """The batch of the eyes ``keep`` (their prepared images ``stacked``), augmented and normalised."""
+        from xmed.data.normalise import normalise_images
+
         out = _select(out, keep)
         out.update(skipped=list(batch.get("skipped", [])) + skipped, size=len(keep), masks={}, mask_valid={})
         if not keep:  # every file of the batch skipped: what collate_samples gives for such a batch
             return {"skipped": out["skipped"], "size": 0}
-        stacked = torch.stack([images[i] for i in keep])
         if self.augment is not None:
             params = batch["params"][keep]
             stacked = self.augment(stacked, params)
