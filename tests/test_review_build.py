@@ -187,3 +187,31 @@ def test_bad_sources_are_named(explain_run, tmp_path):
     with pytest.raises(ConfigError, match="holds readers' ratings"):
         build_session(tmp_path / "d", explain_dir=explain_run, overwrite=True, progress=False)
     assert (tmp_path / "d" / "ratings.sqlite").exists()
+
+
+def test_eyes_without_glaucoma_join_the_explained_ones(explain_run, tmp_path):
+    from xmed.explain import get_explainer
+
+    folder = build_session(tmp_path / "session", explain_dir=explain_run, n=2, normal=2, counterfactual=False,
+                           progress=False)
+    session = load_session(folder)
+    with open(folder / "key.csv", newline="") as handle:
+        key = {row["case"]: row["source_id"] for row in csv.DictReader(handle)}
+    explained = {p.stem for p in (explain_run / "maps" / "gradcam").glob("*.npy")}
+    labels = {case["id"]: case["truth"]["label"] for case in session["cases"]}
+    assert sorted(labels.values()) == [0, 0, 1, 1]
+    assert {labels[case] for case, source in key.items() if source in explained} == {1}
+    net = load_model(OmegaConf.load(explain_run / ".hydra" / "config.yaml").ckpt_path)
+    for case in session["cases"]:
+        layer = np.asarray(Image.open(folder / case["panels"]["gradcam"]["heatmap"]))
+        if key[case["id"]] in explained:        # the run's own map
+            assert np.array_equal(layer, heatmap_layer(np.load(explain_run / "maps" / "gradcam" / f"{key[case['id']]}.npy"))[0])
+            continue
+        photo = np.asarray(Image.open(folder / case["photo"]).convert("RGB")) / 255.0
+        x = torch.from_numpy((photo - np.array(net.data_config.mean)) / np.array(net.data_config.std))
+        with torch.enable_grad():
+            fresh = get_explainer("gradcam")(net)(x.permute(2, 0, 1)[None].float(), "glaucoma").maps[0, 0].numpy()
+        # computed here as the run computes its maps (8-bit rounding of the photograph aside)
+        assert layer[..., 3].max() == 255 and np.abs(layer.astype(int) - heatmap_layer(fresh)[0]).mean() < 2
+    with pytest.raises(ConfigError, match="normal"):
+        build_session(tmp_path / "more", explain_dir=explain_run, normal=1000, counterfactual=False, progress=False)

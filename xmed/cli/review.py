@@ -59,7 +59,7 @@ def _build(args: argparse.Namespace) -> int:
     folder = build_session(args.out, explain_dir=args.explain, model=args.model, images=args.images,
                            methods=args.methods, counterfactual=not args.no_counterfactual, mode=args.mode,
                            seed=args.seed, n=args.n, batch_size=args.batch_size, overwrite=args.overwrite,
-                           title=args.title, progress=not args.quiet)
+                           title=args.title, progress=not args.quiet, normal=args.normal)
     session = load_session(folder)
     print(f"review session of {len(session['cases'])} eyes ({session['mode']}; "
           f"{', '.join(m['title'] for m in session['methods'])}) in {folder.resolve()}")
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blinded: each reader's own case order, methods hidden behind A/B (the study protocol)")
     p.add_argument("--seed", type=at_least(0), default=0, help="seeds the readers' orders and A/B letters")
     p.add_argument("--n", type=at_least(1), default=None, help="only the first N eyes")
+    p.add_argument("--normal", type=at_least(1), default=None,
+                   help="also N eyes without glaucoma from the --explain run's split (explained here)")
     p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--title", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -58,13 +58,16 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
                   methods: Sequence[str] | None = None, counterfactual: bool = True, mode: str = "blinded",
                   seed: int = 0, n: int | None = None, batch_size: int = 8, overwrite: bool = False,
                   counterfactual_options: Mapping[str, Any] | None = None, title: str | None = None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, normal: int | None = None) -> Path:
     """Write a review session into ``out`` (a fresh folder; ``overwrite`` replaces an earlier one)
     and return it. Give ``explain_dir`` (an ``xmed-explain`` run: its model, eyes and maps), or
     ``model`` and ``images`` (a folder of photographs or DICOM files, searched recursively; an
     unreadable file is skipped and listed in ``session.json``'s ``skipped``). ``methods``: the
     saliency methods (default: the explain run's, or Grad-CAM); ``counterfactual``: add the
-    adversarial edit pair; ``n``: the first ``n`` eyes only."""
+    adversarial edit pair; ``n``: the first ``n`` eyes only; ``normal``: also the first ``normal``
+    eyes without glaucoma (label 0) of the explain run's split, explained here (a run that
+    explained glaucomatous eyes only, ``label=1``, leaves readers nothing to call normal); the
+    session holds the eyes in the split's order."""
     from xmed.models.export import load_model
     from xmed.runs import claim_run_folder
 
@@ -78,7 +81,8 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
 
         config, config_path, maps_dir, automatic = _explain_source(Path(explain_dir))
         net = load_model(config.ckpt_path)
-        view, skipped = explained_view(config, datamodule_for_model(config.data, net, source=config_path)), []
+        datamodule = datamodule_for_model(config.data, net, source=config_path)
+        view, skipped = explained_view(config, datamodule), []
         methods = list(methods) if methods is not None else _explained_methods(config)
         source = "xmed-explain run"
     else:
@@ -89,6 +93,10 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
         source = "image folder"
     if n is not None:
         view = type(view)(view.base, view.indices[:int(n)], view.transform)
+    if normal:
+        if explain_dir is None:
+            raise ConfigError("normal", "eyes without glaucoma are added from an xmed-explain run's split (--explain)")
+        view = _with_normal_eyes(view, datamodule.splits[config.split], int(normal))
     if len(view) == 0:
         raise ConfigError("images" if explain_dir is None else "explain", "no eyes to review")
     if (Path(out) / "ratings.sqlite").exists():  # never deleted by a rebuild: ratings are never lost
@@ -96,7 +104,7 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
                                  f"replace: export them (xmed-review export {out} --out …) and move ratings.sqlite "
                                  f"away, or build into a new folder")
     folder = claim_run_folder(out, overwrite=overwrite, key="out", holds="a review session")
-    explainers = _saliency_explainers(net, methods)
+    explainers = _saliency_explainers(net, methods, config.explainer if explain_dir is not None else None)
     editor = _editor(net, counterfactual_options) if counterfactual else None
     cases, key = [], {}
     for batch in _batches(view, batch_size, progress):
@@ -193,6 +201,17 @@ def _image_folder(folder: Path, net):
     return SplitView(dataset, readable, transform), skipped
 
 
+def _with_normal_eyes(view, split, count: int):
+    """``view`` with the first ``count`` eyes of ``split`` labelled 0 (no glaucoma) it lacks, all
+    in the split's order (so that the session does not list one kind of eye first)."""
+    explained = set(view.indices)
+    normal = [i for i in split.indices if view.base.records[i].label == 0.0 and i not in explained][:count]
+    if len(normal) < count:
+        raise ConfigError("normal", f"the split holds {len(normal)} eyes without glaucoma to add, not {count}")
+    order = {index: position for position, index in enumerate(split.indices)}
+    return type(view)(view.base, sorted([*view.indices, *normal], key=order.get), view.transform)
+
+
 def _explained_methods(config) -> list[str]:
     from xmed.explain import EXPLAINERS
 
@@ -204,10 +223,20 @@ def _explained_methods(config) -> list[str]:
 # -- explaining ----------------------------------------------------------------------------------
 
 
-def _saliency_explainers(net, methods: Iterable[str]) -> dict[str, Any]:
+def _saliency_explainers(net, methods: Iterable[str], settings=None) -> dict[str, Any]:
+    """The explainer of each method, with the explain run's ``settings`` (its ``explainer`` config)
+    where it has them: a map computed here for an eye the run did not explain is then made as the
+    run's own maps were."""
+    from omegaconf import OmegaConf
+
     from xmed.explain import get_explainer
 
-    return {name: get_explainer(name)(net) for name in methods}
+    explainers = {}
+    for name in methods:
+        options = (settings or {}).get(name) or {}
+        options = dict(OmegaConf.to_container(options, resolve=True) if OmegaConf.is_config(options) else options)
+        explainers[name] = get_explainer(options.pop("method", name))(net, **options)
+    return explainers
 
 
 def _editor(net, options: Mapping[str, Any] | None):
@@ -257,14 +286,15 @@ def _explain_batch(net, batch: Mapping[str, Any], explainers: Mapping[str, Any],
 
 
 def _maps(name: str, explainer, images: Tensor, ids: list[str], maps_dir: Path | None) -> list[np.ndarray]:
-    """The saliency maps of a batch: read from the explain run when it wrote every one, else computed."""
-    if maps_dir is not None:
-        files = [maps_dir / name / f"{eye_file_stem(i)}.npy" for i in ids]
-        if all(f.is_file() for f in files):
-            return [np.load(f, allow_pickle=False) for f in files]
-    with torch.enable_grad():
-        maps = explainer(images, "glaucoma").maps.detach().float().cpu()
-    return [m[0].numpy() for m in maps]
+    """The saliency maps of a batch: those the explain run wrote read from it, the others computed."""
+    files = [None if maps_dir is None else maps_dir / name / f"{eye_file_stem(i)}.npy" for i in ids]
+    missing = [i for i, f in enumerate(files) if f is None or not f.is_file()]
+    computed = {}
+    if missing:
+        with torch.enable_grad():
+            maps = explainer(images[missing], "glaucoma").maps.detach().float().cpu()
+        computed = {i: m[0].numpy() for i, m in zip(missing, maps)}
+    return [computed[i] if i in computed else np.load(f, allow_pickle=False) for i, f in enumerate(files)]
 
 
 def _edits(editor, images: Tensor, dc) -> tuple[dict[str, list[Edit]], np.ndarray]:
