@@ -20,14 +20,15 @@ $(VENV)/.installed: pyproject.toml
 # -> a clinician review session of the explained eyes and its static report
 # (each step replaces what an earlier `make demo` wrote into $(OUT): --overwrite / overwrite=true)
 # (the explanations of the diagnosis are scored on glaucomatous eyes, label=1: a healthy eye has no
-# evidence for glaucoma to point at)
+# evidence for glaucoma to point at; the review session holds 4 of them and 4 eyes without glaucoma, --normal 4,
+# whose maps it computes as the explain run would, so that its readers judge both kinds of decision)
 demo: venv
 	$(BIN)/xmed-data phantom --out $(OUT)/data/phantom_smoke --n 3000 --size 256 --seed 0 --overwrite
 	$(BIN)/xmed-data inspect --dataset phantom --root $(OUT)/data/phantom_smoke --no-decode
 	$(BIN)/xmed-train experiment=phantom_smoke paths.data_dir=$(OUT)/data paths.output_dir=$(OUT)/train overwrite=true
 	$(BIN)/xmed-eval ckpt_path=$(OUT)/train/model data=phantom data.root=$(OUT)/data/phantom_smoke paths.output_dir=$(OUT)/eval overwrite=true
 	$(BIN)/xmed-explain ckpt_path=$(OUT)/train/model data.root=$(OUT)/data/phantom_smoke 'explainer=[gradcam,integrated_gradients,rise]' n=8 label=1 paths.output_dir=$(OUT)/explain overwrite=true model_card=$(OUT)/train/model_card.md
-	$(BIN)/xmed-review build $(OUT)/review --explain $(OUT)/explain --quiet --overwrite
+	$(BIN)/xmed-review build $(OUT)/review --explain $(OUT)/explain --n 4 --normal 4 --quiet --overwrite
 	$(BIN)/xmed-review export $(OUT)/review --out $(OUT)/review_report
 	@echo "demo outputs are in $(abspath $(OUT)): data/ (phantom), train/ (checkpoints, model, metrics, model_card.md), eval/, explain/ (saliency maps, overlays, scores), review/ (the clinician review session), review_report/ (its static report)"
 	@echo "open the live review page:  $(BIN)/xmed-review reader $(OUT)/review 'Your Name'   (prints your private link), then  $(BIN)/xmed-review serve $(OUT)/review"
