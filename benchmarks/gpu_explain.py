@@ -155,7 +155,8 @@ def edit_rows(part: Part, ctx: Context, model, images: torch.Tensor, measure) ->
     measure(f"adversarial edit, {steps} steps (batch_size: auto), fp32", edit(False), eyes, goal=EDIT_GOAL,
             note=f"batch: {choice.reason}")
     measure(f"adversarial edit, {steps} steps (batch_size: auto), under an outer bf16 autocast", edit(True), eyes,
-            bf16=True, goal=EDIT_GOAL, note="what bf16 inside the edit could give at most: xmed-explain runs it in fp32")
+            bf16=True, goal=EDIT_GOAL,
+            note="what bf16 inside the edit could give at most: xmed-explain runs it in fp32")
 
 
 def every_method(part: Part, ctx: Context, model, images: torch.Tensor, measure) -> None:

@@ -104,7 +104,8 @@ def run(part: Part, ctx: Context) -> None:
                           "batch": batch, "workers": cores, "timed epochs": epochs,
                           "loader": "the data configs' settings: data.cache_mb=1024, data.decode_reduced=true (cpu)",
                           "precision": "bf16 autocast" if ctx.bf16 else "fp32"})
-    part.attempt("nvJPEG decode rate", lambda: decode_rate(part, ctx, folder, batch, cached_steps, step_count(n, batch)))
+    part.attempt("nvJPEG decode rate",
+                 lambda: decode_rate(part, ctx, folder, batch, cached_steps, step_count(n, batch)))
     part.attempt("device pipeline check", lambda: agreement(part, ctx, folder, size))
     rows = [(f"data.pipeline=gpu, {cores} workers, epochs after the first (prepared eyes on the device)", "gpu", False,
              LATER_GOAL),

@@ -226,8 +226,8 @@ def choose_pipeline(requested: Any, device: str | None, obstacle: str | None = N
             raise ConfigError(key, f"gpu cannot prepare these photographs: {obstacle}; use {key}=cpu")
         return Choice("cpu", obstacle)
     if value == "gpu":
-        return Choice("gpu", "set in the config" + ("" if device in (None, "cuda") else
-                                                   f"; on {device}, the tensor pipeline is slower than the loader workers"))
+        slower = f"; on {device}, the tensor pipeline is slower than the loader workers"
+        return Choice("gpu", "set in the config" + ("" if device in (None, "cuda") else slower))
     if device == "cuda":
         return Choice("gpu", "the model runs on CUDA: the loader workers read the files, the GPU decodes (nvJPEG) and "
                              "prepares each batch")

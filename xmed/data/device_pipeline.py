@@ -39,7 +39,8 @@ Example:
     >>> yy, xx = np.mgrid[:100, :140]
     >>> image[(xx - 70) ** 2 + (yy - 50) ** 2 <= 40 ** 2] = (200, 90, 40)
     >>> batch = torch.from_numpy(image).permute(2, 0, 1)[None]
-    >>> [round(v, 6) for v in find_fov_batch(batch)[0].tolist()] == [round(v, 6) for v in find_fov(image).__dict__.values()]
+    >>> fov = find_fov(image)
+    >>> [round(v, 6) for v in find_fov_batch(batch)[0].tolist()] == [round(v, 6) for v in (fov.cx, fov.cy, fov.radius)]
     True
     >>> tuple(prepare_batch([batch[0]], FundusPreprocess(crop_fov=True), 64).shape)
     (1, 3, 64, 64)
@@ -97,7 +98,8 @@ def resampling_weights(origin: Tensor, side: Tensor, new: Tensor, n_out: int, n_
     origin, side, new = (t.to(torch.float64) for t in (origin, side, new))
     pad = torch.zeros(b, dtype=torch.float64, device=device) if pad is None else pad.to(torch.float64)
     low = torch.zeros(b, dtype=torch.float64, device=device) if low is None else low.to(torch.float64)
-    high = torch.full((b,), float(n_src), dtype=torch.float64, device=device) if high is None else high.to(torch.float64)
+    high = (torch.full((b,), float(n_src), dtype=torch.float64, device=device) if high is None
+            else high.to(torch.float64))
     d = torch.arange(n_out, dtype=torch.float64, device=device)[None] - pad[:, None]   # B×n_out: output pixel
     inv = new / side                                   # OpenCV's inv_scale, and scale = 1 / inv_scale
     scale = (1.0 / inv)[:, None]
@@ -249,8 +251,8 @@ def _boundary_points(component: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     bottom = (h - 1) - as_int.flip(1).argmax(dim=1).double()
     x = torch.cat([left - 0.5, right + 0.5, cols, cols], dim=1)
     y = torch.cat([rows, rows, top - 0.5, bottom + 0.5], dim=1)
-    valid = torch.cat([any_row & (left > 0), any_row & (right < w - 1), any_col & (top > 0), any_col & (bottom < h - 1)],
-                      dim=1)
+    valid = torch.cat([any_row & (left > 0), any_row & (right < w - 1),
+                       any_col & (top > 0), any_col & (bottom < h - 1)], dim=1)
     return x, y, valid
 
 
@@ -418,8 +420,10 @@ def find_disc_batch(images: Tensor, windows: Windows, fov: Tensor) -> tuple[Tens
     :func:`~xmed.data.preprocess.find_disc` finds it in the cropped photograph."""
     b, _, h, w = images.shape
     device = images.device
-    mean = (images[:, 0].float() + images[:, 1]) + images[:, 2] if images.shape[1] == 3 else images[:, 0].float()
-    mean = mean / images.shape[1] if images.shape[1] == 3 else mean
+    mean = images[:, 0].float()
+    for c in range(1, images.shape[1]):  # summed channel by channel, as preprocess._channel_mean sums
+        mean = mean + images[:, c]
+    mean = mean / images.shape[1]
     cx, cy, radius = fov.unbind(1)
     scale = _DISC_WORK_DIAMETER / torch.clamp(2 * radius, min=1.0)
     small_w = torch.clamp(torch.round(windows.width * scale), min=1)
@@ -656,7 +660,8 @@ def _affine(images: Tensor, params: Tensor) -> Tensor:
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     inverse = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
     half = torch.tensor([w / 2.0, h / 2.0], dtype=torch.float64)
-    theta = torch.cat([inverse * half[None, None, :] / half[None, :, None], torch.zeros(b, 2, 1, dtype=torch.float64)], 2)
+    theta = torch.cat([inverse * half[None, None, :] / half[None, :, None],
+                       torch.zeros(b, 2, 1, dtype=torch.float64)], dim=2)
     grid = F.affine_grid(to_device(theta.float(), images.device), [b, 3, h, w], align_corners=False)
     warped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return warped.round_().clamp_(0, 255).to(torch.uint8)
@@ -728,7 +733,8 @@ def _blur(images: Tensor, params: Tensor) -> Tensor:
     convolution over the batch (BORDER_REFLECT_101), rounded."""
     b, c, h, w = images.shape
     x = torch.arange(-2, 3, dtype=torch.float64)[None]
-    kernel = torch.exp(-0.5 * (x / _param(params, "sigma")[:, None]) ** 2) * (x.abs() <= _param(params, "kernel")[:, None] // 2)
+    taps = x.abs() <= _param(params, "kernel")[:, None] // 2           # 3 of the 5 for a kernel of 3
+    kernel = torch.exp(-0.5 * (x / _param(params, "sigma")[:, None]) ** 2) * taps
     kernel = to_device((kernel / kernel.sum(dim=1, keepdim=True)).float().repeat_interleave(c, dim=0), images.device)
     flat = F.pad(images.float().view(1, b * c, h, w), (2, 2, 2, 2), mode="reflect")
     flat = F.conv2d(flat, kernel.view(b * c, 1, 1, 5), groups=b * c)
