@@ -380,13 +380,19 @@ def test_explanations_read_through_the_device_pipeline_and_say_how_they_ran(jpeg
     common = [f"ckpt_path={model}", "data=phantom", f"data.root={jpeg_phantom}", "data.num_workers=0", "n=4",
               "explainer=gradcam", "metrics=[deletion]", "faithfulness.n_steps=4", "randomisation.n_images=0",
               "overlays=0"]
-    maps = {}
-    for pipeline in ("cpu", "gpu"):
-        out = tmp_path / pipeline
+    maps, settings = {}, {}
+    for pipeline, autocast in (("cpu", "false"), ("gpu", "auto"), ("cpu", "true")):
+        out = tmp_path / f"{pipeline}_{autocast}"
         result = explain_run(compose("explain", [*common, f"paths.output_dir={out}", f"data.pipeline={pipeline}",
-                                                 "+data.dataset_options.load_masks=false"]))
-        maps[pipeline] = np.stack([np.load(p) for p in sorted((out / "maps" / "gradcam").glob("*.npy"))])
+                                                 f"autocast={autocast}", "+data.dataset_options.load_masks=false"]))
+        maps[pipeline, autocast] = np.stack([np.load(p) for p in sorted((out / "maps" / "gradcam").glob("*.npy"))])
+        settings[pipeline, autocast] = result["settings"]
         assert json.loads((out / "metrics.json").read_text())["settings"] == result["settings"]
+    result = {"settings": settings["gpu", "auto"]}
+    assert settings["cpu", "true"]["autocast"] == "True (set in the config)"
+    bf16, fp32 = maps["cpu", "true"], maps["cpu", "false"]          # Grad-CAM's passes in bf16, its map in fp32
+    assert np.abs(bf16 - fp32).max() <= 0.1 * np.abs(fp32).max() and not np.array_equal(bf16, fp32)
+    maps = {"cpu": fp32, "gpu": maps["gpu", "auto"]}
     assert result["settings"]["pipeline"].startswith("gpu (set in the config")
     assert result["settings"]["batch_size"] == "8 (on cpu: a larger batch is no faster there)"
     assert result["settings"]["autocast"] == "False (full precision on cpu)"

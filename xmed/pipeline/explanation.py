@@ -122,6 +122,19 @@ def build_explainers(model: torch.nn.Module, explainer_cfg: Mapping[str, Any]) -
     return explainers
 
 
+def gradient_method(explainer: Any) -> bool:
+    """Whether ``autocast`` runs ``explainer`` in bf16: the saliency methods whose cost is a backward pass
+    (the CAMs, Integrated Gradients, SmoothGrad, input×gradient, guided Grad-CAM), not occlusion and
+    RISE, which read small differences of the model's scores that bf16 would round away.
+
+    Example:
+        >>> from xmed.explain import EXPLAINERS
+        >>> [name for name, cls in EXPLAINERS.items() if not gradient_method(cls.__new__(cls))]
+        ['occlusion', 'rise']
+    """
+    return type(explainer).__module__ in ("xmed.explain.saliency.cam", "xmed.explain.saliency.gradient")
+
+
 class ExplainModule(L.LightningModule):
     """Lightning's predict loop over explainers: each step explains a batch with every method and
     scores the maps; it returns the per-eye records (one per eye and method) and what
@@ -136,7 +149,7 @@ class ExplainModule(L.LightningModule):
         self.target = target
         self.metrics = dict(metrics)
         self.overlay_ids = overlay_ids
-        #: the saliency methods' passes in bf16 autocast (:func:`xmed.runtime.choose_autocast`); their
+        #: the gradient methods' passes in bf16 autocast (:func:`xmed.runtime.choose_autocast`); their
         #: maps, the metrics and the eyes' scores stay in fp32
         self.autocast = autocast
 
@@ -167,7 +180,8 @@ class ExplainModule(L.LightningModule):
             if isinstance(explainer, RationaleRun):
                 out["rationales"][name] = self._rationales(explainer, images, ids, per_eye)
                 continue
-            with torch.enable_grad(), torch.autocast(images.device.type, torch.bfloat16, enabled=self.autocast):
+            bf16 = self.autocast and gradient_method(explainer)
+            with torch.enable_grad(), torch.autocast(images.device.type, torch.bfloat16, enabled=bf16):
                 explanation = explainer(images, self.target)
             maps = explanation.maps.float()
             evidence = Evidence(maps=maps, masks=truth, forward=forward, images=images)
