@@ -1,6 +1,9 @@
-"""The review page (``xmed-review serve``): glaucoma specialists open a case, see the photograph
-and each explanation panel at full resolution, and rate the panels; every rating is stored in
-``<session>/ratings.sqlite`` (:class:`~xmed.review.store.RatingStore`) before the page says "saved".
+"""The review page (``xmed-review serve``): glaucoma specialists open a case — one large photograph
+beside the model's reasons (its sentence, the findings with their contributions), the explanation
+panels in a grid, a counterfactual pair as less glaucomatous | original | more glaucomatous with
+what each edit changed — and rate the panels in a bar that stays in view (a case fits two screens
+of 1280 × 800); every rating is stored in ``<session>/ratings.sqlite``
+(:class:`~xmed.review.store.RatingStore`) before the page says "saved".
 
 Routes (every one but ``/login`` and ``/static/…`` needs the reader's sign-in cookie):
 
