@@ -213,23 +213,27 @@ def test_edit_changes_names_what_moved_largest_first():
 
 
 def test_the_review_edits_every_eye_both_ways_and_says_what_changed(model, fundus_images):
-    from xmed.review.build import REVIEW_GOALS, _edits, _editor
+    from xmed.review.build import COUNTERFACTUAL_DEFAULTS, REVIEW_GOALS, _edits, _editor
+    from xmed.viz.overlay import to_uint8_image
 
     with torch.no_grad():
         logits = model(fundus_images)["logits"].reshape(-1)
         model.glaucoma_head.bias.add_(4.0 - float(logits[0]))  # eye 0 at P ≈ 0.98: past any fixed 0.95 goal
     try:
-        editor = _editor(model, {"max_steps": 8})
-        assert editor.logit_step == REVIEW_GOALS["logit_step"]
+        editor = _editor(model, {"max_steps": 3})
+        assert editor.logit_step == REVIEW_GOALS["logit_step"] and editor.colour == COUNTERFACTUAL_DEFAULTS["colour"]
         edits, fov = _edits(editor, fundus_images, model.data_config)
     finally:
         with torch.no_grad():
             model.glaucoma_head.bias.sub_(4.0 - float(logits[0]))
     assert fov.shape == (3, SIZE, SIZE)
     assert edits["toward_glaucoma"][0].probability_from > 0.97
+    dc = model.data_config
     for name, direction in (("toward_normal", "decrease"), ("toward_glaucoma", "increase")):
-        for edit in edits[name]:
+        for i, edit in enumerate(edits[name]):
             assert edit.steps > 0                                   # never "not edited"
+            change = edit.image.astype(int) - to_uint8_image(fundus_images[i], dc.mean, dc.std).astype(int)
+            assert np.abs(change).max() > 2 and np.abs(change - change[..., :1]).max() <= 1   # grey (8-bit rounding aside)
             goal = step_goals(torch.tensor([edit.probability_from]), direction, REVIEW_GOALS["logit_step"]).item()
             assert edit.goal == pytest.approx(goal, abs=2e-3)        # its own goal (from P as rounded to 4 decimals)
             passed = edit.probability_to > edit.goal if direction == "increase" else edit.probability_to < edit.goal

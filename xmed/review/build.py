@@ -5,10 +5,13 @@ For each eye the session holds the photograph as the model saw it, a panel per e
 method, the model's probability and decision at its own operating threshold, and the
 finding-level rationale. Saliency maps an ``xmed-explain`` run already wrote are reused
 (``maps/<method>/<eye>.npy``); missing ones are computed. The counterfactual panel is always made
-here, because a reader needs an edit carried to a *confident* goal (P ≤ 0.05 toward normal,
-P ≥ 0.95 toward glaucoma, :data:`REVIEW_GOALS`), smoothed so that it reads as anatomy rather
-than speckle; each edit is flagged when it was not made, did not reach its goal, or is too
-small to see (:func:`xmed.review.panels.edit_flag`).
+here, because a reader needs both edits of every eye, each carried a fixed step of the diagnosis
+logit from where the eye starts (3: P 0.5 → 0.047 / 0.953, P 0.97 → 0.80 / 0.9985,
+:data:`REVIEW_GOALS`), so an eye the model is already sure of is still edited both ways; changing
+lightness only and smoothed, so that it reads as anatomy rather than as colour artefacts or
+speckle (:data:`COUNTERFACTUAL_DEFAULTS`). Each edit says what it changed in the model's words
+(``Edit.changes``) and is flagged when it did not reach its goal or is too small to see
+(:func:`xmed.review.panels.edit_flag`).
 
 Case ids are pseudonyms (``case-001`` …, in source order); ``key.csv`` links them to the source
 ids and is never served or exported.
@@ -43,9 +46,12 @@ REVIEW_GOALS = {"logit_step": 3.0}
 #: fixed goals for an edit method without a per-eye step (the study's latent shift): where the step
 #: takes an eye the model is unsure of (P ≤ 0.05 toward normal, P ≥ 0.95 toward glaucoma)
 FIXED_GOALS = {"decrease": 0.05, "increase": 0.95}
-#: the adversarial edit's settings for readers: a budget that can reach a confident goal, and a
-#: smoothed gradient so that the edit changes structures, not single pixels
-COUNTERFACTUAL_DEFAULTS = {"relative_epsilon": 0.08, "max_steps": 100, "smooth": 2.0}
+#: the adversarial edit's settings for readers: lightness changes only (unconstrained, the edits put
+#: cyan, blue and red blobs at the cup margin that readers take for colour artefacts: 0.97 of the
+#: change's energy in CIELAB is hue, against 0.06), a budget that reaches the goal in grey for most
+#: edits (91 % at 0.12; 75 % at the 0.08 the colour edits needed), and a smoothed gradient so that
+#: the edit changes structures, not single pixels (``benchmarks/results/edit_anatomy``)
+COUNTERFACTUAL_DEFAULTS = {"relative_epsilon": 0.12, "max_steps": 100, "smooth": 2.0, "colour": "lightness"}
 TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM",
           "integrated_gradients": "Integrated gradients", "rise": "RISE", "occlusion": "Occlusion",
           "smoothgrad": "SmoothGrad", "smoothgrad_sq": "SmoothGrad²", "input_x_gradient": "Input × gradient",

@@ -5,7 +5,7 @@ direction="decrease")`` edits each image, within a budget, until the target's pr
 threshold (the decision flips), and returns the edited images, the path that led there and what
 the model said along it (:class:`Counterfactual`). On a :class:`~xmed.models.FundusClassifier` the
 path also records every finding probability and the vCDR, so one can read *which findings* the
-edit moved (a shrinking cup, a filled-in rim notch...).
+edit moved (a shrinking cup, a filled-in rim notch...: :func:`edit_changes`).
 
 Like :mod:`xmed.explain`, this package is both a module and a function: call it for a one-off
 counterfactual, or build a method once and call it on many batches
