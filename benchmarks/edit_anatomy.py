@@ -217,7 +217,8 @@ def run(model: Path, n: int, size: int, batch_size: int) -> dict[str, Any]:
     from xmed.review.build import COUNTERFACTUAL_DEFAULTS, REVIEW_GOALS
 
     threshold = getattr(net, "threshold", None)
-    return {"review_settings": COUNTERFACTUAL_DEFAULTS, "review_goals": REVIEW_GOALS, "model": {"path": str(model), "backbone": net.config["backbone"], "input_size": dc.input_size,
+    return {"review_settings": COUNTERFACTUAL_DEFAULTS, "review_goals": REVIEW_GOALS,
+            "model": {"path": str(model), "backbone": net.config["backbone"], "input_size": dc.input_size,
                       "preprocess": dc.preprocess(), "threshold": threshold},
             "eyes": {"n": n, "size": size, "seeds": f"{SEED}..{SEED + n - 1}", "options": PHANTOM,
                      "glaucoma": sum(e.label for e in eyes),
@@ -231,7 +232,8 @@ def table(record: dict[str, Any], part: str) -> str:
     for mode in record["modes"]:
         s = mode["summary"][part]
         cells = ["–" if s[key] is None else format(s[key], fmt) for key, _, fmt in FIGURES]
-        lines.append(f"| {mode['name']} | {s['edits'] - s['not_edited']} ({s['not_edited']}) | " + " | ".join(cells) + " |")
+        made = f"{s['edits'] - s['not_edited']} ({s['not_edited']})"
+        lines.append(f"| {mode['name']} | {made} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -242,13 +244,14 @@ def markdown(record: dict[str, Any]) -> str:
     parts = ["# Adversarial edits: colour and anatomy, per colour mode", "",
              f"Command: `{record['command']}` ({record['seconds']:.0f} s, "
              f"{record['threads']} torch threads, load average at start {record['load']})", "",
-             f"- **model**: {model['backbone']}, {model['input_size']} px, preprocessing {json.dumps(model['preprocess'])}, "
-             f"`{model['path']}`",
+             f"- **model**: {model['backbone']}, {model['input_size']} px, preprocessing "
+             f"{json.dumps(model['preprocess'])}, `{model['path']}`",
              f"- **eyes**: {eyes['n']} fresh phantom eyes ({eyes['size']} px, prevalence 0.5: {eyes['glaucoma']} "
              f"glaucomatous), seeds {eyes['seeds']}; P ≥ 0.95 at the start: {eyes['p_at_least_0.95']}, "
              f"P ≤ 0.05: {eyes['p_at_most_0.05']}",
              f"- **editor**: the review's settings (`xmed.review.build.COUNTERFACTUAL_DEFAULTS`: "
-             f"{json.dumps(record['review_settings'])}) and goals (`REVIEW_GOALS`: {json.dumps(record['review_goals'])}); "
+             f"{json.dumps(record['review_settings'])}) and goals (`REVIEW_GOALS`: "
+             f"{json.dumps(record['review_goals'])}); "
              f"the rows before the last at the review's earlier budget (`relative_epsilon` {FREE_BUDGET}), the first "
              f"with its earlier fixed goals",
              f"- **the ideal** (what a re-rendered cup changes) has a hue share of {both['ideal_hue_share']:.2f} "

@@ -128,8 +128,8 @@ def render_phantom(seed: int, size: int = 512, *, cup_vcdr: float | None = None,
         >>> set(eye.findings) == set(__import__("xmed").FINDINGS)
         True
         >>> smaller = render_phantom(seed=1, size=128, prevalence=0.5, cup_vcdr=eye.vcdr - 0.1)
-        >>> bool(smaller.masks["cup"].sum() < eye.masks["cup"].sum()), (smaller.masks["disc"] == eye.masks["disc"]).all()
-        (True, np.True_)
+        >>> smaller.masks["cup"].sum() < eye.masks["cup"].sum(), (smaller.masks["disc"] == eye.masks["disc"]).all()
+        (np.True_, np.True_)
     """
     if int(size) < _min_size():
         raise ConfigError("size", f"must be at least {_min_size()} pixels, got {size}")
