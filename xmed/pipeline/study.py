@@ -153,7 +153,8 @@ class StudyMethods:
         model: a trained :class:`~xmed.models.FundusClassifier`.
         saliency: saliency method names (:data:`xmed.explain.EXPLAINERS`).
         saliency_options: ``{name: options}`` of some of them (e.g. ``{"integrated_gradients": {"n_steps": 16}}``).
-        adversarial: the adversarial edit's settings (None: no edit); it is carried to the
+        adversarial: the adversarial edit's settings over the review's (an option set to None keeps
+            the review's; None: no edit); it is carried to the
             review's goals (:data:`xmed.review.build.REVIEW_GOALS`).
         latent_shift: the latent shift's settings with its ``autoencoder`` (None: none).
         rationale: whether to score the finding-level rationale.
@@ -176,7 +177,8 @@ class StudyMethods:
         self.editors = {}
         if adversarial is not None:
             self.editors["adversarial"] = get_counterfactual("adversarial")(
-                model, **{**COUNTERFACTUAL_DEFAULTS, **dict(adversarial), **REVIEW_GOALS})
+                model, **{**COUNTERFACTUAL_DEFAULTS, **{k: v for k, v in dict(adversarial).items() if v is not None},
+                          **REVIEW_GOALS})
         if latent_shift is not None:
             self.editors["latent_shift"] = get_counterfactual("latent_shift")(
                 model, **{**dict(latent_shift), "threshold": dict(FIXED_GOALS)})
