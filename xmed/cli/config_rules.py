@@ -79,7 +79,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "progress": BOOLEAN,
     "rationale": BOOLEAN,
     "min_change": number(above=0, below=1),
-    "adversarial.max_steps": integer(minimum=1),
+    "adversarial.max_steps": integer(minimum=1) | one_of(None),   # xmed-study: None keeps the review's
 }
 
 
