@@ -33,8 +33,10 @@ demo: venv
 	@echo "demo outputs are in $(abspath $(OUT)): data/ (phantom), train/ (checkpoints, model, metrics, model_card.md), eval/, explain/ (saliency maps, overlays, scores), review/ (the clinician review session), review_report/ (its static report)"
 	@echo "open the live review page:  $(BIN)/xmed-review reader $(OUT)/review 'Your Name'   (prints your private link), then  $(BIN)/xmed-review serve $(OUT)/review"
 
+# one test process per core (at most 8), each computing with one thread (tests/conftest.py); the
+# slowest tests are listed at the end
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 8 --dist loadscope --durations 10
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""

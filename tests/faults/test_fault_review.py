@@ -32,7 +32,14 @@ from xmed.review.session import (ADDRESS_FILE, EDITS, SESSION_FILE, Counterfactu
 from xmed.review.store import STORE_FILE, RatingStore, ratings_csv
 from xmed.review.synthetic import synthetic_session
 
-DELETE = object()  # in SCHEMA: remove the key
+class _Delete:
+    """In SCHEMA: remove the key (named in test ids, so that every test process collects the same ids)."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 DIGITS = "9" * 5000
 
 
