@@ -30,7 +30,7 @@ import sqlite3
 import textwrap
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jinja2
 import numpy as np
@@ -87,13 +87,7 @@ def stored_rows(session_dir: str | os.PathLike) -> list[dict[str, Any]] | None:
     or None when the session has no ratings file. The file is opened read-only: an export never
     changes a session, and never waits on a server saving ratings (the write-ahead log lets it
     read what is committed meanwhile)."""
-    path = Path(session_dir) / STORE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return RatingStore(path, read_only=True).rows()
-    except sqlite3.Error as err:
-        raise PathError(path, f"cannot read the ratings: {err}") from None
+    return _read_store(Path(session_dir), RatingStore.rows, "the ratings")
 
 
 def stored_ratings(session_dir: str | os.PathLike) -> list[dict[str, Any]] | None:
@@ -110,13 +104,19 @@ def _panel_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def _stored_readers(session_dir: Path) -> list[dict[str, Any]] | None:
     """The readers of ``<session>/ratings.sqlite`` (read-only), or None without one."""
+    return _read_store(session_dir, RatingStore.reader_list, "the readers")
+
+
+def _read_store(session_dir: Path, read: Callable[[RatingStore], Any], what: str) -> Any:
+    """``read`` of ``<session>/ratings.sqlite`` opened read-only, or None when the session has no
+    ratings file; a store that cannot be read raises :class:`PathError` saying ``what`` was read."""
     path = session_dir / STORE_FILE
     if not path.is_file():
         return None
     try:
-        return RatingStore(path, read_only=True).reader_list()
+        return read(RatingStore(path, read_only=True))
     except sqlite3.Error as err:
-        raise PathError(path, f"cannot read the readers: {err}") from None
+        raise PathError(path, f"cannot read {what}: {err}") from None
 
 
 def reader_progress(rows: Iterable[Mapping[str, Any]], session: Mapping[str, Any],

@@ -199,24 +199,25 @@ def edit_changes(case: Mapping[str, Any], edit: Mapping[str, Any], most: int = 3
     """What an edit changed in the model's own words: ``[{"code", "name", "from", "to"}, …]``, at
     most ``most`` findings besides the vCDR. The edit's own ``changes`` when it recorded them (in
     their order), else worked out from its ``findings_to`` and ``vcdr_to`` against the case's
-    findings and vCDR: the vCDR, then the findings it moved by :data:`MOVED` or more, largest move first.
+    findings and vCDR by the editor's own rule (:func:`xmed.explain.counterfactual.moved_concepts`)
+    with :data:`MOVED` as the smallest move, largest move first.
 
     Example:
         >>> case = {"vcdr": 0.74, "findings": [{"code": "LC", "probability": 0.9}, {"code": "DH", "probability": 0.1}]}
         >>> [(c["name"], c["from"], c["to"]) for c in edit_changes(case, {"findings_to": [0.2, 0.15], "vcdr_to": 0.48})]
         [('vCDR', 0.74, 0.48), ('large cup', 0.9, 0.2)]
     """
+    from xmed.explain.counterfactual import moved_concepts
     from xmed.findings import FINDING_NAMES, VCDR
 
     changes = edit.get("changes")
     if changes is None:
-        changes = []
+        findings = case.get("findings") or []
+        before = {f["code"]: f["probability"] for f in findings}
+        after = {f["code"]: to for f, to in zip(findings, edit.get("findings_to") or [])}
         if edit.get("vcdr_to") is not None and case.get("vcdr") is not None:
-            changes.append({"code": VCDR, "from": case["vcdr"], "to": edit["vcdr_to"]})
-        moved = [{"code": f["code"], "from": f["probability"], "to": to}
-                 for f, to in zip(case.get("findings") or [], edit.get("findings_to") or [])
-                 if abs(to - f["probability"]) >= MOVED]
-        changes += sorted(moved, key=lambda c: -abs(c["to"] - c["from"]))
+            before[VCDR], after[VCDR] = case["vcdr"], edit["vcdr_to"]
+        changes = moved_concepts(before, after, MOVED)
     findings = [c for c in changes if c["code"] != VCDR][:most]
     names = {code: name.short for code, name in FINDING_NAMES.items()}
     return [{"code": c["code"], "name": "vCDR" if c["code"] == VCDR else names.get(c["code"], c["code"]),

@@ -217,17 +217,35 @@ def edit_changes(cf: Counterfactual, index: int, min_change: float = 0.15) -> li
         >>> edit_changes(cf, 0)
         [{'code': 'vcdr', 'from': 0.74, 'to': 0.48}, {'code': 'ANRI', 'from': 0.9, 'to': 0.3}]
     """
-    changes = []
+    before, after = {}, {}
     if cf.vcdr is not None:
-        a, b = float(cf.vcdr[0, index]), float(cf.vcdr[-1, index])
-        if abs(b - a) * 4 >= min_change:
-            changes.append({"code": VCDR, "from": round(a, 3), "to": round(b, 3)})
+        before[VCDR], after[VCDR] = float(cf.vcdr[0, index]), float(cf.vcdr[-1, index])
     if cf.findings is not None:
-        for j, code in enumerate(FINDINGS):
-            a, b = float(cf.findings[0, index, j]), float(cf.findings[-1, index, j])
-            if abs(b - a) >= min_change:
-                changes.append({"code": code, "from": round(a, 3), "to": round(b, 3)})
-    changes.sort(key=lambda c: -abs(c["to"] - c["from"]) * (4 if c["code"] == VCDR else 1))
+        before.update(zip(FINDINGS, cf.findings[0, index].tolist()))
+        after.update(zip(FINDINGS, cf.findings[-1, index].tolist()))
+    return moved_concepts(before, after, min_change, digits=3)
+
+
+def moved_concepts(before: Mapping[str, float], after: Mapping[str, float], min_change: float = 0.15,
+                   digits: int | None = None) -> list[dict[str, Any]]:
+    """The rule of :func:`edit_changes` on plain values: ``{code: value}`` before and after an edit
+    (finding probabilities, and the vCDR under ``"vcdr"``), each code in both kept when it moved by
+    at least ``min_change`` (the vCDR by ``min_change / 4``), largest first (a vCDR move weighs 4×),
+    values rounded to ``digits`` when given.
+
+    Example:
+        >>> moved_concepts({"vcdr": 0.74, "LC": 0.9, "DH": 0.1}, {"vcdr": 0.48, "LC": 0.2, "DH": 0.15})
+        [{'code': 'vcdr', 'from': 0.74, 'to': 0.48}, {'code': 'LC', 'from': 0.9, 'to': 0.2}]
+    """
+    def weight(code: str) -> float:
+        return 4.0 if code == VCDR else 1.0
+
+    def shown(value: float) -> float:
+        return value if digits is None else round(value, digits)
+
+    changes = [{"code": code, "from": shown(a), "to": shown(after[code])} for code, a in before.items()
+               if code in after and abs(after[code] - a) * weight(code) >= min_change]
+    changes.sort(key=lambda c: -abs(c["to"] - c["from"]) * weight(c["code"]))
     return changes
 
 
@@ -262,6 +280,7 @@ __all__ = [
     "counterfactual",
     "direction_thresholds",
     "edit_changes",
+    "moved_concepts",
     "get_counterfactual",
     "register_counterfactual",
     "step_goals",
