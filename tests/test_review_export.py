@@ -141,7 +141,7 @@ def test_the_report_shows_each_case_in_session_order_with_its_values(session_dir
         expected += ["vertical cup-to-disc ratio (vCDR)", f"{case['vcdr']:.2f}", f"{case['vcdr_contribution']:+.2f}"]
         assert shown["cells"] == expected
         assert case["sentence"] in section
-        assert f"explain {100 * case['explained_share']:.0f}% of the decision" in section
+        assert f"explain {100 * case['explained_share']:.0f}% of the evidence for the decision" in section
         for edit in case["panels"]["adversarial"]["edits"].values():
             assert f"{edit['probability_from']:.3f}\n&rarr; {edit['probability_to']:.3f}" in section
 

@@ -409,7 +409,7 @@ answers both yes and no) or with the model (at least {{ (100 * margins.share) | 
 <div class="why">
 <div>
 <p class="rationale">{{ case.sentence }}</p>
-<p>The findings and the vCDR explain {{ (100 * case.explained_share) | fixed(0) }}% of the decision
+<p>The findings and the vCDR explain {{ (100 * case.explained_share) | fixed(0) }}% of the evidence for the decision
 (bias {{ case.bias | signed }}, unexplained {{ case.unexplained | signed }}
 {%- if not case.contributions_exact %}; contributions approximate{% endif %}).</p>
 </div>
@@ -543,7 +543,8 @@ def _case_text(case: Mapping[str, Any]) -> tuple[str, str]:
               for finding in case["findings"]]
     lines.append(f"{'vertical cup-to-disc ratio':<35}{_fixed(case['vcdr'], 2):>7}"
                  f"{_signed(case['vcdr_contribution']):>10}")
-    explained = (f"The findings and the vCDR explain {_fixed(100 * case['explained_share'], 0)}% of the decision"
+    explained = (f"The findings and the vCDR explain {_fixed(100 * case['explained_share'], 0)}% of the evidence for "
+                 "the decision"
                  + ("" if case.get("contributions_exact") else " (contributions approximate)") + ".")
     quality = [flags_in_words(case["quality"])] if case.get("quality") else []
     paragraph = "\n".join(textwrap.fill(text, 50) for text in [*quality, case["sentence"], explained])
