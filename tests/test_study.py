@@ -246,6 +246,51 @@ def test_a_rerun_into_the_same_folder_is_refused(study, model_dirs):
         study_run(compose("study", study_overrides(out, model_dirs)))
 
 
+def test_a_stopped_study_resumes_where_it_stopped(study, model_dirs, tmp_path, monkeypatch):
+    import xmed.pipeline.study as pipeline_study
+
+    out, _ = study
+    scored, real_rows = [], pipeline_study.study_rows
+
+    def stopped_at_second(name, *args, **kwargs):
+        if name == "second" and "stopped once" not in scored:
+            raise KeyboardInterrupt   # the session ends while the second model is being explained
+        scored.append(name)
+        return real_rows(name, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_study, "study_rows", stopped_at_second)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_study.study_run(compose("study", study_overrides(run, model_dirs)))
+    assert scored == ["first"] and not (run / "scores.csv").exists()
+    state = json.loads((run / "study_state.json").read_text())
+    assert state["scored"] == ["first"] and (run / "scored" / "first.csv").is_file()
+    with pytest.raises(ConfigError, match="already holds a run"):   # without resume=true: refused
+        pipeline_study.study_run(compose("study", study_overrides(run, model_dirs)))
+    with pytest.raises(ConfigError, match=r"config key 'resume'.*n: 4 then, 3 now"):
+        pipeline_study.study_run(compose("study", study_overrides(run, model_dirs, "n=3", "resume=true")))
+
+    scored.append("stopped once")
+    result = pipeline_study.study_run(compose("study", study_overrides(run, model_dirs, "resume=true")))
+    assert scored == ["first", "stopped once", "second"]        # the first model is not explained again
+    assert result["attempts"] == 2 and "over 2 attempts" in (run / "report.md").read_text()
+
+    def table(folder):
+        with open(folder / "scores.csv", newline="") as handle:
+            return sorted(tuple(row.values()) for row in csv.DictReader(handle))
+
+    assert table(run) == table(out)            # the same table as the study that was never stopped
+    assert result["differences"] == study[1]["differences"]
+
+
+def test_resume_needs_a_study_to_resume(model_dirs, tmp_path):
+    from xmed.pipeline.study import study_run
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="config key 'resume'.*no study to resume"):
+        study_run(compose("study", study_overrides(tmp_path / "run", model_dirs, "resume=true")))
+
+
 @pytest.mark.parametrize("override, key", [("models=[a, b]", "models"), ("train={x: 3}", "train.x"),
                                            ("reference=[occlusion]", "reference")])
 def test_bad_study_settings_name_the_key(model_dirs, tmp_path, override, key):

@@ -77,6 +77,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "faithfulness.baseline": one_of(*BASELINES),
     # xmed-study
     "progress": BOOLEAN,
+    "resume": BOOLEAN,
     "rationale": BOOLEAN,
     "min_change": number(above=0, below=1),
     "adversarial.max_steps": integer(minimum=1) | one_of(None),   # xmed-study: None keeps the review's

@@ -31,10 +31,11 @@ RESUME_LAST = "last"
 
 
 def resumes_in(folder: Path, ckpt_path: Any) -> bool:
-    """Whether ``ckpt_path`` continues the run in ``folder`` (``last``, or a file inside it)."""
+    """Whether ``ckpt_path`` continues the run in ``folder`` (``last``, or a file inside it; for a
+    command whose resume key is a switch, ``xmed-study``'s ``resume``, true)."""
     if not ckpt_path:
         return False
-    if str(ckpt_path) == RESUME_LAST:
+    if ckpt_path is True or str(ckpt_path) == RESUME_LAST:
         return True
     if "://" in str(ckpt_path):
         return False

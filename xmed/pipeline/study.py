@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ from torch import Tensor
 
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
+from xmed.runs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -312,18 +314,23 @@ def exported_folder(path: str | os.PathLike, kind: str = "model") -> Path:
     return path / kind if (path / kind / "config.json").is_file() else path
 
 
-def train_models(entries: Mapping[str, Any], folder: Path) -> dict[str, Path]:
+def train_models(entries: Mapping[str, Any], folder: Path, resume: bool = False) -> dict[str, Path]:
     """Run ``xmed-train`` once per entry (``{name: [overrides]}``) into ``folder/<name>``, each in
     its own process (its own Hydra run, log and model card, as when a user runs it); returns
-    ``{name: run folder}``. A training that fails raises :class:`ConfigError` on ``train.<name>``
-    with the end of its output."""
+    ``{name: run folder}``. ``resume``: an entry whose run already exported its model is kept, one
+    stopped before that is trained again from the start. A training that fails raises
+    :class:`ConfigError` on ``train.<name>`` with the end of its output."""
     runs = {}
     for name, overrides in entries.items():
         if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
             raise ConfigError(f"train.{name}", f"must be a list of xmed-train overrides, got {overrides!r}")
         run = folder / str(name)
+        runs[str(name)] = run
+        if resume and any((run / kind / "config.json").is_file() for kind in ("model", "autoencoder")):
+            log.info("resume: %s was trained by the earlier attempt (%s)", name, run)
+            continue
         command = [sys.executable, "-m", "xmed.cli.train", *overrides, f"paths.output_dir={run}",
-                   f"hydra.run.dir={run}"]
+                   f"hydra.run.dir={run}", *(["overwrite=true"] if resume and run.exists() else [])]
         log.info("training %s: %s", name, " ".join(command[2:]))
         output = folder / f"{name}.log"
         print(f"training {name} into {run} (its output: {output})", flush=True)
@@ -334,8 +341,93 @@ def train_models(entries: Mapping[str, Any], folder: Path) -> dict[str, Path]:
             tail = output.read_text(errors="replace").strip().splitlines()[-3:]
             raise ConfigError(f"train.{name}", f"xmed-train failed (exit {done.returncode}): {' | '.join(tail)} "
                                                f"(whole output: {output})")
-        runs[str(name)] = run
     return runs
+
+
+# -- resuming a stopped study ------------------------------------------------------------------------
+
+#: ``<run>/scored/<model>.csv``: each model's rows of the long table, written as soon as it is scored
+SCORED_DIR = "scored"
+#: ``<run>/study_state.json``: the settings the run was started with and the models scored so far
+STATE_FILE = "study_state.json"
+#: settings that do not change a score, which a resumed study may give otherwise
+_RUN_ONLY_KEYS = ("resume", "overwrite", "progress")
+
+
+class StudyProgress:
+    """What a study run has done so far, on disk, so that ``resume=true`` continues a study that was
+    stopped (six models on a CPU take hours) where it stopped, and never mixes two studies.
+
+    Each model's rows are written to ``scored/<model>.csv`` once it is scored, and
+    ``study_state.json`` lists them with the run's settings and the seconds each attempt took; a
+    resumed run must have the same settings (all but ``resume``, ``overwrite`` and ``progress``).
+
+    Example::
+
+        progress = StudyProgress.start(out_dir, settings, resume=True)
+        rows = progress.rows("resnet18")          # None: not scored yet
+        progress.scored("resnet18", study_rows(...))
+    """
+
+    def __init__(self, folder: Path, state: dict[str, Any]):
+        self.folder, self.state = folder, state
+
+    @classmethod
+    def start(cls, folder: Path, settings: Mapping[str, Any], resume: bool) -> "StudyProgress":
+        kept = {k: v for k, v in settings.items() if k not in _RUN_ONLY_KEYS}
+        path = folder / STATE_FILE
+        if not resume:
+            progress = cls(folder, {"settings": kept, "scored": [], "attempts": []})
+        else:
+            if not path.is_file():
+                raise ConfigError("resume", f"{folder} holds no study to resume (no {STATE_FILE}): start it without "
+                                            "resume=true")
+            state = json.loads(path.read_text())
+            differ = _differences(state.get("settings", {}), kept)
+            if differ:
+                raise ConfigError("resume", f"the study in {folder} was started with other settings ({'; '.join(differ[:3])}"
+                                            f"{'; …' if len(differ) > 3 else ''}): resume it with the same ones, or "
+                                            "start a new run")
+            progress = cls(folder, state)
+        progress.state["attempts"].append(0.0)
+        progress._write()
+        return progress
+
+    def rows(self, model: str) -> list[dict[str, Any]] | None:
+        """The rows of ``model`` an earlier attempt scored, or None."""
+        from xmed.pipeline.study_report import read_long_table
+
+        if model not in self.state["scored"]:
+            return None
+        log.info("resume: %s was scored by an earlier attempt", model)
+        return read_long_table(self.folder / SCORED_DIR / f"{model}.csv")
+
+    def scored(self, model: str, rows: list[dict[str, Any]], seconds: float) -> None:
+        """Record ``model``'s rows as done; ``seconds``: this attempt's time so far."""
+        from xmed.pipeline.study_report import write_long_table
+
+        (self.folder / SCORED_DIR).mkdir(exist_ok=True)
+        write_long_table(self.folder / SCORED_DIR / f"{model}.csv", rows, parquet=False)
+        self.state["scored"].append(model)
+        self.tick(seconds)
+
+    def tick(self, seconds: float) -> float:
+        """Record this attempt's time so far; returns the time of every attempt together."""
+        self.state["attempts"][-1] = round(seconds, 1)
+        self._write()
+        return sum(self.state["attempts"])
+
+    def _write(self) -> None:
+        write_text_atomic(self.folder / STATE_FILE, json.dumps(self.state, indent=1, allow_nan=False))
+
+
+def _differences(before: Any, now: Any, at: str = "") -> list[str]:
+    """The dotted keys whose values differ between two settings trees, with both values."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [d for key in sorted(set(before) | set(now), key=str)
+                for d in _differences(before.get(key, "<not set>"), now.get(key, "<not set>"),
+                                      f"{at}.{key}" if at else str(key))]
+    return [] if before == now else [f"{at or 'settings'}: {before!r} then, {now!r} now"]
 
 
 def study_run(cfg: DictConfig) -> dict[str, Any]:
@@ -350,11 +442,13 @@ def study_run(cfg: DictConfig) -> dict[str, Any]:
     from xmed.pipeline.study_report import summarise, write_study
 
     started = time.perf_counter()
-    out_dir = command_folder(cfg)
+    out_dir = command_folder(cfg, resume_key="resume")
     settings = OmegaConf.to_container(cfg, resolve=True)
+    progress = StudyProgress.start(out_dir, settings, resume=bool(cfg.get("resume")))
     to_train, given = _named("train", settings.get("train")), _named("models", settings.get("models"))
     chosen = _chosen(settings.get("select"), to_train, given)
-    trained = train_models({k: v for k, v in to_train.items() if chosen is None or k in chosen}, out_dir / "models")
+    trained = train_models({k: v for k, v in to_train.items() if chosen is None or k in chosen}, out_dir / "models",
+                           resume=bool(cfg.get("resume")))
     latent_shift, autoencoder = settings["latent_shift"], None
     if latent_shift is not None:  # its autoencoder: a path, or a `train` entry (not a model to study)
         autoencoder = str(latent_shift.get("autoencoder") or "")
@@ -371,13 +465,19 @@ def study_run(cfg: DictConfig) -> dict[str, Any]:
         model = load_model(exported_folder(path), device=device)
         view = explained_view(cfg, datamodule_for_model(cfg.data, model))
         eyes[name] = len(view)
-        loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples)
-        methods = StudyMethods(model, settings["saliency"], settings["adversarial"], latent_shift,
-                               bool(cfg.rationale), cfg.min_change, settings.get("saliency_options"))
-        rows += study_rows(name, methods, loader, device, progress=cfg.progress)
+        done = progress.rows(name)
+        if done is None:
+            loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples)
+            methods = StudyMethods(model, settings["saliency"], settings["adversarial"], latent_shift,
+                                   bool(cfg.rationale), cfg.min_change, settings.get("saliency_options"))
+            done = study_rows(name, methods, loader, device, progress=cfg.progress)
+            progress.scored(name, done, time.perf_counter() - started)
+        rows += done
     summary = summarise(rows, reference=list(cfg.reference), n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    seconds = progress.tick(time.perf_counter() - started)
     return write_study(out_dir, rows, summary, eyes=eyes, models={k: str(v) for k, v in models.items()},
-                       seconds=time.perf_counter() - started, command=" ".join(["xmed-study", *_overrides()]))
+                       seconds=seconds, attempts=len(progress.state["attempts"]),
+                       command=" ".join(["xmed-study", *_overrides()]))
 
 
 def _chosen(select: Any, train: Mapping[str, Any], models: Mapping[str, Any]) -> set[str] | None:

@@ -109,13 +109,16 @@ def accounting(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 # -- files -----------------------------------------------------------------------------------------
 
 
-def write_long_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+def write_long_table(path: Path, rows: Sequence[Mapping[str, Any]], parquet: bool = True) -> Path:
     """The long table as CSV (``model, method, eye, score, value, note``; an empty value is an
-    eye not scored), and as Parquet beside it where pyarrow is installed."""
+    eye not scored; a value as Python writes a float, which reads back exactly), and as Parquet
+    beside it where pyarrow is installed (unless ``parquet`` is False)."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, COLUMNS)
         writer.writeheader()
         writer.writerows({k: ("" if row[k] is None else row[k]) for k in COLUMNS} for row in rows)
+    if not parquet:
+        return path
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -163,16 +166,19 @@ def forest_plots(out_dir: Path, differences: Sequence[Mapping[str, Any]]) -> lis
 
 
 def write_study(out_dir: Path, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], *,
-                eyes: Mapping[str, int], models: Mapping[str, str], seconds: float, command: str) -> dict[str, Any]:
+                eyes: Mapping[str, int], models: Mapping[str, str], seconds: float, command: str,
+                attempts: int = 1) -> dict[str, Any]:
     """Every file of a study run (``scores.csv``, ``means.csv``, ``differences.csv``,
-    ``forest_*.png``, ``report.md``, ``metrics.json``); returns what ``metrics.json`` holds."""
+    ``forest_*.png``, ``report.md``, ``metrics.json``); returns what ``metrics.json`` holds.
+    ``seconds``: the time of every attempt together (``attempts`` > 1: the study was resumed)."""
     from xmed.pipeline.reports import print_run_folder
 
     write_long_table(out_dir / "scores.csv", rows)
     _table(out_dir / "means.csv", summary["means"])
     _table(out_dir / "differences.csv", summary["differences"])
     plots = forest_plots(out_dir, summary["differences"])
-    result = {"command": command, "seconds": round(seconds, 1), "models": dict(models), "eyes": dict(eyes), **summary}
+    result = {"command": command, "seconds": round(seconds, 1), "attempts": attempts, "models": dict(models),
+              "eyes": dict(eyes), **summary}
     write_text_atomic(out_dir / "report.md", study_markdown(result, [p.name for p in plots]))
     write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, allow_nan=False))
     print_run_folder(out_dir, {"report": out_dir / "report.md", "scores": out_dir / "scores.csv",
@@ -181,6 +187,11 @@ def write_study(out_dir: Path, rows: Sequence[Mapping[str, Any]], summary: Mappi
 
 
 # -- the report --------------------------------------------------------------------------------------
+
+
+def _attempts(count: int) -> str:
+    """How many attempts a resumed study took, in words (nothing for one)."""
+    return "" if count <= 1 else f" of computing, over {count} attempts (resume=true)"
 
 
 def _figure(value: float | None, digits: int = 3) -> str:
@@ -241,7 +252,8 @@ def study_markdown(result: Mapping[str, Any], plots: Sequence[str]) -> str:
     means, differences = result["means"], result["differences"]
     models = _ordered(m["model"] for m in means)
     lines = ["# Explanation study", "",
-             f"Made by `{result['command']}` in {result['seconds'] / 60:.1f} min.", "",
+             f"Made by `{result['command']}` in {result['seconds'] / 60:.1f} min"
+             f"{_attempts(result.get('attempts', 1))}.", "",
              "Models: " + ", ".join(f"`{name}` ({path})" for name, path in result["models"].items()) + ".", "",
              "Eyes per model: " + ", ".join(f"{name} {n}" for name, n in result["eyes"].items()) + ".", "",
              "## What it finds", ""]
