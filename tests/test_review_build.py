@@ -172,6 +172,40 @@ def test_a_session_from_dicom_files_holds_no_patient_identifier(tmp_path):
     assert intervene(session, case, {"LC": 1.0, "vcdr": 0.9})["probability"] == pytest.approx(expected, abs=2e-4)
 
 
+def test_photographs_larger_than_the_model_input_are_shown_at_their_own_resolution(tmp_path):
+    from xmed.data.preprocess import area_resize
+    from xmed.viz.overlay import to_uint8_image
+
+    torch.manual_seed(0)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=SIZE, threshold=0.5)   # crops to the field of view
+    model_dir = export_model(model.eval(), tmp_path / "model")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(render_phantom(i, 256).image).save(photos / f"eye{i}.png")
+    folder = build_session(tmp_path / "session", model=model_dir, images=photos, methods=["gradcam"],
+                           counterfactual_options={"max_steps": 3}, progress=False)
+    small = build_session(tmp_path / "small", model=model_dir, images=photos, methods=["gradcam"], counterfactual=False,
+                          progress=False, display_side=100)
+    net = load_model(model_dir)
+    for case, small_case, i in zip(load_session(folder)["cases"], load_session(small)["cases"], range(2)):
+        photo = np.asarray(Image.open(folder / case["photo"]).convert("RGB"))
+        side = photo.shape[0]
+        assert 200 <= side <= 256 and photo.shape == (side, side, 3)          # the field of view's crop, not 48 px
+        assert case["size"] == [side, side] and case["model_input"] == [SIZE, SIZE]
+        assert small_case["size"] == [100, 100] and small_case["model_input"] == [SIZE, SIZE]
+        # framed as the model saw it: reduced to its input, the photograph is what the model was given
+        seen = to_uint8_image(net.prepare(render_phantom(i, 256).image)[0], net.data_config.mean, net.data_config.std)
+        assert np.abs(area_resize(photo, (SIZE, SIZE)).astype(int) - seen.astype(int)).mean() < 1.5
+        for name in ("gradcam_overlay.png", "gradcam_heatmap.png"):
+            assert Image.open(folder / Path(case["photo"]).parent / name).size == (side, side)
+        for edit in case["panels"]["adversarial"]["edits"].values():
+            edited = np.asarray(Image.open(folder / edit["image"]).convert("RGB")).astype(int)
+            assert edited.shape == photo.shape
+            change = np.abs(edited - photo).sum(-1)
+            assert change.max() > 0 and edit["changed_fraction"] > 0
+
+
 def test_bad_sources_are_named(explain_run, tmp_path):
     with pytest.raises(ConfigError, match="source"):
         build_session(tmp_path / "a", explain_dir=explain_run, model=tmp_path, images=tmp_path)

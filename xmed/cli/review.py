@@ -59,7 +59,8 @@ def _build(args: argparse.Namespace) -> int:
     folder = build_session(args.out, explain_dir=args.explain, model=args.model, images=args.images,
                            methods=args.methods, counterfactual=not args.no_counterfactual, mode=args.mode,
                            seed=args.seed, n=args.n, batch_size=args.batch_size, overwrite=args.overwrite,
-                           title=args.title, progress=not args.quiet, normal=args.normal)
+                           title=args.title, progress=not args.quiet, normal=args.normal,
+                           display_side=args.display_side)
     session = load_session(folder)
     print(f"review session of {len(session['cases'])} eyes ({session['mode']}; "
           f"{', '.join(m['title'] for m in session['methods'])}) in {folder.resolve()}")
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normal", type=at_least(1), default=None,
                    help="also N eyes without glaucoma from the --explain run's split (explained here)")
     p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--display-side", type=at_least(1), default=None,
+                   help="the longest side, in pixels, a photograph is shown at where the model saw a reduced copy "
+                        "(default 896)")
     p.add_argument("--title", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier session in OUT")

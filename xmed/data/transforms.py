@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any, Callable, Literal, Sequence
 
@@ -253,3 +254,33 @@ def build_transforms(
         steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     compose = A.Compose(steps, save_applied_params=True)
     return FundusTransform(fit, compose, preprocess, seed=seed, size=size)
+
+
+#: the longest side a photograph is shown at to a reader (:func:`display_photograph`): twice the
+#: review page's 448 px photograph, sharp on a high-density screen
+DISPLAY_SIDE = 896
+
+
+def display_photograph(sample: dict, transform: FundusTransform, most: int = DISPLAY_SIDE) -> np.ndarray | None:
+    """``sample`` (a photograph decoded whole) framed as ``transform`` frames it for the model — the
+    same field-of-view or disc crop, contrast and letterbox — but at the photograph's own
+    resolution, up to ``most`` pixels a side: what a reader is shown where the model saw a reduced
+    copy (a 128 px disc crop of a 2,000 px photograph, enlarged for the page, is blurry). None where
+    the crop is no larger than the model's input, which is then the photograph to show.
+
+    Example:
+        >>> import numpy as np
+        >>> photo = {"image": np.full((600, 600, 3), 120, np.uint8), "masks": {}, "meta": {}}
+        >>> model = build_transforms("eval", 128, preprocess=FundusPreprocess(crop_fov=False))
+        >>> display_photograph(photo, model).shape
+        (600, 600, 3)
+        >>> display_photograph(photo, model, most=300).shape, display_photograph(photo, build_transforms("eval", 600))
+        ((300, 300, 3), None)
+    """
+    preprocess = transform.preprocess
+    native = dataclasses.replace(preprocess, size=None) if preprocess is not None else None
+    cropped = native({**sample, "masks": {}}) if native is not None else {**sample, "masks": {}}
+    side = min(max(cropped["image"].shape[:2]), int(most))
+    if side <= transform.size:
+        return None
+    return build_transforms("eval", side, normalise=False).prepare(cropped)["image"]

@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor
 
 from xmed.checks import Rule, integer, one_of
+from xmed.data.transforms import DISPLAY_SIDE, display_photograph
 from xmed.errors import ConfigError, PathError
 from xmed.findings import FINDINGS, VCDR
 from xmed.review.session import EDITS, Edit, write_case, write_session
@@ -64,7 +66,7 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
                   methods: Sequence[str] | None = None, counterfactual: bool = True, mode: str = "blinded",
                   seed: int = 0, n: int | None = None, batch_size: int = 8, overwrite: bool = False,
                   counterfactual_options: Mapping[str, Any] | None = None, title: str | None = None,
-                  progress: bool = True, normal: int | None = None) -> Path:
+                  progress: bool = True, normal: int | None = None, display_side: int | None = None) -> Path:
     """Write a review session into ``out`` (a fresh folder; ``overwrite`` replaces an earlier one)
     and return it. Give ``explain_dir`` (an ``xmed-explain`` run: its model, eyes and maps), or
     ``model`` and ``images`` (a folder of photographs or DICOM files, searched recursively; an
@@ -73,7 +75,9 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
     adversarial edit pair; ``n``: the first ``n`` eyes only; ``normal``: also the first ``normal``
     eyes without glaucoma (label 0) of the explain run's split, explained here (a run that
     explained glaucomatous eyes only, ``label=1``, leaves readers nothing to call normal); the
-    session holds the eyes in the split's order."""
+    session holds the eyes in the split's order. ``display_side``: the longest side a photograph
+    is shown at where the model saw a reduced copy (:func:`xmed.data.transforms.display_photograph`;
+    None: :data:`~xmed.data.transforms.DISPLAY_SIDE`, 896)."""
     from xmed.models.export import load_model
     from xmed.runs import claim_run_folder
 
@@ -113,8 +117,11 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
     explainers = _saliency_explainers(net, methods, config.explainer if explain_dir is not None else None)
     editor = _editor(net, counterfactual_options) if counterfactual else None
     cases, key = [], {}
+    position = {view.base.records[index].id: index for index in view.indices}
     for batch in _batches(view, batch_size, progress):
         for case, photo, maps, edits, fov in _explain_batch(net, batch, explainers, editor, maps_dir):
+            photo, edits, fov, case["model_input"] = _as_shown(view, position[case["source_id"]], photo, edits, fov,
+                                                               display_side or DISPLAY_SIDE)
             case_id = f"case-{len(cases) + 1:03d}"
             key[case_id] = case.pop("source_id")
             case["id"] = case_id
@@ -289,6 +296,37 @@ def _explain_batch(net, batch: Mapping[str, Any], explainers: Mapping[str, Any],
         out.append((case, to_uint8_image(images[i], dc.mean, dc.std), {m: v[i] for m, v in maps.items()},
                     eye_edits, None if fov is None else fov[i]))
     return out
+
+
+def _as_shown(view, index: int, photo: np.ndarray, edits: Mapping[str, Mapping[str, Edit]], fov: np.ndarray | None,
+              display_side: int) -> tuple[np.ndarray, dict, np.ndarray | None, list[int] | None]:
+    """The photograph, edits and field of view of eye ``index`` as a reader is shown them, and the
+    [height, width] the model saw (None: the same). Where the model saw a reduced copy, the
+    photograph is decoded again, whole, and framed as the model frames it at its own resolution
+    (:func:`display_photograph`); each edit's change, made at the model's input, is enlarged onto
+    it (bilinear: the edits are smoothed, so no detail is lost that the edit had), and the maps
+    are enlarged by :func:`write_case` as they always are."""
+    import cv2
+
+    from xmed.data.datasets import SkippedSample
+
+    sample = view.base.load(index)
+    shown = None if isinstance(sample, SkippedSample) else display_photograph(sample, view.transform, display_side)
+    if shown is None:
+        return photo, dict(edits), fov, None
+    size = (shown.shape[1], shown.shape[0])
+    enlarged = {}
+    for method, by_goal in edits.items():
+        enlarged[method] = {}
+        for name, edit in by_goal.items():
+            if edit.image is not None:
+                change = cv2.resize(edit.image.astype(np.float32) - photo.astype(np.float32), size,
+                                    interpolation=cv2.INTER_LINEAR)
+                edit = dataclasses.replace(edit, image=np.clip(np.rint(shown + change), 0, 255).astype(np.uint8))
+            enlarged[method][name] = edit
+    if fov is not None:
+        fov = cv2.resize(np.asarray(fov, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    return shown, enlarged, fov, list(photo.shape[:2])
 
 
 def _maps(name: str, explainer, images: Tensor, ids: list[str], maps_dir: Path | None) -> list[np.ndarray]:

@@ -174,10 +174,11 @@ def _colour_bar(colormap: str) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _layout(size: Sequence[int]) -> dict[str, Any]:
+def _layout(size: Sequence[int], model_input: Sequence[int] | None = None) -> dict[str, Any]:
     """The display sizes of a case of ``size`` ([height, width]): the shared photograph
-    :data:`PHOTO_PIXELS` wide, each panel's image :data:`PANEL_PIXELS` wide, and how many times the
-    photograph is enlarged.
+    :data:`PHOTO_PIXELS` wide, each panel's image :data:`PANEL_PIXELS` wide, how many times the
+    photograph is enlarged, and the size the model saw (``model_input``, where the photograph is
+    stored at the source's resolution; else ``size``).
 
     Example:
         >>> view = _layout([128, 128])
@@ -192,8 +193,10 @@ def _layout(size: Sequence[int]) -> dict[str, Any]:
         return pixels, max(1, round(pixels * height / width))
 
     photo, panel = scaled(PHOTO_PIXELS), scaled(PANEL_PIXELS)
+    model_height, model_width = model_input or size
     return {"photo_width": photo[0], "photo_height": photo[1], "factor": f"{PHOTO_PIXELS / width:.2g}",
-            "width": width, "height": height, "panel_width": panel[0], "panel_height": panel[1]}
+            "width": width, "height": height, "panel_width": panel[0], "panel_height": panel[1],
+            "model_width": model_width, "model_height": model_height}
 
 
 def _short_name(finding: Mapping[str, Any]) -> str:
@@ -349,7 +352,7 @@ class _Review:
                 "findings": [{**finding, "short": _short_name(finding)} for finding in case.get("findings") or []],
                 "intervention": intervention,
                 "concepts": {concept["code"]: concept for concept in intervention or []},
-                "layout": _layout(case["size"]), "opacity": round(DEFAULT_OPACITY * 100)}
+                "layout": _layout(case["size"], case.get("model_input")), "opacity": round(DEFAULT_OPACITY * 100)}
 
     def panel_view(self, case: Mapping[str, Any], n: int, letter: str, method: str, panel: Mapping[str, Any],
                    stored: Mapping[str, Any], hidden: bool) -> dict[str, Any]:

@@ -171,6 +171,7 @@ def _is_changes(value: list) -> bool:
 
 Id = Annotated[str, Rule("a non-empty printable text without surrounding spaces, at most 200 characters", _is_id)]
 Probability = Annotated[float, PROBABILITY]
+Size = Annotated[list, Rule("[height, width] of positive integers", _is_size)]
 NonNegative = Annotated[float, number(minimum=0)]
 NonEmpty = Rule("a non-empty list", bool)
 
@@ -243,7 +244,7 @@ class CaseEntry:
     probability: Probability
     decision: Literal["referable glaucoma", "no referable glaucoma"]
     photo: str
-    size: Annotated[list, Rule("[height, width] of positive integers", _is_size)]
+    size: Size
     findings: list[FindingEntry]
     vcdr: Probability
     vcdr_contribution: float
@@ -256,6 +257,9 @@ class CaseEntry:
     concepts: list[float] | None
     truth: Truth | None
     panels: dict[Id, SaliencyPanel | CounterfactualPanel]
+    # [height, width] of the model's input where the photograph is shown larger, at the source's
+    # resolution (None: the photograph is the model's input)
+    model_input: Size | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
