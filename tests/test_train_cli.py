@@ -305,3 +305,21 @@ def test_autoencoder_task_trains_exports_and_feeds_latent_shift(tmp_path):
         gifs = list((run / "counterfactuals" / f"latent_shift_{direction}").glob("*.gif"))
         assert len(gifs) == int(first["steps"] != "0"), direction
     assert any(r["steps"] != "0" for r in rows)
+
+
+PUBLISHED = ("acrima", "airogs", "g1020", "justraigs", "origa", "papila", "refuge", "refuge2", "rimone_dl", "smdg")
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_one_experiment_trains_on_any_published_data_set(name):
+    cfg = compose("train", ["experiment=public", f"data={name}", "paths.data_dir=/data"])
+    assert cfg.data.dataset == name and cfg.data.root.startswith("/data/")
+    assert cfg.model.net.backbone == "efficientnet_b0" and cfg.data.image_size == 384 and cfg.trainer.max_epochs == 30
+    assert list(cfg.tags) == ["public", name]
+
+
+def test_the_public_experiment_needs_its_data_set():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="You must specify 'data'"):
+        compose("train", ["experiment=public"])
