@@ -103,7 +103,7 @@ def test_model_card_keeps_one_subsection_per_run(tmp_path):
     from omegaconf import OmegaConf
 
     from xmed.pipeline.explanation_report import CARD_LEGEND, update_model_card
-    from xmed.models.card import NO_EXPLANATION_CHECKS
+    from xmed.pipeline.card import NO_EXPLANATION_CHECKS
 
     card = tmp_path / "card.md"
     card.write_text(f"# Card\n\n## Explanation checks\n\n{NO_EXPLANATION_CHECKS}\n\n## Limitations\n\n- few\n")

@@ -7,7 +7,7 @@ import re
 import numpy as np
 
 from xmed.metrics import Predictions, evaluate_predictions, score_direction
-from xmed.models.card import METRIC_LABELS, metrics_table, render_model_card
+from xmed.pipeline.card import METRIC_LABELS, metrics_table, render_model_card
 
 
 def test_metrics_table_shows_each_metric_with_its_interval_and_arrow():

@@ -537,7 +537,7 @@ def test_unknown_override_key_fails_naming_it(compose):
 
 
 def test_bad_mode_is_a_config_error_naming_the_key(compose):
-    from xmed.pipeline.instantiate import instantiate_group
+    from xmed.saved_config import instantiate_group
 
     cfg = compose(["model=tiny_test", "model.net.mode=bad"])
     with pytest.raises(ConfigError) as err:

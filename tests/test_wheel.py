@@ -67,7 +67,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 def test_the_wheel_holds_configs_and_card_template_and_imports_from_the_venv(installed, tmp_path):
     bin_dir, env = installed
-    code = ("import xmed, xmed.cli.common as c, xmed.models.card as card; "
+    code = ("import xmed, xmed.cli.common as c, xmed.pipeline.card as card; "
             "print(xmed.__file__); print(c.CONFIG_DIR); print(card.TEMPLATE.is_file()); "
             "print(sorted(p.name for p in (c.CONFIG_DIR / 'experiment').glob('*.yaml')))")
     lines = run([str(bin_dir / "python"), "-c", code], cwd=tmp_path, env=env).splitlines()

@@ -8,8 +8,8 @@ Example:
 
 from xmed.findings import FINDINGS, VCDR
 from xmed import errors
+from xmed.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["FINDINGS", "VCDR", "counterfactual", "errors", "explain", "load_model", "rationale", "__version__"]
 
 

@@ -28,7 +28,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from xmed.data.quality import Quality, assess_prepared, warn_flagged
 from xmed.findings import FINDINGS, VCDR
+from xmed.models.feature_check import with_feature_flags
 
 #: The ``status`` of an eye whose model output (diagnosis, findings or vCDR) is NaN or infinite:
 #: it gets no prediction and is left out of every metric.
@@ -63,9 +65,6 @@ def score_batch(model: torch.nn.Module, batch: Mapping[str, Any], intervene_with
     ``intervene_with_truth`` (concept-bottleneck models) replaces the predicted findings and vCDR
     with the batch's known values (unknown ones stay predicted) before the diagnosis.
     """
-    from xmed.data.quality import Quality, assess_prepared
-    from xmed.models.feature_check import with_feature_flags
-
     images = batch["image"]
     intervene = None
     if intervene_with_truth:
@@ -229,8 +228,6 @@ def score_eyes(trainer: L.Trainer | None, model: torch.nn.Module, loader, order:
     if writer.records is None and trainer.is_global_zero:  # an empty loader: Lightning skips the loop
         writer.records = []
     if writer.records:
-        from xmed.data.quality import Quality, warn_flagged
-
         scored = [r for r in writer.records if "quality" in r]
         warn_flagged([Quality(tuple(r["quality"].split(";")) if r["quality"] else ()) for r in scored],
                      [r["id"] for r in scored])

@@ -31,7 +31,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from xmed.errors import ConfigError, PathError
 
@@ -90,6 +90,53 @@ def claim_run_folder(folder: str | os.PathLike, *, overwrite: bool = False, resu
             log.info("overwrite=true: emptied %s", folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+#: ``ckpt_path=last``: resume from ``<run folder>/checkpoints/last.ckpt``
+RESUME_LAST = "last"
+
+
+def resumes_in(folder: Path, ckpt_path: Any) -> bool:
+    """Whether ``ckpt_path`` continues the run in ``folder`` (``last``, or a file inside it; for a
+    command whose resume key is a switch, ``xmed-study``'s ``resume``, true).
+
+    Example:
+        >>> resumes_in(Path("runs/a"), "last"), resumes_in(Path("runs/a"), "runs/b/checkpoints/last.ckpt")
+        (True, False)
+    """
+    if not ckpt_path:
+        return False
+    if ckpt_path is True or str(ckpt_path) == RESUME_LAST:
+        return True
+    if "://" in str(ckpt_path):
+        return False
+    return folder.resolve() in Path(ckpt_path).resolve().parents
+
+
+def command_folder(cfg: Any, resume_key: str | None = None) -> Path:
+    """The folder this command (or this job of a sweep) writes into; ``cfg.paths.output_dir`` is
+    set to it, so checkpoints and logs follow. Under Hydra the run-folder callback
+    (:class:`xmed.cli.rundir.RunFolderCallback`) claimed it before the run started; called as a
+    library (a composed config, no Hydra run) it is claimed here.
+
+    Example::
+
+        out_dir = command_folder(cfg, resume_key="ckpt_path")    # in xmed-train
+    """
+    # here: Hydra and OmegaConf load with the commands, not with `import xmed.runs` (the review server's)
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    if HydraConfig.initialized():
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+    else:
+        folder = Path(cfg.paths.output_dir)
+        ckpt = OmegaConf.select(cfg, resume_key) if resume_key else None
+        out_dir = claim_run_folder(folder, overwrite=cfg.get("overwrite", False), resume=resumes_in(folder, ckpt))
+    # a sweep's jobs share one paths.output_dir; each must write into its own job folder
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+    return out_dir
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -24,7 +24,7 @@ import os
 from importlib import resources
 from typing import Any, Iterator
 
-from xmed.errors import PathError, UnsafeConfigError
+from xmed.errors import ConfigError, PathError, UnsafeConfigError, XmedError
 
 TARGET = "_target_"
 #: the largest config file read back (a saved command config is a few kilobytes)
@@ -130,6 +130,31 @@ def buildable(node: Any, source: str | os.PathLike, group: str, key: str | None 
             raise UnsafeConfigError(source, f"key {where!r} still holds an interpolation after resolving "
                                             f"({text!r}): refused")
     return plain
+
+
+def instantiate_group(node: Any, group: str, source: str | os.PathLike | None = None, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose failures name the config group (``data``, ``model``…).
+    ``source``: the file ``node`` was read from, when the command did not compose it itself; it
+    is then built only as :func:`buildable` allows (xmed's own classes).
+
+    Example:
+        >>> instantiate_group({"_target_": "pathlib.PurePosixPath", "_args_": ["runs", "a"]}, "paths")
+        PurePosixPath('runs/a')
+    """
+    # here: Hydra and OmegaConf load with what builds from a config, not with `import xmed.saved_config`
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if source is not None:
+        node = OmegaConf.create(buildable(node, source, group))
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, XmedError):
+            raise cause from None
+        raise ConfigError(group, str(cause or err)) from None
 
 
 def _plain(node: Any, resolve: bool) -> Any:

@@ -5,7 +5,8 @@ Hydra creates the run folder and writes ``.hydra/`` and the log file before the 
 the check that the folder holds no earlier run (:func:`xmed.runs.claim_run_folder`) runs as a
 Hydra callback, at the start of the run (or of the sweep), while the folder is still as the user
 left it. ``overwrite=true`` empties an earlier run's folder; for ``xmed-train`` a ``ckpt_path`` in
-the folder itself (or ``ckpt_path=last``) resumes the run there.
+the folder itself (or ``ckpt_path=last``) resumes the run there. The folder a command writes into
+is :func:`xmed.runs.command_folder`.
 
 Example (``hydra/default.yaml``)::
 
@@ -21,25 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from xmed.errors import XmedError
-from xmed.runs import claim_run_folder
-
-#: ``ckpt_path=last``: resume from ``<run folder>/checkpoints/last.ckpt``
-RESUME_LAST = "last"
-
-
-def resumes_in(folder: Path, ckpt_path: Any) -> bool:
-    """Whether ``ckpt_path`` continues the run in ``folder`` (``last``, or a file inside it; for a
-    command whose resume key is a switch, ``xmed-study``'s ``resume``, true)."""
-    if not ckpt_path:
-        return False
-    if ckpt_path is True or str(ckpt_path) == RESUME_LAST:
-        return True
-    if "://" in str(ckpt_path):
-        return False
-    return folder.resolve() in Path(ckpt_path).resolve().parents
+from xmed.runs import claim_run_folder, resumes_in
 
 
 class RunFolderCallback(Callback):
@@ -69,29 +55,6 @@ class RunFolderCallback(Callback):
             # raised before the run's logging exists; Hydra would print it with its traceback
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
-
-
-def command_folder(cfg: DictConfig, resume_key: str | None = None) -> Path:
-    """The folder this command (or this job of a sweep) writes into; ``cfg.paths.output_dir`` is
-    set to it, so checkpoints and logs follow. Under Hydra the callback above claimed it before the
-    run started; called as a library (a composed config, no Hydra run) it is claimed here.
-
-    Example::
-
-        out_dir = command_folder(cfg, resume_key="ckpt_path")    # in xmed-train
-    """
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        out_dir = Path(HydraConfig.get().runtime.output_dir)
-    else:
-        folder = Path(cfg.paths.output_dir)
-        ckpt = OmegaConf.select(cfg, resume_key) if resume_key else None
-        out_dir = claim_run_folder(folder, overwrite=cfg.get("overwrite", False), resume=resumes_in(folder, ckpt))
-    # a sweep's jobs share one paths.output_dir; each must write into its own job folder
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-    return out_dir
 
 
 #: The figures a sweep's summary shows for each job, where its metrics.json has them.

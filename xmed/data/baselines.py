@@ -1,7 +1,8 @@
-"""Reference images for attribution and faithfulness: what "absent" looks like.
+"""Reference images for attribution and faithfulness: what "absent" looks like in a model's input space.
 
 Integrated Gradients integrates from a baseline to the image; occlusion and RISE fill hidden
-pixels with it; deletion and insertion curves move between the image and it.
+pixels with it (:mod:`xmed.explain`); deletion and insertion curves move between the image and it
+(:mod:`xmed.metrics`): both read it from here.
 
 Example:
     >>> import torch

@@ -27,21 +27,27 @@ import contextlib
 import logging
 import math
 import multiprocessing
+import os
 import sys
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from xmed.data.cache import SharedEyeStore
 from xmed.data.datasets import FundusDataset, SkippedSample, collate_samples, get_dataset, to_tensor_sample
-from xmed.data.sampling import EpochSampler, SeededIndex
+from xmed.data.device_pipeline import (DeviceAugment, DeviceEyeCache, DevicePipeline, EncodedView, bytes_obstacle,
+                                       collate_encoded, unsupported)
 from xmed.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise_images
+from xmed.data.preprocess import FundusPreprocess
+from xmed.data.sampling import EpochSampler, SeededIndex
 from xmed.data.transforms import build_transforms
 from xmed.errors import ConfigError
 from xmed.runtime import Choice, check_pipeline, choose_num_workers, choose_pipeline
+from xmed.saved_config import buildable, instantiate_group
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -282,8 +288,6 @@ def _init_worker(worker_id: int) -> None:
 def pipeline_obstacle(view: SplitView) -> str | None:
     """Why ``view``'s eyes cannot be prepared on the device (None when they can): see
     :func:`~xmed.data.device_pipeline.bytes_obstacle` and :func:`~xmed.data.device_pipeline.unsupported`."""
-    from xmed.data.device_pipeline import bytes_obstacle, unsupported
-
     transform = view.transform
     if not hasattr(transform, "prepare"):
         return "the split's transform is not one of xmed's"
@@ -295,9 +299,6 @@ def view_pipeline(view: SplitView, device: torch.device | str, mean: Sequence[fl
     """The :class:`~xmed.data.device_pipeline.DevicePipeline` that prepares ``view``'s eyes on
     ``device`` as its transform prepares them in the workers (``augment``: the training
     augmentations, as :func:`~xmed.data.transforms.build_transforms` takes them)."""
-    from xmed.data.device_pipeline import DeviceAugment, DevicePipeline
-    from xmed.data.preprocess import FundusPreprocess
-
     transform = view.transform
     return DevicePipeline(view.base, transform.preprocess or FundusPreprocess(crop_fov=False), transform.size, device,
                           mean, std, normalise=transform.normalised,
@@ -317,8 +318,6 @@ def eval_loader(view: SplitView, batch_size: int, num_workers: int, device: torc
         >>> next(iter(eval_loader(view, 32, 4, "cuda")))["image"].device                      # doctest: +SKIP
         device(type='cuda', index=0)
     """
-    from xmed.data.device_pipeline import EncodedView, collate_encoded
-
     return SkipRecordingLoader(EncodedView(view), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                multiprocessing_context=worker_start_method(num_workers), collate_fn=collate_encoded,
                                worker_init_fn=_init_worker, prepare=view_pipeline(view, device, mean, std))
@@ -421,8 +420,6 @@ class FundusDataModule(L.LightningDataModule):
 
     def data_config(self) -> dict[str, Any]:
         """What a model trained on these loaders must do to a raw photograph (it carries this)."""
-        from xmed.data.preprocess import FundusPreprocess
-
         # no `preprocess` given means none at all: no FOV crop either (FundusPreprocess defaults to one)
         pre = FundusPreprocess.from_dict({"crop_fov": False, **self.preprocess}).to_dict()
         pre.pop("size")  # the model's input size is image_size
@@ -532,8 +529,6 @@ class FundusDataModule(L.LightningDataModule):
                 num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
         dataset, collate, prepare = view, collate_samples, self._device_pipeline(split, view)
         if prepare is not None:  # the workers read the files; the device decodes and prepares
-            from xmed.data.device_pipeline import EncodedView, collate_encoded
-
             dataset, collate = EncodedView(view, prepare.augment, prepare.cache), collate_encoded
         return SkipRecordingLoader(
             dataset, batch_size=self.batch_size, sampler=sampler,
@@ -561,8 +556,6 @@ class FundusDataModule(L.LightningDataModule):
         cache = None
         if split in ("train", "val") and self.cache_mb:  # an unaugmented train loader shares the train eyes
             if split not in self._device_caches:
-                from xmed.data.device_pipeline import DeviceEyeCache
-
                 self._device_caches[split] = DeviceEyeCache.for_budget(len(view), self.image_size,
                                                                        cache_bytes(self.cache_mb))
             cache = self._device_caches[split]
@@ -599,3 +592,50 @@ class FundusDataModule(L.LightningDataModule):
         if view.transform is not self.transforms["eval"]:
             view = SplitView(self.base, view.indices, self.transforms["eval"], decode_reduced=self.decode_reduced)
         return self._loader(split, shuffle=False, view=view)
+
+
+def datamodule_for_model(data_cfg: Any, model: Any, source: str | os.PathLike | None = None) -> FundusDataModule:
+    """The data module of the ``data`` config ``data_cfg``, set up to prepare photographs the way
+    ``model`` expects (its ``data_config``: input size, normalisation, field-of-view and disc crops,
+    contrast). ``source``: the file ``data_cfg`` was read from, when it was not composed by this
+    command (see :func:`xmed.saved_config.instantiate_group`).
+
+    Example::
+
+        datamodule = datamodule_for_model(cfg.data, load_model("outputs/demo/train/model"))
+    """
+    dc = model.data_config
+    config = buildable(data_cfg, source, "data") if source is not None else \
+        OmegaConf.to_container(data_cfg, resolve=True)
+    config.update(image_size=dc.input_size, mean=list(dc.mean), std=list(dc.std))
+    config["preprocess"] = dc.preprocess()
+    datamodule = instantiate_group(OmegaConf.create(config), "data", source)
+    datamodule.setup()
+    return datamodule
+
+
+def explained_view(cfg: Any, datamodule: FundusDataModule) -> SplitView:
+    """The eyes an ``xmed-explain`` run explains (its config ``cfg``): split ``cfg.split``, only
+    label ``cfg.label`` when set, the first ``cfg.n``, as the model sees them in evaluation — the
+    train split too (never augmented). The review and the explanation study read a run's eyes
+    through it.
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 40, "size": 32}, image_size=32)
+        >>> dm.setup()
+        >>> view = explained_view(OmegaConf.create({"split": "train", "n": 3, "label": 1}), dm)
+        >>> len(view), {dm.base.records[i].label for i in view.indices}
+        (3, {1.0})
+    """
+    if cfg.split not in datamodule.splits:
+        raise ConfigError("split", f"no split {cfg.split!r}; the data set has {', '.join(datamodule.splits)}")
+    view = datamodule.splits[cfg.split]
+    indices = view.indices
+    if cfg.get("label") is not None:  # e.g. label=1: explain glaucomatous eyes only
+        indices = [i for i in indices if view.base.records[i].label == float(cfg.label)]
+    view = SplitView(view.base, indices[:int(cfg.n)], datamodule.transforms["eval"])
+    if len(view) == 0:
+        raise ConfigError("n", f"no eyes to explain in split {cfg.split!r}"
+                               + (f" with label {cfg.label}" if cfg.get("label") is not None else ""))
+    return view

@@ -59,7 +59,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xmed.data.datasets.base import FundusDataset, SkippedSample
+from xmed.data.datasets.phantom import PhantomDataset
+from xmed.data.io import DEFAULT_MAX_PIXELS
+from xmed.data.normalise import normalise_images
 from xmed.data.preprocess import _DISC_WORK_DIAMETER, _WORK_SIZE, FundusPreprocess
+from xmed.data.sampling import SeededIndex
+from xmed.data.transforms import mirror_eye
+from xmed.findings import vertical_flip_permutation
 
 # area weights below this share of a pixel are dropped, as OpenCV's computeResizeAreaTab drops them
 _AREA_EPS = 1e-3
@@ -626,9 +633,6 @@ class DeviceAugment:
     def fix_labels(batch: dict, params: Tensor) -> dict:
         """``batch`` with ``meta["eye"]`` mirrored where the horizontal flip fired and ``findings``
         permuted where the vertical flip fired (:func:`~xmed.findings.vertical_flip_permutation`)."""
-        from xmed.data.transforms import mirror_eye
-        from xmed.findings import vertical_flip_permutation
-
         hflip = (params[:, _COLUMN["hflip"]] > 0.5).tolist()
         vflip = (params[:, _COLUMN["vflip"]] > 0.5).to(batch["findings"].device)
         meta = dict(batch["meta"])
@@ -764,9 +768,6 @@ def bytes_obstacle(dataset) -> str | None:
     """Why the workers cannot hand ``dataset``'s photographs over as file bytes, or None when they
     can: its eyes are not read from files as they are (the phantom rendered on the fly), or their
     masks are read (the device pipeline prepares images only)."""
-    from xmed.data.datasets.base import FundusDataset
-    from xmed.data.datasets.phantom import PhantomDataset
-
     if type(dataset).load_sample not in (FundusDataset.load_sample, PhantomDataset.load_sample):
         return f"data set {type(dataset).name or type(dataset).__name__!r} makes its eyes rather than reading files"
     if getattr(dataset, "load_masks", False) and any(r.mask_paths for r in dataset.records):
@@ -782,8 +783,6 @@ def clean_jpeg(path) -> tuple[bytes, int] | None:
     import io
 
     from PIL import Image
-
-    from xmed.data.io import DEFAULT_MAX_PIXELS
 
     try:
         with open(path, "rb") as fh:
@@ -898,9 +897,6 @@ class EncodedView(torch.utils.data.Dataset):
         return len(self.view)
 
     def __getitem__(self, i):
-        from xmed.data.datasets.base import SkippedSample
-        from xmed.data.sampling import SeededIndex
-
         seed = None
         if isinstance(i, SeededIndex):
             i, seed = i.index, i.seed
@@ -928,8 +924,6 @@ def collate_encoded(items: Sequence) -> dict:
     where an eye has none), ``position``, ``index``, ``area`` (pixels of the photograph; 0 for an eye
     the device holds), ``params`` (B×:data:`AUGMENT_PARAMS`) and the
     fields :func:`~xmed.data.datasets.base.collate_samples` gives; skipped files in ``skipped``."""
-    from xmed.data.datasets.base import SkippedSample
-
     samples = [s for s in items if not isinstance(s, SkippedSample)]
     out: dict = {"skipped": [{"path": s.path, "reason": s.reason} for s in items if isinstance(s, SkippedSample)],
                  "size": len(samples)}
@@ -995,8 +989,6 @@ class DevicePipeline:
 
     def _finish(self, out: dict, batch: dict, keep: list[int], stacked: Tensor | None, skipped: list[dict]) -> dict:
         """The batch of the eyes ``keep`` (their prepared images ``stacked``), augmented and normalised."""
-        from xmed.data.normalise import normalise_images
-
         out = _select(out, keep)
         out.update(skipped=list(batch.get("skipped", [])) + skipped, size=len(keep), masks={}, mask_valid={})
         if not keep:  # every file of the batch skipped: what collate_samples gives for such a batch
@@ -1011,8 +1003,6 @@ class DevicePipeline:
     def _photographs(self, batch: dict, wanted: list[int]) -> tuple[dict[int, Tensor], list[dict]]:
         """The decoded photographs (``3×H×W`` uint8 on the device) of the batch items ``wanted``, and
         the files that could not be read."""
-        from xmed.data.datasets.base import SkippedSample
-
         jpegs = [i for i in wanted if batch["encoded"][i] is not None]
         photos = dict(zip(jpegs, self._decode([batch["encoded"][i] for i in jpegs])))
         for i in wanted:

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from xmed.data.datasets.common import IMAGE_EXTENSIONS
-from xmed.data.io import DICOM_SUFFIXES, dicom_pseudonym, is_dicom_file
+from xmed.data.io import DICOM_SUFFIXES, IMAGE_EXTENSIONS, dicom_pseudonym, is_dicom_file
 from xmed.errors import DatasetError
 
 __all__ = ["DICOM", "PHOTO", "FolderEntry", "walk_folder"]

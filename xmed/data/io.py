@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DICOM_SALT_ENV",
     "DICOM_SUFFIXES",
+    "IMAGE_EXTENSIONS",
     "JPEG_REDUCTIONS",
     "SOP_CLASSES",
     "dicom_pseudonym",
@@ -65,6 +66,11 @@ DICOM_SALT_ENV = "XMED_DICOM_SALT"
 #: File name endings read as DICOM whatever the file holds; other files are DICOM when they hold the
 #: ``DICM`` preamble at byte 128.
 DICOM_SUFFIXES = (".dcm", ".dicom")
+
+#: File name endings listed as photographs (compared lower-case).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+)
 
 #: Salt used when neither ``salt=`` nor :data:`DICOM_SALT_ENV` is given. It is public, so anyone
 #: can recompute the pseudonym of a known SOP Instance UID: a site must set its own secret salt.

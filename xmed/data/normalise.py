@@ -1,4 +1,4 @@
-"""Normalisation of uint8 pixels into a model's input space, on whatever device they are.
+"""Normalisation of uint8 pixels into a model's input space, on whatever device they are, and back.
 
 Kept apart from :mod:`xmed.data.transforms` (albumentations, OpenCV) so that models import it
 without the image-processing stack.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+import numpy as np
 import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,6 +43,21 @@ def normalise_images(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN
         raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} must have one value per channel ({channels})")
     scale, shift = _scale_and_shift(tuple(mean), tuple(std), images.device)
     return torch.addcmul(shift, images.float(), scale)
+
+
+def to_uint8_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalised 3×H×W tensor back to an H×W×3 uint8 photograph: what a reader is shown of an
+    image in the model's input space (an overlay's photograph, a counterfactual edit).
+
+    Example:
+        >>> x = normalise_images(torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 1, 3).expand(3, 1, 3))
+        >>> to_uint8_image(x, IMAGENET_MEAN, IMAGENET_STD)[0, :, 0].tolist()
+        [0, 128, 255]
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    rgb = (image.detach().float().cpu() * std_t + mean_t).clamp(0, 1)
+    return (rgb.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=16)

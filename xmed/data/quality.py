@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import cv2
 import numpy as np
 
+from xmed.data.io import gray_to_rgb, onto_black
 from xmed.data.preprocess import FieldOfView, find_fov
 from xmed.errors import InputError, QualityWarning
 
@@ -171,12 +172,8 @@ def as_photograph(image: Any, index: int | None = None, name: str = "images") ->
         raise refuse(f"has {image.dtype} pixels; pass uint8 (0-255) or float in [0, 1] "
                      f"(e.g. image.astype(np.uint8) if its values are 0-255)")
     if image.ndim == 2 or shape[2] == 1:
-        from xmed.data.io import gray_to_rgb
-
         return gray_to_rgb(image.reshape(shape[:2]))
     if shape[2] == 4:
-        from xmed.data.io import onto_black
-
         return onto_black(image[..., :3], image[..., 3])
     return image
 

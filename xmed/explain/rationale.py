@@ -32,17 +32,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from xmed.data.quality import Quality, assess_prepared, warn_flagged
 from xmed.errors import ConfigError, InputError
 from xmed.explain.base import check_images
+from xmed.explain.counterfactual import counterfactual, edit_changes
+from xmed.explain.saliency.cam import GradCAM
 from xmed.findings import FINDING_NAMES, FINDINGS, VCDR
+from xmed.models.feature_check import UNFAMILIAR_FEATURES, with_feature_flags
 
-if TYPE_CHECKING:
-    from xmed.data.quality import Quality
 
 @dataclass
 class FindingEvidence:
@@ -145,9 +147,6 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
         min_change: smallest change of a finding probability (or of the vCDR, in its own units
             times 4) that the counterfactual summary mentions.
     """
-    from xmed.data.quality import warn_flagged
-    from xmed.models.feature_check import with_feature_flags
-
     images = check_images(images, model).to(next(model.parameters()).device)
     if threshold is None:
         threshold = getattr(model, "threshold", None)
@@ -184,8 +183,6 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
 def _qualities(model: nn.Module, images: Tensor) -> list[Quality]:
     """The image quality of each prepared image, judged with the model's data config (a model
     without one: not judged, no flags)."""
-    from xmed.data.quality import Quality, assess_prepared
-
     data_config = getattr(model, "data_config", None)
     if data_config is None:
         return [Quality(judged=()) for _ in range(images.shape[0])]
@@ -340,9 +337,6 @@ def reliance_warning(flags: list[str]) -> str:
         >>> reliance_warning(["unfamiliar_features", "nearly_uniform"])
         'The model was not trained on images like this one, and the image failed the quality check (a nearly uniform image): do not rely on this decision.'
     """
-    from xmed.data.quality import Quality
-    from xmed.models.feature_check import UNFAMILIAR_FEATURES
-
     image_flags = tuple(flag for flag in flags if flag != UNFAMILIAR_FEATURES)
     reasons = ["the model was not trained on images like this one"] if UNFAMILIAR_FEATURES in flags else []
     if image_flags:
@@ -381,8 +375,6 @@ def _with_article(phrase: str) -> str:
 def _counterfactual_changes(model, images, probability, threshold, method, options, min_change):
     if method is None:
         return [None] * images.shape[0]
-    from xmed.explain.counterfactual import counterfactual, edit_changes
-
     out: list[dict[str, Any] | None] = [None] * images.shape[0]
     positive = probability >= threshold
     for direction, chosen in (("decrease", positive), ("increase", ~positive)):
@@ -399,8 +391,6 @@ def _counterfactual_changes(model, images, probability, threshold, method, optio
 
 
 def _heatmaps(model, images, finding_prob) -> list[dict[str, Tensor]]:
-    from xmed.explain.saliency.cam import GradCAM
-
     gradcam = GradCAM(model)
     maps: list[dict[str, Tensor]] = [{} for _ in range(images.shape[0])]
     glaucoma = gradcam(images, "glaucoma").maps

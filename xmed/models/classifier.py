@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from xmed.data.normalise import normalise_images
 from xmed.errors import ConfigError, InputError
 from xmed.findings import DIAGNOSIS, FINDINGS, VCDR, canonical_target, finding_index
+from xmed.models.feature_check import FeatureCheck
 from xmed.findings import TARGETS  # noqa: F401  (re-exported by xmed.models)
 
 Mode = Literal["multitask", "concept_bottleneck"]
@@ -177,8 +178,6 @@ class FundusClassifier(nn.Module):
         self.mask_head = nn.Conv2d(width, len(self.mask_names), 1) if self.mask_names else None
         self.feature_check = None  # a FeatureCheck: the statistics come with the weights
         if feature_check is not None:
-            from xmed.models.feature_check import FeatureCheck
-
             self.feature_check = FeatureCheck.from_settings(feature_check, width)
 
     # ------------------------------------------------------------------ forward

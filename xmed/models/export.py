@@ -30,7 +30,9 @@ from xmed.checks import strict_json
 from xmed.errors import CheckpointError, ConfigError
 from xmed.findings import FINDINGS
 from xmed.models.classifier import FundusClassifier
+from xmed.runs import staged_folder
 from xmed.saved_config import check_targets
+from xmed.version import __version__
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "xmed.FundusClassifier/1"
@@ -48,10 +50,6 @@ def save_folder(model: nn.Module, folder: str | os.PathLike, format: str,
     "model": model.export_config(), **extra}``); the writer behind every xmed export. The folder is
     written beside its place and renamed into it when complete (an older one is replaced)."""
     from safetensors.torch import save_file
-
-    from xmed import __version__
-
-    from xmed.runs import staged_folder
 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

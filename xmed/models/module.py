@@ -24,9 +24,10 @@ from torch import Tensor
 from torchmetrics.classification import BinaryAUROC
 
 from xmed.data.normalise import normalise_images
+from xmed.data.sampling import seed_epoch
 from xmed.errors import ConfigError
 from xmed.models.classifier import FundusClassifier
-from xmed.data.sampling import seed_epoch
+from xmed.models.robust import AdversarialTraining, bernoulli_kl
 from xmed.runtime import Choice, choose_channels_last, is_auto
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,6 @@ class FundusModule(L.LightningModule):
         self.model = FundusClassifier(**dict(net))
         self.adversarial = None
         if adversarial_training:
-            from xmed.models.robust import AdversarialTraining
-
             try:
                 self.adversarial = AdversarialTraining(**dict(adversarial_training))
             except TypeError as err:
@@ -219,8 +218,6 @@ class FundusModule(L.LightningModule):
         out = self._forward(images)
         losses = self._losses(out, batch)
         if self.adversarial is not None and self.adversarial.method == "trades":
-            from xmed.models.robust import bernoulli_kl
-
             attacked = self.adversarial.perturb(self.model, images, batch["label"])
             losses["robust"] = self.adversarial.beta * bernoulli_kl(
                 out["logits"].float(), self._forward(attacked)["logits"].float()).mean()

@@ -1,4 +1,5 @@
-"""Model cards: Markdown with YAML front matter, in the style of Hugging Face cards.
+"""Model cards: Markdown with YAML front matter, in the style of Hugging Face cards, written by
+``xmed-train`` and completed by ``xmed-explain``.
 
 The text lives in ``model_card.md`` beside this module, shipped in the package (``$name``
 placeholders); this module fills it from plain dicts (metrics, data summary, config, compute).
@@ -19,6 +20,8 @@ from string import Template
 from typing import Any, Mapping
 
 import yaml
+
+from xmed.metrics import score_direction
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
 
@@ -66,8 +69,6 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
         | sensitivity at 95% specificity (JustRAIGS rule) ↑ | 0.500 (0.400–0.600) |
         | Brier score ↓ | 0.200 |
     """
-    from xmed.metrics import score_direction
-
     ci = metrics.get("ci", {})
     rows = ["| metric | value (95% CI) |", "|---|---|"]
     for key, label in METRIC_LABELS.items():

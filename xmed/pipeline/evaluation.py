@@ -21,9 +21,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
+from xmed.data.datamodule import datamodule_for_model
 from xmed.errors import DatasetError
 from xmed.findings import FINDINGS
-from xmed.runs import write_text_atomic
+from xmed.inference import UNREADABLE, score_eyes, single_device_trainer
+from xmed.metrics import Predictions, auroc, evaluate_predictions
+from xmed.models.export import load_model
+from xmed.models.feature_check import UNFAMILIAR_FEATURES
+from xmed.pipeline.instantiate import inference_trainer
+from xmed.pipeline.reports import report_run
+from xmed.runs import command_folder, write_text_atomic
+from xmed.viz.plots import plot_calibration, plot_finding_auroc, plot_roc
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +48,6 @@ def score_split(trainer, model, datamodule, split: str, parts_dir: Path,
     """One split scored through ``trainer`` (every process takes part): :func:`to_arrays` of its
     records on process 0, None on the others. A file that could not be read is recorded in
     ``datamodule.skipped`` (once, whichever process met it)."""
-    from xmed.inference import UNREADABLE, score_eyes
-
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     records = score_eyes(trainer, model, loader, split_ids(datamodule.splits[split]), parts_dir,
                          intervene_with_truth=intervene_with_truth)
@@ -99,16 +105,12 @@ def failed_eyes(arrays: Mapping[str, Any], split: str) -> list[dict[str, str]]:
 
 def to_predictions(arrays: Mapping[str, Any]):
     """The :class:`~xmed.metrics.Predictions` of the scored eyes (those with a finite output)."""
-    from xmed.metrics import Predictions
-
     arrays = scored(arrays) if "status" in arrays else arrays
     return Predictions(**{k: arrays[k] for k in _ARRAYS})
 
 
 def oracle_auroc(dataset, arrays: Mapping[str, Any]) -> float | None:
     """AUROC of the phantom's oracle on the same eyes (None for real data sets)."""
-    from xmed.metrics import auroc
-
     oracle = getattr(dataset, "oracle", None)
     if not oracle:
         return None
@@ -127,10 +129,6 @@ def evaluate_model(model, datamodule, out_dir: Path, trainer=None, *, threshold_
     counts the eyes flagged by the image-quality gate or the model's feature check under
     ``quality_flagged`` (they are scored), those the feature check flagged under ``unfamiliar_features``.
     """
-    from xmed.inference import single_device_trainer
-    from xmed.metrics import evaluate_predictions
-    from xmed.models.feature_check import UNFAMILIAR_FEATURES
-
     trainer = trainer or single_device_trainer()
     parts = out_dir / ".parts"
     val = score_split(trainer, model, datamodule, "val", parts)
@@ -177,8 +175,6 @@ def count_flag(qualities: Sequence[str], flag: str) -> int:
 def write_plots(folder: Path, test: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
     """ROC and calibration of the labelled test eyes (when both classes are there) and the
     finding AUROCs."""
-    from xmed.viz.plots import plot_calibration, plot_finding_auroc, plot_roc
-
     folder.mkdir(parents=True, exist_ok=True)
     labelled = ~np.isnan(test["label"])
     if labelled.any() and len(set(test["label"][labelled])) == 2:
@@ -228,11 +224,6 @@ def _cell(value) -> str:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """``xmed-eval``: evaluate the model at ``cfg.ckpt_path`` on ``cfg.data`` with ``cfg.trainer``;
     returns the metrics (an empty dict on processes other than 0)."""
-    from xmed.cli.rundir import command_folder
-    from xmed.models.export import load_model
-    from xmed.pipeline.instantiate import datamodule_for_model, inference_trainer
-    from xmed.pipeline.reports import report_run
-
     out_dir = command_folder(cfg)
     model = load_model(cfg.ckpt_path)
     datamodule = datamodule_for_model(cfg.data, model)

@@ -32,13 +32,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from xmed.errors import ConfigError
+from xmed.data.datamodule import SplitView, datamodule_for_model, eval_loader, explained_view, pipeline_obstacle
+from xmed.data.datasets.base import collate_samples
+from xmed.data.quality import warn_flagged
+from xmed.errors import ConfigError, QualityWarning
+from xmed.explain import COUNTERFACTUALS, DIRECTIONS, EXPLAINERS, get_counterfactual, get_explainer
+from xmed.explain.rationale import rationale
+from xmed.explain.targets import target_function
 from xmed.findings import FINDINGS, VCDR, canonical_target, finding_index
-from xmed.inference import RecordWriter
+from xmed.inference import RecordWriter, score_batch
+from xmed.metrics import METRICS, Evidence, create_metric
+from xmed.metrics.counterfactual import evaluate_counterfactuals
+from xmed.metrics.explanation import EnergyPointingGame, ModelParameterRandomisation
+from xmed.models.export import load_model
 from xmed.pipeline.explanation_report import (comparison_sheet, comparison_table, run_comparison, summarise,
                                               update_model_card, write_per_image)
+from xmed.pipeline.instantiate import inference_trainer
 from xmed.pipeline.reports import print_run_folder
-from xmed.runs import eye_file_stem, write_text_atomic
+from xmed.runs import command_folder, eye_file_stem, write_text_atomic
+from xmed.runtime import choose_autocast, choose_batch_size, choose_pipeline, eye_cost
+from xmed.viz.overlay import overlay, to_uint8_image
 
 
 
@@ -92,8 +105,6 @@ class RationaleRun:
 def build_explainers(model: torch.nn.Module, explainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``{run name: explainer}`` from the ``explainer`` config group (one entry per method):
     saliency explainers, counterfactual runs (``adversarial``) and the ``rationale``."""
-    from xmed.explain import COUNTERFACTUALS, DIRECTIONS, get_counterfactual, get_explainer
-
     if not explainer_cfg:
         raise ConfigError("explainer", "no explainer selected; e.g. explainer=gradcam or 'explainer=[gradcam,rise]'")
     explainers = {}
@@ -154,10 +165,6 @@ class ExplainModule(L.LightningModule):
         self.autocast = autocast
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        from xmed.explain.targets import target_function
-        from xmed.metrics import Evidence
-        from xmed.metrics.explanation import EnergyPointingGame
-
         out: dict[str, Any] = {"records": [], "maps": [], "paths": [], "rationales": {}}
         if batch.get("size", 1) == 0:
             return out
@@ -204,9 +211,6 @@ class ExplainModule(L.LightningModule):
     def _eye_columns(self, batch: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         """``{id: {"quality": flags joined by ";", "status": NON_FINITE or ""}}`` of the batch's
         eyes, from the scoring step ``predictions.csv`` comes from (flagged eyes are warned about)."""
-        from xmed.data.quality import warn_flagged
-        from xmed.inference import score_batch
-
         scores = score_batch(self.model, batch)
         warn_flagged(scores["quality"], scores["id"])
         return {eye_id: {"quality": str(quality), "status": status}
@@ -214,8 +218,6 @@ class ExplainModule(L.LightningModule):
 
     def _counterfactuals(self, name: str, run: CounterfactualRun, images: Tensor, ids: list[str],
                          truth: Tensor | None, out: dict[str, Any]) -> list[dict[str, Any]]:
-        from xmed.metrics.counterfactual import evaluate_counterfactuals
-
         records = []
         for direction in run.directions:
             method = f"{name}_{direction}"
@@ -241,9 +243,6 @@ class ExplainModule(L.LightningModule):
                     per_eye: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, Any]]:
         """``{id: rationale as a dict}``; an eye without a finite output has no decision to explain:
         its entry gives its status."""
-        from xmed.errors import QualityWarning
-        from xmed.explain.rationale import rationale
-
         decided = [i for i, eye_id in enumerate(ids) if not per_eye[eye_id]["status"]]
         with warnings.catch_warnings():  # already warned about, by eye id (_eye_columns)
             warnings.simplefilter("ignore", QualityWarning)
@@ -296,8 +295,6 @@ class ExplanationWriter(RecordWriter):
     def _write_maps(self, method: str, ids: list[str], maps: Tensor, images: Tensor, truth: Tensor | None) -> None:
         from PIL import Image
 
-        from xmed.viz.overlay import overlay, to_uint8_image
-
         map_dir = self.out_dir / "maps" / method
         map_dir.mkdir(parents=True, exist_ok=True)
         dc = self.data_config
@@ -314,8 +311,6 @@ class ExplanationWriter(RecordWriter):
     def _write_path(self, method: str, ids: list[str], frames: Tensor, difference: Tensor) -> None:
         """A frame strip (PNG: input … edit, difference) and an animation (GIF) per eye."""
         from PIL import Image
-
-        from xmed.viz.overlay import overlay, to_uint8_image
 
         dc = self.data_config
         folder = self.out_dir / "counterfactuals" / method
@@ -336,8 +331,6 @@ def build_metrics(names: list[str], faithfulness: Mapping[str, Any]) -> dict[str
         >>> sorted(build_metrics(["pointing_game", "deletion"], {"n_steps": 8, "baseline": "blur"}))
         ['deletion', 'pointing_game']
     """
-    from xmed.metrics import METRICS, create_metric
-
     per_image = ("localisation", "faithfulness", "complexity")
     known = sorted(name for name, cls in METRICS.items() if cls.category in per_image)
     curve = {"n_steps": faithfulness.get("n_steps"), "baseline": faithfulness.get("baseline")}
@@ -357,9 +350,6 @@ def randomisation_check(model, explainer_cfg: Mapping[str, Any], images: Tensor,
     """Cascading parameter randomisation per method: Spearman between the maps of the trained
     model and of copies randomised from the output layer down; the last value has every layer
     randomised."""
-    from xmed.explain import EXPLAINERS, get_explainer
-    from xmed.metrics.explanation import ModelParameterRandomisation
-
     out = {}
     test = ModelParameterRandomisation(similarity="spearman")
     for name, options in explainer_cfg.items():
@@ -387,25 +377,6 @@ def _mean_defined(values: Tensor) -> float | None:
     return round(float(values.mean()), 6) if values.numel() else None
 
 
-def explained_view(cfg: DictConfig, datamodule) -> Any:
-    """The eyes ``xmed-explain`` explains: split ``cfg.split``, only label ``cfg.label`` when set,
-    the first ``cfg.n`` (a :class:`~xmed.data.datamodule.SplitView`), as the model sees them in
-    evaluation — the train split too (never augmented)."""
-    from xmed.data.datamodule import SplitView
-
-    if cfg.split not in datamodule.splits:
-        raise ConfigError("split", f"no split {cfg.split!r}; the data set has {', '.join(datamodule.splits)}")
-    view = datamodule.splits[cfg.split]
-    indices = view.indices
-    if cfg.get("label") is not None:  # e.g. label=1: explain glaucomatous eyes only
-        indices = [i for i in indices if view.base.records[i].label == float(cfg.label)]
-    view = SplitView(view.base, indices[:int(cfg.n)], datamodule.transforms["eval"])
-    if len(view) == 0:
-        raise ConfigError("n", f"no eyes to explain in split {cfg.split!r}"
-                               + (f" with label {cfg.label}" if cfg.get("label") is not None else ""))
-    return view
-
-
 #: graphs per eye a method holds at once, beyond one (the cost model of ``batch_size: auto``):
 #: guided Grad-CAM keeps Grad-CAM's and guided backpropagation's; SmoothGrad its noisy copies
 _EXTRA_GRAPHS = {"guided_gradcam": lambda options: 2}
@@ -420,8 +391,6 @@ def explanation_eye_bytes(model, explainer_cfg: Mapping[str, Any], device) -> fl
     SmoothGrad one per noisy copy it runs at once), or the passes without gradients of the
     faithfulness metrics (four eyes' worth at once), whichever is larger; plus the eye itself and
     the frames a counterfactual path records."""
-    from xmed.runtime import eye_cost
-
     cost = eye_cost(model.to(device), model.data_config.input_size, device)
     graphs, frames = 1, 1
     for name, options in explainer_cfg.items():
@@ -439,10 +408,6 @@ def explanation_loader(cfg: DictConfig, view, datamodule, model, device, explain
     CPU) and whether the methods run in bf16 autocast (``autocast``)."""
     from torch.utils.data import DataLoader
 
-    from xmed.data.datamodule import eval_loader, pipeline_obstacle
-    from xmed.data.datasets.base import collate_samples
-    from xmed.runtime import choose_autocast, choose_batch_size, choose_pipeline
-
     pipeline = choose_pipeline(datamodule.pipeline, device.type, pipeline_obstacle(view))
     batch = choose_batch_size(cfg.batch_size, device, lambda: explanation_eye_bytes(model, explainer_cfg, device),
                               cpu_default=8)
@@ -458,13 +423,6 @@ def explanation_loader(cfg: DictConfig, view, datamodule, model, device, explain
 def explain_run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``xmed-explain`` for a composed config; returns the summary written to metrics.json."""
     import logging
-
-    from xmed.data.datamodule import SplitView
-    from xmed.data.datasets.base import collate_samples
-    from xmed.models.export import load_model
-
-    from xmed.cli.rundir import command_folder
-    from xmed.pipeline.instantiate import datamodule_for_model, inference_trainer
 
     out_dir = command_folder(cfg)
     target = canonical_target(cfg.target)

@@ -23,7 +23,10 @@ from omegaconf import DictConfig
 
 from xmed.checks import is_number, strict_json
 from xmed.errors import ConfigError
+from xmed.metrics import score_direction
+from xmed.pipeline.card import NO_EXPLANATION_CHECKS
 from xmed.runs import PER_IMAGE_TEXT, eye_file_stem, read_per_image, write_text_atomic
+from xmed.viz.grid import image_grid
 
 #: What every per-image record says of its eye besides the scores: the image-quality flags (``;``-joined,
 #: empty when the image passed) and the status (``non-finite output`` when the model's output for
@@ -69,8 +72,6 @@ def eyes_scored(entry: Mapping[str, Any]) -> str:
 def comparison_table(summary: Mapping[str, Mapping[str, Any]], target: str) -> str:
     """Markdown: one row per method, one column per metric, each metric's better side marked
     (:func:`xmed.metrics.score_direction`)."""
-    from xmed.metrics import score_direction
-
     columns: list[str] = ["eyes"]
     for entry in summary.values():
         for key in entry:
@@ -232,8 +233,6 @@ def update_model_card(card: Path, table: str, cfg: DictConfig) -> None:
     Free text at the top of the section is kept; the subsection of an earlier run with the same
     heading (:func:`run_heading`) is replaced, other runs' subsections are kept.
     """
-    from xmed.models.card import NO_EXPLANATION_CHECKS
-
     if not card.is_file():
         raise ConfigError("model_card", f"no such file: {card}")
     text = card.read_text()
@@ -272,8 +271,6 @@ def write_per_image(path: Path, records: list[dict[str, Any]]) -> None:
 def comparison_sheet(out_dir: Path, methods: list[str], ids: list[str]) -> None:
     """overlays/comparison.png: one row per eye, one column per method."""
     from PIL import Image
-
-    from xmed.viz.grid import image_grid
 
     tiles, captions = [], []
     for eye_id in ids:

@@ -23,9 +23,20 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig
 
+from xmed.data.datamodule import SplitView, eval_loader, pipeline_obstacle
+from xmed.data.datasets import get_dataset
+from xmed.data.datasets.base import collate_samples
+from xmed.data.transforms import build_transforms
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
-from xmed.inference import NON_FINITE, UNREADABLE
+from xmed.inference import NON_FINITE, UNREADABLE, score_eyes
+from xmed.models.classifier import check_threshold
+from xmed.models.export import load_model
+from xmed.models.feature_check import UNFAMILIAR_FEATURES
+from xmed.pipeline.instantiate import inference_trainer
+from xmed.pipeline.reports import print_run_folder
+from xmed.runs import command_folder, write_text_atomic
+from xmed.runtime import choose_batch_size, choose_num_workers, choose_pipeline, eye_cost
 
 #: ``format`` -> the data set that reads the folder, and its options
 FORMATS = {"auto": ("photo_folder", {}), "photos": ("photo_folder", {"kinds": ("photo",)}),
@@ -40,8 +51,6 @@ def input_dataset(folder: str | Path, format: str, on_error: str):
     """The data set of a folder to screen (:class:`~xmed.data.datasets.generic.FolderDataset`):
     ``format=auto`` reads its photographs and DICOM files together, ``photos`` and ``dicom`` one
     kind; every other entry is skipped saying why (or raises, ``on_error=raise``)."""
-    from xmed.data.datasets import get_dataset
-
     if format not in FORMATS:
         raise ConfigError("format", f"expected auto, photos or dicom, got {format!r}")
     name, options = FORMATS[format]
@@ -109,8 +118,6 @@ def screening_summary(records: Sequence[Mapping[str, Any]], threshold: float) ->
     what it is: ``scored + len(failed) + len(unreadable) == n``), were flagged by the
     image-quality gate or the model's feature check (``quality_flagged``), and of those which by
     the feature check (``unfamiliar_features``)."""
-    from xmed.models.feature_check import UNFAMILIAR_FEATURES
-
     return {
         "n": len(records), "scored": sum(not r["status"] for r in records),
         "referable": sum(not r["status"] and r["prob"] >= threshold for r in records),
@@ -126,8 +133,6 @@ def screening_eye_bytes(model, device) -> float:
     """Device memory one screened eye takes (the cost model of ``batch_size: auto``): a forward pass
     without gradients (:attr:`~xmed.runtime.EyeCost.transient`), the eye as the model takes it, and
     its prepared uint8 copy (:func:`xmed.runtime.eye_cost`, measured on ``device``)."""
-    from xmed.runtime import eye_cost
-
     size = model.data_config.input_size
     cost = eye_cost(model.to(device), size, device)
     return cost.transient + cost.input + 3 * size * size
@@ -138,10 +143,6 @@ def screening_loader(view, cfg: DictConfig, model, device):
     photographs are prepared (``pipeline``, :func:`xmed.runtime.choose_pipeline`) and how many eyes a
     batch holds (``batch_size``, :func:`xmed.runtime.choose_batch_size`: 16 on a CPU)."""
     from torch.utils.data import DataLoader
-
-    from xmed.data.datamodule import eval_loader, pipeline_obstacle
-    from xmed.data.datasets.base import collate_samples
-    from xmed.runtime import choose_batch_size, choose_num_workers, choose_pipeline
 
     pipeline = choose_pipeline(cfg.get("pipeline", "auto"), device.type, pipeline_obstacle(view), key="pipeline")
     batch = choose_batch_size(cfg.batch_size, device, lambda: screening_eye_bytes(model, device), cpu_default=16)
@@ -158,16 +159,6 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
     """``xmed-predict`` for a composed config; returns the summary written to summary.json (an
     empty dict on processes other than 0)."""
     import logging
-
-    from xmed.cli.rundir import command_folder
-    from xmed.data.datamodule import SplitView
-    from xmed.data.transforms import build_transforms
-    from xmed.inference import score_eyes
-    from xmed.models.classifier import check_threshold
-    from xmed.models.export import load_model
-    from xmed.pipeline.instantiate import inference_trainer
-    from xmed.pipeline.reports import print_run_folder
-    from xmed.runs import write_text_atomic
 
     out_dir = command_folder(cfg)
     model = load_model(cfg.ckpt_path)

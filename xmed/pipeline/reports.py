@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from xmed.pipeline.card import scoring_notes
+
 
 def print_run_folder(out_dir: Path, artefacts: Mapping[str, Path | None]) -> None:
     """Print where a command's outputs went: the run folder, then each named output (None: skipped)."""
@@ -21,8 +23,6 @@ def print_run_folder(out_dir: Path, artefacts: Mapping[str, Path | None]) -> Non
 
 def report_run(out_dir: Path, metrics: Mapping[str, Any], artefacts: Mapping[str, Path | None]) -> None:
     """Print the headline figures of an evaluation and where every output went."""
-    from xmed.models.card import scoring_notes
-
     def fmt(key):
         value = metrics.get(key)
         return "n/a" if value is None else f"{value:.3f}"

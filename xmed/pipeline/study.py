@@ -434,11 +434,11 @@ def study_run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``xmed-study`` for a composed config; returns the summary written to ``metrics.json``."""
     from torch.utils.data import DataLoader
 
-    from xmed.cli.rundir import command_folder
+    from xmed.runs import command_folder
     from xmed.data.datasets.base import collate_samples
     from xmed.models.export import load_model
-    from xmed.pipeline.explanation import explained_view
-    from xmed.pipeline.instantiate import datamodule_for_model
+    from xmed.data.datamodule import explained_view
+    from xmed.data.datamodule import datamodule_for_model
     from xmed.pipeline.study_report import summarise, write_study
 
     started = time.perf_counter()

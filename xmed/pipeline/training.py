@@ -22,11 +22,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from xmed.data.quality import calibrate_checks
 from xmed.errors import ConfigError
+from xmed.models.autoencoder import export_autoencoder, load_autoencoder, reconstruction_l1
+from xmed.models.classifier import DataConfig
+from xmed.models.export import WEIGHTS, export_model, load_model, read_checkpoint
+from xmed.models.feature_check import MAX_TRAIN_EYES, PERCENTILE, fit_feature_check, pooled_features
+from xmed.pipeline.card import render_model_card
 from xmed.pipeline.evaluation import evaluate_model, evaluation_artefacts
-from xmed.pipeline.instantiate import build_trainer, inference_trainer, instantiate_group
+from xmed.pipeline.instantiate import build_trainer, inference_trainer
 from xmed.pipeline.reports import print_run_folder, report_run
-from xmed.runs import sha256, write_text_atomic
+from xmed.runs import RESUME_LAST, command_folder, sha256, write_text_atomic
+from xmed.runtime import machine_summary
+from xmed.saved_config import instantiate_group
+from xmed.viz.plots import plot_learning_curve
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +61,6 @@ def quality_gate(datamodule, data_config: dict[str, Any]) -> tuple[tuple[str, ..
     """The image-quality checks the trained model will hold its inputs to — those its validation
     photographs pass (:func:`xmed.data.quality.calibrate_checks`) — and the share of them failing
     each check; logged, a dropped check with its reason."""
-    from xmed.data.quality import calibrate_checks
-    from xmed.models.classifier import DataConfig
-
     checks, failing = calibrate_checks(loader_images(datamodule.val_dataloader()), DataConfig.from_dict(data_config))
     for check, share in failing.items():
         if check not in checks:
@@ -75,8 +81,6 @@ def fitted_feature_check(model, datamodule, device):
     ``MAX_TRAIN_EYES``), the threshold at the ``PERCENTILE``-th percentile of its validation eyes'
     distances; computed on ``device`` in full precision (every process of a distributed run
     computes the same), logged. None, with a warning, without two training and one validation eye."""
-    from xmed.models.feature_check import MAX_TRAIN_EYES, PERCENTILE, fit_feature_check, pooled_features
-
     place = next(model.parameters()).device
     model.to(device)
     try:
@@ -122,10 +126,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     on the other processes)."""
     import lightning as L
 
-    from xmed.cli.rundir import command_folder
-    from xmed.models.card import render_model_card
-    from xmed.models.export import WEIGHTS, export_model, load_model
-
     out_dir = command_folder(cfg, resume_key="ckpt_path")
     L.seed_everything(cfg.seed, workers=True)
 
@@ -161,7 +161,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:  # plots/learning_curve.png, from the CSV log where the run keeps one
         from lightning.pytorch.loggers import CSVLogger
 
-        from xmed.viz.plots import plot_learning_curve
         csv_log = next((Path(lg.log_dir) / "metrics.csv" for lg in loggers if isinstance(lg, CSVLogger)), None)
         plot_learning_curve(csv_log, out_dir / "plots" / "learning_curve.png")
     if not cfg.get("test", True):
@@ -223,9 +222,6 @@ def resume_checkpoint(ckpt_path: str | Path | None, allow_remote: bool, run_dir:
     """
     from urllib.parse import urlparse
 
-    from xmed.cli.rundir import RESUME_LAST
-    from xmed.models.export import read_checkpoint
-
     if not ckpt_path:
         return None
     text = str(ckpt_path)
@@ -272,8 +268,6 @@ def download_checkpoint(address: str, destination: Path) -> Path:
 
 def compute_summary(trainer, module, datamodule, precision) -> dict[str, str]:
     """How the run used the machine, each machine-dependent choice with its reason (model card)."""
-    from xmed.runtime import machine_summary
-
     devices = f"{trainer.num_devices} x {trainer.strategy.root_device.type}"
     if trainer.world_size > 1:
         devices += f", {trainer.world_size} processes ({type(trainer.strategy).__name__})"
@@ -298,8 +292,6 @@ def initialise_from(module, path: str | Path, task: str = "classifier") -> None:
 
         initialise_from(module, "outputs/phantom_ref/model")   # module: a FundusModule
     """
-    from xmed.models.export import load_model
-
     if task != "classifier":
         raise ConfigError("init_from", f"fine-tuning starts a classifier; task {task!r} has no init_from")
     trained = load_model(path)
@@ -320,8 +312,6 @@ def _finish_autoencoder(trainer, module, datamodule, out_dir: Path) -> dict[str,
     import json
 
     import torch
-
-    from xmed.models.autoencoder import export_autoencoder, load_autoencoder, reconstruction_l1
 
     checkpoint = _best_checkpoint(trainer)
     model = load_autoencoder(checkpoint) if checkpoint else module.model.eval()

@@ -86,8 +86,8 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
         raise ConfigError("source", "give an xmed-explain run folder (--explain), or a model and an image folder "
                                     "(--model and --images), not both")
     if explain_dir is not None:
-        from xmed.pipeline.explanation import explained_view
-        from xmed.pipeline.instantiate import datamodule_for_model
+        from xmed.data.datamodule import explained_view
+        from xmed.data.datamodule import datamodule_for_model
 
         config, config_path, maps_dir, automatic = _explain_source(Path(explain_dir))
         net = load_model(config.ckpt_path)
@@ -272,7 +272,7 @@ def _batches(view, batch_size: int, progress: bool):
 def _explain_batch(net, batch: Mapping[str, Any], explainers: Mapping[str, Any], editor, maps_dir: Path | None):
     """Per eye of one batch: (case fields, photograph, ``{method: map}``, ``{"adversarial": edits}``, fov)."""
     from xmed.explain.rationale import explained_share, rationale
-    from xmed.viz.overlay import to_uint8_image
+    from xmed.data.normalise import to_uint8_image
 
     if batch.get("size", 1) == 0:
         return []
@@ -345,7 +345,7 @@ def _edits(editor, images: Tensor, dc) -> tuple[dict[str, list[Edit]], np.ndarra
     """``{"toward_normal": [Edit per eye], "toward_glaucoma": […]}`` and the B×H×W fields of view;
     each edit with its own goal and what it changed in the model's words."""
     from xmed.explain.counterfactual import edit_changes
-    from xmed.viz.overlay import to_uint8_image
+    from xmed.data.normalise import to_uint8_image
 
     fov = editor.field_of_view(images)[:, 0].cpu().numpy()
     edits = {}

@@ -14,6 +14,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from xmed.data.phantom import render_phantom
+
 
 def image_grid(images: Sequence[np.ndarray], columns: int, captions: Sequence[str] | None = None,
                caption_scale: float = 0.45) -> np.ndarray:
@@ -67,8 +69,6 @@ def phantom_sheet(seed: int = 0, n: int = 12, size: int = 256, columns: int = 4,
         >>> phantom_sheet(n=2, size=64, columns=2).shape
         (64, 128, 3)
     """
-    from xmed.data.phantom import render_phantom
-
     images, captions = [], []
     for s in range(seed, seed + n):
         eye = render_phantom(s, size)

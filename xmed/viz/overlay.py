@@ -9,19 +9,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import cv2
 import numpy as np
-import torch
 
-
-def to_uint8_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """A normalised 3×H×W tensor back to an H×W×3 uint8 photograph."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    rgb = (image.detach().float().cpu() * std_t + mean_t).clamp(0, 1)
-    return (rgb.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+from xmed.data.normalise import to_uint8_image  # noqa: F401  (the photograph an overlay is drawn on, published here)
 
 
 def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5,

@@ -21,6 +21,7 @@ import csv
 import io
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Mapping, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from xmed.data.io import read_image_reduced, read_mask
 from xmed.errors import DatasetError, ImageReadError
 from xmed.findings import FINDINGS
 
@@ -41,6 +43,61 @@ NAN = float("nan")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: the eyes a record may be, as harmonised
 EYES: tuple[str, ...] = ("OD", "OS")
+
+# the published spellings of a split and of an eye (:func:`normalise_split`, :func:`normalise_eye`)
+_SPLITS = {
+    "train": ("train", "training", "trainingset", "training400", "trainset", "tr"),
+    "val": ("val", "valid", "validation", "validationset", "validation400", "dev", "va"),
+    "test": ("test", "testing", "testset", "test400", "te"),
+}
+_SPLIT_LOOKUP = {alias: split for split, aliases in _SPLITS.items() for alias in aliases}
+
+_EYES = {
+    "od": "OD", "r": "OD", "right": "OD", "re": "OD",
+    "os": "OS", "l": "OS", "left": "OS", "le": "OS",
+}
+
+
+def normalise_split(name: Any) -> str | None:
+    """A published split name as ``"train"``, ``"val"`` or ``"test"`` (None if unrecognised).
+
+    Case, separators and a trailing ``set``/``_set`` are ignored: ``Training400``,
+    ``training_set``, ``REFUGE-Validation400`` and ``test`` are all understood.
+    """
+    if name is None:
+        return None
+    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    if key in _SPLIT_LOOKUP:
+        return _SPLIT_LOOKUP[key]
+    for prefix in ("refuge", "refuge1", "refuge2"):  # REFUGE-Validation400 and friends
+        if key.startswith(prefix) and key[len(prefix):] in _SPLIT_LOOKUP:
+            return _SPLIT_LOOKUP[key[len(prefix):]]
+    return None
+
+
+def normalise_eye(value: Any) -> str | None:
+    """``"OD"`` (right) / ``"OS"`` (left) from the spellings data sets use, else None."""
+    if value is None:
+        return None
+    return _EYES.get(str(value).strip().lower())
+
+
+def accepted_spellings(field_name: str) -> str:
+    """The spellings read for ``"split"`` or ``"eye"``, for messages.
+
+    Example:
+        >>> accepted_spellings("eye")
+        'OD (or r, right, re), OS (or l, left, le); case is ignored'
+    """
+    if field_name == "split":
+        table, note = _SPLITS, "case and separators are ignored"
+    else:
+        table = {eye: tuple(k for k, v in _EYES.items() if v == eye) for eye in ("OD", "OS")}
+        note = "case is ignored"
+    names = (f"{name} (or {', '.join(a for a in aliases if a != name.lower())})"
+             for name, aliases in table.items())
+    return f"{', '.join(names)}; {note}"
+
 
 
 def cell_location(row: int | None, row_id: str | None = None, column: str | None = None) -> str:
@@ -408,18 +465,11 @@ def _value_problem(
                          "published split is lost for every eye")
     for name, value, accepted in (("split", record.split, SPLITS), ("eye", record.eye, EYES)):
         if value is not None and value not in accepted:
-            return name, f"unknown {name} {show(value)}; accepted: {_spellings(name)}"
+            return name, f"unknown {name} {show(value)}; accepted: {accepted_spellings(name)}"
     if "patient" in columns and not record.patient:
         return "patient", ("empty; every row needs one (both eyes of a person share it, so that "
                            "a patient-level split keeps them together)")
     return None
-
-
-def _spellings(field_name: str) -> str:
-    """The published spellings read for a split or an eye, for messages."""
-    from xmed.data.datasets.common import accepted_spellings  # common builds on this module
-
-    return accepted_spellings(field_name)
 
 
 def _locate(record: Record, field_name: str, problem: str) -> tuple[str, str]:
@@ -604,8 +654,6 @@ class FundusDataset(Dataset):
         that keeps what the need asks (:meth:`PixelNeed.reduction`), and ``meta["decode_reduction"]``
         says by what factor; not when masks are read, which must match the photograph pixel for
         pixel."""
-        from xmed.data.io import read_image_reduced
-
         masks_to_read = record.mask_paths if self.load_masks else {}
         reduction = pixel_need.reduction if pixel_need is not None and not masks_to_read else None
         image, factor = read_image_reduced(record.image_path, reduction)
@@ -627,8 +675,6 @@ class FundusDataset(Dataset):
 
     def decode_mask(self, name: str, path: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         """Read one mask file; subclasses with multi-level masks (cup/disc in one file) override."""
-        from xmed.data.io import read_mask
-
         mask = read_mask(path)
         if mask.shape != tuple(shape):
             raise DatasetError(path, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "

@@ -17,61 +17,20 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from xmed.data.datasets.base import (
-    NAN, FundusDataset, Record, RowReport, TableRow, check_header, file_exists,
+from xmed.data.datasets.base import (  # the split and eye spellings are base's, used here and by the readers
+    NAN, FundusDataset, Record, RowReport, TableRow, check_header, file_exists, normalise_eye, normalise_split,
     raise_dataset_error, read_csv_cells, read_csv_rows, require_dir, require_file, show,
 )
+from xmed.data.io import IMAGE_EXTENSIONS, read_mask  # noqa: F401  (IMAGE_EXTENSIONS re-exported for the readers)
 from xmed.errors import DatasetError
-
-#: file name endings listed as photographs (compared lower-case)
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-)
-
-_SPLITS = {
-    "train": ("train", "training", "trainingset", "training400", "trainset", "tr"),
-    "val": ("val", "valid", "validation", "validationset", "validation400", "dev", "va"),
-    "test": ("test", "testing", "testset", "test400", "te"),
-}
-_SPLIT_LOOKUP = {alias: split for split, aliases in _SPLITS.items() for alias in aliases}
-
-_EYES = {
-    "od": "OD", "r": "OD", "right": "OD", "re": "OD",
-    "os": "OS", "l": "OS", "left": "OS", "le": "OS",
-}
-
+from xmed.findings import FINDINGS
 
 # ---------------------------------------------------------------- harmonisation
-def normalise_split(name: Any) -> str | None:
-    """A published split name as ``"train"``, ``"val"`` or ``"test"`` (None if unrecognised).
-
-    Case, separators and a trailing ``set``/``_set`` are ignored: ``Training400``,
-    ``training_set``, ``REFUGE-Validation400`` and ``test`` are all understood.
-    """
-    if name is None:
-        return None
-    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
-    if key in _SPLIT_LOOKUP:
-        return _SPLIT_LOOKUP[key]
-    for prefix in ("refuge", "refuge1", "refuge2"):  # REFUGE-Validation400 and friends
-        if key.startswith(prefix) and key[len(prefix):] in _SPLIT_LOOKUP:
-            return _SPLIT_LOOKUP[key[len(prefix):]]
-    return None
-
-
-def normalise_eye(value: Any) -> str | None:
-    """``"OD"`` (right) / ``"OS"`` (left) from the spellings data sets use, else None."""
-    if value is None:
-        return None
-    return _EYES.get(str(value).strip().lower())
-
-
 def published_split(value: Any) -> str | None:
     """A split cell harmonised by :func:`normalise_split`; an empty cell is None, and text it
     does not know is kept as published, for validation to report with its row and column."""
@@ -83,23 +42,6 @@ def published_eye(value: Any) -> str | None:
     """An eye cell harmonised by :func:`normalise_eye` (None when empty; unknown text kept)."""
     text = cell_str(value)
     return (normalise_eye(text) or text) if text else None
-
-
-def accepted_spellings(field_name: str) -> str:
-    """The spellings read for ``"split"`` or ``"eye"``, for messages.
-
-    Example:
-        >>> accepted_spellings("eye")
-        'OD (or r, right, re), OS (or l, left, le); case is ignored'
-    """
-    if field_name == "split":
-        table, note = _SPLITS, "case and separators are ignored"
-    else:
-        table = {eye: tuple(k for k, v in _EYES.items() if v == eye) for eye in ("OD", "OS")}
-        note = "case is ignored"
-    names = (f"{name} (or {', '.join(a for a in aliases if a != name.lower())})"
-             for name, aliases in table.items())
-    return f"{', '.join(names)}; {note}"
 
 
 def binary_label(value: Any, mapping: Mapping[Any, float]) -> float | None:
@@ -396,8 +338,6 @@ def check_mask_shape(mask: np.ndarray, path: Path, shape: tuple[int, int]) -> No
 
 def findings_vector(values: Mapping[str, float]) -> np.ndarray:
     """A :data:`xmed.FINDINGS`-ordered float vector, NaN for codes missing from ``values``."""
-    from xmed.findings import FINDINGS
-
     return np.array([values.get(code, NAN) for code in FINDINGS], dtype=np.float32)
 
 
@@ -405,8 +345,6 @@ def read_level_mask(
     path: Path, shape: tuple[int, int], classes: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
     """Read a multi-level mask file (at ``__getitem__`` time) and split it into named masks."""
-    from xmed.data.io import read_mask
-
     levels = read_mask(path)
     check_mask_shape(levels, path, shape)
     return decode_levels(levels, classes)

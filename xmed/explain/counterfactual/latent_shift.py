@@ -86,6 +86,7 @@ from xmed.explain.counterfactual.adversarial import (
     target_score,
 )
 from xmed.explain.targets import Target, fix_target
+from xmed.models.autoencoder import load_autoencoder
 
 DEFAULT_MAX_LAMBDA = 1.0
 DEFAULT_N_LAMBDAS = 20
@@ -130,8 +131,6 @@ class LatentShiftExplainer(CounterfactualExplainer):
                  fov_threshold: float | None = DEFAULT_FOV_THRESHOLD, normalize_gradient: bool = True):
         super().__init__(model)
         if isinstance(autoencoder, (str, os.PathLike)):
-            from xmed.models.autoencoder import load_autoencoder
-
             autoencoder = load_autoencoder(autoencoder, device=self.device)
         if not (isinstance(autoencoder, nn.Module) and callable(getattr(autoencoder, "encode", None))
                 and callable(getattr(autoencoder, "decode", None))):
