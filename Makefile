@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= outputs/demo
 
-.PHONY: venv demo test test-all bench bench-quick clean
+.PHONY: venv demo test test-all bench bench-quick docs clean
 
 venv: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ bench: venv
 # the same benchmarks at tiny sizes, a check that each runs (about 2 min): outputs/benchmarks-quick/
 bench-quick: venv
 	$(BIN)/python -m benchmarks --quick
+
+# the documentation site (mkdocs.yml: docs/ and the API pages from the docstrings), warnings as errors:
+# outputs/docs_site/
+docs: venv
+	$(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,11 +1,11 @@
-"""The README's code runs as written.
+"""The code of the README and of the documentation's pages runs as written.
 
 Every ```python block runs in a fresh namespace, in a folder holding the files the blocks name (a
 small model where ``make demo`` puts its model, a concept-bottleneck one, ``eye.jpg``, ``eye.dcm``
 and a tiny REFUGE tree). In the ```bash blocks, every ``xmed-train``/``-eval``/``-explain``/``-predict``/``-study``
 line is composed with Hydra against the shipped configs and passes the value checks the commands
 apply before they start; every ``xmed-data`` and ``xmed-review`` line parses. A failure names its
-README line.
+file and line. ``docs/explanation_study.md`` is left out: it reports a study's run.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from test_datasets import build_refuge
 from test_io import write_dicom
 from test_train_cli import compose
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+#: the README and the documentation's pages, whose code is checked (not the explanation study's report)
+DOCUMENTS = [README, *sorted(path for path in (ROOT / "docs").rglob("*.md")
+                             if not path.relative_to(ROOT / "docs").parts[0].startswith("explanation_study"))]
 #: the config each Hydra command composes
 HYDRA_COMMANDS = {"xmed-train": "train", "xmed-eval": "eval", "xmed-explain": "explain", "xmed-predict": "predict",
                   "xmed-study": "study"}
@@ -36,19 +40,19 @@ HYDRA_COMMANDS = {"xmed-train": "train", "xmed-eval": "eval", "xmed-explain": "e
 PLACEHOLDER = re.compile(r"<[^<>]+>")
 #: an optional argument written ``[key=value]`` or ``[--flag value]`` after a space
 OPTIONAL = re.compile(r"(?<=\s)\[([^\[\]]*)\]")
-#: the user's own config folder of the README's search-path example
+#: the user's own config folder of the search-path example (docs/training.md)
 USER_CONFIGS = "/abs/path/my_configs"
 
 
-def code_blocks(language: str) -> list[tuple[int, str]]:
-    """``(line of the block's first code line, code)`` for every ```language block of the README.
+def code_blocks(language: str, document: Path = README) -> list[tuple[int, str]]:
+    """``(line of the block's first code line, code)`` for every ```language block of ``document``.
 
     Example:
-        >>> code_blocks("python")[0][1].startswith("import xmed")
+        >>> "xmed.explain(" in code_blocks("python")[0][1]
         True
     """
     blocks, start, lines = [], None, []
-    for number, line in enumerate(README.read_text().splitlines(), start=1):
+    for number, line in enumerate(document.read_text().splitlines(), start=1):
         if start is None and line.strip() == f"```{language}":
             start, lines = number + 1, []
         elif start is not None and line.strip() == "```":
@@ -59,8 +63,8 @@ def code_blocks(language: str) -> list[tuple[int, str]]:
     return blocks
 
 
-def bash_commands() -> list[tuple[int, str]]:
-    """``(README line, command)`` for every line of the bash blocks; a line ending in ``\\``
+def bash_commands(document: Path = README) -> list[tuple[int, str]]:
+    """``(line, command)`` for every line of ``document``'s bash blocks; a line ending in ``\\``
     continues on the next one.
 
     Example:
@@ -68,7 +72,7 @@ def bash_commands() -> list[tuple[int, str]]:
         True
     """
     commands = []
-    for start, block in code_blocks("bash"):
+    for start, block in code_blocks("bash", document):
         pending, first = "", start
         for offset, line in enumerate(block.splitlines()):
             if not pending:
@@ -81,14 +85,21 @@ def bash_commands() -> list[tuple[int, str]]:
     return commands
 
 
-def command_lines(name: str) -> list[tuple[int, str]]:
-    """The bash commands that run ``name``.
+def command_lines(name: str) -> list[tuple[str, str]]:
+    """``(place, command)`` for the commands that run ``name`` in the README and the pages; the
+    place is the file and line (``README.md:120``).
 
     Example:
         >>> all(command.startswith("xmed-data ") for _, command in command_lines("xmed-data"))
         True
     """
-    return [(line, command) for line, command in bash_commands() if command.split()[:1] == [name]]
+    return [(place(document, line), command) for document in DOCUMENTS for line, command in bash_commands(document)
+            if command.split()[:1] == [name]]
+
+
+def place(document: Path, line: int) -> str:
+    """``docs/review.md:12``: a line of a document, named from the repository root."""
+    return f"{document.relative_to(ROOT)}:{line}"
 
 
 def arguments(command: str, user_configs: Path) -> list[str]:
@@ -118,14 +129,14 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
-def by_line(items: list[tuple[int, str]]) -> list:
-    """Test parameters named after their README line (``line211``)."""
-    return [pytest.param(line, text, id=f"line{line}") for line, text in items]
+def by_place(items: list[tuple[str, str]]) -> list:
+    """Test parameters named after their file and line (``README.md:211``)."""
+    return [pytest.param(where, text, id=where) for where, text in items]
 
 
 @pytest.fixture(scope="module")
 def reader_folder(tmp_path_factory) -> Path:
-    """A folder holding what the README's Python blocks read: the models `make demo` and
+    """A folder holding what the Python blocks read: the models `make demo` and
     ``experiment=phantom_cbm`` export (untrained, tiny), ``eye.jpg``, ``eye.dcm`` and ``data/REFUGE``."""
     folder = tmp_path_factory.mktemp("reader")
     torch.manual_seed(0)
@@ -140,33 +151,38 @@ def reader_folder(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("line, source", by_line(code_blocks("python")))
-def test_python_block_runs(line, source, reader_folder, monkeypatch):
+PYTHON_BLOCKS = [(document, line, source) for document in DOCUMENTS for line, source in code_blocks("python", document)]
+
+
+@pytest.mark.parametrize("document, line, source",
+                         [pytest.param(*block, id=place(*block[:2])) for block in PYTHON_BLOCKS])
+def test_python_block_runs(document, line, source, reader_folder, monkeypatch):
     monkeypatch.chdir(reader_folder)
     monkeypatch.setenv("XMED_DICOM_SALT", "a site's own secret")  # as the README asks of a site
-    code = compile("\n" * (line - 1) + source, str(README), "exec")  # tracebacks give README line numbers
+    code = compile("\n" * (line - 1) + source, str(document), "exec")  # tracebacks give the file's line numbers
     try:
         exec(code, {"__name__": "__readme__"})
     except Exception as error:
-        failing = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if frame.filename == str(README)]
-        pytest.fail(f"README.md line {failing[-1]}: {type(error).__name__}: {error}", pytrace=False)
+        failing = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if frame.filename == str(document)]
+        pytest.fail(f"{place(document, failing[-1])}: {type(error).__name__}: {error}", pytrace=False)
 
 
-HYDRA_LINES = [(line, command) for name in HYDRA_COMMANDS for line, command in command_lines(name)
+HYDRA_LINES = [(where, command) for name in HYDRA_COMMANDS for where, command in command_lines(name)
                if "--help" not in command.split()]
 
 
 def test_every_documented_command_is_checked():
-    """Every xmed command the README shows is one the tests below check, and each is shown."""
-    shown = {command.split()[0] for _, command in bash_commands() if command.startswith("xmed-")}
+    """Every xmed command the README and the pages show is one the tests below check, and each is shown."""
+    shown = {command.split()[0] for document in DOCUMENTS for _, command in bash_commands(document)
+             if command.startswith("xmed-")}
     assert shown == {*HYDRA_COMMANDS, *ARGPARSE_COMMANDS}
 
 
-@pytest.mark.parametrize("line, command", by_line(HYDRA_LINES))
-def test_hydra_command_composes(line, command, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where, command", by_place(HYDRA_LINES))
+def test_hydra_command_composes(where, command, tmp_path, monkeypatch):
     from xmed.cli import config_rules
 
-    # the README's own experiment in its own config folder, as the search-path example describes it
+    # the documented experiment in its own config folder, as the search-path example describes it
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /model: resnet18\n")
@@ -177,19 +193,19 @@ def test_hydra_command_composes(line, command, tmp_path, monkeypatch):
         try:
             config_rules.check_config(compose(HYDRA_COMMANDS[command.split()[0]], job))
         except Exception as error:
-            pytest.fail(f"README.md line {line}: {job}: {type(error).__name__}: {error}", pytrace=False)
+            pytest.fail(f"{where}: {job}: {type(error).__name__}: {error}", pytrace=False)
 
 
 #: the argparse commands and their parsers' modules
 ARGPARSE_COMMANDS = {"xmed-data": "xmed.cli.data", "xmed-review": "xmed.cli.review"}
 
 
-@pytest.mark.parametrize("line, command", by_line([item for name in ARGPARSE_COMMANDS for item in command_lines(name)]))
-def test_argparse_command_parses(line, command, tmp_path):
+@pytest.mark.parametrize("where, command", by_place([item for name in ARGPARSE_COMMANDS for item in command_lines(name)]))
+def test_argparse_command_parses(where, command, tmp_path):
     import importlib
 
     name = command.split()[0]
     try:
         importlib.import_module(ARGPARSE_COMMANDS[name]).build_parser().parse_args(arguments(command, tmp_path))
     except SystemExit:
-        pytest.fail(f"README.md line {line}: {name} does not accept {command!r}", pytrace=False)
+        pytest.fail(f"{where}: {name} does not accept {command!r}", pytrace=False)
