@@ -20,6 +20,7 @@ from xmed.errors import ConfigError, XmedError
 
 
 def _phantom(args: argparse.Namespace) -> int:
+    # here, as below: each subcommand loads what it uses (`xmed-data --help` loads neither torch nor OpenCV)
     from xmed.data.phantom.writer import write_phantom_dataset
 
     summary = write_phantom_dataset(

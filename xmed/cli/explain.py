@@ -30,6 +30,7 @@ from xmed.cli.entry import command, refuse_pickled_rerun
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="explain")
 @command
 def main(cfg: DictConfig) -> None:
+    # here: Lightning and timm load once the config is checked (--help and a bad override answer at once)
     from xmed.pipeline.explanation import explain_run
 
     explain_run(cfg)

@@ -53,6 +53,7 @@ PORT = _between(1, 65535)
 
 
 def _build(args: argparse.Namespace) -> int:
+    # here, as in every subcommand: each loads what it uses (the build torch, serve Starlette; --help none)
     from xmed.review.build import build_session
     from xmed.review.session import load_session
 

@@ -64,6 +64,7 @@ class DataConfig:
         out = cls(**config)
         out.mean, out.std = tuple(out.mean), tuple(out.std)
         if out.quality_checks is not None:
+            # here, not at the top: OpenCV loads with photographs, not with `import xmed.models`
             from xmed.data.quality import CHECKS
 
             out.quality_checks = tuple(out.quality_checks)
@@ -84,6 +85,7 @@ class DataConfig:
     def preprocess(self) -> dict[str, Any]:
         """The :class:`~xmed.data.preprocess.FundusPreprocess` settings (FOV crop, disc crop, contrast);
         the resize is ``input_size``'s."""
+        # here, not at the top: OpenCV loads with photographs, not with `import xmed.models`
         from xmed.data.preprocess import FundusPreprocess
 
         return {f.name: getattr(self, f.name) for f in fields(FundusPreprocess) if f.name != "size"}
@@ -277,6 +279,7 @@ class FundusClassifier(nn.Module):
             >>> tuple(model.prepare(render_phantom(seed=0, size=128).image).shape)
             (1, 3, 64, 64)
         """
+        # here, not at the top: OpenCV and albumentations load with photographs, not with `import xmed.models`
         from xmed.data.quality import CHECKS, as_photograph, assess_quality, warn_flagged
         from xmed.data.transforms import build_transforms
 

@@ -223,6 +223,7 @@ def with_feature_flags(qualities: Sequence[Quality], distance: Tensor | None,
     """
     if check is None or distance is None:
         return list(qualities)
+    # here, not at the top: OpenCV loads with photographs, not with `import xmed.models`
     from xmed.data.quality import Quality
 
     flagged = check.unfamiliar(distance).tolist()
