@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from xmed.errors import PathError
+from xmed.findings import FINDING_NAMES
 from xmed.metrics.paired import holm
 from xmed.review.export import (PNG_DIR, REPORT_FILE, TILE_PIXELS, export_report, ratings_summary, reader_progress,
                                 study_statistics)
@@ -30,9 +31,9 @@ HOSTILE = "<script>alert(1)</script>"
 
 
 class ReportParser(HTMLParser):
-    """The case sections of a report: each one's id, heading text, image sources and table cells;
-    before them, the header's tables by class (``scores``, ``readers``, ``comparisons``, …), each a
-    list of rows of cell texts."""
+    """The case sections of a report: each one's id, heading text, image sources, table cells (a
+    row's heading ``th`` counted as a cell) and whole text; before them, the header's tables by
+    class (``scores``, ``readers``, ``comparisons``, …), each a list of rows of cell texts."""
 
     def __init__(self):
         super().__init__()
@@ -45,7 +46,7 @@ class ReportParser(HTMLParser):
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "section" and attrs.get("class") == "case":
-            self.cases.append({"id": attrs["id"], "heading": "", "images": [], "cells": []})
+            self.cases.append({"id": attrs["id"], "heading": "", "images": [], "cells": [], "text": ""})
         elif tag == "img":
             (self.cases[-1]["images"] if self.cases else self.images_outside).append(attrs["src"])
         elif tag == "table" and not self.cases:
@@ -53,7 +54,7 @@ class ReportParser(HTMLParser):
         elif tag == "tr" and self._table is not None and not self.cases:
             self._table.append([])
         self._heading |= tag == "h2" and bool(self.cases)
-        if tag == "td":
+        if tag == "td" or tag == "th" and attrs.get("scope") == "row":
             self._cell = True
             if self.cases:
                 self.cases[-1]["cells"].append("")
@@ -63,12 +64,14 @@ class ReportParser(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "h2":
             self._heading = False
-        if tag == "td":
+        if tag in ("td", "th"):
             self._cell = False
         if tag == "table":
             self._table = None
 
     def handle_data(self, data):
+        if self.cases:
+            self.cases[-1]["text"] = " ".join(f"{self.cases[-1]['text']} {data}".split())
         if self._heading:
             self.cases[-1]["heading"] += data
         if self._cell:
@@ -129,21 +132,20 @@ def test_the_report_shows_each_case_in_session_order_with_its_values(session_dir
     session = load_session(session_dir)
     cases = parsed(exported).cases
     assert [c["id"] for c in cases] == [f"case-{eye_file_stem(c['id'])}" for c in session["cases"]]
-    text = exported.read_text(encoding="utf-8")
     for shown, case in zip(cases, session["cases"]):
-        assert shown["heading"] == f"{case['id']} ({case['side']} eye)"
-        section = text[text.index(f'id="{shown["id"]}"'):]
-        section = section[:section.find("</section>")]
-        assert f"Probability of glaucoma <b>{case['probability']:.3f}</b>: <b>{case['decision']}</b>" in section
-        assert f"(threshold {session['threshold']:.3f})" in section
-        expected = [cell for f in case["findings"]
-                    for cell in (f"{f['name']} ({f['code']})", f"{f['probability']:.3f}", f"{f['contribution']:+.2f}")]
+        assert shown["heading"] == f"{case['id']} {case['side']} eye"
+        section = shown["text"]
+        assert (f"Model's probability of glaucoma {case['probability']:.2f} · decision {case['decision']} "
+                f"(threshold {session['threshold']:.2f})") in section
+        expected = [cell for f in case["findings"] for cell in (
+            FINDING_NAMES[f["code"]].short, f"{f['probability']:.2f}", f"{f['contribution']:+.2f}")]
         expected += ["vertical cup-to-disc ratio (vCDR)", f"{case['vcdr']:.2f}", f"{case['vcdr_contribution']:+.2f}"]
         assert shown["cells"] == expected
         assert case["sentence"] in section
         assert f"explain {100 * case['explained_share']:.0f}% of the evidence for the decision" in section
         for edit in case["panels"]["adversarial"]["edits"].values():
-            assert f"{edit['probability_from']:.3f}\n&rarr; {edit['probability_to']:.3f}" in section
+            assert (f"Probability {edit['probability_from']:.2f} → {edit['probability_to']:.2f} "
+                    f"(goal {edit['goal']:.2f})") in section
 
 
 def test_every_image_is_the_session_file_embedded_and_nothing_is_fetched(session_dir, exported):
@@ -168,7 +170,7 @@ def test_a_flagged_edit_says_so(session_dir, exported):
     text = exported.read_text(encoding="utf-8")
     for case, edit in flagged:
         section = text[text.index(f'id="case-{eye_file_stem(case["id"])}"'):]
-        assert f'<div class="flag">{edit["flag"]}: ' in section[:section.find("</section>")]
+        assert f'<p class="flag"><strong>{edit["flag"]}</strong>: ' in section[:section.find("</section>")]
 
 
 def test_text_from_the_session_is_escaped(session_dir, tmp_path):

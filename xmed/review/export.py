@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import os
 import sqlite3
 import textwrap
@@ -32,28 +31,27 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-import jinja2
 import numpy as np
 
 from xmed.errors import PathError
 from xmed.review.analysis import SCALES, Rating, read_ratings
-from xmed.review.panels import COLORMAP, FLAGS, colour_table, edit_changes, known_colormap
+from xmed.review.panels import COLORMAP, colour_table, known_colormap
 from xmed.review.session import SESSION_FILE, case_file, case_images, flags_in_words, load_session
-from xmed.review.store import STORE_FILE, RatingStore
-from xmed.runs import eye_file_stem, staged_folder
+from xmed.review.store import STORE_FILE, RatingStore, ratings_csv, ratings_json
+from xmed.review.views import (EDIT_TITLES, case_view, changes_text, colour_gradient, environment, fixed, panel_view,
+                               short_name, signed)
+from xmed.runs import eye_file_stem, staged_folder, write_text_atomic
 
-__all__ = ["REPORT_FILE", "PNG_DIR", "export_report", "ratings_summary", "reader_progress", "study_statistics",
-           "case_png", "stored_ratings", "stored_rows", "check_out_dir"]
+__all__ = ["REPORT_FILE", "PNG_DIR", "RATINGS_FILES", "export_report", "ratings_summary", "reader_progress",
+           "study_statistics", "case_png", "stored_ratings", "stored_rows", "check_out_dir"]
 
 REPORT_FILE = "report.html"
 PNG_DIR = "cases"
-#: what an export folder may hold: this module's files and the ratings tables ``xmed-review export``
-#: writes beside them; a folder holding anything else is not replaced
-EXPORT_CONTENTS = (REPORT_FILE, PNG_DIR, "ratings.csv", "ratings.json")
+#: the ratings tables an export holds with ``ratings_files=True`` (every stored row, notes included)
+RATINGS_FILES = ("ratings.csv", "ratings.json")
+#: what an export folder may hold; a folder holding anything else is not replaced
+EXPORT_CONTENTS = (REPORT_FILE, PNG_DIR, *RATINGS_FILES)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: the edits in the order they are shown, around the original: ``name -> (title, how it was made)``
-EDIT_TITLES = {"toward_normal": ("Less glaucomatous", "edited toward normal"),
-               "toward_glaucoma": ("More glaucomatous", "edited toward glaucoma")}
 #: the composite PNG: the width of a tile (an image, its title and colour bar) in pixels, at this many
 #: dots per inch, and the fewest tiles across (1600 px: a slide's width)
 TILE_PIXELS, DPI, MIN_TILES = 400, 100, 4
@@ -212,14 +210,6 @@ def ratings_summary(rows: Iterable[Mapping[str, Any]], case_ids: Sequence[str]) 
 # -- the HTML report -----------------------------------------------------------------------------
 
 
-def _gradient(colormap: str) -> str:
-    """A CSS left-to-right gradient of a colour map (:func:`xmed.review.panels.colour_table`): the
-    colour bar without an image."""
-    colours = colour_table(colormap)[np.linspace(0, 255, 11).round().astype(int)]
-    stops = ", ".join(f"#{r:02x}{g:02x}{b:02x} {i * 10}%" for i, (r, g, b) in enumerate(colours.tolist()))
-    return f"linear-gradient(to right, {stops})"
-
-
 def _scale(scale: Mapping[str, Any] | None, where: Path) -> dict[str, Any]:
     """A panel's colour scale with its colour map checked (a session from before the colour map
     was recorded is read with the one :mod:`xmed.review.panels` drew then)."""
@@ -231,253 +221,36 @@ def _scale(scale: Mapping[str, Any] | None, where: Path) -> dict[str, Any]:
     return scale
 
 
-def _fixed(value: Any, digits: int = 3) -> str:
-    """A number with ``digits`` decimals, or a dash for a missing one."""
-    if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
-        return "—"
-    return f"{float(value):.{digits}f}"
+def _with_gradient(view: dict[str, Any], where: Path) -> dict[str, Any]:
+    """A scale's view (:func:`xmed.review.views.scale_view`) with its colour bar as a CSS gradient,
+    its colour map checked (:func:`_scale`)."""
+    return dict(view, gradient=colour_gradient(_scale({"colormap": view["colormap"]}, where)["colormap"]))
 
 
-def _signed(value: Any, digits: int = 2) -> str:
-    return "—" if _fixed(value) == "—" else f"{float(value):+.{digits}f}"
-
-
-def _interval(values: Sequence[Any] | None, digits: int = 2) -> str:
-    """``[low, high]`` with ``digits`` decimals, or a dash."""
-    if not values or any(_fixed(v) == "—" for v in values):
-        return "—"
-    return f"[{float(values[0]):.{digits}f}, {float(values[1]):.{digits}f}]"
-
-
-def _p_value(value: Any) -> str:
-    """A p-value as a report writes it (``< 0.001`` below that).
-
-    Example:
-        >>> _p_value(0.03125), _p_value(0.00001), _p_value(None)
-        ('0.031', '< 0.001', '—')
-    """
-    if _fixed(value) == "—":
-        return "—"
-    return "< 0.001" if float(value) < 0.001 else f"{float(value):.3f}"
-
-
-def _changes_text(case: Mapping[str, Any], edit: Mapping[str, Any]) -> str:
-    """What an edit changed (:func:`xmed.review.panels.edit_changes`) in one line."""
-    changes = edit_changes(case, edit)
-    if changes:
-        return ", ".join(f"{c['name']} {c['from']:.2f} → {c['to']:.2f}" for c in changes)
-    known = any(edit.get(key) is not None for key in ("changes", "findings_to", "vcdr_to"))
-    return "no finding and not the vCDR changed markedly" if known else "the model's findings after it not recorded"
-
-
-_ENVIRONMENT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                                  lstrip_blocks=True)
-_ENVIRONMENT.filters.update(fixed=_fixed, signed=_signed, in_words=flags_in_words, interval=_interval,
-                            p_value=_p_value)
-_ENVIRONMENT.globals.update(flag_reasons=FLAGS, edit_titles=EDIT_TITLES, changes_text=_changes_text)
-
-_REPORT = _ENVIRONMENT.from_string("""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ session.title }}</title>
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1240px; padding: 0 1em; color: #222; }
-header, section.case { border-bottom: 1px solid #ccc; padding-bottom: 1em; margin-bottom: 1.5em; }
-.panels { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
-figure { margin: 0; width: 288px; }
-figure img { width: 288px; height: auto; display: block; }
-figure.photo { width: 384px; } figure.photo img { width: 384px; }
-.counterfactual { border: 1px solid #ddd; padding: .5em; margin-top: 1em; }
-.triptych { display: flex; gap: .8em; align-items: flex-start; }
-.triptych figure img.difference { width: 144px; margin-top: .3em; }
-figcaption, h3 { font-weight: bold; font-size: 14px; margin: 0; }
-.note { font-weight: normal; font-size: 13px; }
-.bar { height: 10px; margin-top: 4px; }
-.ticks { display: flex; justify-content: space-between; font-size: 11px; color: #555; }
-.flag { color: #a00; font-weight: bold; }
-.decision { font-size: 16px; }
-table { border-collapse: collapse; margin: .5em 0; }
-th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; vertical-align: top; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
-.rationale { font-size: 15px; }
-.why { display: flex; flex-wrap: wrap; gap: 0 2em; align-items: flex-start; }
-</style>
-</head>
-<body>
-{% macro scores_table(by_method, first_column) %}
-<table class="scores">
-<tr><th>{{ first_column }}</th><th>ratings</th><th>location (mean, 1-5)</th><th>rationale (mean, 1-5)</th>
-<th>agree with the decision (share)</th></tr>
-{% for method, scores in by_method.items() %}
-<tr><td>{{ titles.get(method, method) }}</td><td class="number">{{ scores.n }}</td>
-<td class="number">{{ scores.location | fixed(2) }}</td><td class="number">{{ scores.rationale | fixed(2) }}</td>
-<td class="number">{{ scores.agree | fixed(2) }}</td></tr>
-{% endfor %}
-</table>
-{% endmacro %}
-{% macro colour_bar(unchecked) %}
-{% set scale = checked(unchecked) %}
-<div class="bar" style="background: {{ gradient(scale.colormap) }}"></div>
-<div class="ticks"><span>{{ scale.low | fixed }}</span><span>{{ scale.high | fixed }}</span></div>
-<div class="ticks">{{ scale.label }}</div>
-{% endmacro %}
-<header>
-<h1>{{ session.title }}</h1>
-<p>Model {{ session.model.name }} ({{ session.model.mode }}), operating threshold
-{{ session.threshold | fixed }}; {{ session.cases | length }} cases, methods:
-{% for method in session.methods %}{{ method.title }}{{ ", " if not loop.last }}{% endfor %}.
-Created {{ session.created }}; a {{ session.mode }} session, shown here unblinded and read-only.
-{% if session.get("skipped") %}
-{{ session.skipped | length }} source images could not be read and are not in it.
-{% endif %}
-</p>
-{% if progress is not none %}
-<h2>Readers</h2>
-{% if progress %}
-<table class="readers">
-<tr><th>reader</th><th>cases fully rated</th><th>cases started</th><th>sign-in</th></tr>
-{% for reader in progress %}
-<tr><td>{{ reader.reader }}</td><td class="number">{{ reader.rated }} / {{ reader.total }}</td>
-<td class="number">{{ reader.started }}</td><td>{{ reader.state or "—" }}</td></tr>
-{% endfor %}
-</table>
-{% else %}<p>No readers yet.</p>{% endif %}
-{% endif %}
-{% if summary %}
-<h2>Readers' scores</h2>
-{% if summary.methods %}{{ scores_table(summary.overall, "method") }}{% else %}<p>No ratings yet.</p>{% endif %}
-{% if summary.left_out %}<p>{{ summary.left_out }} ratings of cases not in this session are left out.</p>{% endif %}
-{% endif %}
-{% if study %}
-<h2>The study's statistics</h2>
-<h3>Methods compared (readers fixed: case-level Wilcoxon signed-rank test of reader-matched differences)</h3>
-<table class="comparisons">
-<tr><th>methods</th><th>scale</th><th>paired cases</th><th>mean difference [95% CI]</th><th>Wilcoxon p</th>
-<th>Holm p</th><th>readers random (Obuchowski-Rockette) p</th></tr>
-{% for c in study.comparisons %}
-<tr><td>{{ titles.get(c.a, c.a) }} − {{ titles.get(c.b, c.b) }}</td><td>{{ c.scale }}</td>
-<td class="number">{{ c.n_pairs }}</td><td class="number">{{ c.mean_difference | signed }} {{ [c.ci_low, c.ci_high] | interval }}</td>
-<td class="number">{{ c.p_value | p_value }}</td><td class="number">{{ c.p_holm | p_value }}</td>
-<td class="number">{% set pair = random_pairs.get((c.scale, c.a, c.b)) %}{{ (pair.p_value if pair else none) | p_value }}</td></tr>
-{% endfor %}
-</table>
-<p>Multiple comparisons: {{ study.multiple_comparisons }}. {% for c in study.comparisons if c.note %}{{ titles.get(c.a, c.a) }} − {{ titles.get(c.b, c.b) }} ({{ c.scale }}): {{ c.note }}. {% endfor %}</p>
-<h3>Agreement between readers (Cohen's weighted kappa, mean over pairs of readers, 95% case-bootstrap interval)</h3>
-<table class="agreement">
-<tr><th>method</th><th>scale</th><th>readers</th><th>quadratic kappa [95% CI]</th><th>linear kappa [95% CI]</th></tr>
-{% for scale in scales %}{% for method, a in study.agreement[scale].items() %}
-<tr><td>{{ titles.get(method, method) }}</td><td>{{ scale }}</td><td class="number">{{ a.n_readers }}</td>
-<td class="number">{{ a.kappa_quadratic | fixed(2) }} {{ a.kappa_quadratic_ci | interval }}</td>
-<td class="number">{{ a.kappa_linear | fixed(2) }} {{ a.kappa_linear_ci | interval }}</td></tr>
-{% endfor %}{% endfor %}
-</table>
-<h3>Agreement with the model's decision (each reader's answer counted once per case)</h3>
-<table class="decision-agreement">
-<tr><th>readers</th><th>answers</th><th>share agreeing</th></tr>
-<tr><td>all</td><td class="number">{{ study.decision.overall.n }}</td><td class="number">{{ study.decision.overall.share | fixed(2) }}</td></tr>
-{% for reader, d in study.decision.readers.items() %}
-<tr><td>{{ reader }}</td><td class="number">{{ d.n }}</td><td class="number">{{ d.share | fixed(2) }}</td></tr>
-{% endfor %}
-{% for decision, d in study.decision.by_decision.items() %}
-<tr><td>all, on cases the model called {{ decision }}</td><td class="number">{{ d.n }}</td><td class="number">{{ d.share | fixed(2) }}</td></tr>
-{% endfor %}
-</table>
-<p>Between readers on this answer: Fleiss' kappa {{ study.agreement.agree.fleiss_kappa | fixed(2) }}
-over the {{ study.agreement.agree.n_cases }} cases every reader answered.</p>
-<h3>Cases to look at again</h3>
-<p>Readers disagree with each other (two readers' scores of a method {{ margins.score }} or more points apart, or
-answers both yes and no) or with the model (at least {{ (100 * margins.share) | fixed(0) }}% of the answers no).</p>
-{% if study.flagged %}
-<table class="flagged">
-<tr><th>case</th><th>why</th></tr>
-{% for f in study.flagged %}<tr><td>{{ f.case }}</td><td>{{ f.reasons | join("; ") }}</td></tr>{% endfor %}
-</table>
-{% else %}<p>None.</p>{% endif %}
-{% endif %}
-</header>
-{% for case in cases %}
-<section class="case" id="case-{{ case.stem }}">
-<h2>{{ case.id }}{% if case.side %} ({{ case.side }} eye){% endif %}</h2>
-<p class="decision">Probability of glaucoma <b>{{ case.probability | fixed }}</b>: <b>{{ case.decision }}</b>
-(threshold {{ session.threshold | fixed }})</p>
-{% if case.quality %}
-<p class="flag">{{ case.quality | in_words }}</p>
-{% endif %}
-<div class="why">
-<div>
-<p class="rationale">{{ case.sentence }}</p>
-<p>The findings and the vCDR explain {{ (100 * case.explained_share) | fixed(0) }}% of the evidence for the decision
-(bias {{ case.bias | signed }}, unexplained {{ case.unexplained | signed }}
-{%- if not case.contributions_exact %}; contributions approximate{% endif %}).</p>
-</div>
-<table class="findings">
-<tr><th>finding</th><th>probability</th><th>contribution to the decision (logit units)</th></tr>
-{% for finding in case.findings %}
-<tr><td>{{ finding.name }} ({{ finding.code }})</td><td class="number">{{ finding.probability | fixed }}</td>
-<td class="number">{{ finding.contribution | signed }}</td></tr>
-{% endfor %}
-<tr><td>vertical cup-to-disc ratio (vCDR)</td><td class="number">{{ case.vcdr | fixed(2) }}</td>
-<td class="number">{{ case.vcdr_contribution | signed }}</td></tr>
-</table>
-</div>
-<div class="panels">
-<figure class="photo"><figcaption>Photograph</figcaption>
-<img src="{{ case.images[case.photo] }}" alt="photograph of {{ case.id }}"></figure>
-{% for method in session.methods if method.name in case.panels and case.panels[method.name].kind == "saliency" %}
-{% set panel = case.panels[method.name] %}
-<figure class="saliency"><figcaption>{{ method.title }}</figcaption>
-<img src="{{ case.images[panel.overlay] }}" alt="{{ method.title }} over the photograph">
-{{ colour_bar(panel.scale) }}</figure>
-{% endfor %}
-</div>
-{% for method in session.methods if method.name in case.panels and case.panels[method.name].kind != "saliency" %}
-{% set panel = case.panels[method.name] %}
-<div class="counterfactual"><h3>{{ method.title }}</h3><div class="triptych">
-{% for direction in ("toward_normal", "original", "toward_glaucoma") %}
-{% if direction == "original" %}
-<figure><figcaption>Original <span class="note">probability {{ case.probability | fixed }}</span></figcaption>
-<img src="{{ case.images[case.photo] }}" alt="photograph of {{ case.id }}"></figure>
-{% elif direction in panel.edits %}
-{% set edit = panel.edits[direction] %}
-<figure class="edit"><figcaption>{{ edit_titles[direction][0] }} <span class="note">({{ edit_titles[direction][1] }}):
-probability {{ edit.probability_from | fixed }}
-&rarr; {{ edit.probability_to | fixed }} (goal {{ edit.goal | fixed }}, {{ "reached" if edit.reached else "not reached" }},
-{{ edit.steps }} steps; {{ (100 * edit.changed_fraction) | fixed(1) }}% of the eye changed)</span></figcaption>
-<div class="changes">{{ changes_text(case, edit) }}</div>
-{% if edit.flag %}<div class="flag">{{ edit.flag }}: {{ flag_reasons.get(edit.flag, "") }}</div>{% endif %}
-{% if edit.image %}<img src="{{ case.images[edit.image] }}" alt="{{ edit_titles[direction][0] | lower }} edit">{% endif %}
-{% if edit.difference %}<img class="difference" src="{{ case.images[edit.difference] }}" alt="what the edit changed">
-{{ colour_bar(edit.difference_scale) }}{% endif %}
-</figure>
-{% endif %}
-{% endfor %}
-</div></div>
-{% endfor %}
-{% if summary %}
-{% if summary.cases[case.id] %}
-{{ scores_table(summary.cases[case.id], "readers' scores") }}
-{% else %}
-<p>Not rated yet.</p>
-{% endif %}
-{% endif %}
-</section>
-{% endfor %}
-</body>
-</html>
-""")
+def _case_item(folder: Path, session: Mapping[str, Any], case: Mapping[str, Any]) -> dict[str, Any]:
+    """A case as the report shows it: its view (:func:`xmed.review.views.case_view`), its panels
+    in session order (:func:`xmed.review.views.panel_view`, each scale with its gradient), its file
+    stem, and every image it shows as a ``data:`` URI by its session path."""
+    where = folder / SESSION_FILE
+    panels = [panel_view(method, case, case["panels"][method["name"]]) for method in session["methods"]
+              if method["name"] in case["panels"]]
+    for panel in panels:
+        if panel["kind"] == "saliency":
+            panel["scale"] = _with_gradient(panel["scale"], where)
+        for edit in (panel.get("edits") or {}).values():
+            if edit["difference"]:
+                edit["scale"] = _with_gradient(edit["scale"], where)
+    return {"case": case_view(session, case), "panels": panels, "stem": eye_file_stem(case["id"]),
+            "photo": case["photo"], "bias": case.get("bias"), "unexplained": case.get("unexplained"),
+            "images": {relative: _data_uri(_png_bytes(folder, relative)) for relative in case_images(case)}}
 
 
 def _exported_cases(folder: Path, session: Mapping[str, Any], png_dir: Path) -> Iterator[dict[str, Any]]:
-    """Write each case's PNG and yield the case with its file stem and its images as data URIs,
-    one case at a time: a long session's report is streamed to its file, never held in memory."""
+    """Write each case's PNG and yield the case as the report shows it (:func:`_case_item`), one
+    case at a time: a long session's report is streamed to its file, never held in memory."""
     for case in session["cases"]:
-        stem = eye_file_stem(case["id"])
-        case_png(folder, session, case, png_dir / f"{stem}.png")
-        yield dict(case, stem=stem, images={relative: _data_uri(_png_bytes(folder, relative))
-                                            for relative in case_images(case)})
+        case_png(folder, session, case, png_dir / f"{eye_file_stem(case['id'])}.png")
+        yield _case_item(folder, session, case)
 
 
 # -- the composite PNG of a case -----------------------------------------------------------------
@@ -499,7 +272,7 @@ def _tiles(folder: Path, session: Mapping[str, Any], case: Mapping[str, Any]) ->
     glaucomatous | photograph | more glaucomatous), then the saliency panels, then each edit's
     difference map (and any further counterfactual method's edits)."""
     where = folder / SESSION_FILE
-    photo = {"title": f"Photograph\nprobability {_fixed(case['probability'])}: {case['decision']}",
+    photo = {"title": f"Photograph\nprobability {fixed(case['probability'])}: {case['decision']}",
              "image": case["photo"]}
     first, saliency, later = [photo], [], []
     for method in session["methods"]:
@@ -516,8 +289,8 @@ def _tiles(folder: Path, session: Mapping[str, Any], case: Mapping[str, Any]) ->
             if edit is None:
                 continue
             heading = f"{method['title']}: {title.lower()} ({made})"
-            edits[direction] = {"title": f"{heading}\nprobability {_fixed(edit['probability_from'])} → "
-                                         f"{_fixed(edit['probability_to'])}\n{_changes_text(case, edit)}",
+            edits[direction] = {"title": f"{heading}\nprobability {fixed(edit['probability_from'])} → "
+                                         f"{fixed(edit['probability_to'])}\n{changes_text(case, edit)}",
                                 "image": edit.get("image"), "flag": edit.get("flag")}
             if edit.get("difference"):
                 differences.append({"title": f"{heading}\nwhat it changed", "image": edit["difference"],
@@ -539,11 +312,10 @@ def _tiles(folder: Path, session: Mapping[str, Any], case: Mapping[str, Any]) ->
 def _case_text(case: Mapping[str, Any]) -> tuple[str, str]:
     """The findings table (monospaced) and the rationale paragraph of a case's PNG."""
     lines = [f"{'finding':<35}{'prob.':>7}{'contrib.':>10}", f"{'':<35}{'':>7}{'(logit)':>10}"]
-    lines += [f"{finding['name'][:34]:<35}{_fixed(finding['probability']):>7}{_signed(finding['contribution']):>10}"
+    lines += [f"{short_name(finding)[:34]:<35}{fixed(finding['probability']):>7}{signed(finding['contribution']):>10}"
               for finding in case["findings"]]
-    lines.append(f"{'vertical cup-to-disc ratio':<35}{_fixed(case['vcdr'], 2):>7}"
-                 f"{_signed(case['vcdr_contribution']):>10}")
-    explained = (f"The findings and the vCDR explain {_fixed(100 * case['explained_share'], 0)}% of the evidence for "
+    lines.append(f"{'vertical cup-to-disc ratio':<35}{fixed(case['vcdr']):>7}{signed(case['vcdr_contribution']):>10}")
+    explained = (f"The findings and the vCDR explain {fixed(100 * case['explained_share'], 0)}% of the evidence for "
                  "the decision"
                  + ("" if case.get("contributions_exact") else " (contributions approximate)") + ".")
     quality = [flags_in_words(case["quality"])] if case.get("quality") else []
@@ -584,8 +356,8 @@ def case_png(folder: str | os.PathLike, session: Mapping[str, Any], case: Mappin
         figure.figimage(image, xo=round(left), yo=round(height - top - image.shape[0]), origin="upper")
 
     side = f", {case['side']} eye" if case.get("side") else ""
-    text(12, 32, f"{case['id']}{side}: probability of glaucoma {_fixed(case['probability'])}, "
-                 f"{case['decision']} (threshold {_fixed(session['threshold'])})", fontsize=16, weight="bold")
+    text(12, 32, f"{case['id']}{side}: probability of glaucoma {fixed(case['probability'])}, "
+                 f"{case['decision']} (threshold {fixed(session['threshold'])})", fontsize=16, weight="bold")
     for r, row in enumerate(rows):
         top = header_h + r * row_h
         for c, tile in enumerate(row):
@@ -603,8 +375,8 @@ def case_png(folder: str | os.PathLike, session: Mapping[str, Any], case: Mappin
                 colours = colour_table(scale["colormap"])[np.linspace(0, 255, bar_w).round().astype(int)]
                 picture(np.repeat(colours[None], bar_h, axis=0), middle - bar_w / 2, image_top + TILE_PIXELS)
                 ticks_top = image_top + TILE_PIXELS + bar_h + 2
-                text(middle - bar_w / 2, ticks_top, _fixed(scale["low"]), fontsize=8, ha="center", va="top")
-                text(middle + bar_w / 2, ticks_top, _fixed(scale["high"]), fontsize=8, ha="center", va="top")
+                text(middle - bar_w / 2, ticks_top, fixed(scale["low"], 3), fontsize=8, ha="center", va="top")
+                text(middle + bar_w / 2, ticks_top, fixed(scale["high"], 3), fontsize=8, ha="center", va="top")
                 text(middle, ticks_top + 14, textwrap.fill(scale.get("label", ""), 70), fontsize=7, ha="center",
                      va="top")
     findings, paragraph = _case_text(case)
@@ -650,20 +422,27 @@ def check_out_dir(out_dir: str | os.PathLike, contents: Sequence[str], what: str
 
 
 def export_report(session_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                  ratings: Iterable[Mapping[str, Any]] | None = None, n_bootstrap: int = 2000) -> Path:
+                  ratings: Iterable[Mapping[str, Any]] | None = None, n_bootstrap: int = 2000,
+                  ratings_files: bool = False) -> Path:
     """Write the static export of a review session into ``out_dir`` (replacing an earlier export
     there) and return the path of its ``report.html``.
 
-    ``report.html`` shows every case in session order, unblinded: header (pseudonym, side,
-    probability, decision, threshold), the rationale sentence, explained share and findings table
-    (contributions in logit units), the photograph and each saliency overlay with its colour scale,
-    each counterfactual method's edits less glaucomatous | original | more glaucomatous with their
-    probabilities, what each changed, flags and difference maps; and, when there are ratings
+    ``report.html`` (``templates/report.html``) shows every case in session order, unblinded, in
+    the review page's words (the markup of ``templates/_case.html``, the text of
+    :mod:`xmed.review.views`): header (pseudonym, side, probability, decision, threshold), the
+    rationale sentence, findings table (contributions in logit units) and explained share, the
+    photograph and each saliency overlay with its colour scale, each counterfactual method's edits
+    less glaucomatous | original | more glaucomatous with their probabilities, what each changed,
+    flags and difference maps; and, when there are ratings
     (``ratings`` rows as :meth:`~xmed.review.store.RatingStore.rows` gives them, else
     ``<session>/ratings.sqlite`` if present), each reader's progress (:func:`reader_progress`), the
     readers' mean scores per method, overall and per case, and the study's statistics
     (:func:`study_statistics`, ``n_bootstrap`` resamples for its intervals). ``cases/<case stem>.png``
-    is :func:`case_png` of each case (stem: :func:`xmed.runs.eye_file_stem` of its id).
+    is :func:`case_png` of each case (stem: :func:`xmed.runs.eye_file_stem` of its id). With
+    ``ratings_files``, the ratings rows (notes included, unlike the report) are written beside it
+    as :data:`RATINGS_FILES` (:func:`~xmed.review.store.ratings_csv`, ``ratings_json``) when there
+    are any (a session with a ratings file, or ``ratings`` given): the tables and the report come
+    from one reading of the store, and are renamed into place together.
 
     A missing or unreadable image raises :class:`~xmed.errors.PathError` naming it, and nothing of
     the export is written.
@@ -682,11 +461,19 @@ def export_report(session_dir: str | os.PathLike, out_dir: str | os.PathLike,
     random_pairs = {(scale, pair["a"], pair["b"]): pair for scale, result in (study or {}).get("mrmc", {}).items()
                     for pair in result["differences"]}
     titles = {method["name"]: method["title"] for method in session["methods"]}
-    where = session_dir / SESSION_FILE
     with staged_folder(out_dir) as staged:
         cases = _exported_cases(session_dir, session, staged / PNG_DIR)
-        _REPORT.stream(session=session, cases=cases, summary=summary, progress=progress, study=study,
-                       random_pairs=random_pairs, titles=titles, scales=SCALES, gradient=_gradient,
-                       margins={"score": SCORE_MARGIN, "share": DISAGREE_SHARE},
-                       checked=lambda scale: _scale(scale, where)).dump(str(staged / REPORT_FILE), encoding="utf-8")
+        environment().get_template("report.html").stream(
+            session=session, cases=cases, summary=summary, progress=progress, study=study, random_pairs=random_pairs,
+            titles=titles, scales=SCALES, margins={"score": SCORE_MARGIN, "share": DISAGREE_SHARE},
+        ).dump(str(staged / REPORT_FILE), encoding="utf-8")
+        if ratings_files and rows is not None:
+            _write_ratings(rows, staged)
     return out_dir / REPORT_FILE
+
+
+def _write_ratings(rows: list[dict[str, Any]], folder: Path) -> None:
+    """Write ``rows`` into ``folder`` as :data:`RATINGS_FILES` (CSV and JSON)."""
+    csv_name, json_name = RATINGS_FILES
+    write_text_atomic(folder / csv_name, ratings_csv(rows))
+    write_text_atomic(folder / json_name, ratings_json(rows))

@@ -57,13 +57,11 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import hmac
 import ipaddress
 import json
-import math
 import mimetypes
 import os
 import secrets
@@ -72,7 +70,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -86,10 +83,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xmed.errors import ConfigError, InputError, SecurityWarning
-from xmed.review.session import (ADDRESS_FILE, DEFAULT_HOST, DEFAULT_PORT, case_file, flags_in_words, intervene,
-                                 load_session, panel_labels, reader_order, record_address, shown, strict_json)
+from xmed.review.session import (ADDRESS_FILE, DEFAULT_HOST, DEFAULT_PORT, case_file, intervene, load_session,
+                                 panel_labels, reader_order, record_address, shown, strict_json)
 from xmed.review.store import (COLUMNS, LETTER_COLUMNS, STORE_FILE, RatingStore, StudyLocked, letters_only,
                                ratings_csv, ratings_json)
+from xmed.review.views import EDIT_TITLES, case_view, colour_bar, environment, panel_view
 
 __all__ = ["create_app", "serve", "LOOPBACK_HOSTS", "COOKIE", "CSRF_HEADER"]
 
@@ -104,9 +102,6 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; object-src
 SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
                     "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin"}
-#: the edits in the order the page shows them, around the original: ``name -> (title, how it was made)``
-EDIT_TITLES = {"toward_normal": ("Less glaucomatous", "edited toward normal"),
-               "toward_glaucoma": ("More glaucomatous", "edited toward glaucoma")}
 #: the images of a panel a URL may ask for: ``kind -> (edit or None, key)``
 IMAGE_KINDS = {"overlay": (None, "overlay"), "heatmap": (None, "heatmap"),
                **{f"{edit}{suffix}": (edit, key) for edit in EDIT_TITLES
@@ -156,24 +151,6 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-@functools.lru_cache(maxsize=8)
-def _colour_bar(colormap: str) -> str | None:
-    """A ``data:`` PNG of ``colormap`` (:func:`xmed.review.panels.colour_table`) from low to high,
-    or None for a name it does not know."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from xmed.review.panels import colour_table, known_colormap
-
-    if not known_colormap(colormap):
-        return None
-    buffer = io.BytesIO()
-    Image.fromarray(np.repeat(colour_table(str(colormap))[None], 12, axis=0)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def _layout(size: Sequence[int], model_input: Sequence[int] | None = None) -> dict[str, Any]:
     """The display sizes of a case of ``size`` ([height, width]): the shared photograph
     :data:`PHOTO_PIXELS` wide, each panel's image :data:`PANEL_PIXELS` wide, how many times the
@@ -199,48 +176,22 @@ def _layout(size: Sequence[int], model_input: Sequence[int] | None = None) -> di
             "model_width": model_width, "model_height": model_height}
 
 
-def _short_name(finding: Mapping[str, Any]) -> str:
-    """A finding's name in a few words (:data:`xmed.findings.FINDING_NAMES`), else as the session gives it.
-
-    Example:
-        >>> _short_name({"code": "ANRS", "name": "appearance of the neuroretinal rim superiorly"})
-        'superior rim thinning'
-    """
-    from xmed.findings import FINDING_NAMES
-
-    known = FINDING_NAMES.get(finding.get("code"))
-    return known.short if known else str(finding.get("name", ""))
-
-
-def _change_text(change: Mapping[str, Any]) -> str:
-    """One change of an edit as the page writes it.
-
-    Example:
-        >>> _change_text({"name": "vCDR", "from": 0.7367, "to": 0.4759})
-        'vCDR 0.74 → 0.48'
-    """
-    return f"{change['name']} {change['from']:.2f} → {change['to']:.2f}"
-
-
-def _fixed(value: Any, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
-
-
 def _scale_view(scale: Mapping[str, Any], relative: tuple[str, str, str] | None) -> dict[str, Any]:
-    """A colour scale as the page shows it: its ends, label and colour bar, with the raw ends or,
-    given ``relative`` (one of :data:`RELATIVE_SCALES`), in relative terms only.
+    """A colour scale's view (:func:`xmed.review.views.scale_view`) as the page shows it: with its
+    colour bar, and the raw ends or, given ``relative`` (one of :data:`RELATIVE_SCALES`), in
+    relative terms only.
 
     Example:
-        >>> view = _scale_view({"low": 0.0, "high": 0.3217, "label": "attribution"}, None)
-        >>> view["low"], view["high"], _scale_view({"high": 0.3217}, RELATIVE_SCALES["heatmap"])["high"]
+        >>> from xmed.review.views import scale_view
+        >>> view = _scale_view(scale_view({"low": 0.0, "high": 0.3217, "label": "attribution"}), None)
+        >>> view["low"], view["high"], _scale_view(scale_view({"high": 0.3217}), RELATIVE_SCALES["heatmap"])["high"]
         ('0.000', '0.322', 'top of this map')
     """
-    bar = _colour_bar(scale.get("colormap", "inferno"))
+    view = dict(scale)
+    view["bar"] = colour_bar(view.pop("colormap"))
     if relative is not None:
-        low, high, label = relative
-        return {"low": low, "high": high, "label": label, "bar": bar}
-    return {"low": _fixed(scale.get("low", 0.0)), "high": _fixed(scale.get("high")), "label": scale.get("label", ""),
-            "bar": bar}
+        view.update(zip(("low", "high", "label"), relative))
+    return view
 
 
 class _Review:
@@ -254,9 +205,7 @@ class _Review:
         self.secret = secrets.token_bytes(32)
         self.methods = {method["name"]: method for method in self.session["methods"]}
         self.cases = {case["id"]: case for case in self.session["cases"]}
-        self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                                            undefined=jinja2.StrictUndefined)
-        self.templates.filters["in_words"] = flags_in_words
+        self.templates = environment()
 
     # -- who is asking -------------------------------------------------------------------------
 
@@ -339,52 +288,40 @@ class _Review:
         return self.blinded and self.store.locked() is None
 
     def case_view(self, reader: str, n: int) -> dict[str, Any]:
-        """What the case page shows: the case's facts, its panels by letter, the stored ratings."""
+        """What the case page shows: the case (:func:`xmed.review.views.case_view`), its panels by
+        letter, the stored ratings."""
         from xmed.review.panels import DEFAULT_OPACITY
 
         case = self.case_at(reader, n)
         stored = self.store.case_ratings(reader, case["id"])
         hidden = self.hidden()
-        panels = [self.panel_view(case, n, letter, method, case["panels"][method], stored["panels"].get(method, {}),
-                                  hidden) for letter, method in self.labels(reader, case).items()]
+        panels = [self.panel_view(case, n, letter, method, stored["panels"].get(method, {}), hidden)
+                  for letter, method in self.labels(reader, case).items()]
         intervention = self.intervention_view(case)
-        return {"case": case, "n": n, "panels": panels, "agree": stored["agree"], "note": stored["note"] or "",
-                "findings": [{**finding, "short": _short_name(finding)} for finding in case.get("findings") or []],
-                "intervention": intervention,
+        return {"case": case_view(self.session, case), "n": n, "panels": panels, "agree": stored["agree"],
+                "note": stored["note"] or "", "intervention": intervention,
                 "concepts": {concept["code"]: concept for concept in intervention or []},
                 "layout": _layout(case["size"], case.get("model_input")), "opacity": round(DEFAULT_OPACITY * 100)}
 
-    def panel_view(self, case: Mapping[str, Any], n: int, letter: str, method: str, panel: Mapping[str, Any],
-                   stored: Mapping[str, Any], hidden: bool) -> dict[str, Any]:
-        """One panel as the page shows it; ``hidden``: nothing that tells its method (:meth:`hidden`).
-        A counterfactual panel's edits come in :data:`EDIT_TITLES` order, each with what it changed
-        (:func:`xmed.review.panels.edit_changes`)."""
-        from xmed.review.panels import FLAGS, edit_changes
-
+    def panel_view(self, case: Mapping[str, Any], n: int, letter: str, method: str, stored: Mapping[str, Any],
+                   hidden: bool) -> dict[str, Any]:
+        """One panel as the page shows it (:func:`xmed.review.views.panel_view`) under its letter, with
+        its image URLs and the reader's ratings; ``hidden``: nothing that tells its method (:meth:`hidden`)."""
         image = f"/case/{n}/image/{letter}"
-        title = self.methods[method].get("title") or method
-        view = {"letter": letter, "kind": panel["kind"], "location": stored.get("location"),
-                "rationale": stored.get("rationale"), "rating_url": f"/api/case/{n}/panel/{letter}",
-                "title": (f"Explanation {letter}" + ("" if hidden else f": {title}")) if self.blinded else title,
-                "automatic": None if self.blinded else panel.get("automatic") or {},
-                "questions": QUESTIONS[panel["kind"]]}
-        if panel["kind"] == "saliency":
+        view = panel_view(self.methods[method], case, case["panels"][method])
+        del view["method"]  # the page names a method only by its title, and that only when not hidden
+        view.update(letter=letter, location=stored.get("location"), rationale=stored.get("rationale"),
+                    rating_url=f"/api/case/{n}/panel/{letter}", questions=QUESTIONS[view["kind"]])
+        if self.blinded:
+            view.update(title=f"Explanation {letter}" + ("" if hidden else f": {view['title']}"), automatic=None)
+        if view["kind"] == "saliency":
             view.update(heatmap=f"{image}/heatmap",
-                        scale=_scale_view(panel.get("scale") or {}, RELATIVE_SCALES["heatmap"] if hidden else None))
+                        scale=_scale_view(view["scale"], RELATIVE_SCALES["heatmap"] if hidden else None))
             return view
-        edits = panel.get("edits") or {}
-        view["edits"] = {name: {"name": name, "title": EDIT_TITLES[name][0], "made": EDIT_TITLES[name][1],
-                                "flag": edit.get("flag"), "flag_reason": FLAGS.get(edit.get("flag"), ""),
-                                "goal": edit.get("goal"), "probability_from": edit.get("probability_from"),
-                                "probability_to": edit.get("probability_to"),
-                                "changes": [_change_text(change) for change in edit_changes(case, edit)],
-                                "findings_read": any(edit.get(key) is not None
-                                                     for key in ("changes", "findings_to", "vcdr_to")),
-                                "image": edit.get("image") and f"{image}/{name}",
-                                "difference": edit.get("difference") and f"{image}/{name}_difference",
-                                "scale": _scale_view(edit.get("difference_scale") or {},
-                                                     RELATIVE_SCALES["difference"] if hidden else None)}
-                         for name, edit in ((name, edits[name]) for name in EDIT_TITLES if name in edits)}
+        for name, edit in view["edits"].items():
+            edit.update(image=edit["image"] and f"{image}/{name}",
+                        difference=edit["difference"] and f"{image}/{name}_difference",
+                        scale=_scale_view(edit["scale"], RELATIVE_SCALES["difference"] if hidden else None))
         return view
 
     def intervention_view(self, case: Mapping[str, Any]) -> list[dict[str, Any]] | None:
