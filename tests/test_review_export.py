@@ -20,8 +20,8 @@ from PIL import Image
 from xmed.errors import PathError
 from xmed.findings import FINDING_NAMES
 from xmed.metrics.paired import holm
-from xmed.review.export import (PNG_DIR, REPORT_FILE, TILE_PIXELS, export_report, ratings_summary, reader_progress,
-                                study_statistics)
+from xmed.review.export import (PNG_DIR, RATINGS_FILES, REPORT_FILE, TILE_PIXELS, export_report, ratings_summary,
+                                reader_progress, study_statistics)
 from xmed.review.session import SESSION_FILE, load_session
 from xmed.review.store import RatingStore
 from xmed.review.synthetic import synthetic_session
@@ -352,3 +352,130 @@ def test_the_coordinator_sees_each_readers_progress_and_the_studys_statistics(se
                                               "gradcam location scores 2 to 5 (3 points apart); readers split on the "
                                               "model's decision (1 of 2 agree); 1 of 2 readers disagree with the "
                                               "model's decision"]]
+
+
+class ClassTexts(HTMLParser):
+    """The text of every element of the classes asked for (whitespace collapsed), by the case
+    section it is in (``id``; None outside one): ``{section: [(class, text), …]}`` in page order."""
+
+    VOID = {"img", "input", "br", "meta", "link", "hr", "source", "col", "wbr"}
+
+    def __init__(self, classes: tuple[str, ...]):
+        super().__init__()
+        self.classes = classes
+        self.found: dict[str | None, list[list[str]]] = {}
+        self._section: str | None = None
+        self._open: list[tuple[str, list[list[str]]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section" and attrs.get("class") == "case":
+            self._section = attrs["id"]
+        if tag in self.VOID:
+            return
+        if tag in ("th", "td"):
+            self.handle_data(" ")  # a table's cells apart
+        captured = [[name, ""] for name in (attrs.get("class") or "").split() if name in self.classes]
+        self.found.setdefault(self._section, []).extend(captured)
+        self._open.append((tag, captured))
+
+    def handle_endtag(self, tag):
+        while self._open:
+            if self._open.pop()[0] == tag:
+                break
+
+    def handle_data(self, data):
+        for _, captured in self._open:
+            for entry in captured:
+                entry[1] += data
+
+
+#: the parts of a case the review page and the report share (templates/_case.html)
+SHARED = ("side", "decision", "flag", "sentence", "reasons", "explained", "edit-title", "probability", "changes")
+
+
+def shared_texts(html: str, section: str | None = None) -> list[tuple[str, str]]:
+    parser = ClassTexts(SHARED)
+    parser.feed(html)
+    return [(name, " ".join(text.split())) for name, text in parser.found.get(section, [])]
+
+
+def test_the_page_and_the_report_show_a_case_in_the_same_words(tmp_path):
+    from starlette.testclient import TestClient
+
+    from xmed.review.server import create_app
+
+    folder = synthetic_session(tmp_path / "session", n_cases=3, mode="open", bottleneck=False, size=64, seed=1)
+    session = json.loads((folder / SESSION_FILE).read_text())
+    first = session["cases"][0]
+    first["quality"], first["contributions_exact"] = ["unfamiliar_features"], False
+    first["findings"][0]["name"] = FINDING_NAMES[first["findings"][0]["code"]].full
+    first["panels"]["adversarial"]["edits"]["toward_normal"]["changes"] = [
+        {"code": "vcdr", "from": 0.7367, "to": 0.4759}, {"code": "ANRI", "from": 0.9, "to": 0.31}]
+    first["panels"]["adversarial"]["edits"]["toward_glaucoma"].update(findings_to=None, vcdr_to=None)
+    (folder / SESSION_FILE).write_text(json.dumps(session))
+    report = export_report(folder, tmp_path / "out").read_text(encoding="utf-8")
+    client = TestClient(create_app(folder), base_url="http://127.0.0.1")
+    client.get("/login", params={"token": RatingStore(folder / "ratings.sqlite").add_reader("ana")})
+
+    for n, case in enumerate(session["cases"], 1):
+        page = shared_texts(client.get(f"/case/{n}").text)
+        assert page == shared_texts(report, f"case-{eye_file_stem(case['id'])}")
+        texts = dict(page)  # its decision line and findings table: one each
+        assert texts["decision"] == (f"Model's probability of glaucoma {case['probability']:.2f} · decision "
+                                     f"{case['decision']} (threshold {session['threshold']:.2f})")
+        short = FINDING_NAMES[case["findings"][0]["code"]].short
+        assert texts["reasons"].startswith(f"Finding Probability Contribution (logit) {short} "
+                                           f"{case['findings'][0]['probability']:.2f} "
+                                           f"{case['findings'][0]['contribution']:+.2f} ")
+        edits = case["panels"]["adversarial"]["edits"]
+        assert [text for name, text in page if name == "edit-title"] == [
+            "Less glaucomatous (edited toward normal)", "Original", "More glaucomatous (edited toward glaucoma)"]
+        assert [text for name, text in page if name == "probability"] == [
+            f"Probability {edits['toward_normal']['probability_from']:.2f} → "
+            f"{edits['toward_normal']['probability_to']:.2f} (goal {edits['toward_normal']['goal']:.2f})",
+            f"Probability {case['probability']:.2f}",
+            f"Probability {edits['toward_glaucoma']['probability_from']:.2f} → "
+            f"{edits['toward_glaucoma']['probability_to']:.2f} (goal {edits['toward_glaucoma']['goal']:.2f})"]
+    full, short = FINDING_NAMES[first["findings"][0]["code"]]
+    named = f'<th scope="row" title="{full}">{short}</th>'  # a short name, the full one on hovering
+    assert named in client.get("/case/1").text and named in report
+    first_page = shared_texts(client.get("/case/1").text)
+    assert ("flag", "The model was not trained on images like this one: do not rely on this decision.") in first_page
+    assert [text for name, text in first_page if name == "changes"] == [
+        "vCDR 0.74 → 0.48 · inferior rim thinning 0.90 → 0.31", first["decision"],
+        "the model's findings after the edit were not recorded"]
+    assert dict(first_page)["explained"].endswith("of the evidence for the decision (approximate).")
+    third = shared_texts(client.get("/case/3").text)
+    assert ("flag", "no flip within the budget: the edit did not reach the goal within its budget") in third
+
+
+def test_the_report_template_is_a_file_that_shares_the_pages_macros():
+    import inspect
+    import re
+
+    from xmed.review import export
+    from xmed.review.views import TEMPLATES
+
+    source = inspect.getsource(export)
+    assert "from_string" not in source and re.search(r"<(html|body|section|table|div|p)\b", source) is None
+    for template in ("report.html", "case.html"):
+        assert '{% from "_case.html" import case_head, reasons, edit_summary, original_summary %}' in (
+            TEMPLATES / template).read_text()
+
+
+def test_the_ratings_tables_come_with_the_report_from_one_reading_of_the_store(session_dir, tmp_path):
+    from xmed.review.store import ratings_csv, ratings_json
+
+    session_dir = copied(session_dir, tmp_path)
+    case_id = load_session(session_dir)["cases"][0]["id"]
+    store = RatingStore(session_dir / "ratings.sqlite")
+    store.add_reader("ana")
+    store.save_panel_rating("ana", case_id, "gradcam", panel="A", mode="blinded", location=4)
+    store.save_case_rating("ana", case_id, agree=1, note="rim notch")
+    out = export_report(session_dir, tmp_path / "out", ratings_files=True).parent
+    assert sorted(p.name for p in out.iterdir()) == sorted([PNG_DIR, REPORT_FILE, *RATINGS_FILES])
+    assert (out / "ratings.csv").read_bytes().decode() == ratings_csv(store.rows())
+    assert json.loads((out / "ratings.json").read_text()) == json.loads(ratings_json(store.rows()))
+    assert "rim notch" in (out / "ratings.csv").read_text() and "rim notch" not in (out / REPORT_FILE).read_text()
+    assert not (export_report(session_dir, tmp_path / "plain").parent / "ratings.csv").exists()  # asked for only

@@ -199,19 +199,10 @@ def _announce(session_dir: Path, url: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from xmed.review.export import export_report, stored_rows
-    from xmed.review.store import ratings_csv, ratings_json
-    from xmed.runs import write_text_atomic
+    from xmed.review.export import export_report
 
-    out = Path(args.out)
-    report = export_report(args.session, out)
-    rows = stored_rows(args.session)
-    written = [report, out / "cases"]
-    if rows is not None:
-        write_text_atomic(out / "ratings.csv", ratings_csv(rows))
-        write_text_atomic(out / "ratings.json", ratings_json(rows))
-        written += [out / "ratings.csv", out / "ratings.json"]
-    print("wrote\n" + "\n".join(f"  {path.resolve()}" for path in written))
+    report = export_report(args.session, args.out, ratings_files=True)
+    print("wrote\n" + "\n".join(f"  {path.resolve()}" for path in sorted(report.parent.iterdir())))
     return 0
 
 
