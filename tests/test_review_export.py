@@ -464,10 +464,10 @@ def test_the_report_template_is_a_file_that_shares_the_pages_macros():
             TEMPLATES / template).read_text()
 
 
-def test_the_ratings_tables_come_with_the_report_from_one_reading_of_the_store(session_dir, tmp_path):
+def test_the_ratings_tables_come_with_the_report_from_one_reading_of_the_store(tmp_path):
     from xmed.review.store import ratings_csv, ratings_json
 
-    session_dir = copied(session_dir, tmp_path)
+    session_dir = synthetic_session(tmp_path / "session", n_cases=1, size=64)
     case_id = load_session(session_dir)["cases"][0]["id"]
     store = RatingStore(session_dir / "ratings.sqlite")
     store.add_reader("ana")

@@ -9,6 +9,8 @@ study.
   edit changed and how far to trust it;
 - :mod:`~xmed.review.store`: the ratings in SQLite, acknowledged only once committed, and the
   study's lock;
+- :mod:`~xmed.review.views`: a case as the page and the export both show it (its text, and the one
+  template set ``templates/``);
 - :mod:`~xmed.review.server`: the page (Starlette; ``templates/``, ``static/``);
 - :mod:`~xmed.review.export`: a self-contained HTML report (with each reader's progress and the
   study's statistics) and a PNG per case;
