@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import math
 import subprocess
 import sys
@@ -264,7 +265,7 @@ def test_a_stopped_study_resumes_where_it_stopped(study, model_dirs, tmp_path, m
         pipeline_study.study_run(compose("study", study_overrides(run, model_dirs)))
     assert scored == ["first"] and not (run / "scores.csv").exists()
     state = json.loads((run / "study_state.json").read_text())
-    assert state["scored"] == ["first"] and (run / "scored" / "first.csv").is_file()
+    assert list(state["scored"]) == ["first"] and (run / "scored" / "first.csv").is_file()
     with pytest.raises(ConfigError, match="already holds a run"):   # without resume=true: refused
         pipeline_study.study_run(compose("study", study_overrides(run, model_dirs)))
     with pytest.raises(ConfigError, match=r"config key 'resume'.*n: 4 then, 3 now"):
@@ -281,6 +282,31 @@ def test_a_stopped_study_resumes_where_it_stopped(study, model_dirs, tmp_path, m
 
     assert table(run) == table(out)            # the same table as the study that was never stopped
     assert result["differences"] == study[1]["differences"]
+
+
+@pytest.mark.slow
+def test_a_resumed_study_scores_only_models_added_or_changed(study, model_dirs, tmp_path, monkeypatch):
+    import xmed.pipeline.study as pipeline_study
+
+    out, _ = study
+    run = shutil.copytree(out, tmp_path / "run")          # a finished study, extended
+    scored, real_rows = [], pipeline_study.study_rows
+
+    def counted(name, *args, **kwargs):
+        scored.append(name)
+        return real_rows(name, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_study, "study_rows", counted)
+    result = pipeline_study.study_run(compose("study", study_overrides(run, {**model_dirs, "third": model_dirs["second"]},
+                                                                       "resume=true")))
+    assert scored == ["third"] and result["eyes"] == {"first": 4, "second": 4, "third": 4}
+    copy = shutil.copytree(model_dirs["first"], tmp_path / "first_copy")      # the same files elsewhere: kept
+    pipeline_study.study_run(compose("study", study_overrides(run, {**model_dirs, "first": copy}, "resume=true")))
+    assert scored == ["third"]
+    with open(copy / "config.json", "a") as handle:
+        handle.write(" ")                                                    # other files: scored again
+    pipeline_study.study_run(compose("study", study_overrides(run, {**model_dirs, "first": copy}, "resume=true")))
+    assert scored == ["third", "first"]
 
 
 def test_resume_needs_a_study_to_resume(model_dirs, tmp_path):

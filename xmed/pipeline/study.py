@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -352,21 +353,27 @@ SCORED_DIR = "scored"
 STATE_FILE = "study_state.json"
 #: settings that do not change a score, which a resumed study may give otherwise
 _RUN_ONLY_KEYS = ("resume", "overwrite", "progress")
+#: the models studied: a resumed study may add some (or leave some out); each model scored before is
+#: known by its exported files' fingerprint instead
+_MODEL_KEYS = ("models", "train", "select")
 
 
 class StudyProgress:
     """What a study run has done so far, on disk, so that ``resume=true`` continues a study that was
-    stopped (six models on a CPU take hours) where it stopped, and never mixes two studies.
+    stopped (six models on a CPU take hours) where it stopped, or adds models to it, and never
+    mixes two studies.
 
     Each model's rows are written to ``scored/<model>.csv`` once it is scored, and
-    ``study_state.json`` lists them with the run's settings and the seconds each attempt took; a
-    resumed run must have the same settings (all but ``resume``, ``overwrite`` and ``progress``).
+    ``study_state.json`` records them with the fingerprint of the model's exported files, the
+    run's settings and the seconds each attempt took. A resumed run must have the same settings
+    (all but ``resume``, ``overwrite``, ``progress``, the run folder and the models listed); a model scored
+    before is taken from its rows while its files are unchanged, and scored again otherwise.
 
     Example::
 
         progress = StudyProgress.start(out_dir, settings, resume=True)
-        rows = progress.rows("resnet18")          # None: not scored yet
-        progress.scored("resnet18", study_rows(...))
+        rows = progress.rows("resnet18", fingerprint)          # None: to score now
+        progress.scored("resnet18", fingerprint, study_rows(...), seconds)
     """
 
     def __init__(self, folder: Path, state: dict[str, Any]):
@@ -374,10 +381,12 @@ class StudyProgress:
 
     @classmethod
     def start(cls, folder: Path, settings: Mapping[str, Any], resume: bool) -> "StudyProgress":
-        kept = {k: v for k, v in settings.items() if k not in _RUN_ONLY_KEYS}
+        kept = {k: v for k, v in settings.items() if k not in _RUN_ONLY_KEYS + _MODEL_KEYS}
+        # the run folder itself: a study moved elsewhere is the same study
+        kept["paths"] = {k: v for k, v in (kept.get("paths") or {}).items() if k != "output_dir"}
         path = folder / STATE_FILE
         if not resume:
-            progress = cls(folder, {"settings": kept, "scored": [], "attempts": []})
+            progress = cls(folder, {"settings": kept, "scored": {}, "attempts": []})
         else:
             if not path.is_file():
                 raise ConfigError("resume", f"{folder} holds no study to resume (no {STATE_FILE}): start it without "
@@ -393,22 +402,26 @@ class StudyProgress:
         progress._write()
         return progress
 
-    def rows(self, model: str) -> list[dict[str, Any]] | None:
-        """The rows of ``model`` an earlier attempt scored, or None."""
+    def rows(self, model: str, fingerprint: str) -> list[dict[str, Any]] | None:
+        """The rows of ``model`` an earlier attempt scored from the same files, or None."""
         from xmed.pipeline.study_report import read_long_table
 
-        if model not in self.state["scored"]:
+        before = self.state["scored"].get(model)
+        if before is None:
+            return None
+        if before != fingerprint:
+            log.info("resume: %s was scored before, from other files; it is scored again", model)
             return None
         log.info("resume: %s was scored by an earlier attempt", model)
         return read_long_table(self.folder / SCORED_DIR / f"{model}.csv")
 
-    def scored(self, model: str, rows: list[dict[str, Any]], seconds: float) -> None:
+    def scored(self, model: str, fingerprint: str, rows: list[dict[str, Any]], seconds: float) -> None:
         """Record ``model``'s rows as done; ``seconds``: this attempt's time so far."""
         from xmed.pipeline.study_report import write_long_table
 
         (self.folder / SCORED_DIR).mkdir(exist_ok=True)
         write_long_table(self.folder / SCORED_DIR / f"{model}.csv", rows, parquet=False)
-        self.state["scored"].append(model)
+        self.state["scored"][model] = fingerprint
         self.tick(seconds)
 
     def tick(self, seconds: float) -> float:
@@ -419,6 +432,17 @@ class StudyProgress:
 
     def _write(self) -> None:
         write_text_atomic(self.folder / STATE_FILE, json.dumps(self.state, indent=1, allow_nan=False))
+
+
+def files_fingerprint(folder: Path) -> str:
+    """SHA-256 over the names and bytes of the files in ``folder`` (an exported model), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _differences(before: Any, now: Any, at: str = "") -> list[str]:
@@ -465,13 +489,14 @@ def study_run(cfg: DictConfig) -> dict[str, Any]:
         model = load_model(exported_folder(path), device=device)
         view = explained_view(cfg, datamodule_for_model(cfg.data, model))
         eyes[name] = len(view)
-        done = progress.rows(name)
+        fingerprint = files_fingerprint(exported_folder(path))
+        done = progress.rows(name, fingerprint)
         if done is None:
             loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_samples)
             methods = StudyMethods(model, settings["saliency"], settings["adversarial"], latent_shift,
                                    bool(cfg.rationale), cfg.min_change, settings.get("saliency_options"))
             done = study_rows(name, methods, loader, device, progress=cfg.progress)
-            progress.scored(name, done, time.perf_counter() - started)
+            progress.scored(name, fingerprint, done, time.perf_counter() - started)
         rows += done
     summary = summarise(rows, reference=list(cfg.reference), n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     seconds = progress.tick(time.perf_counter() - started)
