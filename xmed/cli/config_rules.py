@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmed.checks import BOOLEAN, PROBABILITY, Rule, integer, number, one_of
 from xmed.errors import ConfigError
-from xmed.data.baselines import BASELINES
+from xmed.models.baselines import BASELINES
 from xmed.metrics.classification import THRESHOLD_RULES
 
 _ABSENT = object()

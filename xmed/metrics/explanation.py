@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from xmed.checks import int_at_least
 from xmed.errors import ConfigError
-from xmed.data.baselines import BASELINES, Baseline, make_baseline
+from xmed.models.baselines import BASELINES, Baseline, make_baseline
 from xmed.metrics.base import Evidence, ExplainFn, ForwardFn, Metric, evaluate, nan_unless, register_metric
 
 __all__ = [

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from xmed.errors import ConfigError
-from xmed.data.baselines import Baseline, make_baseline
+from xmed.models.baselines import Baseline, make_baseline
 from xmed.explain.base import ChannelReduce, Explainer, reduce_channels, register_explainer
 from xmed.explain.saliency.cam import GradCAM
 from xmed.explain.targets import Target, captum_forward, fix_target

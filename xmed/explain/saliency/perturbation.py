@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from xmed.errors import ConfigError
 from xmed.explain.base import Explainer, register_explainer
-from xmed.data.baselines import Baseline, make_baseline
+from xmed.models.baselines import Baseline, make_baseline
 from xmed.explain.targets import Target, captum_forward, fix_target, target_function
 
 
