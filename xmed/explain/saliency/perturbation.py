@@ -32,7 +32,7 @@ class Occlusion(Explainer):
     Args:
         window: patch side in pixels (None: an eighth of the image side).
         stride: step in pixels (None: half the window).
-        baseline: what the patch is filled with (see :func:`~xmed.explain.baselines.make_baseline`).
+        baseline: what the patch is filled with (see :func:`~xmed.models.baselines.make_baseline`).
         batch_size: occluded images per forward pass.
     """
 
