@@ -39,7 +39,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -49,36 +48,14 @@ from torch import Tensor
 
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
+# SCORES, the table of the study's scores, is named here too: the scoring functions below make them
+from xmed.pipeline.study_report import SCORES, read_long_table, summarise, write_long_table, write_study
 from xmed.runs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 TARGET = "glaucoma"
 DIRECTIONS = {"toward_normal": "decrease", "toward_glaucoma": "increase"}
-
-
-@dataclass(frozen=True)
-class StudyScore:
-    """What one per-eye score measures: its ``category`` (location, rationale, validity), which
-    values are better (``direction``) and a ``title`` for the report."""
-
-    category: str
-    direction: str
-    title: str
-
-
-#: every per-eye score of the study, in report order
-SCORES: dict[str, StudyScore] = {
-    "energy_in_evidence": StudyScore("location", "higher", "share of the energy in the evidence"),
-    "pointing_game": StudyScore("location", "higher", "pointing game (peak in the evidence)"),
-    "map_auroc": StudyScore("location", "higher", "AUROC of the map against the evidence"),
-    "reason_precision": StudyScore("rationale", "higher", "named reasons that are present findings"),
-    "reason_recall": StudyScore("rationale", "higher", "present findings named as reasons"),
-    "findings_right_way": StudyScore("rationale", "higher", "present findings moved the asked way"),
-    "vcdr_right_way": StudyScore("rationale", "higher", "vCDR moved the asked way"),
-    "reached_goal": StudyScore("validity", "higher", "edit reached its goal"),
-    "changed_fraction": StudyScore("validity", "lower", "share of the field of view changed"),
-}
 
 
 # -- scores of one batch ---------------------------------------------------------------------------
@@ -404,8 +381,6 @@ class StudyProgress:
 
     def rows(self, model: str, fingerprint: str) -> list[dict[str, Any]] | None:
         """The rows of ``model`` an earlier attempt scored from the same files, or None."""
-        from xmed.pipeline.study_report import read_long_table
-
         before = self.state["scored"].get(model)
         if before is None:
             return None
@@ -417,8 +392,6 @@ class StudyProgress:
 
     def scored(self, model: str, fingerprint: str, rows: list[dict[str, Any]], seconds: float) -> None:
         """Record ``model``'s rows as done; ``seconds``: this attempt's time so far."""
-        from xmed.pipeline.study_report import write_long_table
-
         (self.folder / SCORED_DIR).mkdir(exist_ok=True)
         write_long_table(self.folder / SCORED_DIR / f"{model}.csv", rows, parquet=False)
         self.state["scored"][model] = fingerprint
@@ -463,7 +436,6 @@ def study_run(cfg: DictConfig) -> dict[str, Any]:
     from xmed.models.export import load_model
     from xmed.data.datamodule import explained_view
     from xmed.data.datamodule import datamodule_for_model
-    from xmed.pipeline.study_report import summarise, write_study
 
     started = time.perf_counter()
     out_dir = command_folder(cfg, resume_key="resume")

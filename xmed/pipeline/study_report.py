@@ -17,13 +17,38 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from xmed.errors import ConfigError
 from xmed.metrics.paired import bootstrap_mean, holm, paired_difference
-from xmed.pipeline.study import SCORES
 from xmed.runs import write_text_atomic
+
+
+@dataclass(frozen=True)
+class StudyScore:
+    """What one per-eye score measures: its ``category`` (location, rationale, validity), which
+    values are better (``direction``) and a ``title`` for the report."""
+
+    category: str
+    direction: str
+    title: str
+
+
+#: every per-eye score of the study, in report order
+SCORES: dict[str, StudyScore] = {
+    "energy_in_evidence": StudyScore("location", "higher", "share of the energy in the evidence"),
+    "pointing_game": StudyScore("location", "higher", "pointing game (peak in the evidence)"),
+    "map_auroc": StudyScore("location", "higher", "AUROC of the map against the evidence"),
+    "reason_precision": StudyScore("rationale", "higher", "named reasons that are present findings"),
+    "reason_recall": StudyScore("rationale", "higher", "present findings named as reasons"),
+    "findings_right_way": StudyScore("rationale", "higher", "present findings moved the asked way"),
+    "vcdr_right_way": StudyScore("rationale", "higher", "vCDR moved the asked way"),
+    "reached_goal": StudyScore("validity", "higher", "edit reached its goal"),
+    "changed_fraction": StudyScore("validity", "lower", "share of the field of view changed"),
+}
+
 
 #: the long table's columns
 COLUMNS = ("model", "method", "eye", "score", "value", "note")
