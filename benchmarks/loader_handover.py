@@ -51,7 +51,7 @@ def run(part: Part, ctx: Context) -> None:
     def normalised_here(dm, b):  # as training on the CPU does before the model
         return dm.on_after_batch_transfer(b, 0)["image"].contiguous(memory_format=torch.channels_last)
 
-    still = {"hflip": 0.0, "rotate": 0.0, "scale": 0.0, "color": False}
+    still = {"hflip": 0.0, "rotate": 0.0, "scale": 0.0, "colour": False}
     pair = [datamodule(in_workers, still) for in_workers in (False, True)]
     first = [next(iter(dm.train_dataloader())) for dm in pair]
     kinds = [str(b["image"].dtype).replace("torch.", "") for b in first]

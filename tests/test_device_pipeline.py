@@ -226,7 +226,7 @@ def test_parameters_are_drawn_per_eye_from_its_seed_at_albumentations_rates():
     scale, angle = draws[:, AUGMENT_PARAMS.index("scale")], draws[:, AUGMENT_PARAMS.index("angle")]
     assert 0.9 <= scale.min() < 0.91 and 1.09 < scale.max() <= 1.1 and -15 <= angle.min() < -14.5 and 14.5 < angle.max() <= 15
     assert set(draws[:, AUGMENT_PARAMS.index("kernel")]) == {3.0, 5.0}
-    still = DeviceAugment(hflip=0.0, rotate=0.0, scale=0.0, color=False).draw(1)
+    still = DeviceAugment(hflip=0.0, rotate=0.0, scale=0.0, colour=False).draw(1)
     assert still[[AUGMENT_PARAMS.index(n) for n in ("hflip", "affine", "hsv", "noise")]].tolist() == [0, 0, 0, 0]
 
 

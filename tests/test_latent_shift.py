@@ -202,8 +202,8 @@ def test_search_stops_where_the_score_stops_rising_and_at_max_lambda(toy_autoenc
 
 
 def test_paper_scale_gradient_is_the_same_direction(toy_autoencoder):
-    """normalize_gradient=False shifts by λ·∂p/∂z: with λ scaled to the same shift norm, the
-    same frames."""
+    """normalise_gradient=False shifts by λ·∂p/∂z: with λ scaled to the same shift norm, the
+    same frames; the keyword's old spelling, normalize_gradient, is read with a warning."""
     x = family(1, seed=8, square=0.8)
     clf = SquareReader()
     with torch.enable_grad():
@@ -211,10 +211,16 @@ def test_paper_scale_gradient_is_the_same_direction(toy_autoencoder):
         p = torch.sigmoid(clf(x + FOV * (toy_autoencoder.decode(z) - toy_autoencoder.decode(z).detach())))
         (g,) = torch.autograd.grad(p.sum(), z)
     max_lambda = float(z.detach().norm() / g.norm())  # λ·‖g‖ = ‖z‖ at |λ| = max_lambda
-    raw = LatentShiftExplainer(clf, toy_autoencoder, max_lambda=max_lambda, normalize_gradient=False)(x, 0, "decrease")
+    raw = LatentShiftExplainer(clf, toy_autoencoder, max_lambda=max_lambda, normalise_gradient=False)(x, 0, "decrease")
     ref = LatentShiftExplainer(clf, toy_autoencoder)(x, 0, "decrease")
     assert raw.steps.tolist() == ref.steps.tolist()
     assert torch.allclose(raw.images, ref.images, atol=1e-4)
+    with pytest.warns(DeprecationWarning, match="'normalize_gradient' is now 'normalise_gradient'"):
+        old = LatentShiftExplainer(clf, toy_autoencoder, max_lambda=max_lambda, normalize_gradient=False)
+    assert old.normalise_gradient is False
+    assert torch.equal(old(x, 0, "decrease").images, raw.images)
+    with pytest.raises(TypeError, match="normalize_gradient"):
+        LatentShiftExplainer(clf, toy_autoencoder, normalize_gradient=False, normalise_gradient=False)
 
 
 def test_modes_and_parameters_untouched_and_registry(toy_autoencoder):

@@ -498,6 +498,61 @@ def test_prepare_matches_the_datamodule_the_model_was_trained_on():
     assert torch.equal(model.prepare(raw)[0], view[0]["image"])
 
 
+@pytest.mark.filterwarnings("ignore::xmed.errors.QualityWarning")  # this mean/std puts the eyes outside the gate's range
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the hand-over normalised on a GPU needs CUDA"))])
+def test_a_photograph_gives_the_same_tensor_in_training_and_in_evaluation(device):
+    """One definition of the normalisation (:func:`xmed.data.normalise.normalise_images`): a
+    photograph the training loader hands over as uint8, normalised by the data module's hook where
+    the batch is, equals the same photograph through ``model.prepare``, the evaluation transform
+    (to float32 rounding: 1e-6 at most; on the CPU, exactly)."""
+    from xmed.data import FundusDataModule
+
+    dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 16, "size": 80}, image_size=48,
+                          batch_size=16, preprocess={"crop_fov": True}, mean=(0.4, 0.45, 0.5),
+                          std=(0.3, 0.2, 0.1), augment={"hflip": 0.0, "rotate": 0.0, "scale": 0.0, "colour": False})
+    dm.setup()
+    handed = next(iter(dm.train_dataloader()))
+    assert handed["image"].dtype == torch.uint8
+    trained = dm.on_after_batch_transfer({**handed, "image": handed["image"].to(device)}, 0)["image"]
+    model = FundusClassifier(TINY, data_config=dm.data_config())
+    record = {r.id: r for r in dm.base.records}
+    photos = [dm.base.load_sample(record[eye])["image"] for eye in handed["meta"]["id"]]
+    evaluated = model.prepare(photos)
+    assert evaluated.shape == trained.shape == (len(photos), 3, 48, 48)
+    torch.testing.assert_close(trained.cpu(), evaluated, rtol=0, atol=1e-6 if device != "cpu" else 0)
+
+
+def test_the_evaluation_transform_of_a_model_is_built_in_one_place():
+    """``eval_transform`` of the model's data config, of its dict, and the evaluation transform of
+    the data module :func:`datamodule_for_model` gives it, prepare a photograph alike."""
+    from omegaconf import OmegaConf
+
+    from xmed.data import render_phantom
+    from xmed.data.datamodule import datamodule_for_model
+    from xmed.data.datasets import to_tensor_sample
+    from xmed.data.transforms import eval_transform, transform_settings
+
+    model = FundusClassifier(TINY, data_config={**DATA_CONFIG, "crop_fov": True, "crop_disc": 0.6,
+                                                "mean": [0.3, 0.4, 0.5]})
+    data = OmegaConf.create({"_target_": "xmed.data.FundusDataModule", "dataset": "phantom_render",
+                             "dataset_options": {"n": 8, "size": 96}, "image_size": 256, "mean": [0.5] * 3,
+                             "preprocess": {"crop_fov": False, "contrast": "clahe"}})
+    dm = datamodule_for_model(data, model)
+    settings = transform_settings(model.data_config)
+    assert settings["input_size"] == SIZE and settings["mean"] == (0.3, 0.4, 0.5)
+    assert transform_settings(dm.data_config()) == transform_settings(model.data_config.as_dict()) == settings
+    photo = {"image": render_phantom(0, 96).image, "masks": {}, "findings": np.full(10, np.nan, np.float32),
+             "label": math.nan, "vcdr": math.nan, "meta": {"eye": ""}}
+    expected = model.prepare(photo["image"])[0]
+    for transform in (eval_transform(model.data_config), eval_transform(model.data_config.as_dict()),
+                      dm.transforms["eval"]):
+        assert transform.input_size == SIZE
+        assert torch.equal(to_tensor_sample(transform(photo))["image"], expected)
+    with pytest.raises(ConfigError, match="data_config.input_size"):
+        eval_transform({"mean": [0.5] * 3})
+
+
 # ---------------------------------------------------------------------------- Hydra configs
 @pytest.fixture
 def compose():

@@ -13,7 +13,7 @@ from xmed.findings import FINDINGS, finding_index
 
 MEAN = np.array(IMAGENET_MEAN, np.float32)
 STD = np.array(IMAGENET_STD, np.float32)
-GEOMETRY_OFF = dict(hflip=0.0, vflip=0.0, rotate=0.0, scale=0.0, color=False)
+GEOMETRY_OFF = dict(hflip=0.0, vflip=0.0, rotate=0.0, scale=0.0, colour=False)
 
 
 def make_sample(h: int = 64, w: int = 64, eye: str = "OD", seed: int = 0) -> dict:
@@ -180,7 +180,7 @@ def test_train_reproducible_with_seed_and_random_across_calls():
 def test_photometric_changes_image_but_not_masks():
     sample = make_sample()
     reference = build_transforms("eval", 64)(sample)["image"]
-    t = build_transforms("train", 64, **{**GEOMETRY_OFF, "color": True}, seed=0)
+    t = build_transforms("train", 64, **{**GEOMETRY_OFF, "colour": True}, seed=0)
     changed = 0
     for _ in range(6):
         out = t(sample)
@@ -294,6 +294,35 @@ def test_normalise_images_equals_albumentations_normalize():
         normalise_images(torch.zeros(1, 3, 4, 4, dtype=torch.int16))
     with pytest.raises(ValueError, match="one value per channel"):
         normalise_images(torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
+
+
+def test_the_old_keywords_still_work_and_warn():
+    """``build_transforms(size=, color=)``, ``DeviceAugment(color=)`` and ``data.augment.color`` (run
+    configs and checkpoints saved before carry it) are read under their new names with a warning."""
+    from xmed.data.datamodule import FundusDataModule
+    from xmed.data.device_pipeline import DeviceAugment
+
+    sample = make_sample()
+    new = build_transforms("train", input_size=48, colour=False, seed=4)
+    with pytest.warns(DeprecationWarning) as caught:
+        old = build_transforms("train", size=48, color=False, seed=4)
+    assert sorted(str(w.message).split(";")[0] for w in caught) == [
+        "build_transforms: 'color' is now 'colour'", "build_transforms: 'size' is now 'input_size'"]
+    assert old.input_size == new.input_size == 48
+    assert not {type(t).__name__ for t in old.compose} & {"RandomBrightnessContrast", "GaussNoise"}
+    np.testing.assert_array_equal(old(sample)["image"], new(sample)["image"])
+    with pytest.raises(TypeError, match="'color' and its new name 'colour'"):
+        build_transforms("train", 48, color=False, colour=True)
+    with pytest.warns(DeprecationWarning, match="DeviceAugment: 'color' is now 'colour'"):
+        augment = DeviceAugment(color=False)
+    assert augment.colour is False
+    np.testing.assert_array_equal(augment.draw(3), DeviceAugment(colour=False).draw(3))
+    with pytest.warns(DeprecationWarning, match="data.augment: 'color' is now 'colour'"):
+        dm = FundusDataModule(dataset="phantom_render", image_size=32, augment={"color": False, "hflip": 0.0})
+    assert dm.augment == {"colour": False, "hflip": 0.0}
+    with pytest.raises(ConfigError) as err:
+        FundusDataModule(dataset="phantom_render", image_size=32, augment={"color": False, "colour": True})
+    assert err.value.key == "data.augment.color"
 
 
 def test_a_train_transform_without_normalise_gives_the_same_augmented_pixels():

@@ -44,13 +44,16 @@ from xmed.data.device_pipeline import (DeviceAugment, DeviceEyeCache, DevicePipe
 from xmed.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise_images
 from xmed.data.preprocess import FundusPreprocess
 from xmed.data.sampling import EpochSampler, SeededIndex
-from xmed.data.transforms import build_transforms
+from xmed.data.keywords import renamed
+from xmed.data.transforms import build_transforms, eval_transform, transform_settings
 from xmed.errors import ConfigError
 from xmed.runtime import Choice, check_pipeline, choose_num_workers, choose_pipeline
 from xmed.saved_config import buildable, instantiate_group
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+#: ``data.augment`` keys renamed (old -> new): run configs and checkpoints saved before carry the old
+AUGMENT_RENAMED = {"color": "colour"}
 
 
 def split_indices(labels: Sequence[float], groups: Sequence[str], fractions: Sequence[float],
@@ -140,7 +143,7 @@ class SplitView(Dataset):
         preparing = hasattr(transform, "prepare")
         self.cache_bytes = cache_bytes(cache_mb) if preparing else 0
         self.pixel_need = getattr(transform, "pixel_need", None) if decode_reduced and preparing else None
-        side = getattr(transform, "size", None)
+        side = getattr(transform, "input_size", None)
         # made now, in the process that starts the loader's workers, so that forked workers share it
         self._shared = (SharedEyeStore.for_budget(len(self.indices), side, self.cache_bytes)
                         if self.cache_bytes and side else None)
@@ -294,22 +297,22 @@ def pipeline_obstacle(view: SplitView) -> str | None:
     return bytes_obstacle(view.base) or (unsupported(transform.preprocess) if transform.preprocess else None)
 
 
-def view_pipeline(view: SplitView, device: torch.device | str, mean: Sequence[float], std: Sequence[float],
-                  augment: dict[str, Any] | None = None, cache=None):
+def view_pipeline(view: SplitView, device: torch.device | str, augment: dict[str, Any] | None = None, cache=None):
     """The :class:`~xmed.data.device_pipeline.DevicePipeline` that prepares ``view``'s eyes on
-    ``device`` as its transform prepares them in the workers (``augment``: the training
-    augmentations, as :func:`~xmed.data.transforms.build_transforms` takes them)."""
+    ``device`` as its transform prepares them in the workers: the same preprocessing, input size and
+    normalisation (``augment``: the training augmentations, as
+    :func:`~xmed.data.transforms.build_transforms` takes them)."""
     transform = view.transform
-    return DevicePipeline(view.base, transform.preprocess or FundusPreprocess(crop_fov=False), transform.size, device,
-                          mean, std, normalise=transform.normalised,
+    return DevicePipeline(view.base, transform.preprocess or FundusPreprocess(crop_fov=False), transform.input_size,
+                          device, transform.mean, transform.std, normalise=transform.normalised,
                           augment=DeviceAugment(**augment) if augment is not None else None, cache=cache)
 
 
-def eval_loader(view: SplitView, batch_size: int, num_workers: int, device: torch.device | str,
-                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> DataLoader:
+def eval_loader(view: SplitView, batch_size: int, num_workers: int, device: torch.device | str) -> DataLoader:
     """The eyes of ``view`` in order, prepared on ``device`` as its (evaluation) transform prepares
-    them: the loader workers read the files, :func:`view_pipeline` decodes and prepares each batch in
-    this process (what ``xmed-predict`` and ``xmed-explain`` read under ``pipeline: gpu``).
+    them, normalised with its ``mean``/``std``: the loader workers read the files,
+    :func:`view_pipeline` decodes and prepares each batch in this process (what ``xmed-predict`` and
+    ``xmed-explain`` read under ``pipeline: gpu``).
 
     Example:
         >>> from xmed.data.datasets import get_dataset
@@ -320,7 +323,7 @@ def eval_loader(view: SplitView, batch_size: int, num_workers: int, device: torc
     """
     return SkipRecordingLoader(EncodedView(view), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                multiprocessing_context=worker_start_method(num_workers), collate_fn=collate_encoded,
-                               worker_init_fn=_init_worker, prepare=view_pipeline(view, device, mean, std))
+                               worker_init_fn=_init_worker, prepare=view_pipeline(view, device))
 
 
 class FundusDataModule(L.LightningDataModule):
@@ -330,7 +333,9 @@ class FundusDataModule(L.LightningDataModule):
         dataset: registry name (see :data:`xmed.data.datasets.DATASETS`).
         root: the data set folder (None for ``phantom_render``).
         dataset_options: extra arguments of the data set class (e.g. ``partition``, ``n``).
-        image_size: side of the square network input.
+        image_size: side of the square network input (``data.image_size``; the model's
+            ``input_size``, :meth:`data_config`: the path is told in
+            :func:`~xmed.data.transforms.eval_transform`).
         batch_size, pin_memory: loader settings.
         num_workers: loader worker processes, or ``"auto"``: one per available core, at most 8
             (:func:`xmed.runtime.choose_num_workers`; the choice is kept in :attr:`num_workers_choice`).
@@ -339,7 +344,8 @@ class FundusDataModule(L.LightningDataModule):
         seed: split and augmentation seed.
         preprocess: :class:`~xmed.data.preprocess.FundusPreprocess` fields (FOV crop, disc crop, contrast).
         augment: extra arguments of :func:`~xmed.data.transforms.build_transforms` for training
-            (``hflip``, ``vflip``, ``rotate``, ``color``, ``scale``).
+            (``hflip``, ``vflip``, ``rotate``, ``colour``, ``scale``; ``color``, the old name of
+            ``colour`` that configs saved before carry, is read with a :class:`DeprecationWarning`).
         on_error: ``"raise"`` or ``"skip"`` (skipped files are logged once and listed in
             :attr:`skipped`; skipped samples arrive in each batch's ``"skipped"`` list).
         cache_mb: memory for keeping the train and val eyes prepared between epochs, each split in
@@ -399,7 +405,7 @@ class FundusDataModule(L.LightningDataModule):
         self.split_fractions, self.use_published_splits = tuple(splits), use_published_splits
         self.seed, self.on_error = seed, on_error
         self.preprocess = dict(preprocess or {})
-        self.augment = dict(augment or {})
+        self.augment = renamed(augment or {}, AUGMENT_RENAMED, "data.augment")
         self.mean, self.std = tuple(mean), tuple(std)
         self.balanced_sampling = balanced_sampling
         cache_bytes(cache_mb)  # checked now, not at setup
@@ -419,7 +425,9 @@ class FundusDataModule(L.LightningDataModule):
         self._decode_skips: dict[tuple[str, str], dict[str, str]] = {}
 
     def data_config(self) -> dict[str, Any]:
-        """What a model trained on these loaders must do to a raw photograph (it carries this)."""
+        """What a model trained on these loaders must do to a raw photograph (it carries this; its
+        ``input_size`` is ``image_size``): what the val/test loaders' transform is built from
+        (:func:`~xmed.data.transforms.eval_transform`)."""
         # no `preprocess` given means none at all: no FOV crop either (FundusPreprocess defaults to one)
         pre = FundusPreprocess.from_dict({"crop_fov": False, **self.preprocess}).to_dict()
         pre.pop("size")  # the model's input size is image_size
@@ -439,11 +447,13 @@ class FundusDataModule(L.LightningDataModule):
         if indices is None:
             indices = split_indices([r.label for r in self.base.records], self.base.groups(),
                                     self.split_fractions, self.seed)
+        # data.preprocess.size (a resize of the crop before contrast normalisation) is the loaders'
+        # own: a model does not carry it in its data config
+        config = {**self.data_config(), **{k: v for k, v in self.preprocess.items() if k == "size"}}
         self.transforms = {
-            "train": build_transforms("train", self.image_size, self.mean, self.std, preprocess=self.preprocess or None,
-                                      seed=self.seed, normalise=not self.normalise_on_device, **self.augment),
-            "eval": build_transforms("eval", self.image_size, self.mean, self.std,
-                                     preprocess=self.preprocess or None),
+            "train": build_transforms("train", **transform_settings(config), seed=self.seed,
+                                      normalise=not self.normalise_on_device, **self.augment),
+            "eval": eval_transform(config),
         }
         # train and val are read every epoch: worth keeping prepared; test is read once
         self.splits = {s: SplitView(self.base, indices[s], self.transforms["train" if s == "train" else "eval"],
@@ -560,7 +570,7 @@ class FundusDataModule(L.LightningDataModule):
                                                                        cache_bytes(self.cache_mb))
             cache = self._device_caches[split]
         augment = self.augment if view.transform is self.transforms["train"] else None
-        return view_pipeline(view, device, self.mean, self.std, augment=augment, cache=cache)
+        return view_pipeline(view, device, augment=augment, cache=cache)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

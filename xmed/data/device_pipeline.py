@@ -62,6 +62,7 @@ from torch import Tensor
 from xmed.data.datasets.base import FundusDataset, SkippedSample
 from xmed.data.datasets.phantom import PhantomDataset
 from xmed.data.io import DEFAULT_MAX_PIXELS
+from xmed.data.keywords import renamed_keywords
 from xmed.data.normalise import normalise_images
 from xmed.data.preprocess import _DISC_WORK_DIAMETER, _WORK_SIZE, FundusPreprocess
 from xmed.data.sampling import SeededIndex
@@ -503,23 +504,24 @@ def unsupported(preprocess: FundusPreprocess) -> str | None:
     return None
 
 
-def fit_batch(images: Tensor, windows: Windows, size: int) -> Tensor:
-    """The ``windows`` of a B×C×H×W uint8 batch fitted into ``size``×``size`` as the transforms'
-    ``fit`` does (longer side resized with INTER_AREA, black bands centred where not square):
-    B×C×size×size uint8."""
+def fit_batch(images: Tensor, windows: Windows, input_size: int) -> Tensor:
+    """The ``windows`` of a B×C×H×W uint8 batch fitted into ``input_size``×``input_size`` as the
+    transforms' ``fit`` does (longer side resized with INTER_AREA, black bands centred where not
+    square): B×C×input_size×input_size uint8."""
     h, w = images.shape[-2:]
-    scale = size / torch.maximum(windows.width, windows.height)
+    scale = input_size / torch.maximum(windows.width, windows.height)
     new_w = torch.clamp(torch.round(windows.width * scale), min=1)
     new_h = torch.clamp(torch.round(windows.height * scale), min=1)
-    pad_top, pad_left = torch.floor((size - new_h) / 2.0), torch.floor((size - new_w) / 2.0)
-    rows, cols = windows.weights(new_h, new_w, size, size, h, w, pad_top, pad_left)
+    pad_top, pad_left = torch.floor((input_size - new_h) / 2.0), torch.floor((input_size - new_w) / 2.0)
+    rows, cols = windows.weights(new_h, new_w, input_size, input_size, h, w, pad_top, pad_left)
     half_up = _area_half_up(windows.width, windows.height, new_w, new_h)
     return round_levels(resample(images, rows, cols), half_up)
 
 
-def prepare_batch(images: Sequence[Tensor], preprocess: FundusPreprocess, size: int) -> Tensor:
+def prepare_batch(images: Sequence[Tensor], preprocess: FundusPreprocess, input_size: int) -> Tensor:
     """Photographs (``3×H×W`` uint8 tensors of any sizes, on one device) prepared as
-    :meth:`~xmed.data.transforms.FundusTransform.prepare` prepares each: B×3×size×size uint8.
+    :meth:`~xmed.data.transforms.FundusTransform.prepare` prepares each: B×3×input_size×input_size
+    uint8.
     Photographs of one shape are searched and resized together.
 
     Example:
@@ -531,10 +533,10 @@ def prepare_batch(images: Sequence[Tensor], preprocess: FundusPreprocess, size: 
     if not images:
         raise ValueError("prepare_batch needs at least one photograph")
     device = images[0].device
-    out = torch.empty(len(images), images[0].shape[0], size, size, dtype=torch.uint8, device=device)
+    out = torch.empty(len(images), images[0].shape[0], input_size, input_size, dtype=torch.uint8, device=device)
     for _, index in _groups([tuple(image.shape) for image in images], device):
         batch = torch.stack([images[i] for i in index.tolist()])
-        out[index] = fit_batch(batch, crop_windows(batch, preprocess), size)
+        out[index] = fit_batch(batch, crop_windows(batch, preprocess), input_size)
     return out
 
 
@@ -565,7 +567,7 @@ _COLUMN = {name: i for i, name in enumerate(AUGMENT_PARAMS)}
 class DeviceAugment:
     """The training augmentations of :func:`~xmed.data.transforms.build_transforms` on a batch of
     ``3×S×S`` uint8 eyes, each with its own parameters: flips, isotropic scale and small rotation
-    (``Affine``, p 0.7), and with ``color`` brightness/contrast (p 0.5), gamma (p 0.3),
+    (``Affine``, p 0.7), and with ``colour`` brightness/contrast (p 0.5), gamma (p 0.3),
     hue/saturation (p 0.3), Gaussian blur (p 0.2) and Gaussian noise (p 0.2) — albumentations'
     ranges and order. :meth:`draw` draws an eye's parameters from its seed (on the CPU, in a loader
     worker); calling the object applies them (anywhere); :meth:`fix_labels` then mirrors the eye
@@ -573,16 +575,17 @@ class DeviceAugment:
     :func:`~xmed.data.transforms.apply_anatomy_of_flips` does.
 
     Example:
-        >>> augment = DeviceAugment(hflip=1.0, rotate=0.0, scale=0.0, color=False)
+        >>> augment = DeviceAugment(hflip=1.0, rotate=0.0, scale=0.0, colour=False)
         >>> params = torch.from_numpy(np.stack([augment.draw(0), augment.draw(1)]))
         >>> images = torch.arange(8, dtype=torch.uint8).view(1, 1, 2, 4).expand(2, 3, 2, 4)
         >>> augment(images, params)[0, 0, 0].tolist()
         [3, 2, 1, 0]
     """
 
-    def __init__(self, hflip: float = 0.5, vflip: float = 0.0, rotate: float = 15.0, color: bool = True,
+    @renamed_keywords(color="colour")
+    def __init__(self, hflip: float = 0.5, vflip: float = 0.0, rotate: float = 15.0, colour: bool = True,
                  scale: float = 0.1):
-        self.hflip, self.vflip, self.rotate, self.color, self.scale = hflip, vflip, rotate, color, scale
+        self.hflip, self.vflip, self.rotate, self.colour, self.scale = hflip, vflip, rotate, colour, scale
         self.affine = 0.7 if (rotate > 0 or scale > 0) else 0.0
 
     def draw(self, seed: int | None) -> np.ndarray:
@@ -591,7 +594,7 @@ class DeviceAugment:
         another's."""
         rng = np.random.default_rng(seed)
         u = rng.random(8)
-        colour = self.color
+        colour = self.colour
         return np.array([
             u[0] < self.hflip, u[1] < self.vflip,
             u[2] < self.affine, rng.uniform(1 - self.scale, 1 + self.scale), rng.uniform(-self.rotate, self.rotate),
@@ -954,10 +957,10 @@ class DevicePipeline:
     says why not (``dataset.on_error``: raised, or listed in the batch's ``skipped``).
     """
 
-    def __init__(self, dataset, preprocess: FundusPreprocess, size: int, device: torch.device | str,
+    def __init__(self, dataset, preprocess: FundusPreprocess, input_size: int, device: torch.device | str,
                  mean: Sequence[float], std: Sequence[float], normalise: bool = True,
                  augment: DeviceAugment | None = None, cache: DeviceEyeCache | None = None):
-        self.dataset, self.preprocess, self.size = dataset, preprocess, int(size)
+        self.dataset, self.preprocess, self.input_size = dataset, preprocess, int(input_size)
         self.device = torch.device(device)
         self.mean, self.std, self.normalise = tuple(mean), tuple(std), normalise
         self.augment, self.cache = augment, cache
@@ -979,7 +982,7 @@ class DevicePipeline:
             fresh = sorted(photos)
             if not fresh:
                 continue
-            prepared = prepare_batch([photos.pop(i) for i in fresh], self.preprocess, self.size)
+            prepared = prepare_batch([photos.pop(i) for i in fresh], self.preprocess, self.input_size)
             if self.cache is not None:
                 self.cache.put([positions[i] for i in fresh], prepared)
             for row, i in enumerate(fresh):

@@ -410,9 +410,9 @@ def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
-def onto_black(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite ``color`` (H×W×C uint8) with ``alpha`` (H×W uint8) onto black, rounding."""
-    weighted = color.astype(np.uint32) * alpha[..., None].astype(np.uint32)
+def onto_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite ``colour`` (H×W×C uint8) with ``alpha`` (H×W uint8) onto black, rounding."""
+    weighted = colour.astype(np.uint32) * alpha[..., None].astype(np.uint32)
     return ((weighted + 127) // 255).astype(np.uint8)
 
 

@@ -34,9 +34,12 @@ from typing import Any, Callable, Literal, Sequence
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 
-from xmed.data.normalise import IMAGENET_MEAN, IMAGENET_STD
+from xmed.data.keywords import renamed_keywords
+from xmed.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise_images
 from xmed.data.preprocess import FundusPreprocess, area_resize
+from xmed.errors import ConfigError
 from xmed.findings import vertical_flip_partner, vertical_flip_permutation
 
 Stage = Literal["train", "eval"]
@@ -72,25 +75,27 @@ def apply_anatomy_of_flips(sample: dict, hflip: bool, vflip: bool) -> dict:
 
 class FundusTransform:
     """A sample-dict transform: :meth:`prepare` (preprocessing, fit into the input square), then
-    :meth:`augment` (an albumentations ``Compose``, then labels).
+    :meth:`augment` (an albumentations ``Compose``, labels, normalisation).
 
     Built by :func:`build_transforms`. ``prepare`` is deterministic, so a loader may keep its
     output and only ``augment`` again (see :class:`~xmed.data.datamodule.SplitView`'s cache).
     ``fit`` and ``compose`` are the two albumentations pipelines (for inspection or ``A.save``).
-    Calling it returns a new sample dict: ``image`` float32 ``size×size×3`` normalised (uint8
-    pixels when built with ``normalise=False``: :attr:`normalised` says which), ``masks``
-    bool ``size×size`` under the same names (renamed by vertical flips). ``pixel_need`` says how
-    small a photograph may be decoded for this transform (:meth:`FundusPreprocess.pixel_need`).
+    Calling it returns a new sample dict: ``image`` float32 ``input_size×input_size×3`` normalised
+    by :func:`~xmed.data.normalise.normalise_images` with ``mean``/``std`` (uint8 pixels when built
+    with ``normalise=False``: :attr:`normalised` says which), ``masks`` bool
+    ``input_size×input_size`` under the same names (renamed by vertical flips). ``pixel_need`` says
+    how small a photograph may be decoded for this transform (:meth:`FundusPreprocess.pixel_need`).
     """
 
     def __init__(self, fit: A.Compose, compose: A.Compose, preprocess: FundusPreprocess | None = None,
-                 seed: int | None = None, size: int | None = None):
+                 seed: int | None = None, input_size: int | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, normalise: bool = True):
         self.fit = fit
         self.compose = compose
-        self.normalised = any(isinstance(t, A.Normalize) for t in compose.transforms)
-        self.size = size
+        self.mean, self.std, self.normalised = tuple(mean), tuple(std), bool(normalise)
+        self.input_size = input_size
         self.preprocess = preprocess
-        self.pixel_need = None if size is None else (preprocess or _NO_PREPROCESS).pixel_need(size)
+        self.pixel_need = None if input_size is None else (preprocess or _NO_PREPROCESS).pixel_need(input_size)
         self.set_random_seed(seed)
 
     def set_random_seed(self, seed: int | None) -> None:
@@ -130,7 +135,16 @@ class FundusTransform:
         """The random part (train: flips, affine, colour) and normalisation (unless built without);
         flips fix the labels."""
         out, fired = self._apply(self.compose, sample)
+        if self.normalised:
+            out["image"] = self.normalise(out["image"])
         return apply_anatomy_of_flips(out, hflip="HorizontalFlip" in fired, vflip="VerticalFlip" in fired)
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """An ``H×W×3`` uint8 image normalised as the training loader's batches are, by
+        :func:`~xmed.data.normalise.normalise_images` (the one definition of the normalisation), as
+        ``H×W×3`` float32."""
+        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return np.ascontiguousarray(normalise_images(chw, self.mean, self.std).permute(1, 2, 0).numpy())
 
     @staticmethod
     def _apply(compose: A.Compose, sample: dict) -> tuple[dict, set[str]]:
@@ -153,7 +167,9 @@ class FundusTransform:
         return out, fired
 
     def __repr__(self) -> str:
-        return f"FundusTransform(preprocess={self.preprocess!r}, fit={self.fit!r}, compose={self.compose!r})"
+        normalise = f"mean={self.mean}, std={self.std}" if self.normalised else "normalise=False"
+        return (f"FundusTransform(preprocess={self.preprocess!r}, fit={self.fit!r}, compose={self.compose!r}, "
+                f"{normalise})")
 
 
 class _LongestMaxSize(A.LongestMaxSize):
@@ -178,43 +194,47 @@ def _photometric() -> list[A.BasicTransform]:
     ]
 
 
+@renamed_keywords(size="input_size", color="colour")
 def build_transforms(
     stage: Stage,
-    size: int,
+    input_size: int,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     preprocess: FundusPreprocess | dict | None = None,
     hflip: float = 0.5,
     vflip: float = 0.0,
     rotate: float = 15.0,
-    color: bool = True,
+    colour: bool = True,
     scale: float = 0.1,
     seed: int | None = None,
     normalise: bool = True,
-) -> Callable[[dict], dict]:
-    """The train or eval transform of numpy sample dicts (see :mod:`xmed.data.datasets.base`).
+) -> FundusTransform:
+    """The train or eval transform of numpy sample dicts (see :mod:`xmed.data.datasets.base`);
+    a model's own is :func:`eval_transform`.
 
-    Pipeline: ``preprocess`` (e.g. FOV crop; None = none) → fit into ``size×size`` (longer side
-    resized with INTER_AREA, masks nearest, black/False letterbox padding when not square) →
-    [train: flips, isotropic scale ±``scale`` and rotation ±``rotate``° via ``Affine`` with
-    black fill, photometric jitter if ``color``] → normalise ``(x/255 − mean)/std`` (unless
-    ``normalise=False``).
+    Pipeline: ``preprocess`` (e.g. FOV crop; None = none) → fit into ``input_size×input_size``
+    (longer side resized with INTER_AREA, masks nearest, black/False letterbox padding when not
+    square) → [train: flips, isotropic scale ±``scale`` and rotation ±``rotate``° via ``Affine``
+    with black fill, photometric jitter if ``colour``] → normalise ``(x/255 − mean)/std`` by
+    :func:`~xmed.data.normalise.normalise_images` (unless ``normalise=False``).
     Flips update ``meta["eye"]`` / swap superior–inferior findings and masks (module docstring);
     transforms that would break a label (Transpose, RandomRotate90, anisotropic scaling) are
     deliberately not available. The eval pipeline is deterministic.
 
     Args:
         stage: ``"train"`` (augment) or ``"eval"`` (resize + normalise only).
-        size: output side in pixels.
+        input_size: output side in pixels (the model's input size; formerly ``size``, still read).
         mean, std: per-channel normalisation, in [0, 1] units.
         preprocess: a :class:`FundusPreprocess` or its ``to_dict()``; applied first.
         hflip, vflip: flip probabilities (train only).
         rotate: maximum rotation in degrees (train only; 0 disables).
-        color: photometric jitter — brightness/contrast, gamma, hue/saturation, blur, noise.
+        colour: photometric jitter — brightness/contrast, gamma, hue/saturation, blur, noise
+            (formerly ``color``, still read with a :class:`DeprecationWarning`).
         scale: maximum relative isotropic zoom (train only; 0 disables).
         seed: seed of the augmentations (reproducible; see :meth:`FundusTransform.set_random_seed`).
-        normalise: False leaves the image uint8 (``size×size×3``) for :func:`normalise_images` to
-            normalise later, on the device (the training loader's hand-over).
+        normalise: False leaves the image uint8 (``input_size×input_size×3``) for
+            :func:`~xmed.data.normalise.normalise_images` to normalise later, on the device (the
+            training loader's hand-over): the same function, so the same numbers.
 
     Returns:
         A :class:`FundusTransform` (``sample dict -> sample dict``).
@@ -233,8 +253,8 @@ def build_transforms(
     if isinstance(preprocess, dict):
         preprocess = FundusPreprocess.from_dict(preprocess)
     fit = A.Compose([
-        _LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST),
-        A.PadIfNeeded(min_height=size, min_width=size, position="center",
+        _LongestMaxSize(max_size=input_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST),
+        A.PadIfNeeded(min_height=input_size, min_width=input_size, position="center",
                       border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
     ])
     steps: list[A.BasicTransform] = []
@@ -248,12 +268,57 @@ def build_transforms(
                                   rotate=(-rotate, rotate), interpolation=cv2.INTER_LINEAR,
                                   mask_interpolation=cv2.INTER_NEAREST,
                                   border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7))
-        if color:
+        if colour:
             steps.extend(_photometric())
-    if normalise:
-        steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     compose = A.Compose(steps, save_applied_params=True)
-    return FundusTransform(fit, compose, preprocess, seed=seed, size=size)
+    return FundusTransform(fit, compose, preprocess, seed=seed, input_size=input_size, mean=mean, std=std,
+                           normalise=normalise)
+
+
+def eval_transform(data_config: Any) -> FundusTransform:
+    """The transform a model's photographs go through before it sees them, built from its data
+    config: a :class:`~xmed.models.DataConfig` (``model.data_config``) or its dict (the one a
+    :class:`~xmed.data.datamodule.FundusDataModule` gives, :meth:`~FundusDataModule.data_config`).
+    The one place the evaluation transform is built: ``model.prepare``, ``xmed-predict``, the
+    review's folders of photographs and the data module's val/test loaders all use it.
+
+    The input size on its way: ``data.image_size`` in a data config (the
+    :class:`~xmed.data.datamodule.FundusDataModule` argument of that name) is the side of the
+    square every photograph is fitted into; the data module hands it to the model it trains as
+    ``input_size`` (:meth:`FundusDataModule.data_config`), the model keeps it as
+    ``data_config.input_size`` (also ``FundusClassifier(input_size=)``, ``"input_size"`` in an
+    exported ``config.json``), and the transforms and the device pipeline take it as
+    ``input_size`` (:func:`build_transforms`, :attr:`FundusTransform.input_size`,
+    :class:`~xmed.data.device_pipeline.DevicePipeline`).
+
+    Example:
+        >>> import numpy as np
+        >>> t = eval_transform({"input_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "crop_fov": False})
+        >>> photo = {"image": np.full((48, 48, 3), 255, np.uint8), "masks": {}, "meta": {}}
+        >>> t.input_size, round(float(t(photo)["image"][0, 0, 0]), 5)   # (1 - 0.5) / 0.25
+        (32, 2.0)
+    """
+    return build_transforms("eval", **transform_settings(data_config))
+
+
+def transform_settings(data_config: Any) -> dict[str, Any]:
+    """:func:`build_transforms`' ``input_size``, ``mean``, ``std`` and ``preprocess`` from a model's
+    data config (see :func:`eval_transform`); a key neither a data config's nor preprocessing's
+    raises :class:`~xmed.errors.ConfigError` naming it.
+
+    Example:
+        >>> transform_settings({"input_size": 64, "mean": [0.5] * 3, "std": [0.2] * 3, "crop_fov": False,
+        ...                     "quality_checks": None})["preprocess"]
+        FundusPreprocess(size=None, crop_fov=False, margin=0.02, contrast=None, crop_disc=None)
+    """
+    config = dict(data_config.as_dict() if hasattr(data_config, "as_dict") else data_config)
+    if config.get("input_size") is None:
+        raise ConfigError("data_config.input_size", "missing: the side of the square the model takes, in pixels")
+    settings = {"input_size": int(config.pop("input_size")), "mean": tuple(config.pop("mean", IMAGENET_MEAN)),
+                "std": tuple(config.pop("std", IMAGENET_STD))}
+    config.pop("quality_checks", None)  # the quality gate's, not the transform's
+    settings["preprocess"] = FundusPreprocess.from_dict(config)  # the rest: field-of-view and disc crops, contrast
+    return settings
 
 
 #: the longest side a photograph is shown at to a reader (:func:`display_photograph`): twice the
@@ -281,6 +346,6 @@ def display_photograph(sample: dict, transform: FundusTransform, most: int = DIS
     native = dataclasses.replace(preprocess, size=None) if preprocess is not None else None
     cropped = native({**sample, "masks": {}}) if native is not None else {**sample, "masks": {}}
     side = min(max(cropped["image"].shape[:2]), int(most))
-    if side <= transform.size:
+    if side <= transform.input_size:
         return None
     return build_transforms("eval", side, normalise=False).prepare(cropped)["image"]

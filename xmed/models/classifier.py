@@ -42,7 +42,10 @@ Mode = Literal["multitask", "concept_bottleneck"]
 
 @dataclass
 class DataConfig:
-    """What a photograph must go through before this model sees it."""
+    """What a photograph must go through before this model sees it:
+    :func:`~xmed.data.transforms.eval_transform` builds that transform from it. ``input_size`` is the
+    side of the model's square input (``data.image_size`` of the data it was trained on; the path
+    is told in :func:`~xmed.data.transforms.eval_transform`)."""
 
     input_size: int = 256
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -84,7 +87,8 @@ class DataConfig:
 
     def preprocess(self) -> dict[str, Any]:
         """The :class:`~xmed.data.preprocess.FundusPreprocess` settings (FOV crop, disc crop, contrast);
-        the resize is ``input_size``'s."""
+        the resize is ``input_size``'s (:func:`~xmed.data.transforms.eval_transform` builds the
+        transform of the whole config)."""
         # here, not at the top: OpenCV loads with photographs, not with `import xmed.models`
         from xmed.data.preprocess import FundusPreprocess
 
@@ -281,13 +285,13 @@ class FundusClassifier(nn.Module):
         """
         # here, not at the top: OpenCV and albumentations load with photographs, not with `import xmed.models`
         from xmed.data.quality import CHECKS, as_photograph, assess_quality, warn_flagged
-        from xmed.data.transforms import build_transforms
+        from xmed.data.transforms import eval_transform
 
         photos = [as_photograph(image, index) for index, image in enumerate(_photograph_list(images))]
         dc = self.data_config
         warn_flagged([assess_quality(photo, mean=dc.mean, std=dc.std, checks=dc.quality_checks or CHECKS)
                       for photo in photos])
-        transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess())
+        transform = eval_transform(dc)
         batch = []
         for photo in photos:
             sample = transform({"image": photo, "masks": {}, "findings": np.full(len(FINDINGS), np.nan, np.float32),

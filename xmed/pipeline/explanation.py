@@ -413,7 +413,7 @@ def explanation_loader(cfg: DictConfig, view, datamodule, model, device, explain
                               cpu_default=8)
     autocast = choose_autocast(cfg.get("autocast", False), device)
     if pipeline.value == "gpu":
-        loader = eval_loader(view, batch.value, datamodule.num_workers, device, datamodule.mean, datamodule.std)
+        loader = eval_loader(view, batch.value, datamodule.num_workers, device)
     else:
         loader = DataLoader(view, batch_size=batch.value, shuffle=False, collate_fn=collate_samples,
                             num_workers=datamodule.num_workers)

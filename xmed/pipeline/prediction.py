@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from xmed.data.datamodule import SplitView, eval_loader, pipeline_obstacle
 from xmed.data.datasets import get_dataset
 from xmed.data.datasets.base import collate_samples
-from xmed.data.transforms import build_transforms
+from xmed.data.transforms import eval_transform
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
 from xmed.inference import NON_FINITE, UNREADABLE, score_eyes
@@ -148,8 +148,7 @@ def screening_loader(view, cfg: DictConfig, model, device):
     batch = choose_batch_size(cfg.batch_size, device, lambda: screening_eye_bytes(model, device), cpu_default=16)
     workers = choose_num_workers(cfg.num_workers).value
     if pipeline.value == "gpu":
-        dc = model.data_config
-        loader = eval_loader(view, batch.value, workers, device, dc.mean, dc.std)
+        loader = eval_loader(view, batch.value, workers, device)
     else:
         loader = DataLoader(view, batch_size=batch.value, num_workers=workers, collate_fn=collate_samples)
     return loader, {"pipeline": str(pipeline), "batch_size": str(batch)}
@@ -167,9 +166,7 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("threshold", f"{cfg.ckpt_path} carries no operating threshold (exported before models "
                                        "kept one); pass threshold=<P(glaucoma)>, e.g. the one in its model card")
     dataset = input_dataset(cfg.input, cfg.format, cfg.on_error)
-    dc = model.data_config
-    view = SplitView(dataset, range(len(dataset)),
-                     build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess()))
+    view = SplitView(dataset, range(len(dataset)), eval_transform(model.data_config))
     trainer, precision = inference_trainer(cfg.trainer, out_dir)
     loader, choices = screening_loader(view, cfg, model, trainer.strategy.root_device)
     for name, choice in choices.items():

@@ -193,7 +193,7 @@ def _image_folder(folder: Path, net):
     file's label (:attr:`xmed.data.folders.FolderEntry.label`), never its name."""
     from xmed.data.datamodule import SplitView
     from xmed.data.datasets import SkippedSample, get_dataset
-    from xmed.data.transforms import build_transforms
+    from xmed.data.transforms import eval_transform
 
     if not folder.is_dir():
         raise PathError(folder, "no such folder of images")
@@ -209,9 +209,7 @@ def _image_folder(folder: Path, net):
     position = {entry.label: entry.position for entry in dataset.entries}
     skipped = sorted(({"path": dataset.entry_label(path), "reason": reason} for path, reason in left_out),
                      key=lambda skip: position.get(skip["path"], len(position) + 1))
-    dc = net.data_config
-    transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess())
-    return SplitView(dataset, readable, transform), skipped
+    return SplitView(dataset, readable, eval_transform(net.data_config)), skipped
 
 
 def _with_normal_eyes(view, split, count: int):

@@ -17,7 +17,7 @@ What is implemented, exactly:
    frame 0** — with ``keep_detail=False`` that is the paper's ``∂p(f(D(z)))/∂z``; with
    ``keep_detail=True`` it is the gradient of the probability of the image actually returned
    (``J_Dᵀ ∇ₓp`` at ``x``, ``x̂`` held fixed), so the search below moves what it measures.
-3. With ``normalize_gradient=True`` (default) the shift is ``λ · ‖z‖/‖g‖ · g`` per image: λ is the
+3. With ``normalise_gradient=True`` (default) the shift is ``λ · ‖z‖/‖g‖ · g`` per image: λ is the
    size of the shift relative to the code's norm, the same scale for every image, classifier and
    autoencoder, however saturated the sigmoid. (Its direction is computed from the target's
    logit-scale score, which is a positive multiple of ``∂p/∂z`` — the same direction without the
@@ -69,6 +69,7 @@ import torch
 from torch import Tensor, nn
 
 from xmed.checks import int_at_least, positive
+from xmed.data.keywords import renamed_keywords
 from xmed.errors import ConfigError
 from xmed.explain.counterfactual import (
     Counterfactual,
@@ -103,7 +104,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
             input space (a :class:`~xmed.models.autoencoder.FundusAutoencoder`), or the path of an
             exported one / of a Lightning checkpoint (loaded with
             :func:`~xmed.models.autoencoder.load_autoencoder` onto the model's device).
-        max_lambda: the largest ``|λ|`` (with ``normalize_gradient``: the shift's norm as a share
+        max_lambda: the largest ``|λ|`` (with ``normalise_gradient``: the shift's norm as a share
             of the code's norm).
         n_lambdas: λ steps from 0 to ``max_lambda`` (the most frames after frame 0).
         threshold: the decision threshold on the target's probability (the vCDR value for
@@ -113,8 +114,9 @@ class LatentShiftExplainer(CounterfactualExplainer):
             (True) instead of the raw decoding (False).
         fov_threshold: default field of view: pixels whose un-normalised RGB has a maximum above
             this (in [0, 1]); None: the whole image. A ``fov_mask`` given to the call wins.
-        normalize_gradient: scale the shift to the code's norm (see the module docstring); False:
-            the paper's raw ``λ · ∂p/∂z``.
+        normalise_gradient: scale the shift to the code's norm (see the module docstring); False:
+            the paper's raw ``λ · ∂p/∂z``. (Formerly ``normalize_gradient``, still read with a
+            :class:`DeprecationWarning`.)
 
     Example:
         >>> LatentShiftExplainer(nn.Identity(), nn.Identity())
@@ -125,10 +127,11 @@ class LatentShiftExplainer(CounterfactualExplainer):
 
     name = "latent_shift"
 
+    @renamed_keywords(normalize_gradient="normalise_gradient")
     def __init__(self, model: nn.Module, autoencoder: nn.Module | str | os.PathLike,
                  max_lambda: float = DEFAULT_MAX_LAMBDA, n_lambdas: int = DEFAULT_N_LAMBDAS,
                  threshold: Threshold = 0.5, keep_detail: bool = True,
-                 fov_threshold: float | None = DEFAULT_FOV_THRESHOLD, normalize_gradient: bool = True):
+                 fov_threshold: float | None = DEFAULT_FOV_THRESHOLD, normalise_gradient: bool = True):
         super().__init__(model)
         if isinstance(autoencoder, (str, os.PathLike)):
             autoencoder = load_autoencoder(autoencoder, device=self.device)
@@ -141,7 +144,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
         self.n_lambdas = int_at_least("n_lambdas", n_lambdas, 1)
         self.thresholds = direction_thresholds(threshold)
         self.keep_detail = bool(keep_detail)
-        self.normalize_gradient = bool(normalize_gradient)
+        self.normalise_gradient = bool(normalise_gradient)
         # the field of view and the normalisation are read as the adversarial method reads them
         self._space = InputSpace(model, fov_threshold=fov_threshold)
         self.fov_threshold, self.mean, self.std = self._space.fov_threshold, self._space.mean, self._space.std
@@ -197,7 +200,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
             start = frame_of(decoded, x0, x_hat, keep)  # = x0 (keep_detail) or x̂, with a graph to z
             output = self.model(start)
             score, probability = target_score(output, target)
-            objective = score if self.normalize_gradient else probability
+            objective = score if self.normalise_gradient else probability
             if not objective.requires_grad:
                 raise ConfigError("target", "the target does not depend on the input image")
             (g,) = torch.autograd.grad(objective.sum(), z)
@@ -210,7 +213,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
         del output, score, probability, decoded
 
         per_image = (-1,) + (1,) * (z0.ndim - 1)
-        if self.normalize_gradient:
+        if self.normalise_gradient:
             scale = z0.flatten(1).norm(dim=1) / g.flatten(1).norm(dim=1).clamp_min(1e-12)
             g = g * scale.view(per_image)
         step = sign * self.max_lambda / self.n_lambdas
