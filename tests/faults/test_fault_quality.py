@@ -263,17 +263,18 @@ def test_an_empty_test_split_is_named_not_crashed_on(phantom, tmp_path):
 
 
 def test_explain_records_carry_quality_and_failure(phantom, monkeypatch, tmp_path):
-    from xmed.pipeline.explanation import ExplainModule, ExplanationWriter, RationaleRun, build_metrics
+    from xmed.pipeline.explanation import ExplainModule, ExplanationWriter, build_metrics
     from xmed.pipeline.explanation_report import summarise, write_per_image
     from xmed.data.datasets.base import collate_samples
-    from xmed.explain import GradCAM
+    from xmed.explain import GradCAM, RationaleExplainer
 
     failing_id, _, failing_image = split_eye(phantom, 0)
     white_id, _, _ = split_eye(phantom, 1)
     show_white_for(monkeypatch, phantom, white_id)
     model = tiny_model(phantom).fail_on(failing_image, "logits", math.nan)
     batch = collate_samples([phantom.splits["test"][i] for i in range(4)])
-    module = ExplainModule(model, {"gradcam": GradCAM(model), "rationale": RationaleRun({"counterfactual": None})},
+    module = ExplainModule(model, {"gradcam": GradCAM(model),
+                                   "rationale": RationaleExplainer(model, counterfactual=None, heatmaps=False)},
                            "glaucoma", build_metrics(["deletion"], {"n_steps": 4, "baseline": "blur"}))
     with pytest.warns(QualityWarning, match=rf"1 of 4 images .*: {white_id} \("):
         step = module.predict_step(batch, 0)

@@ -5,6 +5,13 @@ build an explainer once and call it on many batches (``xmed.explain.GradCAM(mode
 Explainers work on any ``nn.Module``; on a :class:`~xmed.models.FundusClassifier` the target
 may be ``"glaucoma"``, a finding code or ``"vcdr"`` (see :mod:`xmed.explain.targets`).
 
+Every explanation method is one class registered in :data:`METHODS` that states its ``name``, its
+``title`` (what readers see) and its ``kind``: ``saliency`` (:class:`Explainer`, also in
+:data:`EXPLAINERS`), ``edit`` (:class:`CounterfactualExplainer`, also in :data:`COUNTERFACTUALS`)
+or ``rationale`` (:class:`RationaleExplainer`). ``xmed-explain``, the review and the study read
+them from there: adding a method is its class, registered, and its config file
+``explainer/<name>.yaml`` (``method: <name>`` and its options) on Hydra's search path.
+
 Example:
     >>> import torch, xmed
     >>> from xmed.models import FundusClassifier
@@ -22,11 +29,15 @@ from torch import Tensor, nn
 
 from xmed.explain.base import (
     EXPLAINERS,
+    KINDS,
+    METHODS,
     Explainer,
     Explanation,
+    ModelMethod,
     get_explainer,
     make_module_callable,
     register_explainer,
+    register_method,
 )
 from xmed.explain.layers import TargetLayer, find_target_layer
 from xmed.explain.saliency import (
@@ -52,6 +63,7 @@ from xmed.explain.counterfactual import (  # the callable submodule stays xmed.e
     CounterfactualExplainer,
     get_counterfactual,
 )
+from xmed.explain.rationale import RationaleExplainer
 
 
 def explain(model: nn.Module, images: Tensor, method: str = "gradcam", target: Target | None = "glaucoma",
@@ -68,7 +80,8 @@ def explain(model: nn.Module, images: Tensor, method: str = "gradcam", target: T
 make_module_callable(__name__, explain)
 
 __all__ = ["COUNTERFACTUALS", "DIRECTIONS", "AdversarialExplainer", "Counterfactual", "CounterfactualExplainer",
-           "counterfactual", "get_counterfactual", "EXPLAINERS", "RISE", "CAMExplainer", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus",
-           "GuidedGradCAM", "HiResCAM", "InputXGradient", "IntegratedGradients", "LayerCAM", "Occlusion",
-           "SmoothGrad", "SmoothGradSquared", "Target", "TargetLayer", "explain", "find_target_layer",
-           "get_explainer", "register_explainer", "select_target", "target_function"]
+           "counterfactual", "get_counterfactual", "EXPLAINERS", "KINDS", "METHODS", "RISE", "CAMExplainer",
+           "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedGradCAM", "HiResCAM", "InputXGradient",
+           "IntegratedGradients", "LayerCAM", "ModelMethod", "Occlusion", "RationaleExplainer", "SmoothGrad",
+           "SmoothGradSquared", "Target", "TargetLayer", "explain", "find_target_layer", "get_explainer",
+           "register_explainer", "register_method", "select_target", "target_function"]

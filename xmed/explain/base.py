@@ -23,7 +23,7 @@ import textwrap
 import time
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from xmed.errors import ConfigError, InputError
 from xmed.explain.targets import Target
 from xmed.findings import canonical_target
-from xmed.registry import Registry
+from xmed.registry import Registry, RegistryView
 
 ChannelReduce = Literal["sum", "abs_sum", "max_abs"]
 
@@ -53,10 +53,23 @@ class Explanation:
     seconds: float
 
 
+#: the kinds of explanation method: a map of where the evidence lies (``saliency``), an edited image
+#: (``edit``: the counterfactual methods), the decision's reasons in clinical words (``rationale``)
+KINDS = ("saliency", "edit", "rationale")
+
+
 class ModelMethod:
-    """What every explanation method holds: the model, and the device its parameters are on."""
+    """What every explanation method holds and says of itself: the model and the device its
+    parameters are on; its registry ``name``, the ``title`` readers see (a review panel's) and its
+    ``kind`` (one of :data:`KINDS`), class attributes that :func:`register_method` checks.
+
+    The two class methods are the cost model of ``xmed-explain``'s ``batch_size: auto``
+    (:func:`xmed.pipeline.explanation.explanation_eye_bytes`), read from a method's config options.
+    """
 
     name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -66,15 +79,43 @@ class ModelMethod:
         param = next(self.model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
 
+    @classmethod
+    def held_graphs(cls, options: Mapping[str, Any]) -> int:
+        """Forward graphs of an eye the method holds at once for its backward pass (one)."""
+        return 1
+
+    @classmethod
+    def recorded_frames(cls, options: Mapping[str, Any]) -> int:
+        """Input-sized images per eye the method keeps beside the eye itself (none; an edit's path)."""
+        return 0
+
+
+def option_value(cls: type, options: Mapping[str, Any], name: str) -> Any:
+    """The constructor argument ``name`` of ``cls`` as ``options`` set it, else its default.
+
+    Example:
+        >>> class Noisy(Explainer):
+        ...     def __init__(self, model, n_samples: int = 25):
+        ...         super().__init__(model)
+        >>> option_value(Noisy, {}, "n_samples"), option_value(Noisy, {"n_samples": 8}, "n_samples")
+        (25, 8)
+    """
+    if name in options:
+        return options[name]
+    return inspect.signature(cls).parameters[name].default
+
 
 class Explainer(ModelMethod):
-    """Base class: subclasses set ``name`` and implement :meth:`attribute`.
+    """Base class of the saliency explainers: subclasses set ``name`` and ``title`` and implement
+    :meth:`attribute`.
 
     Args:
         model: any ``nn.Module`` (a :class:`~xmed.models.FundusClassifier`, timm, torchvision or
             MONAI classifier). Pass it in eval mode: explanations of a model in training mode
             depend on the rest of the batch (BatchNorm) and on dropout.
     """
+
+    kind = "saliency"
 
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
         """B×1×H×W maps for ``images`` (already on the model's device)."""
@@ -193,17 +234,42 @@ def make_module_callable(module_name: str, function: Callable[..., Any]) -> None
                       f"{textwrap.indent(inspect.getdoc(function) or '', '    ')}\n")
 
 
-#: Explainer name -> class (aliases: ``gradcam++``, ``ig``).
-EXPLAINERS: Registry[type[Explainer]] = Registry(
-    "explainer", key="method", aliases={"gradcam++": "gradcampp", "ig": "integrated_gradients"})
+#: Every explanation method by name, whatever its kind: the saliency explainers, the edit methods
+#: (:data:`xmed.explain.counterfactual.COUNTERFACTUALS`) and the rationale
+#: (aliases: ``gradcam++``, ``ig``).
+METHODS: Registry[type[ModelMethod]] = Registry(
+    "explanation method", key="method", aliases={"gradcam++": "gradcampp", "ig": "integrated_gradients"})
+#: The saliency explainers of :data:`METHODS` by name (aliases: ``gradcam++``, ``ig``).
+EXPLAINERS: RegistryView[type[Explainer]] = METHODS.view("explainer", lambda cls: cls.kind == "saliency")
+
+
+def register_method(cls: type[ModelMethod]) -> type[ModelMethod]:
+    """Class decorator: make an explanation method of any kind available by its ``name``
+    (:data:`METHODS`; ``xmed-explain explainer=<name>`` with a config file ``explainer/<name>.yaml``),
+    once it states its ``title`` and its ``kind``.
+
+    Example:
+        >>> class Blank(Explainer):
+        ...     name, title = "blank", ""
+        >>> register_method(Blank)
+        Traceback (most recent call last):
+        ...
+        ValueError: Blank states no title (the name readers see, e.g. 'Grad-CAM')
+    """
+    if not cls.title:
+        raise ValueError(f"{cls.__name__} states no title (the name readers see, e.g. 'Grad-CAM')")
+    if cls.kind not in KINDS:
+        raise ValueError(f"{cls.__name__} has kind {cls.kind!r}; one of {', '.join(KINDS)}")
+    return METHODS.register(cls)
 
 
 def register_explainer(cls: type[Explainer]) -> type[Explainer]:
-    """Class decorator: make an explainer available by its ``name`` (``xmed.explain(method=name)``)."""
-    return EXPLAINERS.register(cls)
+    """Class decorator: make a saliency explainer available by its ``name`` (``xmed.explain(method=name)``)."""
+    if cls.kind != "saliency":
+        raise ValueError(f"{cls.__name__} is of kind {cls.kind!r}, not a saliency explainer: use register_method")
+    return register_method(cls)
 
 
 def get_explainer(method: str) -> type[Explainer]:
     """The explainer class registered as ``method`` (aliases: ``gradcam++``, ``ig``)."""
     return EXPLAINERS.lookup(method)
-

@@ -32,15 +32,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from xmed.data.quality import Quality, assess_prepared, warn_flagged
 from xmed.errors import ConfigError, InputError
-from xmed.explain.base import check_images
-from xmed.explain.counterfactual import counterfactual, edit_changes
+from xmed.explain.base import ModelMethod, check_images, option_value, register_method
+from xmed.explain.counterfactual import counterfactual, edit_changes, get_counterfactual
 from xmed.explain.saliency.cam import GradCAM
 from xmed.findings import FINDING_NAMES, FINDINGS, VCDR
 from xmed.models.feature_check import UNFAMILIAR_FEATURES, with_feature_flags
@@ -178,6 +178,50 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
         r.sentence = sentence(r)
         out.append(r)
     return out
+
+
+@register_method
+class RationaleExplainer(ModelMethod):
+    """The finding-level rationale as a registered explanation method (``METHODS["rationale"]``,
+    ``xmed-explain explainer=rationale``): built once for a model with the options of
+    :func:`rationale`, called on batches of eyes prepared for it.
+
+    Example:
+        >>> from xmed.models import FundusClassifier
+        >>> model = FundusClassifier("test_resnet.r160_in1k", input_size=64, threshold=0.3).eval()
+        >>> explainer = RationaleExplainer(model, counterfactual=None, heatmaps=False)
+        >>> [r.threshold for r in explainer(torch.rand(2, 3, 64, 64))], RationaleExplainer.title
+        ([0.3, 0.3], 'Finding-level rationale')
+        >>> RationaleExplainer(model, counterfactual="nope")
+        Traceback (most recent call last):
+        ...
+        xmed.errors.ConfigError: config key 'counterfactual': unknown counterfactual method 'nope'; known: adversarial, latent_shift
+    """
+
+    name, title, kind = "rationale", "Finding-level rationale", "rationale"
+
+    def __init__(self, model: nn.Module, *, threshold: float | None = None, counterfactual: str | None = "adversarial",
+                 heatmaps: bool = True, counterfactual_options: dict[str, Any] | None = None, min_change: float = 0.15):
+        super().__init__(model)
+        if counterfactual is not None:
+            try:
+                get_counterfactual(counterfactual)
+            except ConfigError as err:
+                raise ConfigError("counterfactual", err.reason) from None
+        self.options = {"threshold": threshold, "counterfactual": counterfactual, "heatmaps": heatmaps,
+                        "counterfactual_options": counterfactual_options, "min_change": min_change}
+
+    def __call__(self, images: Tensor) -> list[Rationale]:
+        """One :class:`Rationale` per eye of a B×3×H×W batch (:func:`rationale`)."""
+        return rationale(self.model, images, **self.options)
+
+    @classmethod
+    def recorded_frames(cls, options: Mapping[str, Any]) -> int:
+        """The frames of its edit's path (none without one)."""
+        method = option_value(cls, options, "counterfactual")
+        if method is None:
+            return 0
+        return get_counterfactual(method).recorded_frames(options.get("counterfactual_options") or {})
 
 
 def _qualities(model: nn.Module, images: Tensor) -> list[Quality]:

@@ -36,8 +36,7 @@ from xmed.data.datamodule import SplitView, datamodule_for_model, eval_loader, e
 from xmed.data.datasets.base import collate_samples
 from xmed.data.quality import warn_flagged
 from xmed.errors import ConfigError, QualityWarning
-from xmed.explain import COUNTERFACTUALS, DIRECTIONS, EXPLAINERS, get_counterfactual, get_explainer
-from xmed.explain.rationale import rationale
+from xmed.explain import DIRECTIONS, EXPLAINERS, METHODS, get_explainer
 from xmed.explain.targets import target_function
 from xmed.findings import FINDINGS, VCDR, canonical_target, finding_index
 from xmed.inference import RecordWriter, score_batch
@@ -89,40 +88,36 @@ def ground_truth(batch: Mapping[str, Any], target: str, edit: bool = False) -> T
 
 
 class CounterfactualRun:
-    """A counterfactual explainer and the directions it is run in."""
+    """An edit method and the directions it is run in."""
+
+    kind = "edit"
 
     def __init__(self, explainer: Any, directions: list[str]):
         self.explainer, self.directions = explainer, directions
 
 
-class RationaleRun:
-    """The finding-level rationale with its options (``xmed.rationale``)."""
-
-    def __init__(self, options: Mapping[str, Any]):
-        self.options = dict(options)
-
-
 def build_explainers(model: torch.nn.Module, explainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``{run name: explainer}`` from the ``explainer`` config group (one entry per method):
-    saliency explainers, counterfactual runs (``adversarial``) and the ``rationale``."""
+    """``{run name: explainer}`` from the ``explainer`` config group (one entry per method, of any
+    registered kind: :data:`xmed.explain.METHODS`): saliency explainers, edit methods with the
+    directions they run in (:class:`CounterfactualRun`) and rationales."""
     if not explainer_cfg:
         raise ConfigError("explainer", "no explainer selected; e.g. explainer=gradcam or 'explainer=[gradcam,rise]'")
     explainers = {}
     for name, options in explainer_cfg.items():
         options = dict(options or {})
-        method = options.pop("method", name)
         try:
-            if method == "rationale":
-                explainers[name] = RationaleRun(options)
-            elif method in COUNTERFACTUALS:
+            cls = METHODS.lookup(options.pop("method", name))
+            if cls.kind == "edit":
                 directions = list(options.pop("directions", DIRECTIONS))
                 for direction in directions:
                     if direction not in DIRECTIONS:
                         raise ConfigError(f"explainer.{name}.directions", f"unknown direction {direction!r}; "
                                                                          f"use {', '.join(DIRECTIONS)}")
-                explainers[name] = CounterfactualRun(get_counterfactual(method)(model, **options), directions)
+                explainers[name] = CounterfactualRun(cls(model, **options), directions)
+            elif cls.kind == "rationale":
+                explainers[name] = cls(model, **options, heatmaps=False)  # its JSON holds no maps
             else:
-                explainers[name] = get_explainer(method)(model, **options)
+                explainers[name] = cls(model, **options)
         except TypeError as err:
             raise ConfigError(f"explainer.{name}", str(err)) from None
         except ConfigError as err:
@@ -173,7 +168,7 @@ class ExplainModule(L.LightningModule):
         per_eye = self._eye_columns(batch)
         truth = ground_truth(batch, self.target)
         edit_truth = (ground_truth(batch, self.target, edit=True)
-                      if any(isinstance(e, CounterfactualRun) for e in self.explainers.values()) else None)
+                      if any(e.kind == "edit" for e in self.explainers.values()) else None)
         marker = None
         if "shortcut" in (batch.get("masks") or {}):
             marker = batch["masks"]["shortcut"].to(images.device) & batch["mask_valid"]["shortcut"].to(images.device)[:, None, None]
@@ -181,10 +176,10 @@ class ExplainModule(L.LightningModule):
         forward = target_function(self.model, self.target, as_probability=True)
         records = []
         for name, explainer in self.explainers.items():
-            if isinstance(explainer, CounterfactualRun):
+            if explainer.kind == "edit":
                 records += self._counterfactuals(name, explainer, images, ids, edit_truth, out)
                 continue
-            if isinstance(explainer, RationaleRun):
+            if explainer.kind == "rationale":
                 out["rationales"][name] = self._rationales(explainer, images, ids, per_eye)
                 continue
             bf16 = self.autocast and gradient_method(explainer)
@@ -239,14 +234,14 @@ class ExplainModule(L.LightningModule):
             out["paths"].append((method, [ids[i] for i in shown], cf.frames[:, shown].float().cpu(), difference[shown]))
         return records
 
-    def _rationales(self, run: RationaleRun, images: Tensor, ids: list[str],
+    def _rationales(self, explainer: Any, images: Tensor, ids: list[str],
                     per_eye: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, Any]]:
         """``{id: rationale as a dict}``; an eye without a finite output has no decision to explain:
         its entry gives its status."""
         decided = [i for i, eye_id in enumerate(ids) if not per_eye[eye_id]["status"]]
         with warnings.catch_warnings():  # already warned about, by eye id (_eye_columns)
             warnings.simplefilter("ignore", QualityWarning)
-            explained = rationale(self.model, images[decided], heatmaps=False, **run.options) if decided else []
+            explained = explainer(images[decided]) if decided else []
         contents = {ids[i]: r.to_dict() for i, r in zip(decided, explained)}
         return {eye_id: {"id": eye_id, **contents.get(eye_id, per_eye[eye_id])} for eye_id in ids}
 
@@ -377,28 +372,20 @@ def _mean_defined(values: Tensor) -> float | None:
     return round(float(values.mean()), 6) if values.numel() else None
 
 
-#: graphs per eye a method holds at once, beyond one (the cost model of ``batch_size: auto``):
-#: guided Grad-CAM keeps Grad-CAM's and guided backpropagation's; SmoothGrad its noisy copies
-_EXTRA_GRAPHS = {"guided_gradcam": lambda options: 2}
-for _name in ("smoothgrad", "smoothgrad_sq"):
-    _EXTRA_GRAPHS[_name] = lambda options: options.get("batch_size") or options.get("n_samples", 25)
-
-
 def explanation_eye_bytes(model, explainer_cfg: Mapping[str, Any], device) -> float:
     """Device memory one eye takes in an ``xmed-explain`` step (the cost model of ``batch_size:
     auto``), from :func:`xmed.runtime.eye_cost` measured on ``device``: the graphs of its forward
     pass the most demanding method keeps for its backward pass (one; guided Grad-CAM two;
-    SmoothGrad one per noisy copy it runs at once), or the passes without gradients of the
-    faithfulness metrics (four eyes' worth at once), whichever is larger; plus the eye itself and
-    the frames a counterfactual path records."""
+    SmoothGrad one per noisy copy it runs at once: each class's ``held_graphs``), or the passes
+    without gradients of the faithfulness metrics (four eyes' worth at once), whichever is larger;
+    plus the eye itself and the frames the edits' paths record (``recorded_frames``)."""
     cost = eye_cost(model.to(device), model.data_config.input_size, device)
     graphs, frames = 1, 1
     for name, options in explainer_cfg.items():
         options = dict(options or {})
-        method = options.get("method", name)
-        graphs = max(graphs, int(_EXTRA_GRAPHS.get(method, lambda o: 1)(options)))
-        if method in ("adversarial", "rationale"):
-            frames += int(options.get("max_steps", 50)) // max(int(options.get("record_every", 10)), 1) + 2
+        cls = METHODS.lookup(options.pop("method", name))
+        graphs = max(graphs, int(cls.held_graphs(options)))
+        frames += int(cls.recorded_frames(options))
     return max(graphs * cost.graph, 4 * cost.transient) + frames * cost.input
 
 

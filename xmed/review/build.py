@@ -54,10 +54,9 @@ FIXED_GOALS = {"decrease": 0.05, "increase": 0.95}
 #: edits (91 % at 0.12; 75 % at the 0.08 the colour edits needed), and a smoothed gradient so that
 #: the edit changes structures, not single pixels (``benchmarks/results/edit_anatomy``)
 COUNTERFACTUAL_DEFAULTS = {"relative_epsilon": 0.12, "max_steps": 100, "smooth": 2.0, "colour": "lightness"}
-TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM",
-          "integrated_gradients": "Integrated gradients", "rise": "RISE", "occlusion": "Occlusion",
-          "smoothgrad": "SmoothGrad", "smoothgrad_sq": "SmoothGrad²", "input_x_gradient": "Input × gradient",
-          "guided_gradcam": "Guided Grad-CAM", "adversarial": "Adversarial explanation"}
+#: the session's panel kind of each kind of explanation method (``session.json`` says "counterfactual"
+#: for an edit); a panel's title is its method's own (:data:`xmed.explain.METHODS`)
+PANEL_KINDS = {"saliency": "saliency", "edit": "counterfactual"}
 SIDES = {"OD": "right", "OS": "left"}
 
 
@@ -127,9 +126,8 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
             case["id"] = case_id
             scores = automatic.get(key[case_id], {})
             cases.append(write_case(folder, case, photo, maps, edits, scores, fov))
-    method_list = [{"name": m, "kind": "saliency", "title": TITLES.get(m, m)} for m in methods]
-    if editor is not None:
-        method_list.append({"name": "adversarial", "kind": "counterfactual", "title": TITLES["adversarial"]})
+    shown = {**explainers, **({"adversarial": editor} if editor is not None else {})}
+    method_list = [{"name": m, "kind": PANEL_KINDS[e.kind], "title": e.title} for m, e in shown.items()]
     head = _bottleneck(net)
     # no source path in the session: a folder name may name a patient; key.csv keeps the link
     write_session(folder, title=title or f"Review of {_model_name(net)}", mode=mode, seed=seed,

@@ -10,7 +10,8 @@ edit moved (a shrinking cup, a filled-in rim notch...: :func:`edit_changes`).
 Like :mod:`xmed.explain`, this package is both a module and a function: call it for a one-off
 counterfactual, or build a method once and call it on many batches
 (``AdversarialExplainer(model, max_steps=30)(images, "glaucoma", "decrease")``). Methods are
-registered in :data:`COUNTERFACTUALS` (``adversarial``, ``latent_shift``).
+registered in :data:`COUNTERFACTUALS` (``adversarial``, ``latent_shift``), the edit methods of
+:data:`xmed.explain.METHODS`.
 
 Example:
     >>> import torch
@@ -35,15 +36,17 @@ from torch import Tensor, nn
 
 from xmed.errors import ConfigError
 from xmed.explain.base import (
+    METHODS,
     ModelMethod,
     check_images,
     describe_target,
     make_module_callable,
+    register_method,
     synchronize,
 )
 from xmed.explain.targets import Target
 from xmed.findings import FINDINGS, VCDR
-from xmed.registry import Registry
+from xmed.registry import RegistryView
 
 Direction = Literal["decrease", "increase"]
 DIRECTIONS: tuple[str, ...] = ("decrease", "increase")
@@ -155,11 +158,13 @@ class Counterfactual:
 
 
 class CounterfactualExplainer(ModelMethod):
-    """Base class: subclasses set ``name`` and implement :meth:`generate`.
+    """Base class of the edit methods: subclasses set ``name`` and ``title`` and implement :meth:`generate`.
 
     Args:
         model: any differentiable ``nn.Module`` (pass it in eval mode; its mode is left as it is).
     """
+
+    kind = "edit"
 
     def generate(self, images: Tensor, target: Target | None, direction: Direction,
                  fov_mask: Tensor | None) -> Counterfactual:
@@ -185,13 +190,16 @@ class CounterfactualExplainer(ModelMethod):
 
 
 
-#: Counterfactual method name -> class.
-COUNTERFACTUALS: Registry[type[CounterfactualExplainer]] = Registry("counterfactual method", key="method")
+#: The edit methods of :data:`xmed.explain.METHODS` (kind ``edit``) by name.
+COUNTERFACTUALS: RegistryView[type[CounterfactualExplainer]] = METHODS.view(
+    "counterfactual method", lambda cls: cls.kind == "edit")
 
 
 def register_counterfactual(cls: type[CounterfactualExplainer]) -> type[CounterfactualExplainer]:
     """Class decorator: make a method available by its ``name`` (``counterfactual(method=name)``)."""
-    return COUNTERFACTUALS.register(cls)
+    if cls.kind != "edit":
+        raise ValueError(f"{cls.__name__} is of kind {cls.kind!r}, not an edit method: use register_method")
+    return register_method(cls)
 
 
 def get_counterfactual(method: str) -> type[CounterfactualExplainer]:

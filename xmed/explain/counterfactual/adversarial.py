@@ -95,6 +95,7 @@ from torch import Tensor, nn
 
 from xmed.checks import int_at_least, non_negative, positive
 from xmed.errors import ConfigError
+from xmed.explain.base import option_value
 from xmed.explain.counterfactual import (
     Counterfactual,
     CounterfactualExplainer,
@@ -222,7 +223,7 @@ class AdversarialExplainer(CounterfactualExplainer):
         xmed.errors.ConfigError: config key 'max_steps': must be an int >= 1, got 0
     """
 
-    name = "adversarial"
+    name, title = "adversarial", "Adversarial explanation"
 
     def __init__(self, model: nn.Module, epsilon: float | None = None,
                  relative_epsilon: float = DEFAULT_RELATIVE_EPSILON, max_steps: int = 50, threshold: Threshold = 0.5,
@@ -261,6 +262,12 @@ class AdversarialExplainer(CounterfactualExplainer):
         self.pixel_range = None if pixel_range is None else (float(pixel_range[0]), float(pixel_range[1]))
         self.record_every = int_at_least("record_every", record_every, 1)
         self.checkpoints = apgd_checkpoints(self.max_steps)
+
+    @classmethod
+    def recorded_frames(cls, options: Mapping[str, Any]) -> int:
+        """The frames of its path: the input, one every ``record_every`` steps and the end."""
+        every = max(int(option_value(cls, options, "record_every")), 1)
+        return int(option_value(cls, options, "max_steps")) // every + 2
 
     # ------------------------------------------------------------------ set-up
     def field_of_view(self, images: Tensor, fov_mask: Tensor | None = None) -> Tensor:

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +72,7 @@ from torch import Tensor, nn
 from xmed.checks import int_at_least, positive
 from xmed.data.keywords import renamed_keywords
 from xmed.errors import ConfigError
+from xmed.explain.base import option_value
 from xmed.explain.counterfactual import (
     Counterfactual,
     CounterfactualExplainer,
@@ -125,7 +127,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
         xmed.errors.ConfigError: config key 'autoencoder': needs encode(x) and decode(z) methods (a FundusAutoencoder), got Identity
     """
 
-    name = "latent_shift"
+    name, title = "latent_shift", "Latent shift"
 
     @renamed_keywords(normalize_gradient="normalise_gradient")
     def __init__(self, model: nn.Module, autoencoder: nn.Module | str | os.PathLike,
@@ -149,6 +151,11 @@ class LatentShiftExplainer(CounterfactualExplainer):
         self._space = InputSpace(model, fov_threshold=fov_threshold)
         self.fov_threshold, self.mean, self.std = self._space.fov_threshold, self._space.mean, self._space.std
         _check_same_space(model, autoencoder)
+
+    @classmethod
+    def recorded_frames(cls, options: Mapping[str, Any]) -> int:
+        """The frames of its path: the input and one per λ step."""
+        return int(option_value(cls, options, "n_lambdas")) + 1
 
     def field_of_view(self, images: Tensor, fov_mask: Tensor | None = None) -> Tensor:
         """B×1×H×W bool: where the change is kept (``fov_mask`` checked, or the default)."""

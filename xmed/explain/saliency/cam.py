@@ -105,7 +105,7 @@ class CAMExplainer(Explainer):
 class GradCAM(CAMExplainer):
     """Grad-CAM (Selvaraju et al., 2017): channels weighted by their spatially averaged gradient."""
 
-    name = "gradcam"
+    name, title = "gradcam", "Grad-CAM"
 
     def weigh(self, acts: Tensor, grads: Tensor) -> Tensor:
         weights = grads.mean(dim=(2, 3), keepdim=True)
@@ -117,7 +117,7 @@ class GradCAMPlusPlus(CAMExplainer):
     """Grad-CAM++ (Chattopadhay et al., 2018): pixel-wise weights α from higher-order terms,
     with the exponential-score closed form (second/third derivatives as powers of the first)."""
 
-    name = "gradcampp"
+    name, title = "gradcampp", "Grad-CAM++"
 
     def weigh(self, acts: Tensor, grads: Tensor) -> Tensor:
         g2, g3 = grads.pow(2), grads.pow(3)
@@ -132,7 +132,7 @@ class HiResCAM(CAMExplainer):
     """HiResCAM (Draelos & Carin, 2020): activations times gradients element-wise, summed over
     channels — provably faithful to the score for heads that pool linearly."""
 
-    name = "hirescam"
+    name, title = "hirescam", "HiResCAM"
 
     def weigh(self, acts: Tensor, grads: Tensor) -> Tensor:
         return (grads * acts).sum(dim=1, keepdim=True)
@@ -142,7 +142,7 @@ class HiResCAM(CAMExplainer):
 class LayerCAM(CAMExplainer):
     """Layer-CAM (Jiang et al., 2021): activations times the positive gradients, element-wise."""
 
-    name = "layercam"
+    name, title = "layercam", "LayerCAM"
 
     def weigh(self, acts: Tensor, grads: Tensor) -> Tensor:
         return (grads.clamp(min=0) * acts).sum(dim=1, keepdim=True)

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from xmed.errors import ConfigError
 from xmed.models.baselines import Baseline, make_baseline
-from xmed.explain.base import ChannelReduce, Explainer, reduce_channels, register_explainer
+from xmed.explain.base import ChannelReduce, Explainer, option_value, reduce_channels, register_explainer
 from xmed.explain.saliency.cam import GradCAM
 from xmed.explain.targets import Target, captum_forward, fix_target
 
@@ -43,7 +43,7 @@ class IntegratedGradients(Explainer):
         method: captum's integration rule (``gausslegendre``, ``riemann_trapezoid``, ...).
     """
 
-    name = "integrated_gradients"
+    name, title = "integrated_gradients", "Integrated gradients"
 
     def __init__(self, model: nn.Module, n_steps: int = 64, baseline: Baseline | float | Tensor = "zero",
                  internal_batch_size: int | None = None, method: str = "gausslegendre",
@@ -74,7 +74,7 @@ class SmoothGrad(Explainer):
         batch_size: noisy copies per forward pass (None: all at once).
     """
 
-    name = "smoothgrad"
+    name, title = "smoothgrad", "SmoothGrad"
     nt_type = "smoothgrad"
 
     def __init__(self, model: nn.Module, n_samples: int = 25, noise_level: float = 0.15,
@@ -82,6 +82,11 @@ class SmoothGrad(Explainer):
         super().__init__(model)
         self.n_samples, self.noise_level, self.batch_size = n_samples, noise_level, batch_size
         self.channel_reduce, self.seed = channel_reduce, seed
+
+    @classmethod
+    def held_graphs(cls, options: Mapping[str, Any]) -> int:
+        """One graph per noisy copy run at once (``batch_size``; None: all ``n_samples``)."""
+        return int(option_value(cls, options, "batch_size") or option_value(cls, options, "n_samples"))
 
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
         from captum.attr import NoiseTunnel, Saliency
@@ -99,7 +104,7 @@ class SmoothGrad(Explainer):
 class SmoothGradSquared(SmoothGrad):
     """SmoothGrad² (Hooker et al., 2019): the mean of the *squared* noisy gradients."""
 
-    name = "smoothgrad_sq"
+    name, title = "smoothgrad_sq", "SmoothGrad²"
     nt_type = "smoothgrad_sq"
 
 
@@ -107,7 +112,7 @@ class SmoothGradSquared(SmoothGrad):
 class InputXGradient(Explainer):
     """Input × gradient (Shrikumar et al., 2016), via captum."""
 
-    name = "input_x_gradient"
+    name, title = "input_x_gradient", "Input × gradient"
 
     def __init__(self, model: nn.Module, channel_reduce: ChannelReduce = "sum"):
         super().__init__(model)
@@ -128,13 +133,18 @@ class GuidedGradCAM(Explainer):
     """Guided Grad-CAM (Selvaraju et al., 2017): guided backpropagation (captum) times the
     upsampled Grad-CAM map. Guided backpropagation needs the network's ReLUs as modules."""
 
-    name = "guided_gradcam"
+    name, title = "guided_gradcam", "Guided Grad-CAM"
 
     def __init__(self, model: nn.Module, layer: nn.Module | str | None = None,
                  channel_reduce: ChannelReduce = "abs_sum"):
         super().__init__(model)
         self.gradcam = GradCAM(model, layer)
         self.channel_reduce = channel_reduce
+
+    @classmethod
+    def held_graphs(cls, options: Mapping[str, Any]) -> int:
+        """Grad-CAM's graph and guided backpropagation's."""
+        return 2
 
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
         from captum.attr import GuidedBackprop

@@ -36,7 +36,7 @@ class Occlusion(Explainer):
         batch_size: occluded images per forward pass.
     """
 
-    name = "occlusion"
+    name, title = "occlusion", "Occlusion"
 
     def __init__(self, model: nn.Module, window: int | None = None, stride: int | None = None,
                  baseline: Baseline | float = "zero", batch_size: int = 64):
@@ -83,7 +83,7 @@ class RISE(Explainer):
         centre: subtract the mean masked score (see above); False gives the paper's scale.
     """
 
-    name = "rise"
+    name, title = "rise", "RISE"
 
     def __init__(self, model: nn.Module, n_masks: int = 500, grid: int = 8, p_keep: float = 0.5,
                  batch_size: int = 64, baseline: Baseline | float = "zero", seed: int | None = 0,
