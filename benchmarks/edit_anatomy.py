@@ -190,12 +190,12 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(model: Path, n: int, size: int, batch_size: int) -> dict[str, Any]:
-    from xmed.data.transforms import build_transforms
+    from xmed.data.transforms import eval_transform
     from xmed.models.export import load_model
 
     net = load_model(model)
     dc = net.data_config
-    transform = build_transforms("eval", dc.input_size, dc.mean, dc.std, preprocess=dc.preprocess())
+    transform = eval_transform(dc)
     eyes = [render_phantom(SEED + i, size, **PHANTOM) for i in range(n)]
     pairs = [prepared(transform, eye) for eye in eyes]
     inputs = torch.stack([x for x, _ in pairs])

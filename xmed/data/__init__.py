@@ -25,6 +25,7 @@ _EXPORTS = {
     "find_fov": "xmed.data.preprocess",
     "FundusPreprocess": "xmed.data.preprocess",
     "build_transforms": "xmed.data.transforms",
+    "eval_transform": "xmed.data.transforms",
     "normalise_images": "xmed.data.normalise",
     "get_dataset": "xmed.data.datasets",
     "collate_samples": "xmed.data.datasets",

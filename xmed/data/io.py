@@ -1,7 +1,7 @@
 """Reading fundus photographs, masks and DICOM files into numpy arrays.
 
 :func:`read_image` returns every photograph as ``H×W×3`` uint8 RGB, whatever its format or mode
-(JPEG, PNG, BMP, TIFF, DICOM; grayscale, alpha, 16-bit, palette, CMYK). :func:`read_mask` returns
+(JPEG, PNG, BMP, TIFF, DICOM; greyscale, alpha, 16-bit, palette, CMYK). :func:`read_mask` returns
 the raw levels of a mask file. :func:`read_dicom` also returns de-identified metadata: a salted
 pseudonym of the instance, the eye and a few technical attributes, never a patient identifier.
 :func:`read_image_reduced` decodes a JPEG at 1/2, 1/4 or 1/8 of its size where fewer pixels do.
@@ -94,7 +94,7 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
 
     JPEG, PNG, BMP and TIFF are decoded with Pillow (first frame of multi-page files), after
     applying the EXIF orientation. DICOM files (the ``DICM`` prefix at byte 128, or a ``.dcm``
-    suffix) go to :func:`read_dicom`. Modes are converted explicitly: grayscale is repeated on
+    suffix) go to :func:`read_dicom`. Modes are converted explicitly: greyscale is repeated on
     three channels; alpha (RGBA, LA, palette transparency) is composited onto **black**, the
     background of a fundus photograph; 16-bit images are scaled to 8 bits by their bit depth
     (``0x8000`` in a 16-bit PNG gives 128; a TIFF's BitsPerSample is honoured), and values above
@@ -361,10 +361,10 @@ def _pil_to_rgb(path: Path, image: Image.Image) -> np.ndarray:
     if mode == "RGB":
         return np.array(image)
     if mode in ("1", "L"):
-        return gray_to_rgb(np.array(image.convert("L")))
+        return grey_to_rgb(np.array(image.convert("L")))
     if mode in ("LA", "La"):
-        gray_alpha = np.array(image.convert("LA"))
-        return gray_to_rgb(onto_black(gray_alpha[..., :1], gray_alpha[..., 1])[..., 0])
+        grey_alpha = np.array(image.convert("LA"))
+        return grey_to_rgb(onto_black(grey_alpha[..., :1], grey_alpha[..., 1])[..., 0])
     if mode in ("RGBA", "RGBa"):
         rgba = np.array(image.convert("RGBA"))
         return onto_black(rgba[..., :3], rgba[..., 3])
@@ -372,7 +372,7 @@ def _pil_to_rgb(path: Path, image: Image.Image) -> np.ndarray:
         values = np.array(image)
         if values.size and values.min() < 0:
             raise ImageReadError(path, f"negative values in a {mode} image are not supported")
-        return gray_to_rgb(_to_uint8(values, _pil_bit_depth(image)))
+        return grey_to_rgb(_to_uint8(values, _pil_bit_depth(image)))
     if mode in ("CMYK", "YCbCr", "RGBX", "LAB", "HSV"):
         return np.array(image.convert("RGB"))
     raise ImageReadError(path, f"unsupported image mode {mode!r} (e.g. floating point)")
@@ -405,9 +405,9 @@ def _to_uint8(values: np.ndarray, bits: int) -> np.ndarray:
     return ((values * 255 + top // 2) // top).astype(np.uint8)
 
 
-def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
-    """An H×W gray image as H×W×3 (the value repeated in every channel)."""
-    return np.repeat(gray[..., None], 3, axis=-1)
+def grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    """An H×W grey image as H×W×3 (the value repeated in every channel)."""
+    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def onto_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -563,7 +563,7 @@ def _dicom_pixels_to_rgb(path: Path, ds, pixels: np.ndarray, photometric: str) -
     if photometric in ("MONOCHROME1", "MONOCHROME2") and pixels.ndim == 2:
         if photometric == "MONOCHROME1":  # 0 is white
             pixels = np.uint64((1 << bits) - 1) - pixels.astype(np.uint64)
-        return gray_to_rgb(_to_uint8(pixels, bits))
+        return grey_to_rgb(_to_uint8(pixels, bits))
     if photometric == "PALETTE COLOR" and pixels.ndim == 2:
         from pydicom.pixels import apply_color_lut
 

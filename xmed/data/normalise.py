@@ -1,5 +1,11 @@
 """Normalisation of uint8 pixels into a model's input space, on whatever device they are, and back.
 
+:func:`normalise_images` is the one definition of the normalisation: the training loader's
+batches (normalised on the device), the evaluation transform (:meth:`FundusTransform.normalise
+<xmed.data.transforms.FundusTransform.normalise>`, which ``model.prepare`` and the val/test loaders
+use) and the device pipeline all call it, so a photograph gives the same tensor in training and in
+evaluation.
+
 Kept apart from :mod:`xmed.data.transforms` (albumentations, OpenCV) so that models import it
 without the image-processing stack.
 """
@@ -25,7 +31,7 @@ def normalise_images(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN
     The training loader hands its images over as uint8 (``build_transforms(normalise=False)``): a
     quarter of the bytes through shared memory, pinning and the copy to the device, and no
     normalising in the workers. Equal to albumentations' ``Normalize`` (``max_pixel_value=255``)
-    to float32 rounding.
+    to float32 rounding (``tests/test_transforms.py``).
 
     Example:
         >>> x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 2).expand(3, 1, 2)

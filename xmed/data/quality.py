@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import cv2
 import numpy as np
 
-from xmed.data.io import gray_to_rgb, onto_black
+from xmed.data.io import grey_to_rgb, onto_black
 from xmed.data.preprocess import FieldOfView, find_fov
 from xmed.errors import InputError, QualityWarning
 
@@ -126,7 +126,7 @@ def as_photograph(image: Any, index: int | None = None, name: str = "images") ->
     ``index`` and what to pass instead.
 
     Converted explicitly, as :func:`xmed.data.read_image` converts files: float pixels in [0, 1]
-    are scaled by 255 and rounded; grayscale (``H×W`` or ``H×W×1``) is repeated on three
+    are scaled by 255 and rounded; greyscale (``H×W`` or ``H×W×1``) is repeated on three
     channels; RGBA (``H×W×4``) is composited onto black. Refused: other pixel types (uint16 —
     its bit depth is not in the array —, signed integers, bool), float pixels outside [0, 1] or
     not finite, channels-first arrays, other shapes, and a shorter side below :data:`MIN_SIDE`.
@@ -172,7 +172,7 @@ def as_photograph(image: Any, index: int | None = None, name: str = "images") ->
         raise refuse(f"has {image.dtype} pixels; pass uint8 (0-255) or float in [0, 1] "
                      f"(e.g. image.astype(np.uint8) if its values are 0-255)")
     if image.ndim == 2 or shape[2] == 1:
-        return gray_to_rgb(image.reshape(shape[:2]))
+        return grey_to_rgb(image.reshape(shape[:2]))
     if shape[2] == 4:
         return onto_black(image[..., :3], image[..., 3])
     return image

@@ -269,7 +269,7 @@ class FundusClassifier(nn.Module):
 
         ``images`` is one photograph or several (a list, or an N×H×W×3 array). A photograph is an
         ``H×W×3`` uint8 RGB array at least 32 px on its shorter side; float pixels in [0, 1],
-        grayscale and RGBA arrays are converted explicitly, as :func:`xmed.data.read_image` converts
+        greyscale and RGBA arrays are converted explicitly, as :func:`xmed.data.read_image` converts
         files (:func:`xmed.data.quality.as_photograph`). Anything else — uint16 or other integer
         pixels, NaN, floats outside [0, 1], channels-first or tiny arrays, non-arrays, an empty
         list — raises :class:`~xmed.errors.InputError` (``images``) naming the image's index and
