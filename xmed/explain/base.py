@@ -116,6 +116,9 @@ class Explainer(ModelMethod):
     """
 
     kind = "saliency"
+    #: whether its cost is backward passes, which bf16 autocast speeds up (``xmed-explain autocast=``);
+    #: a method that reads small differences of the model's scores (occlusion, RISE) keeps False
+    backward_pass: ClassVar[bool] = False
 
     def attribute(self, images: Tensor, target: Target | None) -> Tensor:
         """B×1×H×W maps for ``images`` (already on the model's device)."""

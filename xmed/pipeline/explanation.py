@@ -129,16 +129,16 @@ def build_explainers(model: torch.nn.Module, explainer_cfg: Mapping[str, Any]) -
 
 
 def gradient_method(explainer: Any) -> bool:
-    """Whether ``autocast`` runs ``explainer`` in bf16: the saliency methods whose cost is a backward pass
-    (the CAMs, Integrated Gradients, SmoothGrad, input×gradient, guided Grad-CAM), not occlusion and
-    RISE, which read small differences of the model's scores that bf16 would round away.
+    """Whether ``autocast`` runs ``explainer`` in bf16: the saliency methods whose cost is a backward pass,
+    as their class says (``backward_pass``: the CAMs, Integrated Gradients, SmoothGrad, input×gradient,
+    guided Grad-CAM), not occlusion and RISE, which read small differences of the model's scores that
+    bf16 would round away.
 
     Example:
-        >>> from xmed.explain import EXPLAINERS
         >>> [name for name, cls in EXPLAINERS.items() if not gradient_method(cls.__new__(cls))]
         ['occlusion', 'rise']
     """
-    return type(explainer).__module__ in ("xmed.explain.saliency.cam", "xmed.explain.saliency.gradient")
+    return bool(getattr(explainer, "backward_pass", False))
 
 
 class ExplainModule(L.LightningModule):

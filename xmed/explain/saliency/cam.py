@@ -41,6 +41,8 @@ class CAMExplainer(Explainer):
         upsample: ``"bilinear"`` or ``"nearest"`` interpolation to the input size.
     """
 
+    backward_pass = True
+
     def __init__(self, model: nn.Module, layer: nn.Module | str | None = None, relu: bool = True,
                  upsample: str = "bilinear"):
         super().__init__(model)

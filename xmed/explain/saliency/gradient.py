@@ -44,6 +44,7 @@ class IntegratedGradients(Explainer):
     """
 
     name, title = "integrated_gradients", "Integrated gradients"
+    backward_pass = True
 
     def __init__(self, model: nn.Module, n_steps: int = 64, baseline: Baseline | float | Tensor = "zero",
                  internal_batch_size: int | None = None, method: str = "gausslegendre",
@@ -75,6 +76,7 @@ class SmoothGrad(Explainer):
     """
 
     name, title = "smoothgrad", "SmoothGrad"
+    backward_pass = True
     nt_type = "smoothgrad"
 
     def __init__(self, model: nn.Module, n_samples: int = 25, noise_level: float = 0.15,
@@ -113,6 +115,7 @@ class InputXGradient(Explainer):
     """Input × gradient (Shrikumar et al., 2016), via captum."""
 
     name, title = "input_x_gradient", "Input × gradient"
+    backward_pass = True
 
     def __init__(self, model: nn.Module, channel_reduce: ChannelReduce = "sum"):
         super().__init__(model)
@@ -134,6 +137,7 @@ class GuidedGradCAM(Explainer):
     upsampled Grad-CAM map. Guided backpropagation needs the network's ReLUs as modules."""
 
     name, title = "guided_gradcam", "Guided Grad-CAM"
+    backward_pass = True
 
     def __init__(self, model: nn.Module, layer: nn.Module | str | None = None,
                  channel_reduce: ChannelReduce = "abs_sum"):
