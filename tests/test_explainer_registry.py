@@ -47,6 +47,17 @@ def test_every_method_states_its_title_and_kind_and_has_its_config_file():
     assert "ig" not in COUNTERFACTUALS.aliases
 
 
+def test_each_class_states_what_it_costs_and_whether_bf16_may_run_it():
+    assert {name: cls.held_graphs({}) for name, cls in METHODS.items() if cls.held_graphs({}) != 1} == {
+        "smoothgrad": 25, "smoothgrad_sq": 25, "guided_gradcam": 2}
+    assert METHODS["smoothgrad"].held_graphs({"n_samples": 25, "batch_size": 5}) == 5
+    assert METHODS["adversarial"].recorded_frames({"max_steps": 30, "record_every": 10}) == 3 + 2
+    assert METHODS["latent_shift"].recorded_frames({"n_lambdas": 5}) == 5 + 1
+    assert METHODS["rationale"].recorded_frames({}) == METHODS["adversarial"].recorded_frames({}) == 50 // 10 + 2
+    assert METHODS["rationale"].recorded_frames({"counterfactual": None}) == METHODS["gradcam"].recorded_frames({}) == 0
+    assert [name for name, cls in EXPLAINERS.items() if not cls.backward_pass] == ["occlusion", "rise"]
+
+
 def test_a_method_without_a_title_or_of_an_unknown_kind_is_refused():
     class Untitled(Explainer):
         name = "untitled"
