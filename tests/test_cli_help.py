@@ -1,5 +1,5 @@
 """`--help` of the Hydra commands: each command's own page (summary, main overrides, examples,
-config groups) from xmed/configs/hydra/help/<command>.yaml; `--hydra-help` stays Hydra's."""
+config groups) from configs/hydra/help/<command>.yaml; `--hydra-help` stays Hydra's."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -52,6 +53,8 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """(bin folder of a fresh venv holding the xmed wheel, environment to run it with)."""
     base = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # setuptools' scratch folder: it keeps files of an earlier build, even of configs deleted since
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
          "-w", str(base / "dist"), str(ROOT)], cwd=base, env=env)
     wheel, = (base / "dist").glob("xmed-*.whl")
@@ -75,6 +78,22 @@ def test_the_wheel_holds_configs_and_card_template_and_imports_from_the_venv(ins
     assert lines[0].startswith(venv_root) and lines[1].startswith(venv_root), lines
     assert lines[2] == "True"
     assert "'phantom_smoke.yaml'" in lines[3]
+
+
+def test_the_package_list_names_every_package_and_maps_the_configs_folder():
+    tomllib = pytest.importorskip("tomllib")
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "xmed").rglob("__init__.py")}
+    assert set(settings["packages"]) == on_disk | {"xmed.configs"}
+    assert settings["package-dir"] == {"xmed.configs": "configs"}
+    assert (ROOT / "configs" / "__init__.py").is_file() and not (ROOT / "xmed" / "configs").exists()
+
+
+def test_the_wheel_ships_every_config_file(installed, tmp_path):
+    bin_dir, env = installed
+    code = "import xmed.cli.common as c; print(*sorted(str(p.relative_to(c.CONFIG_DIR)) for p in c.CONFIG_DIR.rglob('*.yaml')))"
+    shipped = run([str(bin_dir / "python"), "-c", code], cwd=tmp_path, env=env).split()
+    assert shipped == sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.yaml"))
 
 
 def test_data_train_and_explain_from_the_installed_wheel(installed, tmp_path):
