@@ -26,7 +26,7 @@ from xmed.cli.config_rules import CONFIG_RULES, check_config
 from xmed.cli.entry import command
 from xmed.errors import CheckpointError, ConfigError, SecurityWarning
 
-from test_train_cli import compose
+from test_train_cli import PUBLISHED, compose
 
 SCRIPTS = Path(sys.executable).parent
 COMMAND_MODULES = {"train": "xmed.cli.train", "eval": "xmed.cli.eval", "explain": "xmed.cli.explain",
@@ -125,8 +125,9 @@ def test_every_shipped_config_passes_the_checks():
 
     experiments = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
     assert "phantom_smoke" in experiments
-    for overrides in ([f"experiment={name}"] for name in experiments):
-        check_config(compose("train", overrides))
+    for name in experiments:   # the published data sets' experiment with each of its data sets
+        for data in (PUBLISHED if name == "public" else [None]):
+            check_config(compose("train", [f"experiment={name}", *([f"data={data}"] if data else [])]))
     check_config(compose("train", ["task=autoencoder"]))
     check_config(compose("eval", needs("eval")))
     for explainer in ("all", "adversarial", "rationale", "latent_shift"):
