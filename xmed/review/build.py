@@ -29,16 +29,19 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from xmed.checks import Rule, integer, one_of
-from xmed.data.transforms import DISPLAY_SIDE, display_photograph
+from xmed.data.datasets import SkippedSample, get_dataset
+from xmed.data.transforms import DISPLAY_SIDE, display_photograph, eval_transform
 from xmed.errors import ConfigError, PathError
 from xmed.findings import FINDINGS, VCDR
+from xmed.models.export import load_model
 from xmed.review.session import EDITS, Edit, write_case, write_session
-from xmed.runs import eye_file_stem, read_per_image
+from xmed.runs import claim_run_folder, eye_file_stem, read_per_image
 
 #: how far each edit goes, one rule for the review and the study's adversarial pair
 #: (:mod:`xmed.pipeline.study`): each eye's goal is a step of 3 of the diagnosis logit from where it
@@ -77,16 +80,12 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
     session holds the eyes in the split's order. ``display_side``: the longest side a photograph
     is shown at where the model saw a reduced copy (:func:`xmed.data.transforms.display_photograph`;
     None: :data:`~xmed.data.transforms.DISPLAY_SIDE`, 896)."""
-    from xmed.models.export import load_model
-    from xmed.runs import claim_run_folder
-
     if (explain_dir is not None and (model is not None or images is not None)) or \
             (explain_dir is None and (model is None or images is None)):
         raise ConfigError("source", "give an xmed-explain run folder (--explain), or a model and an image folder "
                                     "(--model and --images), not both")
     if explain_dir is not None:
-        from xmed.data.datamodule import explained_view
-        from xmed.data.datamodule import datamodule_for_model
+        from xmed.data.datamodule import datamodule_for_model, explained_view   # loads Lightning (2 s)
 
         config, config_path, maps_dir, automatic = _explain_source(Path(explain_dir))
         net = load_model(config.ckpt_path)
@@ -189,9 +188,7 @@ def _image_folder(folder: Path, net):
     listing left out and those that fail to decode (every eye is decoded once here to find them,
     so that none drops out of the session unsaid). ``path`` is relative to the folder, or a DICOM
     file's label (:attr:`xmed.data.folders.FolderEntry.label`), never its name."""
-    from xmed.data.datamodule import SplitView
-    from xmed.data.datasets import SkippedSample, get_dataset
-    from xmed.data.transforms import eval_transform
+    from xmed.data.datamodule import SplitView   # loads Lightning (2 s)
 
     if not folder.is_dir():
         raise PathError(folder, "no such folder of images")
@@ -302,10 +299,6 @@ def _as_shown(view, index: int, photo: np.ndarray, edits: Mapping[str, Mapping[s
     (:func:`display_photograph`); each edit's change, made at the model's input, is enlarged onto
     it (bilinear: the edits are smoothed, so no detail is lost that the edit had), and the maps
     are enlarged by :func:`write_case` as they always are."""
-    import cv2
-
-    from xmed.data.datasets import SkippedSample
-
     sample = view.base.load(index)
     shown = None if isinstance(sample, SkippedSample) else display_photograph(sample, view.transform, display_side)
     if shown is None:
