@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from xmed.cli.data import main as xmed_data
 from xmed.data import render_phantom
 from xmed.data.datamodule import FundusDataModule, split_indices
-from xmed.data.datasets import DATASETS, SkippedSample, get_dataset
+from xmed.data.datasets import DATASETS, FundusDataset, SkippedSample, dataset_class, get_dataset
 from xmed.data.phantom.writer import LABEL_COLUMNS, write_phantom_dataset
 from xmed.errors import ConfigError, DatasetError
 from xmed.findings import FINDINGS
@@ -324,6 +324,16 @@ def test_every_data_set_has_a_hydra_config(name):
     assert cfg.data._target_ == "xmed.data.FundusDataModule" and cfg.data.dataset == name
     if name != "phantom_render":
         assert str(cfg.data.root).startswith("/srv/xmed/data/")
+
+
+def test_a_data_set_is_named_once_in_the_registry():
+    configs = {path.stem for path in (CONFIGS / "data").glob("*.yaml") if not path.stem.startswith("_")}
+    assert configs == set(DATASETS)  # each data/<name>.yaml selects the set of its own name (above)
+    assert {name: dataset_class(name).name for name in DATASETS} == {name: name for name in DATASETS}
+    with pytest.raises(TypeError, match="registered as 'refuge'.*remove its own name"):
+        type("RefugeDataset", (FundusDataset,), {"__module__": "xmed.data.datasets.refuge", "name": "refuge"})
+    own = type("ClinicDataset", (FundusDataset,), {"__module__": "clinic", "name": "clinic"})
+    assert own.name == "clinic"  # a set of one's own, not registered, names itself
 
 
 def test_hydra_config_instantiates_a_working_datamodule():

@@ -1,7 +1,8 @@
 """One module per public glaucoma data set, each read as it is published.
 
-Data sets are looked up by name in :data:`DATASETS` and imported only when used, so that a
-user of one data set never needs another's dependencies.
+Data sets are looked up by name in :data:`DATASETS` (:mod:`xmed.data.datasets.registry`, the
+one place a data set is named) and imported only when used, so that a user of one data set never
+needs another's dependencies.
 
 Example:
     >>> from xmed.data.datasets import get_dataset, DATASETS
@@ -19,27 +20,8 @@ from typing import Any
 from xmed.data.datasets.base import (
     FundusDataset, Record, Skip, SkippedSample, collate_samples, to_tensor_sample,
 )
+from xmed.data.datasets.registry import DATASETS
 from xmed.errors import ConfigError
-
-# name -> "module:Class" (relative to this package)
-DATASETS: dict[str, str] = {
-    "phantom": "phantom:PhantomDataset",
-    "phantom_render": "phantom:PhantomRenderDataset",
-    "refuge": "refuge:RefugeDataset",
-    "refuge2": "refuge2:Refuge2Dataset",
-    "origa": "origa:OrigaDataset",
-    "g1020": "g1020:G1020Dataset",
-    "papila": "papila:PapilaDataset",
-    "acrima": "acrima:AcrimaDataset",
-    "rimone_dl": "rimone:RimOneDLDataset",
-    "airogs": "airogs:AirogsDataset",
-    "justraigs": "justraigs:JustRaigsDataset",
-    "smdg": "smdg:SmdgDataset",
-    "csv": "generic:CsvDataset",
-    "image_folder": "generic:ImageFolderDataset",
-    "dicom_folder": "generic:DicomFolderDataset",
-    "photo_folder": "generic:PhotoFolderDataset",
-}
 
 
 def dataset_class(name: str) -> type[FundusDataset]:

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import ClassVar
 
 from xmed.data.datasets.base import FundusDataset, Record
 from xmed.data.datasets.common import list_images
@@ -44,7 +43,6 @@ class AcrimaDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-    name: ClassVar[str] = "acrima"
 
     def load_records(self) -> list[Record]:
         records = []

@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 from xmed.data.datasets.base import FundusDataset, Record, TableRow, read_csv_rows
 from xmed.data.datasets.common import (
@@ -50,7 +50,6 @@ class AirogsDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-    name: ClassVar[str] = "airogs"
 
     def __init__(
         self,

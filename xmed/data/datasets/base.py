@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from xmed.data.datasets.registry import registered_name
 from xmed.data.io import read_image_reduced, read_mask
 from xmed.errors import DatasetError, ImageReadError
 from xmed.findings import FINDINGS
@@ -556,13 +557,25 @@ class FundusDataset(Dataset):
     raises :class:`DatasetError` naming the label file, row, id and column, or with
     ``on_error="skip"`` is left out and recorded in :attr:`skipped` with the same reason.
 
-    Subclass contract: ``name`` (registry key), ``load_records(self) -> list[Record]`` using
+    Subclass contract: ``load_records(self) -> list[Record]`` using
     ``self.root``; call :meth:`skip_or_raise` for problems found while listing; give records
     read from a table their :class:`Origin` (:meth:`TableRow.origin`).
     """
 
+    #: the registry key (:mod:`xmed.data.datasets.registry`), set when a registered class is
+    #: defined; a class of one's own that is not registered may set it.
     name: ClassVar[str] = ""
     has_patient_ids: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        registered = registered_name(cls.__module__, cls.__qualname__)
+        if registered is None:
+            return
+        if "name" in cls.__dict__:  # two places would drift apart: the registry names it
+            raise TypeError(f"{cls.__qualname__} is registered as {registered!r} in "
+                            "xmed.data.datasets.registry; remove its own name")
+        cls.name = registered
 
     def __init__(
         self,

@@ -104,7 +104,6 @@ class CsvDataset(FundusDataset):
     as UTF-8 (BOM or not) or UTF-16 with a BOM.
     """
 
-    name: ClassVar[str] = "csv"
 
     def __init__(
         self,
@@ -324,7 +323,6 @@ class ImageFolderDataset(FolderDataset):
         **kwargs: :class:`FolderDataset` arguments.
     """
 
-    name: ClassVar[str] = "image_folder"
 
     def __init__(
         self, root: str | os.PathLike, classes: Mapping[str, float] | None = None, **kwargs: Any
@@ -379,7 +377,6 @@ class PhotoFolderDataset(FolderDataset):
         'monday/eye_0001'
     """
 
-    name: ClassVar[str] = "photo_folder"
 
     def __init__(self, root: str | os.PathLike, kinds: Sequence[str] = (PHOTO, DICOM), **kwargs: Any):
         unknown = [kind for kind in kinds if kind not in KIND_NAMES]
@@ -413,7 +410,6 @@ class DicomFolderDataset(FolderDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-    name: ClassVar[str] = "dicom_folder"
     has_patient_ids: ClassVar[bool] = True
     kinds = (DICOM,)
     SUFFIXES: ClassVar[tuple[str, ...]] = DICOM_SUFFIXES

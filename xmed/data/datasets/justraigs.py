@@ -90,7 +90,6 @@ class JustRaigsDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-    name: ClassVar[str] = "justraigs"
     has_patient_ids: ClassVar[bool] = True
 
     def __init__(

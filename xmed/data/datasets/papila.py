@@ -62,7 +62,6 @@ class PapilaDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-    name: ClassVar[str] = "papila"
     has_patient_ids: ClassVar[bool] = True
 
     def __init__(

@@ -49,7 +49,6 @@ def _with_known_absent_masks(sample: dict) -> dict:
 class PhantomDataset(FundusDataset):
     """A phantom data set on disk (see :mod:`xmed.data.phantom.writer` for the layout)."""
 
-    name = "phantom"
 
     def __init__(self, root: str | os.PathLike, **kwargs):
         if not Path(root).exists():
@@ -104,7 +103,6 @@ class PhantomRenderDataset(FundusDataset):
         **options: phantom options (``prevalence``, ``shortcut``, ...).
     """
 
-    name = "phantom_render"
 
     def __init__(self, n: int = 256, size: int = 256, seed: int = 0, split: str | None = None,
                  transform=None, on_error: str = "raise", load_masks: bool = True,

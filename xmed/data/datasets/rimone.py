@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from xmed.data.datasets.base import FundusDataset, Record, require_dir
 from xmed.data.datasets.common import list_images, normalise_split
@@ -54,7 +54,6 @@ class RimOneDLDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-    name: ClassVar[str] = "rimone_dl"
 
     def __init__(
         self,

@@ -60,7 +60,6 @@ class SmdgDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-    name: ClassVar[str] = "smdg"
     has_patient_ids: ClassVar[bool] = True
 
     def __init__(
