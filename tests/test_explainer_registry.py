@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from xmed.cli.common import CONFIG_DIR
+from xmed.cli.common import CONFIG_DIR, store_every_saliency_method
 from xmed.explain import (COUNTERFACTUALS, EXPLAINERS, KINDS, METHODS, Explainer, RationaleExplainer,
                           register_explainer, register_method)
 from xmed.explain.counterfactual import register_counterfactual
@@ -113,10 +113,12 @@ def added(tmp_path_factory):
     (configs / "explainer").mkdir()
     (configs / "explainer" / "brightness.yaml").write_text("brightness:\n  method: brightness\n  offset: 0.25\n")
     register_explainer(BrightnessMap)
+    store_every_saliency_method()
     try:
         yield f"hydra.searchpath=[file://{configs}]"
     finally:
         del METHODS[BrightnessMap.name]
+        store_every_saliency_method()
         assert list(METHODS) == list(SHIPPED)
 
 
@@ -143,6 +145,14 @@ def explained(added, model_dir, tmp_path_factory) -> Path:
     (out / ".hydra").mkdir()
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")   # as the xmed-explain command's Hydra run does
     return out
+
+
+def test_explainer_all_is_every_saliency_method_with_its_own_config(added):
+    cfg = compose("explain", [added, "explainer=all", "ckpt_path=unused"])
+    saliency = [name for name, (_, kind) in SHIPPED.items() if kind == "saliency"]
+    assert list(cfg.explainer) == [*saliency, "brightness"]
+    assert OmegaConf.to_container(cfg.explainer.brightness) == {"method": "brightness", "offset": 0.25}
+    assert cfg.explainer.rise == OmegaConf.load(Path(CONFIG_DIR) / "explainer" / "rise.yaml").rise
 
 
 def test_xmed_explain_runs_a_method_added_by_its_class_and_config_file(explained):

@@ -18,3 +18,28 @@ from pathlib import Path
 
 CONFIG_PACKAGE = "pkg://xmed.configs"
 CONFIG_DIR = Path(str(resources.files("xmed.configs")))
+
+
+def store_every_saliency_method() -> list[str]:
+    """Make ``explainer=all`` select every registered saliency method, each with its config file.
+
+    Hydra cannot glob a config group, so ``explainer/all`` is a config built here, in Hydra's config
+    store, whose defaults list names each method's own file (``explainer/<name>.yaml`` anywhere on
+    the search path): a method added as its class and that file joins it without a third edit. The
+    commands store it when they load; a program that registers a method of its own calls this again.
+
+    Example:
+        >>> store_every_saliency_method()[:3]
+        ['gradcam', 'gradcampp', 'hirescam']
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from xmed.explain import EXPLAINERS
+
+    names = list(EXPLAINERS)
+    ConfigStore.instance().store(group="explainer", name="all", node={"defaults": names},
+                                 provider="xmed")
+    return names
+
+
+store_every_saliency_method()

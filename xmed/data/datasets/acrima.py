@@ -43,7 +43,6 @@ class AcrimaDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-
     def load_records(self) -> list[Record]:
         records = []
         for path in list_images(self.root, recursive=True):

@@ -48,7 +48,6 @@ class G1020Dataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-
     def __init__(
         self,
         root: str | os.PathLike,

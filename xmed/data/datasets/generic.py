@@ -104,7 +104,6 @@ class CsvDataset(FundusDataset):
     as UTF-8 (BOM or not) or UTF-16 with a BOM.
     """
 
-
     def __init__(
         self,
         root: str | os.PathLike,
@@ -323,7 +322,6 @@ class ImageFolderDataset(FolderDataset):
         **kwargs: :class:`FolderDataset` arguments.
     """
 
-
     def __init__(
         self, root: str | os.PathLike, classes: Mapping[str, float] | None = None, **kwargs: Any
     ):
@@ -376,7 +374,6 @@ class PhotoFolderDataset(FolderDataset):
         >>> ds.records[0].id                                          # doctest: +SKIP
         'monday/eye_0001'
     """
-
 
     def __init__(self, root: str | os.PathLike, kinds: Sequence[str] = (PHOTO, DICOM), **kwargs: Any):
         unknown = [kind for kind in kinds if kind not in KIND_NAMES]

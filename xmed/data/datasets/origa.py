@@ -50,7 +50,6 @@ class OrigaDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-
     def __init__(
         self,
         root: str | os.PathLike,

@@ -49,7 +49,6 @@ def _with_known_absent_masks(sample: dict) -> dict:
 class PhantomDataset(FundusDataset):
     """A phantom data set on disk (see :mod:`xmed.data.phantom.writer` for the layout)."""
 
-
     def __init__(self, root: str | os.PathLike, **kwargs):
         if not Path(root).exists():
             raise DatasetError(root, f"no phantom data set here; render one with "
@@ -102,7 +101,6 @@ class PhantomRenderDataset(FundusDataset):
         split: keep only "train", "val" or "test" (stratified 70/15/15 as the writer does).
         **options: phantom options (``prevalence``, ``shortcut``, ...).
     """
-
 
     def __init__(self, n: int = 256, size: int = 256, seed: int = 0, split: str | None = None,
                  transform=None, on_error: str = "raise", load_masks: bool = True,

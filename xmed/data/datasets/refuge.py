@@ -84,7 +84,6 @@ class RefugeDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-
     def __init__(
         self,
         root: str | os.PathLike,

@@ -66,7 +66,6 @@ class Refuge2Dataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-
     def __init__(
         self,
         root: str | os.PathLike,

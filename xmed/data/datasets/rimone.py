@@ -54,7 +54,6 @@ class RimOneDLDataset(FundusDataset):
         **kwargs: :class:`~xmed.data.datasets.base.FundusDataset` arguments.
     """
 
-
     def __init__(
         self,
         root: str | os.PathLike,
