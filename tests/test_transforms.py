@@ -325,6 +325,28 @@ def test_the_old_keywords_still_work_and_warn():
     assert err.value.key == "data.augment.color"
 
 
+@pytest.mark.parametrize("command, typed, read", [
+    ("train", "data.augment.color=false", ("data", "augment", "colour")),
+    ("explain", "+explainer.latent_shift.normalize_gradient=false", ("explainer", "latent_shift", "normalise_gradient")),
+])
+def test_an_old_key_typed_on_the_command_line_is_read_under_its_new_name(command, typed, read, monkeypatch, capsys):
+    import importlib
+
+    import yaml
+
+    main = importlib.import_module(f"xmed.cli.{command}").main
+    extra = ["ckpt_path=unused", "explainer=latent_shift", "explainer.latent_shift.autoencoder=unused"] * (command == "explain")
+    monkeypatch.setattr("sys.argv", [f"xmed-{command}", *extra, typed, "--cfg", "job"])
+    main()
+    out, err = capsys.readouterr()
+    old_key = typed.lstrip("+").split("=")[0]
+    assert f"warning: {old_key} is now {'.'.join(read)}; the old name is read for now" in err
+    node = yaml.safe_load(out)
+    for key in read[:-1]:
+        node = node[key]
+    assert node[read[-1]] is False and old_key.rpartition(".")[2] not in node
+
+
 def test_a_train_transform_without_normalise_gives_the_same_augmented_pixels():
     from xmed.data.normalise import normalise_images
 

@@ -27,6 +27,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from xmed.cli.config_rules import check_config
+from xmed.data.keywords import renamed_override
 from xmed.errors import XmedError
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,17 @@ def command(task: Callable[[DictConfig], Result]) -> Callable[[DictConfig], Resu
 PICKLED_RERUN = "--experimental-rerun"
 
 
-def refuse_pickled_rerun(main: Callable[..., Result]) -> Callable[..., Result]:
-    """Placed above ``@hydra.main``: the command refuses Hydra's ``--experimental-rerun`` (and
-    argparse's abbreviations of it, such as ``--exp``) before Hydra reads the pickle, with a
-    one-line error and exit status 2.
+def read_command_line(main: Callable[..., Result]) -> Callable[..., Result]:
+    """Placed above ``@hydra.main``: the command line is read before Hydra reads it.
+
+    - Hydra's ``--experimental-rerun`` (and argparse's abbreviations of it, such as ``--exp``) is
+      refused before Hydra reads the pickle, with a one-line error and exit status 2.
+    - An override of a renamed config key (``data.augment.color=false``) is passed on under its new
+      name (:func:`~xmed.data.keywords.renamed_override`), with a warning on stderr.
 
     Example::
 
-        @refuse_pickled_rerun
+        @read_command_line
         @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="eval")
         @command
         def main(cfg: DictConfig) -> float | None: ...
@@ -88,12 +92,15 @@ def refuse_pickled_rerun(main: Callable[..., Result]) -> Callable[..., Result]:
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> Result:
-        for arg in sys.argv[1:]:
+        for position, arg in enumerate(sys.argv[1:], start=1):
             option = arg.split("=", 1)[0]
             if len(option) > 2 and PICKLED_RERUN.startswith(option):
                 print(f"error: {option}: refused, it would unpickle the file it is given (code could run); rerun "
                       f"a job with the overrides in its .hydra/overrides.yaml instead", file=sys.stderr, flush=True)
                 sys.exit(2)
+            sys.argv[position], notice = renamed_override(arg)
+            if notice is not None:
+                print(f"warning: {notice}", file=sys.stderr, flush=True)
         return main(*args, **kwargs)
 
     return run

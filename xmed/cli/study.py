@@ -23,10 +23,10 @@ import hydra
 from omegaconf import DictConfig
 
 from xmed.cli.common import CONFIG_PACKAGE
-from xmed.cli.entry import command, refuse_pickled_rerun
+from xmed.cli.entry import command, read_command_line
 
 
-@refuse_pickled_rerun
+@read_command_line
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="study")
 @command
 def main(cfg: DictConfig) -> None:

@@ -44,7 +44,7 @@ from xmed.data.device_pipeline import (DeviceAugment, DeviceEyeCache, DevicePipe
 from xmed.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise_images
 from xmed.data.preprocess import FundusPreprocess
 from xmed.data.sampling import EpochSampler, SeededIndex
-from xmed.data.keywords import renamed
+from xmed.data.keywords import RENAMED_CONFIG_KEYS, renamed
 from xmed.data.transforms import build_transforms, eval_transform, transform_settings
 from xmed.errors import ConfigError
 from xmed.runtime import Choice, check_pipeline, choose_num_workers, choose_pipeline
@@ -52,8 +52,6 @@ from xmed.saved_config import buildable, instantiate_group
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-#: ``data.augment`` keys renamed (old -> new): run configs and checkpoints saved before carry the old
-AUGMENT_RENAMED = {"color": "colour"}
 
 
 def split_indices(labels: Sequence[float], groups: Sequence[str], fractions: Sequence[float],
@@ -405,7 +403,7 @@ class FundusDataModule(L.LightningDataModule):
         self.split_fractions, self.use_published_splits = tuple(splits), use_published_splits
         self.seed, self.on_error = seed, on_error
         self.preprocess = dict(preprocess or {})
-        self.augment = renamed(augment or {}, AUGMENT_RENAMED, "data.augment")
+        self.augment = renamed(augment or {}, RENAMED_CONFIG_KEYS["data.augment"], "data.augment")
         self.mean, self.std = tuple(mean), tuple(std)
         self.balanced_sampling = balanced_sampling
         cache_bytes(cache_mb)  # checked now, not at setup

@@ -17,13 +17,23 @@ Example:
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import re
 import warnings
 from typing import Any, Callable, Mapping, TypeVar
 
 from xmed.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: config keys renamed since they were published, old -> new, by the config node that holds them
+#: (``*``: any entry of a group); a saved config, a keyword and a command-line override are read
+#: under the old name with a warning.
+RENAMED_CONFIG_KEYS: dict[str, dict[str, str]] = {
+    "data.augment": {"color": "colour"},
+    "explainer.*": {"normalize_gradient": "normalise_gradient"},   # the latent shift's option
+}
 
 
 def renamed(options: Mapping[str, Any], names: Mapping[str, str], where: str, stacklevel: int = 2) -> dict[str, Any]:
@@ -75,3 +85,24 @@ def renamed_keywords(**names: str) -> Callable[[F], F]:
         return call  # type: ignore[return-value]
 
     return decorate
+
+
+def renamed_override(override: str) -> tuple[str, str | None]:
+    """A Hydra command-line override with a renamed key (:data:`RENAMED_CONFIG_KEYS`) under its new
+    name, and the notice to print (None when nothing was renamed). Hydra itself would answer the
+    old key with "not in struct".
+
+    Example:
+        >>> renamed_override("+data.augment.color=false")
+        ('+data.augment.colour=false', 'data.augment.color is now data.augment.colour; the old name is read for now and will go')
+        >>> renamed_override("data.augment.hflip=0")
+        ('data.augment.hflip=0', None)
+    """
+    prefix = re.match(r"[+~]*", override).group()
+    key, equals, value = override[len(prefix):].partition("=")
+    node, _, leaf = key.rpartition(".")
+    for group, names in RENAMED_CONFIG_KEYS.items():
+        if leaf in names and fnmatch.fnmatchcase(node, group):
+            new = f"{node}.{names[leaf]}"
+            return f"{prefix}{new}{equals}{value}", f"{key} is now {new}; the old name is read for now and will go"
+    return override, None

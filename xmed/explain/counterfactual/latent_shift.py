@@ -70,7 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from xmed.checks import int_at_least, positive
-from xmed.data.keywords import renamed_keywords
+from xmed.data.keywords import RENAMED_CONFIG_KEYS, renamed_keywords
 from xmed.errors import ConfigError
 from xmed.explain.base import option_value
 from xmed.explain.counterfactual import (
@@ -129,7 +129,7 @@ class LatentShiftExplainer(CounterfactualExplainer):
 
     name, title = "latent_shift", "Latent shift"
 
-    @renamed_keywords(normalize_gradient="normalise_gradient")
+    @renamed_keywords(**RENAMED_CONFIG_KEYS["explainer.*"])
     def __init__(self, model: nn.Module, autoencoder: nn.Module | str | os.PathLike,
                  max_lambda: float = DEFAULT_MAX_LAMBDA, n_lambdas: int = DEFAULT_N_LAMBDAS,
                  threshold: Threshold = 0.5, keep_detail: bool = True,
