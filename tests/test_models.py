@@ -483,19 +483,30 @@ def test_prepare_equals_the_eval_transform_of_the_data_config():
     assert two.shape == (2, 3, SIZE, SIZE) and torch.equal(two[0], expected)
 
 
-def test_prepare_matches_the_datamodule_the_model_was_trained_on():
+@pytest.mark.parametrize("preprocess", [{"crop_fov": True, "contrast": "graham"},
+                                        {"crop_fov": True, "contrast": "clahe", "size": 64}])
+def test_prepare_matches_the_datamodule_the_model_was_trained_on(preprocess, tmp_path):
     """A model carrying a data module's data config prepares a raw photograph as that data
-    module's evaluation loader does."""
+    module's evaluation loader does — its own resize before the contrast (``data.preprocess.size``)
+    included, which changes what CLAHE gives."""
     from xmed.data import FundusDataModule
 
     dm = FundusDataModule(dataset="phantom_render", dataset_options={"n": 12, "size": 80}, image_size=48,
-                          preprocess={"crop_fov": True, "contrast": "graham"}, mean=(0.4, 0.4, 0.4),
-                          std=(0.3, 0.3, 0.3))
+                          preprocess=preprocess, mean=(0.4, 0.4, 0.4), std=(0.3, 0.3, 0.3))
     dm.setup()
     model = FundusClassifier(TINY, data_config=dm.data_config())
+    assert model.data_config.preprocess_size == preprocess.get("size")
     view = dm.splits["test"]
     raw = view.base.load_sample(view.base.records[view.indices[0]])["image"]
     assert torch.equal(model.prepare(raw)[0], view[0]["image"])
+    from xmed.models.export import export_model, load_model
+
+    exported = load_model(export_model(model.eval(), tmp_path / "model"))
+    assert exported.data_config == model.data_config
+    assert torch.equal(exported.prepare(raw)[0], view[0]["image"])
+    if "size" in preprocess:
+        at_crop_resolution = FundusClassifier(TINY, data_config={**dm.data_config(), "preprocess_size": None})
+        assert (at_crop_resolution.prepare(raw)[0] - view[0]["image"]).abs().max() > 0.05
 
 
 @pytest.mark.filterwarnings("ignore::xmed.errors.QualityWarning")  # this mean/std puts the eyes outside the gate's range

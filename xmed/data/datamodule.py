@@ -428,7 +428,7 @@ class FundusDataModule(L.LightningDataModule):
         (:func:`~xmed.data.transforms.eval_transform`)."""
         # no `preprocess` given means none at all: no FOV crop either (FundusPreprocess defaults to one)
         pre = FundusPreprocess.from_dict({"crop_fov": False, **self.preprocess}).to_dict()
-        pre.pop("size")  # the model's input size is image_size
+        pre["preprocess_size"] = pre.pop("size")  # "size" alone would read as the model's, image_size
         return {"input_size": self.image_size, "mean": list(self.mean), "std": list(self.std), **pre}
 
     # ------------------------------------------------------------------ setup
@@ -445,9 +445,7 @@ class FundusDataModule(L.LightningDataModule):
         if indices is None:
             indices = split_indices([r.label for r in self.base.records], self.base.groups(),
                                     self.split_fractions, self.seed)
-        # data.preprocess.size (a resize of the crop before contrast normalisation) is the loaders'
-        # own: a model does not carry it in its data config
-        config = {**self.data_config(), **{k: v for k, v in self.preprocess.items() if k == "size"}}
+        config = self.data_config()
         self.transforms = {
             "train": build_transforms("train", **transform_settings(config), seed=self.seed,
                                       normalise=not self.normalise_on_device, **self.augment),

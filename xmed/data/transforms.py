@@ -308,8 +308,8 @@ def transform_settings(data_config: Any) -> dict[str, Any]:
 
     Example:
         >>> transform_settings({"input_size": 64, "mean": [0.5] * 3, "std": [0.2] * 3, "crop_fov": False,
-        ...                     "quality_checks": None})["preprocess"]
-        FundusPreprocess(size=None, crop_fov=False, margin=0.02, contrast=None, crop_disc=None)
+        ...                     "preprocess_size": 512, "quality_checks": None})["preprocess"]
+        FundusPreprocess(size=512, crop_fov=False, margin=0.02, contrast=None, crop_disc=None)
     """
     config = dict(data_config.as_dict() if hasattr(data_config, "as_dict") else data_config)
     if config.get("input_size") is None:
@@ -317,6 +317,8 @@ def transform_settings(data_config: Any) -> dict[str, Any]:
     settings = {"input_size": int(config.pop("input_size")), "mean": tuple(config.pop("mean", IMAGENET_MEAN)),
                 "std": tuple(config.pop("std", IMAGENET_STD))}
     config.pop("quality_checks", None)  # the quality gate's, not the transform's
+    if "preprocess_size" in config:
+        config["size"] = config.pop("preprocess_size")
     settings["preprocess"] = FundusPreprocess.from_dict(config)  # the rest: field-of-view and disc crops, contrast
     return settings
 

@@ -54,6 +54,9 @@ class DataConfig:
     margin: float = 0.02
     contrast: str | None = None
     crop_disc: float | None = None
+    #: the side the crop is resized to before the contrast normalisation (``data.preprocess.size``;
+    #: None: the contrast is normalised at the crop's own resolution), then fitted to ``input_size``
+    preprocess_size: int | None = None
     #: the image-quality checks this model's inputs are held to: those its validation photographs
     #: pass (chosen when it trains: :func:`xmed.data.quality.calibrate_checks`); None: every check
     quality_checks: tuple[str, ...] | None = None
@@ -86,13 +89,14 @@ class DataConfig:
         return out
 
     def preprocess(self) -> dict[str, Any]:
-        """The :class:`~xmed.data.preprocess.FundusPreprocess` settings (FOV crop, disc crop, contrast);
-        the resize is ``input_size``'s (:func:`~xmed.data.transforms.eval_transform` builds the
-        transform of the whole config)."""
+        """The :class:`~xmed.data.preprocess.FundusPreprocess` settings (FOV crop, disc crop, contrast,
+        its own resize ``preprocess_size``); the final fit is ``input_size``'s
+        (:func:`~xmed.data.transforms.eval_transform` builds the transform of the whole config)."""
         # here, not at the top: OpenCV loads with photographs, not with `import xmed.models`
         from xmed.data.preprocess import FundusPreprocess
 
-        return {f.name: getattr(self, f.name) for f in fields(FundusPreprocess) if f.name != "size"}
+        settings = {f.name: getattr(self, f.name) for f in fields(FundusPreprocess) if f.name != "size"}
+        return {**settings, "size": self.preprocess_size}
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
