@@ -64,9 +64,9 @@ def figure(results: dict, part: str, name: str) -> dict:
     return found
 
 
-def demo_run(results: dict, name: str) -> dict:
-    """One run of ``benchmarks/results/demo/results.json``."""
-    [run] = [r for r in results["runs"] if r["name"] == name]
+def demo_run(results: dict, key: str) -> dict:
+    """One run of ``benchmarks/results/demo/results.json`` (``python -m benchmarks.demo``)."""
+    [run] = [r for r in results["runs"] if r["key"] == key]
     return run
 
 
@@ -103,7 +103,7 @@ def card_row(card: str, name: str) -> str:
 DEMO = "benchmarks/results/demo/results.json"
 CPU = "benchmarks/results/results.json"
 STUDY = "docs/explanation_study/metrics.json"
-NATIVE, AVX2 = "as it is (AVX-512 with BF16)", "capped to AVX2"
+NATIVE, AVX2 = "native", "avx2"
 POWER = "power, 400 eyes x 5 readers drawn anew, latent difference 0.25 (true 0.232): Obuchowski-Rockette"
 
 #: README row -> (its results file, the figure as the README writes it, from the parsed file)
