@@ -20,7 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
+from xmed.cli.common import store_every_saliency_method
 from xmed.data import render_phantom
+from xmed.explain import METHODS
 from xmed.models import FundusClassifier
 from xmed.models.export import export_model
 
@@ -160,11 +162,16 @@ def test_python_block_runs(document, line, source, reader_folder, monkeypatch):
     monkeypatch.chdir(reader_folder)
     monkeypatch.setenv("XMED_DICOM_SALT", "a site's own secret")  # as the README asks of a site
     code = compile("\n" * (line - 1) + source, str(document), "exec")  # tracebacks give the file's line numbers
+    registered = set(METHODS)
     try:
         exec(code, {"__name__": "__readme__"})
     except Exception as error:
         failing = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if frame.filename == str(document)]
         pytest.fail(f"{place(document, failing[-1])}: {type(error).__name__}: {error}", pytrace=False)
+    finally:  # a block that registers a method of its own leaves this process's registry as it was
+        for name in set(METHODS) - registered:
+            del METHODS[name]
+        store_every_saliency_method()
 
 
 HYDRA_LINES = [(where, command) for name in HYDRA_COMMANDS for where, command in command_lines(name)

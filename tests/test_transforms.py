@@ -333,11 +333,17 @@ def test_an_old_key_typed_on_the_command_line_is_read_under_its_new_name(command
     import importlib
 
     import yaml
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     main = importlib.import_module(f"xmed.cli.{command}").main
     extra = ["ckpt_path=unused", "explainer=latent_shift", "explainer.latent_shift.autoencoder=unused"] * (command == "explain")
     monkeypatch.setattr("sys.argv", [f"xmed-{command}", *extra, typed, "--cfg", "job"])
-    main()
+    try:
+        main()
+    finally:  # Hydra keeps the printed job's config as the process's own: later commands would read it
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
     out, err = capsys.readouterr()
     old_key = typed.lstrip("+").split("=")[0]
     assert f"warning: {old_key} is now {'.'.join(read)}; the old name is read for now" in err

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 CONFIG_PACKAGE = "pkg://xmed.configs"
 CONFIG_DIR = Path(str(resources.files("xmed.configs")))
 
 
-def store_every_saliency_method() -> list[str]:
+def store_every_saliency_method(names: Iterable[str] | None = None) -> list[str]:
     """Make ``explainer=all`` select every registered saliency method, each with its config file.
 
     Hydra cannot glob a config group, so ``explainer/all`` is a config built here, in Hydra's config
     store, whose defaults list names each method's own file (``explainer/<name>.yaml`` anywhere on
     the search path): a method added as its class and that file joins it without a third edit. The
     commands store it when they load; a program that registers a method of its own calls this again.
+    ``names``: these methods instead of every registered one.
 
     Example:
         >>> store_every_saliency_method()[:3]
@@ -36,7 +38,7 @@ def store_every_saliency_method() -> list[str]:
 
     from xmed.explain import EXPLAINERS
 
-    names = list(EXPLAINERS)
+    names = list(EXPLAINERS if names is None else names)
     ConfigStore.instance().store(group="explainer", name="all", node={"defaults": names},
                                  provider="xmed")
     return names
