@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from xmed.data.quality import Quality, assess_prepared, warn_flagged
+from xmed.decision import REFERABLE, decision, operating_threshold
 from xmed.errors import ConfigError, InputError
 from xmed.explain.base import ModelMethod, check_images, option_value, register_method
 from xmed.explain.counterfactual import counterfactual, edit_changes, get_counterfactual
@@ -148,9 +149,7 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
             times 4) that the counterfactual summary mentions.
     """
     images = check_images(images, model).to(next(model.parameters()).device)
-    if threshold is None:
-        threshold = getattr(model, "threshold", None)
-        threshold = 0.5 if threshold is None else threshold
+    threshold = operating_threshold(model, threshold, key="threshold")
     parts = concept_contributions(model, images)
     probability = torch.sigmoid(parts["logit"])
     undecided = (~torch.isfinite(probability)).nonzero().flatten().tolist()
@@ -168,9 +167,8 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
         findings = [FindingEvidence(code, FINDING_NAMES[code].short, _round(parts["finding_prob"][i, j]),
                                     _round(parts["findings"][i, j])) for j, code in enumerate(FINDINGS)]
         p = float(probability[i])
-        decision = REFERABLE if p >= threshold else "no referable glaucoma"
         r = Rationale(probability=round(p, 4), logit=_round(parts["logit"][i]), threshold=threshold,
-                      decision=decision, vcdr=_round(parts["vcdr_value"][i]), findings=findings,
+                      decision=decision(p, threshold), vcdr=_round(parts["vcdr_value"][i]), findings=findings,
                       vcdr_contribution=_round(parts["vcdr"][i]), bias=_round(parts["bias"]),
                       unexplained=_round(parts["unexplained"][i]), contributions_exact=bool(parts["exact"]),
                       counterfactual=changes[i], sentence="", heatmaps=maps[i], quality=list(qualities[i].flags),
@@ -243,8 +241,6 @@ CONTRIBUTION_UNIT = "logit (log-odds of glaucoma)"
 
 #: the smallest term, in logit units, named as a reason
 MIN_CONTRIBUTION = 0.05
-#: the decision a probability at or above the model's threshold reads as
-REFERABLE = "referable glaucoma"
 
 
 def reason_terms(r: Rationale) -> list[tuple[str, float]]:

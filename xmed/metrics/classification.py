@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from xmed.checks import int_at_least
+from xmed.decision import is_referable
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
 
@@ -411,7 +412,7 @@ def operating_point(prob: ArrayLike, label: ArrayLike, threshold: float) -> dict
     from torchmetrics.functional.classification import binary_accuracy, binary_recall, binary_specificity
 
     p, y = labelled(prob, label)
-    pred = (p >= threshold).long()
+    pred = is_referable(p, threshold).long()
     n_pos = int(y.sum())
     return {
         "sensitivity": _float(binary_recall(pred, y)) if n_pos > 0 else None,
@@ -779,7 +780,7 @@ def _bootstrap_chunk(test: Predictions, threshold: float | None, w: Tensor) -> d
         total = wl.sum(1)
         out["ece"] = torch.where(total > 0, gap / total.clamp(min=1e-300), math.nan)
         if threshold is not None:
-            pred = (p >= threshold).double()
+            pred = is_referable(p, threshold).double()
             out["sensitivity"] = (wl @ (y * pred)) / (wl @ y)                    # 0/0 -> NaN
             out["specificity"] = (wl @ ((1 - y) * (1 - pred))) / (wl @ (1 - y))
             out["accuracy"] = _weighted_mean(wl, (pred == y).double())

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from xmed.data.normalise import normalise_images
+from xmed.decision import check_threshold
 from xmed.errors import ConfigError, InputError
 from xmed.findings import DIAGNOSIS, FINDINGS, VCDR, canonical_target, finding_index
 from xmed.models.feature_check import FeatureCheck
@@ -325,20 +326,6 @@ def _photograph_list(images: Any) -> list[Any]:
             raise InputError("images", "is an empty array (N = 0); pass at least one photograph")
         return list(images)
     return [images]
-
-
-def check_threshold(threshold: Any) -> float | None:
-    """``threshold`` as a float in [0, 1], or None; anything else raises :class:`ConfigError`.
-
-    Example:
-        >>> check_threshold(0.42), check_threshold(None)
-        (0.42, None)
-    """
-    if threshold is None:
-        return None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise ConfigError("model.net.threshold", f"must be a probability in [0, 1], got {threshold!r}")
-    return float(threshold)
 
 
 def create_backbone(name: str, pretrained: bool, checkpoint_path: str | None, input_size: int,

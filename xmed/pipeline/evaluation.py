@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from xmed.data.datamodule import datamodule_for_model
+from xmed.decision import is_referable
 from xmed.errors import DatasetError
 from xmed.findings import FINDINGS
 from xmed.inference import UNREADABLE, score_eyes, single_device_trainer
@@ -207,7 +208,7 @@ def write_predictions_csv(path: Path, arrays: Mapping[str, Any], threshold: floa
                 finding_probs = [""] * len(FINDINGS)
             else:
                 prob = float(arrays["prob"][i])
-                pred = "" if threshold is None else int(prob >= threshold)
+                pred = "" if threshold is None else int(is_referable(prob, threshold))
                 prob, vcdr_pred = f"{prob:.6f}", f"{float(arrays['vcdr_pred'][i]):.4f}"
                 finding_probs = [f"{float(p):.6f}" for p in arrays["finding_prob"][i]]
             row = [eye_id, arrays["eye"][i], _cell(arrays["label"][i]), prob, pred,

@@ -30,7 +30,7 @@ from xmed.data.transforms import eval_transform
 from xmed.errors import ConfigError
 from xmed.findings import FINDINGS
 from xmed.inference import NON_FINITE, UNREADABLE, score_eyes
-from xmed.models.classifier import check_threshold
+from xmed.decision import is_referable, operating_threshold
 from xmed.models.export import load_model
 from xmed.models.feature_check import UNFAMILIAR_FEATURES
 from xmed.pipeline.instantiate import inference_trainer
@@ -96,7 +96,7 @@ def prediction_row(record: Mapping[str, Any], threshold: float) -> dict[str, str
                 "status": record["status"]}
     distance = record.get("feature_distance")
     row = {"id": record["id"], "eye": record["eye"], "prob": f"{record['prob']:.6f}",
-           "referable": str(int(record["prob"] >= threshold)), "vcdr": f"{record['vcdr_pred']:.4f}",
+           "referable": str(int(is_referable(record["prob"], threshold))), "vcdr": f"{record['vcdr_pred']:.4f}",
            "feature_distance": "" if distance is None else f"{distance:.3f}", "quality": record["quality"],
            "status": ""}
     row.update({f"p_{code}": f"{p:.6f}" for code, p in zip(FINDINGS, record["finding_prob"])})
@@ -120,7 +120,7 @@ def screening_summary(records: Sequence[Mapping[str, Any]], threshold: float) ->
     the feature check (``unfamiliar_features``)."""
     return {
         "n": len(records), "scored": sum(not r["status"] for r in records),
-        "referable": sum(not r["status"] and r["prob"] >= threshold for r in records),
+        "referable": sum(not r["status"] and is_referable(r["prob"], threshold) for r in records),
         "failed": [r["id"] for r in records if r["status"] == NON_FINITE],
         "unreadable": [r["id"] for r in records if r["status"].startswith(UNREADABLE)],
         "quality_flagged": [r["id"] for r in records if r.get("quality")],
@@ -161,10 +161,7 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
 
     out_dir = command_folder(cfg)
     model = load_model(cfg.ckpt_path)
-    threshold = check_threshold(cfg.threshold) if cfg.threshold is not None else model.threshold
-    if threshold is None:
-        raise ConfigError("threshold", f"{cfg.ckpt_path} carries no operating threshold (exported before models "
-                                       "kept one); pass threshold=<P(glaucoma)>, e.g. the one in its model card")
+    threshold = operating_threshold(model, cfg.threshold, fallback=None)
     dataset = input_dataset(cfg.input, cfg.format, cfg.on_error)
     view = SplitView(dataset, range(len(dataset)), eval_transform(model.data_config))
     trainer, precision = inference_trainer(cfg.trainer, out_dir)

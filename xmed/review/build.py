@@ -37,6 +37,7 @@ from torch import Tensor
 from xmed.checks import Rule, integer, one_of
 from xmed.data.datasets import SkippedSample, get_dataset
 from xmed.data.transforms import DISPLAY_SIDE, display_photograph, eval_transform
+from xmed.decision import operating_threshold
 from xmed.errors import ConfigError, PathError
 from xmed.findings import FINDINGS, VCDR
 from xmed.models.export import load_model
@@ -130,7 +131,7 @@ def build_session(out: str | os.PathLike, *, explain_dir: str | os.PathLike | No
     head = _bottleneck(net)
     # no source path in the session: a folder name may name a patient; key.csv keeps the link
     write_session(folder, title=title or f"Review of {_model_name(net)}", mode=mode, seed=seed,
-                  threshold=_threshold(net), model={"name": _model_name(net), "mode": net.mode, "source": source},
+                  threshold=operating_threshold(net), model={"name": _model_name(net), "mode": net.mode, "source": source},
                   methods=method_list, cases=cases, bottleneck=head, key=key, skipped=skipped)
     return folder
 
@@ -375,10 +376,6 @@ def _truth(batch: Mapping[str, Any], i: int) -> dict[str, Any] | None:
         return None
     findings = batch["findings"][i]
     return {"label": int(label), "findings": [c for j, c in enumerate(FINDINGS) if float(findings[j]) == 1]}
-
-
-def _threshold(net) -> float:
-    return 0.5 if getattr(net, "threshold", None) is None else float(net.threshold)
 
 
 def _model_name(net) -> str:

@@ -82,6 +82,7 @@ from typing import (Annotated, Any, Iterator, Literal, Mapping, Sequence, Union,
 import numpy as np
 
 from xmed.checks import PROBABILITY, Rule, integer, number, one_of, strict_json
+from xmed.decision import Decision, decision
 from xmed.errors import ConfigError, InputError, PathError
 from xmed.runs import eye_file_stem, write_text_atomic
 from xmed.saved_config import check_targets
@@ -242,7 +243,7 @@ class CaseEntry:
     id: Id
     side: Literal["right", "left", None]
     probability: Probability
-    decision: Literal["referable glaucoma", "no referable glaucoma"]
+    decision: Decision
     photo: str
     size: Size
     findings: list[FindingEntry]
@@ -606,8 +607,8 @@ def intervene(session: Mapping[str, Any], case: Mapping[str, Any], values: Mappi
         concepts[key] = float(value)
     logit = head["bias"] + sum(w * concepts[c] for c, w in zip(head["concepts"], head["weights"]))
     probability = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
-    decision = "referable glaucoma" if probability >= session["threshold"] else "no referable glaucoma"
-    return {"probability": round(probability, 6), "decision": decision, "concepts": concepts}
+    return {"probability": round(probability, 6), "decision": decision(probability, session["threshold"]),
+            "concepts": concepts}
 
 
 # -- writing -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from xmed.decision import REFERABLE
 from xmed.errors import InputError
 from xmed.review.analysis import Rating, analyse, plot_scores, read_ratings
 from xmed.review.session import load_session
@@ -34,7 +35,7 @@ def main_finding(case: Mapping[str, Any]) -> str | None:
         ...     {"code": "LC", "contribution": 0.8}, {"code": "DH", "contribution": 1.2}]})
         'DH'
     """
-    sign = 1 if case.get("decision", "referable glaucoma") == "referable glaucoma" else -1
+    sign = 1 if case.get("decision", REFERABLE) == REFERABLE else -1
     toward = [f for f in case.get("findings") or [] if sign * f["contribution"] > 0]
     return max(toward, key=lambda f: sign * f["contribution"])["code"] if toward else None
 

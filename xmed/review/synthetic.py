@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from xmed.decision import decision
 from xmed.findings import FINDING_NAMES, FINDINGS, VCDR
 from xmed.review.session import Edit, write_case, write_session
 
@@ -51,11 +52,10 @@ def synthetic_session(folder: str | os.PathLike, n_cases: int = 3, mode: str = "
         terms = weights * np.array(concepts)
         logit = float(bias + terms.sum())
         probability = round(1 / (1 + math.exp(-logit)), 4)
-        decision = "referable glaucoma" if probability >= THRESHOLD else "no referable glaucoma"
         findings = [{"code": code, "name": FINDING_NAMES[code].short, "probability": float(finding_p[j]),
                      "contribution": round(float(terms[j]), 4)} for j, code in enumerate(FINDINGS)]
         case = {"id": case_id, "side": {"OD": "right", "OS": "left"}.get(eye.eye), "probability": probability,
-                "decision": decision, "findings": findings, "vcdr": concepts[-1],
+                "decision": decision(probability, THRESHOLD), "findings": findings, "vcdr": concepts[-1],
                 "vcdr_contribution": round(float(terms[-1]), 4), "bias": bias, "unexplained": 0.0,
                 "explained_share": 1.0, "contributions_exact": True, "quality": [],
                 "sentence": f"Synthetic case: probability of glaucoma {probability:.2f} "
