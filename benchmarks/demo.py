@@ -1,8 +1,8 @@
 """``make demo`` end to end, timed, on this CPU as it is and capped to AVX2: the figures of
 ``benchmarks/results/demo`` (and of the README's results table), from one command.
 
-Each run is ``make demo OUT=<out>/runs/<run>`` (install excluded: the venv must be in place), one
-after the other. Recorded per run: its wall time; its training step's time, from the first to the
+Each run is ``make demo OUT=<work>/<run>`` (install excluded: the venv must be in place; ``--work``,
+default ``outputs/demo_benchmark``), one after the other. Recorded per run: its wall time; its training step's time, from the first to the
 last line of ``train/train.log``; the precision the training chose (its log says it); and the test
 metrics of the model it trains (``eval/metrics.json``). Run it with nothing else on the machine:
 the two runs share it, and their times are compared.
@@ -10,7 +10,7 @@ the two runs share it, and their times are compared.
 Example::
 
     python -m benchmarks.demo --out benchmarks/results/demo            # ~25 min on 2 cores
-    python -m benchmarks.demo --out /tmp/demo --runs avx2
+    python -m benchmarks.demo --out /tmp/demo --work /tmp/demo_runs --runs avx2
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ def test_scores(metrics_file: Path) -> dict:
             "oracle_auroc": metrics["oracle_auroc"]}
 
 
-def run_demo(key: str, out: Path) -> dict:
-    """``make demo`` into ``out/runs/<key>`` with the run's environment; its figures."""
+def run_demo(key: str, work: Path) -> dict:
+    """``make demo`` into ``work/<key>`` with the run's environment; its figures."""
     env = RUNS[key]
-    folder = out / "runs" / key
-    command = " ".join([*(f"{k}={v}" for k, v in env.items()), "make demo", f"OUT={folder}"])
+    folder = work / key
+    command = " ".join([*(f"{k}={v}" for k, v in env.items()), "make demo", f"OUT=<work>/{key}"])
     print(f"[demo] {command}", flush=True)
     started = time.perf_counter()
     subprocess.run(["make", "demo", f"OUT={folder}"], cwd=ROOT, env={**os.environ, **env}, check=True,
@@ -73,7 +73,7 @@ def run_demo(key: str, out: Path) -> dict:
     log = folder / "train" / "train.log"
     return {"key": key, "name": run_name(key), "command": command, "precision": training_precision(log),
             "wall_min": round(wall, 2), "training_min": round(log_span_minutes(log), 2),
-            "metrics_file": str(folder / "eval" / "metrics.json"), "test": test_scores(folder / "eval" / "metrics.json")}
+            "metrics_file": f"<work>/{key}/eval/metrics.json", "test": test_scores(folder / "eval" / "metrics.json")}
 
 
 def run_name(key: str) -> str:
@@ -100,7 +100,7 @@ def markdown(results: dict) -> str:
     lines = [f"# `make demo` on {m['cpu cores']} CPU cores", "",
              f"{results['description']}; {results['date']}, {m['cpu']}, {m['cpu cores']} cores "
              f"({m['cpu instruction sets']}), load average at start {m['load average at start']}.", "",
-             f"Command: `{results['command']}`", "",
+             f"Command: `{results['command']}` (`<work>`: its `--work`, where the runs' folders are)", "",
              "| CPU | command | precision chosen | wall time | of it training | test AUROC (95% CI) "
              "| mean finding AUROC | vCDR MAE | oracle AUROC |", "|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
@@ -116,6 +116,8 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "demo")
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "demo_benchmark",
+                        help="where the runs' folders go (each replaced by its run)")
     parser.add_argument("--runs", default="native,avx2", help="comma-separated: native, avx2")
     args = parser.parse_args(argv)
     keys = args.runs.split(",")
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                "runs": []}
     args.out.mkdir(parents=True, exist_ok=True)
     for key in keys:
-        results["runs"].append(run_demo(key, args.out))
+        results["runs"].append(run_demo(key, args.work))
         (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # a killed run keeps the first
         (args.out / "results.md").write_text(markdown(results))
     return 0
