@@ -17,7 +17,7 @@ import xmed.explain.counterfactual as cf_module
 from xmed.errors import ConfigError, InputError
 from xmed.explain.counterfactual import COUNTERFACTUALS, AdversarialExplainer, Counterfactual, counterfactual
 from xmed.explain.counterfactual.adversarial import apgd_checkpoints, gaussian_blur, total_variation
-from xmed.findings import FINDINGS, canonical_target
+from xmed.findings import FINDINGS
 from xmed.metrics import METRICS, Evidence, evaluate, score_direction
 from xmed.metrics.counterfactual import (
     ChangedFraction,
@@ -36,6 +36,8 @@ from xmed.metrics.counterfactual import (
     vcdr_monotonic_fraction,
 )
 from xmed.models import FundusClassifier
+
+from helpers.counterfactual import assert_path_is_the_models
 
 SIZE = 32
 
@@ -71,19 +73,6 @@ class RegionScore(nn.Module):
 
 def rand_images(n: int, seed: int = 0, size: int = SIZE) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def assert_path_is_the_models(model, cf, target: str) -> None:
-    """The findings, vCDR and target probability recorded along a 2-image path are the model's own
-    outputs on the recorded frames."""
-    t = cf.frames.shape[0]
-    with torch.no_grad():
-        out = model(cf.frames.flatten(0, 1))
-    assert torch.allclose(cf.findings, torch.sigmoid(out["finding_logits"]).view(t, 2, -1), atol=1e-5)
-    assert torch.allclose(cf.vcdr, out["vcdr"].view(t, 2), atol=1e-5)
-    expected = {"glaucoma": torch.sigmoid(out["logits"]), "DH": torch.sigmoid(out["finding_logits"][:, 7]),
-                "vcdr": out["vcdr"]}[canonical_target(target)].view(t, 2)
-    assert torch.allclose(cf.probability, expected, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ the toy model

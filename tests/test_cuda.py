@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_cli import compose, tiny_overrides
+from helpers.commands import compose, tiny_overrides
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -321,7 +321,7 @@ def test_the_pipeline_is_validated_and_chosen_by_the_data(jpeg_phantom):
 
 # ------------------------------------------------------------------------------------ the commands
 def test_training_records_where_its_photographs_were_prepared(jpeg_phantom, tmp_path):
-    from test_train_cli import compose
+    from helpers.commands import compose
 
     from xmed.pipeline.training import train
 
@@ -337,7 +337,7 @@ def test_training_records_where_its_photographs_were_prepared(jpeg_phantom, tmp_
 def test_screening_through_the_device_pipeline_gives_the_cpu_pipelines_predictions(jpeg_phantom, tmp_path):
     import csv
 
-    from test_train_cli import compose
+    from helpers.commands import compose
 
     from xmed.models import FundusClassifier
     from xmed.models.export import export_model
@@ -366,7 +366,7 @@ def test_screening_through_the_device_pipeline_gives_the_cpu_pipelines_predictio
 def test_explanations_read_through_the_device_pipeline_and_say_how_they_ran(jpeg_phantom, tmp_path):
     import json
 
-    from test_train_cli import compose
+    from helpers.commands import compose
 
     from xmed.models import FundusClassifier
     from xmed.models.export import export_model

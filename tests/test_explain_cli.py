@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from xmed.errors import ConfigError
 
-from test_train_cli import compose
+from helpers.commands import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,9 @@ from xmed.explain import (COUNTERFACTUALS, EXPLAINERS, KINDS, METHODS, Explainer
 from xmed.explain.counterfactual import register_counterfactual
 from xmed.explain.rationale import explained_share, rationale
 from xmed.models import FundusClassifier
-from xmed.models.export import export_model
 from xmed.runs import eye_file_stem
 
-from test_train_cli import compose
+from helpers.commands import compose
 
 SIZE = 48
 
@@ -121,22 +120,13 @@ def added(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = FundusClassifier("test_resnet.r160_in1k", input_size=SIZE, data_config={"crop_fov": False})
-    with torch.no_grad():
-        model.glaucoma_head.weight.fill_(0.1)
-    return export_model(model.eval(), tmp_path_factory.mktemp("model") / "model")
-
-
-@pytest.fixture(scope="module")
-def explained(added, model_dir, tmp_path_factory) -> Path:
+def explained(added, cam_model_dir, tmp_path_factory) -> Path:
     from xmed.pipeline.explanation import explain_run
 
     out = tmp_path_factory.mktemp("explain")
     cfg = compose("explain", [added, "explainer=[gradcam,brightness]", "data=phantom_render",
                               "data.dataset_options.n=16", f"data.dataset_options.size={SIZE}", "data.num_workers=0",
-                              f"ckpt_path={model_dir}", "n=2", "batch_size=2", "overlays=0", "label=1", "split=train",
+                              f"ckpt_path={cam_model_dir}", "n=2", "batch_size=2", "overlays=0", "label=1", "split=train",
                               "randomisation.n_images=2", "randomisation.skip=[gradcam]", "faithfulness.n_steps=4", "metrics=[energy_pointing_game]",
                               f"paths.output_dir={out}"])
     explain_run(cfg)
@@ -188,11 +178,11 @@ def test_the_review_build_shows_it_under_its_own_title(explained, tmp_path):
     assert all(set(case["panels"]) == {"gradcam", "brightness"} for case in session["cases"])
 
 
-def test_the_study_scores_it_beside_the_shipped_methods(added, model_dir, tmp_path):
+def test_the_study_scores_it_beside_the_shipped_methods(added, cam_model_dir, tmp_path):
     from xmed.pipeline.study import study_run
 
     out = tmp_path / "study"
-    result = study_run(compose("study", ["experiment=study_quick", "train=null", f"models={{m: {model_dir}}}",
+    result = study_run(compose("study", ["experiment=study_quick", "train=null", f"models={{m: {cam_model_dir}}}",
                                          "saliency=[gradcam,brightness]", "adversarial=null", "rationale=false",
                                          f"data.dataset_options.size={SIZE}", "n=3", "n_bootstrap=20",
                                          "progress=false", f"paths.output_dir={out}"]))

@@ -22,7 +22,7 @@ from xmed.models.export import export_model, load_model
 from xmed.models.feature_check import (UNFAMILIAR_FEATURES, fit_feature_check, fit_gaussian, mahalanobis,
                                        pooled_features, whitening_matrix)
 
-from test_predict_cli import SIZE, predict
+from helpers.predict import SIZE, predict
 
 TINY = "test_resnet.r160_in1k"
 ROWS = [(0, 0), (1, 1), (2, 2.5), (3, 2.5), (4, 4.5), (5, 5), (6, 5.5), (7, 7.5)]

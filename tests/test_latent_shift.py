@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from test_counterfactual import assert_path_is_the_models
 from xmed.errors import CheckpointError, ConfigError
 from xmed.explain.counterfactual import COUNTERFACTUALS, counterfactual
 from xmed.explain.counterfactual.latent_shift import LatentShiftExplainer
@@ -31,6 +30,8 @@ from xmed.models.autoencoder import (
     load_autoencoder,
     reconstruction_l1,
 )
+
+from helpers.counterfactual import assert_path_is_the_models
 
 SIZE = 32
 _yy, _xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")

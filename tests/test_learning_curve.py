@@ -72,7 +72,7 @@ def test_learning_curve_is_skipped_without_a_csv_log(tmp_path, caplog, metrics_c
 
 
 def test_a_training_run_with_the_csv_logger_writes_its_learning_curve(tmp_path):
-    from test_train_cli import compose, tiny_overrides
+    from helpers.commands import compose, tiny_overrides
 
     from xmed.pipeline.training import train
 

@@ -20,17 +20,8 @@ from xmed.errors import ConfigError
 from xmed.models import FundusClassifier
 from xmed.models.export import export_model
 
-from test_io import PHI, write_dicom
-from test_train_cli import compose
-
-SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = FundusClassifier("test_resnet.r160_in1k", input_size=SIZE, threshold=0.5)
-    return export_model(model, tmp_path_factory.mktemp("model") / "model")
+from helpers.dicom import PHI, write_dicom
+from helpers.predict import SIZE, predict
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +35,6 @@ def clinic(tmp_path_factory) -> Path:
     cv2.imwrite(str(folder / "white.png"), np.full((128, 128, 3), 255, np.uint8))
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     return folder
-
-
-def predict(model: Path, folder: Path, out: Path, *extra: str) -> tuple[dict, dict[str, dict[str, str]]]:
-    from xmed.pipeline.prediction import predict_run
-
-    summary = predict_run(compose("predict", [f"ckpt_path={model}", f"input={folder}", f"paths.output_dir={out}",
-                                              "num_workers=0", *extra]))
-    with open(out / "predictions.csv", newline="") as fh:
-        return summary, {row["id"]: row for row in csv.DictReader(fh)}
 
 
 def test_a_folder_of_photographs(model_dir, clinic, tmp_path):

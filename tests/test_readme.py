@@ -26,9 +26,9 @@ from xmed.explain import METHODS
 from xmed.models import FundusClassifier
 from xmed.models.export import export_model
 
-from test_datasets import build_refuge
-from test_io import write_dicom
-from test_train_cli import compose
+from helpers.commands import compose
+from helpers.dicom import write_dicom
+from helpers.published import build_refuge
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from test_review_durability import running_server
-from test_review_server import METHOD_WORDS, RAW_SCALE_TEXTS, with_distinct_scales
+from helpers.review_page import METHOD_WORDS, RAW_SCALE_TEXTS, running_server, with_distinct_scales
 from xmed.cli.review import main
 from xmed.review.session import intervene, load_session, panel_labels, reader_order
 from xmed.review.store import LETTER_COLUMNS, STORE_FILE, RatingStore

@@ -26,8 +26,8 @@ from xmed.review.panels import edit_flag, heatmap_layer
 from xmed.review.session import EDITS, intervene, load_session
 from xmed.review.study import analyse_session, automatic_scores, main_finding
 
-from test_io import PHI, write_dicom
-from test_train_cli import compose
+from helpers.commands import compose
+from helpers.dicom import PHI, write_dicom
 
 SIZE = 48
 

@@ -5,55 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
-from pathlib import Path
-from typing import Iterator
 
 import httpx
 
-from test_review_server import checked, page_data
 from xmed.review.server import CSRF_HEADER
 from xmed.review.store import STORE_FILE, RatingStore
 from xmed.review.synthetic import synthetic_session
 
-SERVE = "import sys; from xmed.review.server import serve; serve(sys.argv[1], port=int(sys.argv[2]))"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(folder: Path, timeout: float = 30.0) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``xmed.review.server.serve(folder)`` in a subprocess on a free port: yields its base URL
-    once it answers, and the process; killed when the block ends."""
-    port = free_port()
-    log = open(folder.parent / f"server-{port}.log", "w")
-    process = subprocess.Popen([sys.executable, "-c", SERVE, str(folder), str(port)], stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert process.poll() is None, f"the server exited: {Path(log.name).read_text()}"
-            try:
-                if httpx.get(f"{base}/static/review.css", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"the server did not answer in {timeout} s"
-            time.sleep(0.1)
-        yield base, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        log.close()
+from helpers.review_page import checked, page_data, running_server
 
 
 def signed_in(base: str, token: str) -> tuple[httpx.Client, str]:

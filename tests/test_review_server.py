@@ -23,8 +23,9 @@ from xmed.review.session import (ADDRESS_FILE, case_file, intervene, load_sessio
 from xmed.review.store import LETTER_COLUMNS, RatingStore
 from xmed.review.synthetic import synthetic_session
 
-BASE = "http://127.0.0.1"
-METHOD_WORDS = ("gradcam", "grad-cam", "adversarial")  # the synthetic session's method names and titles
+from helpers.review_page import (BASE, METHOD_WORDS, RAW_SCALE_TEXTS, Reader, checked, page_data,
+                                 with_distinct_scales)
+
 SCRIPT = "<script>alert(1)</script>"
 BREAKOUT = '"><img src=x onerror=alert(2)>'
 
@@ -39,30 +40,8 @@ def open_session(tmp_path_factory):
     return synthetic_session(tmp_path_factory.mktemp("open"), n_cases=2, mode="open", size=64)
 
 
-class Reader:
-    """A signed-in reader: their client, name and the page's CSRF value."""
-
-    def __init__(self, app, store: RatingStore, name: str):
-        self.name = name
-        self.client = TestClient(app, base_url=BASE)
-        assert self.client.get("/login", params={"token": store.add_reader(name)}).status_code == 200
-        self.csrf = page_data(self.client.get("/case/1").text)["csrf"]
-
-    def post(self, url: str, body, **headers):
-        return self.client.post(url, json=body, headers={CSRF_HEADER: self.csrf, **headers})
-
-
-def page_data(html: str) -> dict:
-    return json.loads(re.search(r'<script type="application/json" id="page-data">(.*?)</script>', html, re.S).group(1))
-
-
 def shown_case(html: str) -> str:
     return re.search(r"<h1>(.*?) <span", html).group(1)
-
-
-def checked(html: str, name: str) -> str | None:
-    found = re.search(rf'name="{re.escape(name)}" value="(\d)" checked', html)
-    return found and found.group(1)
 
 
 @pytest.fixture
@@ -277,22 +256,6 @@ def test_the_lock_unblinds_the_page(app, store, blinded):
 
 
 # -- colour scales --------------------------------------------------------------------------------
-
-#: how the raw scale ends :func:`distinct_scales` gives may be written
-RAW_SCALE_TEXTS = ("0.322", "0.3217", "0.049", "0.0493", "7.25", "13 of 255", "0.871", "0.8713")
-
-
-def with_distinct_scales(folder):
-    """Give a synthetic session's colour scales ends no other number on its pages has; returns it."""
-    session = json.loads((folder / "session.json").read_text())
-    for case in session["cases"]:
-        case["panels"]["gradcam"]["scale"].update(high=0.3217, max=0.8713)
-        for edit in case["panels"]["adversarial"]["edits"].values():
-            edit["difference_scale"].update(high=0.0493, gain=7.25,
-                                            label="pixel change, amplified 7.25×: full colour = 13 of 255 grey levels")
-    (folder / "session.json").write_text(json.dumps(session))
-    return folder
-
 
 @pytest.fixture(scope="module")
 def distinct_scales(blinded, tmp_path_factory):

@@ -26,7 +26,7 @@ from xmed.models.export import export_model
 from xmed.pipeline.study import SCORES, edit_scores, location_scores, reason_scores
 from xmed.pipeline.study_report import accounting, findings_in_words, summarise
 
-from test_train_cli import compose
+from helpers.commands import compose
 
 SIZE = 48
 
@@ -179,15 +179,13 @@ def test_accounting_counts_an_eye_once():
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> dict[str, Path]:
-    folders = {}
-    for name, seed in (("first", 0), ("second", 1)):
-        torch.manual_seed(seed)
-        model = FundusClassifier("test_resnet.r160_in1k", input_size=SIZE, data_config={"crop_fov": False})
-        with torch.no_grad():
-            model.glaucoma_head.weight.fill_(0.1)
-        folders[name] = export_model(model.eval(), tmp_path_factory.mktemp(name) / "model")
-    return folders
+def model_dirs(cam_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """``first``: the session's ``cam_model_dir`` (tests/conftest.py, seed 0); ``second``: its settings, seed 1."""
+    torch.manual_seed(1)
+    model = FundusClassifier("test_resnet.r160_in1k", input_size=SIZE, data_config={"crop_fov": False})
+    with torch.no_grad():
+        model.glaucoma_head.weight.fill_(0.1)
+    return {"first": cam_model_dir, "second": export_model(model.eval(), tmp_path_factory.mktemp("second") / "model")}
 
 
 def study_overrides(out: Path, models: dict[str, Path], *extra: str) -> list[str]:

@@ -20,28 +20,10 @@ import pytest
 import torch
 import yaml
 
-from xmed.cli.common import CONFIG_DIR as CONFIGS  # the configs the installed package reads
+from helpers.commands import PUBLISHED, compose, tiny_overrides
+
 METRIC_KEYS = ("auroc", "pauroc_90", "sens_at_95spec", "sensitivity", "specificity", "accuracy", "brier", "ece",
                "finding_auroc", "finding_hamming", "vcdr_mae", "n", "ci")
-
-
-def tiny_overrides(out: Path, n: int = 48, epochs: int = 1) -> list[str]:
-    return ["data=phantom_render", f"data.dataset_options.n={n}", "data.dataset_options.size=48",
-            "data.image_size=48", "data.batch_size=16", "data.num_workers=0", "model=tiny_test",
-            f"trainer.max_epochs={epochs}", "n_bootstrap=20", "logger=none", f"paths.output_dir={out}"]
-
-
-def compose(config: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-            return hydra_compose(config, overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 @pytest.fixture(scope="module")
@@ -305,9 +287,6 @@ def test_autoencoder_task_trains_exports_and_feeds_latent_shift(tmp_path):
         gifs = list((run / "counterfactuals" / f"latent_shift_{direction}").glob("*.gif"))
         assert len(gifs) == int(first["steps"] != "0"), direction
     assert any(r["steps"] != "0" for r in rows)
-
-
-PUBLISHED = ("acrima", "airogs", "g1020", "justraigs", "origa", "papila", "refuge", "refuge2", "rimone_dl", "smdg")
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

@@ -16,7 +16,7 @@ import torch
 
 from xmed.errors import CheckpointError, ConfigError
 
-from test_train_cli import compose, tiny_overrides
+from helpers.commands import compose, tiny_overrides
 
 
 class Payload:

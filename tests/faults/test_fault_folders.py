@@ -21,8 +21,8 @@ from xmed.data.datasets import dataset_class
 from xmed.data.folders import walk_folder
 from xmed.errors import DatasetError, ImageReadError
 
-from test_io import write_dicom
-from test_predict_cli import SIZE, model_dir, predict  # noqa: F401  (model_dir: the shared exported model)
+from helpers.dicom import write_dicom
+from helpers.predict import SIZE, predict
 
 PATIENT_FILE = "Doe^John_12345.dcm"
 #: entry -> the reason it is not scored (every reader's, ``xmed-predict`` prefixes "unreadable: ")
@@ -116,7 +116,7 @@ def everything_said():
 
 
 @pytest.fixture(scope="module")
-def screened(model_dir, folder, tmp_path_factory):  # noqa: F811
+def screened(model_dir, folder, tmp_path_factory):
     root, _ = folder
     out = tmp_path_factory.mktemp("screened") / "run"
     with everything_said() as said:
@@ -125,7 +125,7 @@ def screened(model_dir, folder, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def session(model_dir, folder, tmp_path_factory):  # noqa: F811
+def session(model_dir, folder, tmp_path_factory):
     from xmed.review.build import build_session
     from xmed.review.session import load_session
 

@@ -24,7 +24,7 @@ from xmed.data.inspect import inspect_dataset
 from xmed.data.phantom.writer import write_phantom_dataset
 from xmed.errors import DatasetError
 
-from test_datasets import BUILDERS, image, write_csv, write_xlsx
+from helpers.published import BUILDERS, image, write_csv, write_xlsx
 
 IMAGES = ("a.png", "b.png", "c.png")
 
@@ -357,7 +357,7 @@ def test_a_published_split_that_leaves_a_part_empty_is_not_followed_silently(tmp
 def test_metrics_and_model_card_count_every_skipped_file_once(damaged_phantom, tmp_path):
     from xmed.pipeline.training import train
 
-    from test_train_cli import compose, tiny_overrides
+    from helpers.commands import compose, tiny_overrides
 
     root, expected = damaged_phantom
     out = tmp_path / "run"

@@ -26,7 +26,7 @@ from xmed.cli.config_rules import CONFIG_RULES, check_config
 from xmed.cli.entry import command
 from xmed.errors import CheckpointError, ConfigError, SecurityWarning
 
-from test_train_cli import PUBLISHED, compose
+from helpers.commands import PUBLISHED, compose
 
 SCRIPTS = Path(sys.executable).parent
 COMMAND_MODULES = {"train": "xmed.cli.train", "eval": "xmed.cli.eval", "explain": "xmed.cli.explain",

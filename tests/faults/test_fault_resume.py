@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_train_cli import tiny_overrides
+from helpers.commands import tiny_overrides
 
 BIN = Path(sys.executable).parent
 

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 from starlette.testclient import TestClient
-from test_review_server import BASE, Reader, page_data
+from helpers.review_page import BASE, Reader, page_data
 
 from xmed.review.server import COOKIE, CSRF_HEADER, create_app
 from xmed.review.session import case_file, load_session

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from xmed.errors import ConfigError
 
-from test_train_cli import compose, tiny_overrides
+from helpers.commands import compose, tiny_overrides
 
 BIN = Path(sys.executable).parent
 

@@ -26,7 +26,7 @@ from xmed.models.export import export_model, load_model
 from xmed.review.build import build_session
 from xmed.saved_config import buildable, check_targets, shipped_targets
 
-from test_train_cli import compose
+from helpers.commands import compose
 
 SIZE = 48
 

@@ -20,7 +20,7 @@ from xmed.data.datasets import dataset_class, get_dataset
 from xmed.errors import XmedError
 from xmed.findings import FINDINGS
 
-from test_datasets import build_origa, build_refuge, image
+from helpers.published import build_origa, build_refuge, image
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
