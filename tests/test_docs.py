@@ -164,6 +164,19 @@ def test_results_table_reads_what_it_names():
 
 # -- the README ------------------------------------------------------------------------------------
 
+#: the machines the README's results section names -> the results file whose figures were measured on it
+MACHINES = {"the `make demo` rows on\na 2-core Intel Xeon": DEMO, "the other CPU timings on a 2-core AMD EPYC": CPU}
+
+
+def test_results_table_names_the_machines_its_figures_were_measured_on():
+    text = README.read_text()
+    for phrase, path in MACHINES.items():
+        assert phrase in text, phrase
+        results = json.loads((ROOT / path).read_text())
+        cpu = (results.get("machine") or results["header"])["cpu"].replace("(R)", "")
+        assert " ".join(cpu.split()).startswith(phrase.split("2-core ")[1]), (path, cpu)
+
+
 def test_readme_is_short():
     assert len(README.read_text().splitlines()) <= MAX_README_LINES
 
