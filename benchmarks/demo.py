@@ -2,9 +2,9 @@
 ``benchmarks/results/demo`` (and of the README's results table), from one command.
 
 Each run is ``make demo OUT=<work>/<run>`` (install excluded: the venv must be in place; ``--work``,
-default ``outputs/demo_benchmark``), one after the other. Recorded per run: its wall time; its training step's time, from the first to the
-last line of ``train/train.log``; the precision the training chose (its log says it); and the test
-metrics of the model it trains (``eval/metrics.json``). Run it with nothing else on the machine:
+default ``outputs/demo_benchmark``), one after the other. Recorded per run: its wall time; its
+training step's time, from the first to the last line of ``train/train.log``; the precision the
+training chose (its log says it); and the test metrics of the model it trains (``eval/metrics.json``). Run it with nothing else on the machine:
 the two runs share it, and their times are compared.
 
 Example::

@@ -25,7 +25,6 @@ batch, while the time budget allows; and ``xmed-predict`` with ``pipeline=cpu`` 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import yaml

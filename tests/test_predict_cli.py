@@ -65,7 +65,7 @@ def test_a_model_without_an_operating_threshold_needs_one(clinic, tmp_path):
     bare = export_model(FundusClassifier("test_resnet.r160_in1k", input_size=SIZE), tmp_path / "bare")
     with pytest.raises(ConfigError, match="carries no operating threshold") as err:
         predict(bare, clinic, tmp_path / "out")
-    assert err.value.key == "threshold"
+    assert err.value.key == "threshold" and str(bare) in str(err.value)   # names the model's folder
 
 
 def test_a_folder_of_dicom_files_gives_no_patient_identifier(model_dir, tmp_path):

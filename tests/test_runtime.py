@@ -16,7 +16,7 @@ import yaml
 
 from xmed.cli.common import CONFIG_DIR
 from xmed.errors import ConfigError
-from xmed.runtime import choose_channels_last, choose_num_workers, choose_precision, cpu_bf16_support
+from xmed.runtime import choose_channels_last, choose_num_workers, choose_precision
 
 
 def mock_cpu(monkeypatch, kernels: str, bf16: bool, amx: bool = False) -> None:

@@ -23,7 +23,7 @@ from xmed.metrics.paired import MIN_PAIRS, bootstrap_mean, holm, paired_differen
 from xmed.review import analysis
 from xmed.models import FundusClassifier
 from xmed.models.export import export_model
-from xmed.pipeline.study import SCORES, edit_scores, location_scores, reason_scores
+from xmed.pipeline.study import SCORES, edit_scores, location_scores
 from xmed.pipeline.study_report import accounting, findings_in_words, summarise
 
 from helpers.commands import compose

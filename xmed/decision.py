@@ -17,13 +17,12 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from xmed.errors import ConfigError, InputError
 
-REFERABLE = "referable glaucoma"
-NOT_REFERABLE = "no referable glaucoma"
 Decision = Literal["referable glaucoma", "no referable glaucoma"]
+REFERABLE, NOT_REFERABLE = get_args(Decision)
 #: the threshold of a model that carries none of its own (a plain classifier, by convention)
 DEFAULT_THRESHOLD = 0.5
 
@@ -44,11 +43,12 @@ def check_threshold(threshold: Any, key: str = "model.net.threshold") -> float |
 
 
 def operating_threshold(model: Any, override: Any = None, *, fallback: float | None = DEFAULT_THRESHOLD,
-                        key: str = "threshold") -> float:
+                        key: str = "threshold", source: str = "the model") -> float:
     """The threshold ``model``'s decisions are read at: ``override`` when given (checked, naming
     ``key``), else the model's own (``model.threshold``), else ``fallback``. With ``fallback=None``
-    a model that carries none raises :class:`ConfigError` on ``key``: where a decision is the
-    output (``xmed-predict``), no convention stands in for the model's operating point.
+    a model that carries none raises :class:`ConfigError` on ``key`` naming ``source`` (the model's
+    folder): where a decision is the output (``xmed-predict``), no convention stands in for the
+    model's operating point.
     """
     if override is not None:
         return check_threshold(override, key)
@@ -56,7 +56,7 @@ def operating_threshold(model: Any, override: Any = None, *, fallback: float | N
     if own is not None:
         return float(own)
     if fallback is None:
-        raise ConfigError(key, "the model carries no operating threshold (exported before models kept one); "
+        raise ConfigError(key, f"{source} carries no operating threshold (exported before models kept one); "
                                f"pass {key}=<P(glaucoma)>, e.g. the one in its model card")
     return fallback
 

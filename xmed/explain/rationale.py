@@ -149,7 +149,7 @@ def rationale(model: nn.Module, images: Tensor, *, threshold: float | None = Non
             times 4) that the counterfactual summary mentions.
     """
     images = check_images(images, model).to(next(model.parameters()).device)
-    threshold = operating_threshold(model, threshold, key="threshold")
+    threshold = operating_threshold(model, threshold)
     parts = concept_contributions(model, images)
     probability = torch.sigmoid(parts["logit"])
     undecided = (~torch.isfinite(probability)).nonzero().flatten().tolist()

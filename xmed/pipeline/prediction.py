@@ -161,7 +161,7 @@ def predict_run(cfg: DictConfig) -> dict[str, Any]:
 
     out_dir = command_folder(cfg)
     model = load_model(cfg.ckpt_path)
-    threshold = operating_threshold(model, cfg.threshold, fallback=None)
+    threshold = operating_threshold(model, cfg.threshold, fallback=None, source=str(cfg.ckpt_path))
     dataset = input_dataset(cfg.input, cfg.format, cfg.on_error)
     view = SplitView(dataset, range(len(dataset)), eval_transform(model.data_config))
     trainer, precision = inference_trainer(cfg.trainer, out_dir)
